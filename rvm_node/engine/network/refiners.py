@@ -1,0 +1,87 @@
+"""Guided-filter refiners that lift the low-resolution matte to full resolution.
+
+The deep refiner's ``box_filter`` is a trained grouped convolution: it starts
+at 1/9 but the released weights differ, so it is always loaded, never rebuilt.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def _resize_to(x: Tensor, like: Tensor) -> Tensor:
+    return F.interpolate(
+        x, size=(like.shape[2], like.shape[3]), mode="bilinear", align_corners=False
+    )
+
+
+def _with_gray(x: Tensor) -> Tensor:
+    return torch.cat([x, x.mean(1, keepdim=True)], dim=1)
+
+
+class DeepGuidedFilterRefiner(nn.Module):
+    def __init__(self, hid_ch: int = 16) -> None:
+        super().__init__()
+        self.box_filter = nn.Conv2d(4, 4, kernel_size=3, padding=1, bias=False, groups=4)
+        with torch.no_grad():
+            self.box_filter.weight.fill_(1 / 9)
+        self.conv = nn.Sequential(
+            nn.Conv2d(4 * 2 + hid_ch, hid_ch, kernel_size=1, bias=False),
+            nn.BatchNorm2d(hid_ch),
+            nn.ReLU(True),
+            nn.Conv2d(hid_ch, hid_ch, kernel_size=1, bias=False),
+            nn.BatchNorm2d(hid_ch),
+            nn.ReLU(True),
+            nn.Conv2d(hid_ch, 4, kernel_size=1, bias=True),
+        )
+
+    def forward(
+        self, fine_src: Tensor, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor, base_hid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        fine_x = _with_gray(fine_src)
+        base_x = _with_gray(base_src)
+        base_y = torch.cat([base_fgr, base_pha], dim=1)
+        mean_x = self.box_filter(base_x)
+        mean_y = self.box_filter(base_y)
+        cov_xy = self.box_filter(base_x * base_y) - mean_x * mean_y
+        var_x = self.box_filter(base_x * base_x) - mean_x * mean_x
+        a = self.conv(torch.cat([cov_xy, var_x, base_hid], dim=1))
+        b = mean_y - a * mean_x
+        out = _resize_to(a, fine_src) * fine_x + _resize_to(b, fine_src)
+        fgr, pha = out.split([3, 1], dim=1)
+        return fgr, pha
+
+
+class FastGuidedFilterRefiner(nn.Module):
+    """A fixed (untrained) guided filter of radius 1; it has no parameters."""
+
+    def __init__(self, radius: int = 1, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.radius = radius
+        self.eps = eps
+
+    def _box(self, x: Tensor) -> Tensor:
+        size = 2 * self.radius + 1
+        ch = x.shape[1]
+        kx = torch.full((ch, 1, 1, size), 1 / size, dtype=x.dtype, device=x.device)
+        ky = torch.full((ch, 1, size, 1), 1 / size, dtype=x.dtype, device=x.device)
+        x = F.conv2d(x, kx, padding=(0, self.radius), groups=ch)
+        return F.conv2d(x, ky, padding=(self.radius, 0), groups=ch)
+
+    def forward(
+        self, fine_src: Tensor, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor, base_hid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        lr_x = _with_gray(base_src)
+        lr_y = torch.cat([base_fgr, base_pha], dim=1)
+        hr_x = _with_gray(fine_src)
+        mean_x = self._box(lr_x)
+        mean_y = self._box(lr_y)
+        cov_xy = self._box(lr_x * lr_y) - mean_x * mean_y
+        var_x = self._box(lr_x * lr_x) - mean_x * mean_x
+        a = cov_xy / (var_x + self.eps)
+        b = mean_y - a * mean_x
+        out = _resize_to(a, hr_x) * hr_x + _resize_to(b, hr_x)
+        fgr, pha = out.split([3, 1], dim=1)
+        return fgr, pha
