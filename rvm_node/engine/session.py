@@ -1,0 +1,210 @@
+"""The seam between rvm-node and the thing that runs the network.
+
+A :class:`MattingBackend` holds a loaded model on one device and is shared by
+many streams. It is stateless between calls: each call takes the recurrent
+state and returns the next one, so a scheduler can batch streams together.
+
+A :class:`MattingSession` is one stream: it owns the recurrent state (a named
+:class:`RecurrentState`, never a bare list), takes chunks of T >= 1 frames,
+and refuses a frame size it holds no state for unless it is reset.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+
+from rvm_node.errors import InvalidInputError, ResolutionChangedError
+
+__all__ = [
+    "MatteChunk",
+    "MattingBackend",
+    "MattingSession",
+    "RecurrentState",
+    "auto_downsample_ratio",
+    "check_downsample_ratio",
+]
+
+StateT = TypeVar("StateT")
+
+_UNIT_SCALE = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}
+_FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
+
+
+def auto_downsample_ratio(height: int, width: int) -> float:
+    """The official automatic ratio: the longer side goes to at most 512 px."""
+    return min(512 / max(height, width), 1.0)
+
+
+def check_downsample_ratio(ratio: float | None, where: str = "downsample_ratio") -> float | None:
+    """Validate a ratio: None (auto) or a finite number in (0, 1]."""
+    if ratio is None:
+        return None
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float | np.floating):
+        raise InvalidInputError(f"{where}: expected a number in (0, 1] or None for auto, got {ratio!r}")
+    value = float(ratio)
+    if not (0.0 < value <= 1.0):
+        raise InvalidInputError(f"{where}: expected a number in (0, 1] or None for auto, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class RecurrentState:
+    """The four ConvGRU states of a stream, on the host, after ``frames`` frames.
+
+    ``r1`` .. ``r4`` are float32 arrays ``[B, C, h, w]`` at 1/2, 1/4, 1/8 and
+    1/16 of the downsampled frame. ``frame_size`` is the (height, width) of the
+    frames they belong to and ``downsample_ratio`` the ratio they were computed
+    at; a state is only valid for that size and ratio.
+    """
+
+    r1: np.ndarray
+    r2: np.ndarray
+    r3: np.ndarray
+    r4: np.ndarray
+    frame_size: tuple[int, int]
+    downsample_ratio: float
+    frames: int
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (self.r1, self.r2, self.r3, self.r4)
+
+
+@dataclass(frozen=True)
+class MatteChunk:
+    """One chunk's result: foreground ``[..., 3, H, W]`` and alpha ``[..., 1, H, W]``, float32 0..1."""
+
+    fgr: np.ndarray
+    pha: np.ndarray
+
+
+class MattingBackend(abc.ABC, Generic[StateT]):
+    """A loaded RVM model on one device. Thread-compatible; holds no stream state."""
+
+    name: str
+    device: str
+    precision: str
+    variant: str
+
+    @abc.abstractmethod
+    def infer(
+        self, src: np.ndarray, state: StateT | None, downsample_ratio: float
+    ) -> tuple[np.ndarray, np.ndarray, StateT]:
+        """Run ``[B, T, 3, H, W]`` float32 frames in 0..1; return fgr, pha (float32) and the next state."""
+
+    @abc.abstractmethod
+    def state_to_host(self, state: StateT) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The four state tensors as float32 host arrays."""
+
+    @abc.abstractmethod
+    def state_from_host(self, arrays: tuple[np.ndarray, ...]) -> StateT:
+        """A backend state from four float32 host arrays."""
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "variant": self.variant,
+        }
+
+    def new_session(self, downsample_ratio: float | None = None) -> MattingSession:
+        return MattingSession(self, downsample_ratio=downsample_ratio)
+
+
+def _as_unit_float(frames: Any, where: str) -> np.ndarray:
+    array = np.asarray(frames)
+    if array.dtype in _UNIT_SCALE:
+        return array.astype(np.float32) * np.float32(_UNIT_SCALE[array.dtype])
+    if array.dtype not in _FLOATS:
+        raise InvalidInputError(
+            f"{where}: expected uint8, uint16, float16 or float32 frames, got {array.dtype}"
+        )
+    return array.astype(np.float32, copy=False)
+
+
+class MattingSession:
+    """One stream of frames through a backend, with its recurrent state.
+
+    ``process(frames)`` takes ``[T, 3, H, W]`` (one stream) or
+    ``[B, T, 3, H, W]`` (B streams side by side) RGB frames: uint8, uint16, or
+    float in 0..1. It returns a :class:`MatteChunk` of the same leading shape.
+    """
+
+    def __init__(self, backend: MattingBackend[Any], downsample_ratio: float | None = None) -> None:
+        self.backend = backend
+        self.downsample_ratio = check_downsample_ratio(downsample_ratio)
+        self._state: Any = None
+        self._frame_size: tuple[int, int] | None = None
+        self._batch: int | None = None
+        self._ratio: float | None = None
+        self.frames_processed = 0
+
+    def ratio_for(self, height: int, width: int) -> float:
+        if self.downsample_ratio is not None:
+            return self.downsample_ratio
+        return auto_downsample_ratio(height, width)
+
+    def reset(self) -> None:
+        """Forget the recurrent state (at a cut, or before a new frame size)."""
+        self._state = None
+        self._frame_size = None
+        self._batch = None
+        self._ratio = None
+        self.frames_processed = 0
+
+    def process(self, frames: Any) -> MatteChunk:
+        src = _as_unit_float(frames, "frames")
+        single = src.ndim == 4
+        if single:
+            src = src[None]
+        if src.ndim != 5:
+            raise InvalidInputError(
+                f"frames: expected [T, 3, H, W] or [B, T, 3, H, W], got shape {list(np.shape(frames))}"
+            )
+        batch, count, channels, height, width = src.shape
+        if count < 1 or batch < 1:
+            raise InvalidInputError(f"frames: expected at least one frame, got shape {list(src.shape)}")
+        if channels != 3:
+            raise InvalidInputError(f"frames: expected 3 RGB channels, got {channels}")
+        if height < 1 or width < 1:
+            raise InvalidInputError(f"frames: expected a non-empty frame, got {height}x{width}")
+        if self._frame_size is not None and (self._frame_size != (height, width) or self._batch != batch):
+            raise ResolutionChangedError(
+                f"frames: this session holds state for {self._batch} x {self._frame_size[1]}x"
+                f"{self._frame_size[0]}, got {batch} x {width}x{height}; call reset() first"
+            )
+        ratio = self.ratio_for(height, width)
+        if min(height, width) * ratio < 1:
+            raise InvalidInputError(
+                f"downsample_ratio: {ratio} makes a {width}x{height} frame smaller than one pixel"
+            )
+        fgr, pha, self._state = self.backend.infer(src, self._state, ratio)
+        self._frame_size, self._batch, self._ratio = (height, width), batch, ratio
+        self.frames_processed += count
+        if single:
+            return MatteChunk(fgr[0], pha[0])
+        return MatteChunk(fgr, pha)
+
+    def snapshot(self) -> RecurrentState | None:
+        """The current state on the host, or None before the first frame."""
+        if self._state is None or self._frame_size is None or self._ratio is None:
+            return None
+        r1, r2, r3, r4 = self.backend.state_to_host(self._state)
+        return RecurrentState(r1, r2, r3, r4, self._frame_size, self._ratio, self.frames_processed)
+
+    def restore(self, state: RecurrentState) -> None:
+        """Continue from a snapshot (of this or another session, on any backend)."""
+        arrays = state.arrays()
+        batch = arrays[0].shape[0]
+        if any(a.ndim != 4 or a.shape[0] != batch for a in arrays):
+            raise InvalidInputError("state: expected four [B, C, h, w] arrays with one batch size")
+        self._state = self.backend.state_from_host(tuple(np.asarray(a, np.float32) for a in arrays))
+        self._frame_size = state.frame_size
+        self._batch = batch
+        self._ratio = state.downsample_ratio
+        self.downsample_ratio = state.downsample_ratio
+        self.frames_processed = state.frames

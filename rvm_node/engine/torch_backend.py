@@ -1,0 +1,166 @@
+"""The PyTorch backend: eager or TorchScript, on cpu, cuda or mps."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from rvm_node.engine.network import MattingNetwork
+from rvm_node.engine.session import MattingBackend
+from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
+
+__all__ = ["TorchBackend", "TorchOptions", "cpu_has_bf16", "fold_batchnorm"]
+
+TorchState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@functools.cache
+def cpu_has_bf16() -> bool:
+    """True when the CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+@dataclass(frozen=True, kw_only=True)
+class TorchOptions:
+    """How the torch backend runs the network.
+
+    ``torchscript``: None for eager, ``"script"`` or ``"freeze"`` (script, then
+    ``torch.jit.freeze``). ``channels_last`` uses NHWC memory layout.
+    ``fold_bn`` folds each BatchNorm into its convolution at load time.
+    """
+
+    channels_last: bool = False
+    torchscript: Literal["script", "freeze"] | None = None
+    fold_bn: bool = True
+
+
+def _check_device_precision(device: torch.device, precision: str) -> None:
+    if precision not in _DTYPES:
+        raise InvalidInputError(f"precision: expected one of fp32, fp16, bf16, got {precision!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailableError("device cuda: this torch build or machine has no CUDA device")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise BackendUnavailableError("device mps: not available on this machine")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise BackendUnavailableError(f"device {device}: expected cpu, cuda or mps")
+    if precision == "fp16" and device.type == "cpu":
+        raise UnsupportedPrecisionError("precision fp16: not supported on cpu; use fp32, or bf16 on a CPU with bf16 units")
+    if precision == "bf16":
+        if device.type == "cpu" and not cpu_has_bf16():
+            raise UnsupportedPrecisionError("precision bf16: this CPU has no bf16 units (AVX512-BF16 or AMX)")
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UnsupportedPrecisionError("precision bf16: this CUDA device does not support bf16")
+        if device.type == "mps":
+            raise UnsupportedPrecisionError("precision bf16: not supported on mps; use fp16")
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every eval-mode BatchNorm that directly follows a bias-free conv into that conv.
+
+    Works in place on ``nn.Sequential`` pairs and on ``convN``/``bnN`` pairs;
+    the folded BatchNorm becomes ``nn.Identity``.
+    """
+
+    def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+        conv.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1))
+        conv.bias = nn.Parameter(bn.bias.detach() - bn.running_mean * scale)  # type: ignore[operator]
+
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        by_name = dict(children)
+        for (name, child), (next_name, following) in zip(children, children[1:], strict=False):
+            if isinstance(child, nn.Conv2d) and child.bias is None and isinstance(following, nn.BatchNorm2d):
+                fold(child, following)
+                setattr(parent, next_name, nn.Identity())
+        for name, child in children:
+            if name.startswith("conv") and isinstance(child, nn.Conv2d) and child.bias is None:
+                bn = by_name.get("bn" + name[4:])
+                if isinstance(bn, nn.BatchNorm2d):
+                    fold(child, bn)
+                    setattr(parent, "bn" + name[4:], nn.Identity())
+    return module
+
+
+class TorchBackend(MattingBackend[TorchState]):
+    """Runs a :class:`MattingNetwork` (or an official TorchScript module) with torch."""
+
+    name = "torch"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        variant: str,
+        device: str = "cpu",
+        precision: str = "fp32",
+        options: TorchOptions | None = None,
+    ) -> None:
+        self.options = options or TorchOptions()
+        self.variant = variant
+        torch_device = torch.device(device)
+        _check_device_precision(torch_device, precision)
+        self.device = str(torch_device)
+        self.precision = precision
+        self._device = torch_device
+        self._dtype = _DTYPES[precision]
+        self._memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        model = model.eval()
+        if self.options.fold_bn and isinstance(model, MattingNetwork):
+            model = fold_batchnorm(model)
+        model = model.to(self._device, self._dtype, memory_format=self._memory_format)  # type: ignore[call-overload]
+        if self.options.torchscript is not None and not isinstance(model, torch.jit.ScriptModule):
+            model = torch.jit.script(model)
+            if self.options.torchscript == "freeze":
+                model = torch.jit.freeze(model)
+        self.model = model
+
+    def describe(self) -> dict[str, Any]:
+        info = super().describe()
+        info.update(
+            channels_last=self.options.channels_last,
+            torchscript=self.options.torchscript,
+        )
+        return info
+
+    @torch.inference_mode()
+    def infer_tensor(
+        self, src: torch.Tensor, state: TorchState | None, downsample_ratio: float
+    ) -> tuple[torch.Tensor, torch.Tensor, TorchState]:
+        """Frames ``[B, T, 3, H, W]`` already on the device; returns device tensors."""
+        src = src.to(self._device, self._dtype, non_blocking=True)
+        rec: list[torch.Tensor | None] = list(state) if state is not None else [None] * 4
+        fgr, pha, r1, r2, r3, r4 = self.model(src, rec[0], rec[1], rec[2], rec[3], float(downsample_ratio))
+        return fgr, pha, (r1, r2, r3, r4)
+
+    def infer(
+        self, src: np.ndarray, state: TorchState | None, downsample_ratio: float
+    ) -> tuple[np.ndarray, np.ndarray, TorchState]:
+        tensor = torch.from_numpy(np.ascontiguousarray(src))
+        if self._device.type == "cuda":
+            tensor = tensor.pin_memory()
+        fgr, pha, new_state = self.infer_tensor(tensor, state, downsample_ratio)
+        return (
+            fgr.float().cpu().numpy(),
+            pha.float().cpu().numpy(),
+            new_state,
+        )
+
+    def state_to_host(self, state: TorchState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        r1, r2, r3, r4 = (t.float().cpu().numpy() for t in state)
+        return r1, r2, r3, r4
+
+    def state_from_host(self, arrays: tuple[np.ndarray, ...]) -> TorchState:
+        r1, r2, r3, r4 = (torch.from_numpy(a).to(self._device, self._dtype) for a in arrays)
+        return r1, r2, r3, r4
