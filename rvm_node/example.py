@@ -60,9 +60,7 @@ def _encode_png16(alpha: np.ndarray) -> bytes:
 
     codec = av.CodecContext.create("png", "w")
     codec.width, codec.height, codec.pix_fmt = alpha.shape[1], alpha.shape[0], "gray16be"
-    frame = av.VideoFrame.from_ndarray(
-        np.round(alpha * 65535).astype(">u2"), format="gray16be"
-    )
+    frame = av.VideoFrame.from_ndarray(np.round(alpha * 65535).astype(np.uint16), format="gray16be")
     return b"".join(bytes(p) for p in codec.encode(frame))
 
 

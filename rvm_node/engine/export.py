@@ -74,16 +74,24 @@ def onnx_bytes(net: MattingNetwork, *, precision: str = "fp32", opset: int = DEF
             torch.onnx.export(
                 wrapper,
                 (src, *rec, ratio),
-                buffer,
+                buffer,  # type: ignore[arg-type]
                 dynamo=False,
                 opset_version=opset,
                 do_constant_folding=True,
                 input_names=["src", "r1i", "r2i", "r3i", "r4i", "downsample_ratio"],
                 output_names=["fgr", "pha", "r1o", "r2o", "r3o", "r4o"],
                 dynamic_axes={
-                    "src": spatial, "fgr": spatial, "pha": spatial,
-                    "r1i": everything, "r2i": everything, "r3i": everything, "r4i": everything,
-                    "r1o": spatial, "r2o": spatial, "r3o": spatial, "r4o": spatial,
+                    "src": spatial,
+                    "fgr": spatial,
+                    "pha": spatial,
+                    "r1i": everything,
+                    "r2i": everything,
+                    "r3i": everything,
+                    "r4i": everything,
+                    "r1o": spatial,
+                    "r2o": spatial,
+                    "r3o": spatial,
+                    "r4o": spatial,
                 },
             )
     except Exception as exc:  # torch.onnx raises many kinds; report one line

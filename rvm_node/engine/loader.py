@@ -52,7 +52,7 @@ def _variant_of(state: dict[str, torch.Tensor]) -> str:
     return "resnet50" if "backbone.conv1.weight" in state else "mobilenetv3"
 
 
-def read_state_dict(path: Path, variant: str) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, variant: str, refiner: str = "deep_guided_filter") -> dict[str, torch.Tensor]:
     """A state dict of official structure from a ``.pth``, ``.onnx`` or ``.torchscript`` file."""
     path = Path(path)
     if not path.is_file():
@@ -68,7 +68,7 @@ def read_state_dict(path: Path, variant: str) -> dict[str, torch.Tensor]:
         elif suffix in _TORCHSCRIPT:
             state = dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         elif suffix == ".onnx":
-            return state_dict_from_onnx(path, variant)
+            return state_dict_from_onnx(path, variant, refiner)
         else:
             raise WeightsFormatError(
                 f"{path}: expected a .pth, .onnx or .torchscript file, got {suffix or 'no suffix'}"
@@ -117,7 +117,7 @@ def load_network(
             )
         weights = _imported_official()
     path = Path(weights)
-    state = read_state_dict(path, variant)
+    state = read_state_dict(path, variant, refiner)
     found = _variant_of(state)
     if found != variant:
         raise WeightsFormatError(f"{path}: expected {variant} weights, found {found} weights")
@@ -145,12 +145,15 @@ def _exported_onnx(net: MattingNetwork, source: Path | None, precision: str) -> 
     from rvm_node.engine.weights import sha256_file
 
     if source is None:
-        digest = hashlib.sha256(
-            b"".join(t.numpy().tobytes() for t in net.state_dict().values())
-        ).hexdigest()
+        digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in net.state_dict().values())).hexdigest()
     else:
         digest = sha256_file(source)
-    target = cache_dir() / "exports" / f"{net.variant}-{digest[:16]}-{precision}-opset{DEFAULT_OPSET}.onnx"
+    from rvm_node import __version__
+
+    name = (
+        f"{net.variant}-{net.refiner_name}-{digest[:16]}-{precision}-opset{DEFAULT_OPSET}-v{__version__}.onnx"
+    )
+    target = cache_dir() / "exports" / name
     if not target.is_file():
         export_onnx(net, target, precision=precision)
     return target
@@ -199,6 +202,8 @@ def load_model(
             )
         return ort_backend
     net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
-    source = None if weights is None and random_weights else Path(weights) if weights else _imported_official()
+    source = (
+        None if weights is None and random_weights else Path(weights) if weights else _imported_official()
+    )
     exported = _exported_onnx(net, source, precision)
     return OrtBackend(exported, variant=variant, device=device, options=options, where=str(exported))

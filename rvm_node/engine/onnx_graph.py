@@ -124,7 +124,9 @@ def skip_refiner_at_unit_ratio(model: Any, where: str = "model") -> Any:
         [
             _const(_POLICY_NODES[0], 1.0, TensorProto.FLOAT),
             helper.make_node("Equal", ["downsample_ratio", _POLICY_NODES[0]], [_POLICY_NODES[1]]),
-            helper.make_node("If", [_POLICY_NODES[1]], ["fgr", "pha"], then_branch=unrefined, else_branch=refined),
+            helper.make_node(
+                "If", [_POLICY_NODES[1]], ["fgr", "pha"], then_branch=unrefined, else_branch=refined
+            ),
         ]
     )
     entry = model.metadata_props.add()

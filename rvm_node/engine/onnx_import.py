@@ -5,8 +5,8 @@ most folded tensors lost their names (they are numbered). So the mapping is
 made by graph structure: the ONNX graph's convolutions, in node order, are
 matched one to one with the network's convolutions in the order they run, and
 each pair must agree on kernel, stride, padding, dilation, groups and weight
-shape. Every initializer that kept its name must land on the parameter of that
-name, which proves the alignment.
+shape. Every initializer that kept its parameter name must land on the parameter of
+that name, which proves the alignment.
 
 A folded convolution is stored in the official structure: the convolution
 gets the folded weight and its BatchNorm becomes an identity (mean 0, variance
@@ -67,8 +67,14 @@ def _attr(node: object, name: str, default: list[int]) -> list[int]:
     return default
 
 
-def state_dict_from_onnx(path: Path, variant: str) -> dict[str, torch.Tensor]:
-    """Read an official ONNX file (fp32 or fp16) into a state dict of official structure."""
+def state_dict_from_onnx(
+    path: Path, variant: str, refiner: str = "deep_guided_filter"
+) -> dict[str, torch.Tensor]:
+    """Read an official ONNX file (fp32 or fp16) into a state dict of official structure.
+
+    With the parameter-free fast refiner, the graph's trailing box-filter
+    convolutions (fixed kernels, after the projection) carry no weights to import.
+    """
     import onnx
     from onnx import numpy_helper
 
@@ -88,12 +94,13 @@ def state_dict_from_onnx(path: Path, variant: str) -> dict[str, torch.Tensor]:
             seen_weights.add(node.input[1])
             onnx_convs.append(node)
 
-    net = MattingNetwork(variant)
+    net = MattingNetwork(variant, refiner)
     order = _conv_call_order(net)
+    if refiner == "fast_guided_filter" and len(onnx_convs) > len(order):
+        onnx_convs = onnx_convs[: len(order)]
     if len(order) != len(onnx_convs):
         raise WeightsFormatError(
-            f"{path}: expected {len(order)} distinct convolutions for RVM {variant}, "
-            f"found {len(onnx_convs)}"
+            f"{path}: expected {len(order)} distinct convolutions for RVM {variant}, found {len(onnx_convs)}"
         )
     state: dict[str, torch.Tensor] = {
         key: value.clone() for key, value in net.state_dict().items() if key not in SEGMENTATION_KEYS
@@ -119,8 +126,10 @@ def state_dict_from_onnx(path: Path, variant: str) -> dict[str, torch.Tensor]:
             _attr(node, "pads", [0, 0, 0, 0]),
         )
         if expected != found:
-            raise WeightsFormatError(f"{where}: expected (shape, strides, dilations, group, pads) {expected}, found {found}")
-        if not weight_name.isdigit() and weight_name != f"{name}.weight":
+            raise WeightsFormatError(
+                f"{where}: expected (shape, strides, dilations, group, pads) {expected}, found {found}"
+            )
+        if weight_name in state and weight_name != f"{name}.weight":
             raise WeightsFormatError(f"{where}: named weight {weight_name!r} landed on {name}.weight")
         bias = inits.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
         state[f"{name}.weight"] = torch.from_numpy(weight.copy())
@@ -145,5 +154,5 @@ def state_dict_from_onnx(path: Path, variant: str) -> dict[str, torch.Tensor]:
 def _bn_name(net: nn.Module, bn: nn.Module) -> str:
     for name, module in net.named_modules():
         if module is bn:
-            return name
+            return str(name)
     raise WeightsFormatError("internal: BatchNorm not found in the network")

