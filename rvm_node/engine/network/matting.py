@@ -115,6 +115,7 @@ class MattingNetwork(nn.Module):
             return [self.project_seg(hid), r1, r2, r3, r4]
         fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)
         if refine:
-            fgr_residual, pha = self.refiner(src, src_sm, fgr_residual, pha, hid)
-        fgr = (fgr_residual + src).clamp(0.0, 1.0)
-        return [fgr, pha.clamp(0.0, 1.0), r1, r2, r3, r4]
+            fgr, pha = self.refiner(src, src_sm, fgr_residual, pha, hid)
+        else:
+            fgr, pha = (fgr_residual + src).clamp(0.0, 1.0), pha.clamp(0.0, 1.0)
+        return [fgr, pha, r1, r2, r3, r4]

@@ -1,5 +1,14 @@
 """Guided-filter refiners that lift the low-resolution matte to full resolution.
 
+Both refiners return the final, clamped ``(fgr, pha)``. A guided filter
+computes per-pixel linear coefficients ``a, b`` at low resolution and applies
+``a * guide + b`` at full resolution, where the guide is RGB + gray. The full
+resolution work is memory-bound, so it is arranged to touch as few
+full-resolution channels as possible: the foreground's ``+ src`` residual is
+folded into ``a`` (``up(a + 1) == up(a) + 1`` for a bilinear resize), and the
+gray guide channel is only formed for alpha. Mathematically this is the
+official formulation; numerically it differs by float rounding (~1e-7).
+
 The deep refiner's ``box_filter`` is a trained grouped convolution: it starts
 at 1/9 but the released weights differ, so it is always loaded, never rebuilt.
 """
@@ -23,6 +32,15 @@ def _with_gray(x: Tensor) -> Tensor:
     return torch.cat([x, x.mean(1, keepdim=True)], dim=1)
 
 
+def _apply_coefficients(a: Tensor, b: Tensor, src: Tensor) -> tuple[Tensor, Tensor]:
+    """Final ``fgr = clamp(up(a_rgb) * src + up(b_rgb) + src)``, ``pha = clamp(up(a_a) * gray + up(b_a))``."""
+    a_rgb, a_alpha = a.split([3, 1], dim=1)
+    b_rgb, b_alpha = b.split([3, 1], dim=1)
+    fgr = _resize_to(a_rgb + 1.0, src) * src + _resize_to(b_rgb, src)
+    pha = _resize_to(a_alpha, src) * src.mean(1, keepdim=True) + _resize_to(b_alpha, src)
+    return fgr.clamp(0.0, 1.0), pha.clamp(0.0, 1.0)
+
+
 class DeepGuidedFilterRefiner(nn.Module):
     def __init__(self, hid_ch: int = 16) -> None:
         super().__init__()
@@ -42,7 +60,6 @@ class DeepGuidedFilterRefiner(nn.Module):
     def forward(
         self, fine_src: Tensor, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor, base_hid: Tensor
     ) -> tuple[Tensor, Tensor]:
-        fine_x = _with_gray(fine_src)
         base_x = _with_gray(base_src)
         base_y = torch.cat([base_fgr, base_pha], dim=1)
         mean_x = self.box_filter(base_x)
@@ -51,9 +68,7 @@ class DeepGuidedFilterRefiner(nn.Module):
         var_x = self.box_filter(base_x * base_x) - mean_x * mean_x
         a = self.conv(torch.cat([cov_xy, var_x, base_hid], dim=1))
         b = mean_y - a * mean_x
-        out = _resize_to(a, fine_src) * fine_x + _resize_to(b, fine_src)
-        fgr, pha = out.split([3, 1], dim=1)
-        return fgr, pha
+        return _apply_coefficients(a, b, fine_src)
 
 
 class FastGuidedFilterRefiner(nn.Module):
@@ -83,13 +98,10 @@ class FastGuidedFilterRefiner(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         lr_x = _with_gray(base_src)
         lr_y = torch.cat([base_fgr, base_pha], dim=1)
-        hr_x = _with_gray(fine_src)
         mean_x = self._box(lr_x)
         mean_y = self._box(lr_y)
         cov_xy = self._box(lr_x * lr_y) - mean_x * mean_y
         var_x = self._box(lr_x * lr_x) - mean_x * mean_x
         a = cov_xy / (var_x + self.eps)
         b = mean_y - a * mean_x
-        out = _resize_to(a, hr_x) * hr_x + _resize_to(b, hr_x)
-        fgr, pha = out.split([3, 1], dim=1)
-        return fgr, pha
+        return _apply_coefficients(a, b, fine_src)
