@@ -81,12 +81,71 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     engine.add_argument("--markdown", action="store_true", help="print a Markdown table")
 
 
+def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    convert = sub.add_parser(
+        "convert",
+        help="matte a video or image sequence (accepts the official convert_video command line)",
+        description="Matte a video, a frame pattern (plate.####.exr) or a directory of images. "
+        "The official converter's options are accepted verbatim.",
+    )
+    official = convert.add_argument_group("official options")
+    official.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
+    official.add_argument(
+        "--checkpoint", type=Path, default=None, help="weights file; default: the fetched official weights"
+    )
+    official.add_argument("--device", default="cpu")
+    official.add_argument("--input-source", required=True, help="video file, frame pattern or directory")
+    official.add_argument("--input-resize", type=int, nargs=2, metavar=("W", "H"), default=None)
+    official.add_argument("--downsample-ratio", type=_ratio, default=None, help="(0, 1] or auto (default)")
+    official.add_argument("--output-type", choices=["video", "png_sequence"], default="video")
+    official.add_argument("--output-composition", default=None)
+    official.add_argument("--output-alpha", default=None)
+    official.add_argument("--output-foreground", default=None)
+    official.add_argument("--output-video-mbps", type=float, default=None)
+    official.add_argument("--seq-chunk", type=int, default=1)
+    official.add_argument("--num-workers", type=int, default=0, help="threads encoding image sequences")
+    official.add_argument("--disable-progress", action="store_true")
+    ours = convert.add_argument_group("rvm-node options")
+    ours.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    ours.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    ours.add_argument("--frames", default=None, help="frame range FIRST-LAST, e.g. 1001-1100")
+    ours.add_argument(
+        "--start-frame", type=int, default=1, help="number of a video's first frame (default 1)"
+    )
+    ours.add_argument(
+        "--frame-rate", default=None, help="rate of video outputs from image sequences, e.g. 24000/1001"
+    )
+    ours.add_argument(
+        "--input-colorspace",
+        default=None,
+        help="OCIO colourspace of the input (EXR default: Linear Rec.709 (sRGB))",
+    )
+    ours.add_argument(
+        "--exr-channels", choices=["RGBA", "A"], default="RGBA", help="alpha EXR channels (A: Nuke-style)"
+    )
+    ours.add_argument("--bit-depth", type=int, choices=[8, 16], default=16, help="PNG bit depth")
+    ours.add_argument("--premultiplied", action="store_true", help="premultiply the foreground")
+    ours.add_argument(
+        "--background", default=None, help="composition background: R,G,B (0..255), an image or a video"
+    )
+    ours.add_argument("--video-codec", choices=["h264", "prores4444"], default=None)
+    ours.add_argument("--allow-gaps", action="store_true", help="skip frames missing from a sequence")
+    ours.add_argument("--resume", action="store_true", help="continue a killed run from its verified frames")
+    ours.add_argument(
+        "--resume-warmup", type=int, default=None, help="frames replayed before the first missing one"
+    )
+    ours.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    ours.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
+    ours.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rvm-node", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_weights(sub)
     _add_export(sub)
     _add_bench(sub)
+    _add_convert(sub)
     example = sub.add_parser("example", help="fetch the example clip and matte it")
     example.add_argument("--output-dir", type=Path, default=Path("example-output"))
     example.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
@@ -136,7 +195,80 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _convert(args: argparse.Namespace) -> int:
+    from fractions import Fraction
+
+    from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
+    from rvm_node.engine.loader import load_model
+    from rvm_node.io.sequence import parse_frame_range
+    from rvm_node.io.writers import WriterSettings
+
+    if args.progress_json and (args.quiet or args.disable_progress):
+        raise InvalidInputError("--progress-json cannot be combined with --quiet or --disable-progress")
+    rate = None
+    if args.frame_rate is not None:
+        try:
+            rate = Fraction(args.frame_rate)
+        except (ValueError, ZeroDivisionError):
+            raise InvalidInputError(
+                f"--frame-rate: expected a number or a fraction such as 24000/1001, got {args.frame_rate!r}"
+            ) from None
+        if rate <= 0:
+            raise InvalidInputError(f"--frame-rate: expected a positive rate, got {args.frame_rate}")
+    outputs = {
+        kind: target
+        for kind, target in (
+            ("composition", args.output_composition),
+            ("alpha", args.output_alpha),
+            ("foreground", args.output_foreground),
+        )
+        if target is not None
+    }
+    settings = WriterSettings(
+        exr_channels=args.exr_channels,
+        bit_depth=args.bit_depth,
+        premultiplied=args.premultiplied,
+        video_mbps=args.output_video_mbps,
+        video_codec=args.video_codec,
+    )
+    job = ConvertJob(
+        backend=None,  # type: ignore[arg-type]  # loaded below, after the cheap checks
+        input_source=args.input_source,
+        outputs=outputs,  # type: ignore[arg-type]
+        output_type=args.output_type,
+        downsample_ratio=args.downsample_ratio,
+        input_resize=tuple(args.input_resize) if args.input_resize else None,
+        seq_chunk=args.seq_chunk,
+        num_workers=args.num_workers,
+        frames=parse_frame_range(args.frames) if args.frames else None,
+        start_frame=args.start_frame,
+        input_colorspace=args.input_colorspace,
+        allow_gaps=args.allow_gaps,
+        background=args.background,
+        settings=settings,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        resume_warmup=RESUME_WARMUP if args.resume_warmup is None else args.resume_warmup,
+        frame_rate=rate,
+        progress="json" if args.progress_json else ("off" if args.quiet or args.disable_progress else "bar"),
+    )
+    job.backend = load_model(
+        args.variant,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        weights=args.checkpoint,
+    )
+    report = run_job(job)
+    for kind, target in report.outputs.items():
+        print(f"{kind}: {target}", file=sys.stderr)
+    print(f"{report.frames_written} frames written, {report.frames_skipped} already done", file=sys.stderr)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "convert":
+        return _convert(args)
     if args.command == "weights":
         return _weights(args)
     if args.command == "export":

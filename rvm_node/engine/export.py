@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.network.onnx_ops import ResizeByFactor
 from rvm_node.engine.onnx_graph import skip_refiner_at_unit_ratio
-from rvm_node.engine.weights import atomic_write_bytes
 from rvm_node.errors import ExportError, InvalidInputError
+from rvm_node.fsutil import atomic_write_bytes
 
 __all__ = ["DEFAULT_OPSET", "export_onnx", "export_torchscript", "onnx_bytes"]
 

@@ -22,7 +22,6 @@ from rvm_node.engine.session import MattingBackend
 from rvm_node.engine.weights import (
     IMPORTED_PTH_NAME,
     OFFICIAL_ONNX_MOBILENETV3,
-    atomic_write_bytes,
     cache_dir,
     find_official,
     official_path,
@@ -34,6 +33,7 @@ from rvm_node.errors import (
     WeightsIntegrityError,
     WeightsNotFoundError,
 )
+from rvm_node.fsutil import atomic_write_bytes
 
 __all__ = ["BACKENDS", "load_model", "load_network", "read_state_dict"]
 

