@@ -5,8 +5,10 @@
 >>> session = model.new_session(downsample_ratio=None)  # None: auto
 >>> chunk = session.process(frames)                      # [T, 3, H, W] RGB
 >>> chunk.pha, chunk.fgr
+>>> rvm_node.convert_video(model, "plate.####.exr", output_alpha="matte.####.exr")
 """
 
+from rvm_node.convert import convert_video
 from rvm_node.engine import (
     BACKENDS,
     MatteChunk,
@@ -60,6 +62,7 @@ __all__ = [
     "WeightsNotFoundError",
     "__version__",
     "auto_downsample_ratio",
+    "convert_video",
     "load_model",
     "load_network",
 ]

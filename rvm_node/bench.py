@@ -157,6 +157,116 @@ def _machine() -> str:
     )
 
 
+def _upscaled_clip(width: int, height: int, limit: int) -> Path:
+    """The example clip re-encoded at ``width``x``height`` (cached), a real clip at a realistic size."""
+    import av
+
+    from rvm_node.engine.weights import cache_dir
+    from rvm_node.example import example_clip, read_video_frames
+    from rvm_node.fsutil import atomic_write
+
+    target = cache_dir() / f"carphone_{width}x{height}_{limit}.mp4"
+    if target.is_file():
+        return target
+    frames, rate = read_video_frames(example_clip(), limit=limit)
+
+    def write(tmp: Path) -> None:
+        with av.open(str(tmp), "w", format="mp4") as out:
+            stream = out.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.options = {"crf": "12"}
+            for frame in frames:
+                picture = av.VideoFrame.from_ndarray(frame.transpose(1, 2, 0).copy(), format="rgb24")
+                for packet in stream.encode(picture.reformat(width=width, height=height)):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+
+    atomic_write(target, write)
+    return target
+
+
+def run_convert_bench(args: argparse.Namespace) -> int:
+    """End-to-end convert vs tensor throughput vs a sequential loop, on the same real frames."""
+    import tempfile
+
+    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.engine.loader import load_model
+    from rvm_node.io.sequence import FramePattern
+    from rvm_node.io.sources import open_source
+    from rvm_node.io.writers import SequenceWriter, WriterSettings, render
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    clip = _upscaled_clip(width, height, args.frames)
+    from rvm_node.engine.ort_backend import OrtOptions
+
+    spin_off = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
+    backend = load_model(backend=args.backend, options=spin_off)
+    ratio = args.downsample_ratio
+    source = open_source(clip)
+    frames = [f.pixels for f in source.frames()]
+    rows: list[tuple[str, float]] = []
+
+    session = backend.new_session(ratio)
+    session.process(frames[0].transpose(2, 0, 1)[None])
+    session.reset()
+    start = time.perf_counter()
+    for pixels in frames:
+        session.process(pixels.transpose(2, 0, 1)[None])
+    tensor = len(frames) / (time.perf_counter() - start)
+    rows.append(("engine tensor throughput (decoded frames in memory)", tensor))
+
+    for ext in args.formats.split(","):
+        with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
+            pattern = FramePattern(Path(tmp) / "seq", "m.", 4, f".{ext}")
+            writer = SequenceWriter("alpha", pattern, WriterSettings())
+            session = backend.new_session(ratio)
+            start = time.perf_counter()
+            for frame in open_source(clip).frames():  # decode -> run -> encode, one thread
+                out = session.process(frame.pixels.transpose(2, 0, 1)[None])
+                writer.write(frame.number, render("alpha", WriterSettings(), out.fgr[0], out.pha[0, 0], None))
+            rows.append((f"sequential loop, alpha {ext}", len(frames) / (time.perf_counter() - start)))
+            for chunk in (1, 4):
+                job = ConvertJob(
+                    backend=backend,
+                    input_source=str(clip),
+                    downsample_ratio=ratio,
+                    outputs={"alpha": str(Path(tmp) / f"run{chunk}" / f"m.####.{ext}")},
+                    seq_chunk=chunk,
+                    num_workers=args.num_workers,
+                    progress="off",
+                )
+                start = time.perf_counter()
+                run_job(job)
+                rows.append(
+                    (
+                        f"rvm-node convert, alpha {ext}, seq_chunk {chunk}",
+                        len(frames) / (time.perf_counter() - start),
+                    )
+                )
+    with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
+        job = ConvertJob(
+            backend=backend,
+            input_source=str(clip),
+            downsample_ratio=ratio,
+            outputs={"composition": str(Path(tmp) / "comp.mp4")},
+            progress="off",
+        )
+        start = time.perf_counter()
+        run_job(job)
+        rows.append(("rvm-node convert, composition h264 video", len(frames) / (time.perf_counter() - start)))
+
+    print(f"Machine: {_machine()}")
+    print(
+        f"Clip: carphone re-encoded at {width}x{height}, {len(frames)} frames, ratio {ratio}, backend {backend.name}"
+    )
+    print("| path | frames/s | vs tensor |")
+    print("|---|---|---|")
+    for name, fps in rows:
+        print(f"| {name} | {fps:.2f} | {fps / tensor:.2f}x |")
+    return 0
+
+
 def run_engine_bench(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.warmup < 0:
         raise InvalidInputError("--frames must be >= 1 and --warmup >= 0")

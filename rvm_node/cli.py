@@ -79,6 +79,13 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--sizes", default="640x360@0.8,1280x720@0.375,1920x1080@0.25", help="comma-separated WxH@ratio"
     )
     engine.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    convert = kinds.add_parser("convert", help="end-to-end convert vs tensor throughput vs a sequential loop")
+    convert.add_argument("--size", default="1280x720", help="WxH the example clip is re-encoded at")
+    convert.add_argument("--frames", type=int, default=60)
+    convert.add_argument("--downsample-ratio", type=float, default=0.375)
+    convert.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    convert.add_argument("--formats", default="exr,png", help="alpha formats to measure")
+    convert.add_argument("--num-workers", type=int, default=1)
 
 
 def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -231,8 +238,20 @@ def _convert(args: argparse.Namespace) -> int:
         video_mbps=args.output_video_mbps,
         video_codec=args.video_codec,
     )
+    from rvm_node.engine.ort_backend import OrtOptions
+
+    # Idle onnxruntime workers must not spin: decoding and encoding threads share the CPU.
+    options = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
+    backend = load_model(
+        args.variant,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        weights=args.checkpoint,
+        options=options,
+    )
     job = ConvertJob(
-        backend=None,  # type: ignore[arg-type]  # loaded below, after the cheap checks
+        backend=backend,
         input_source=args.input_source,
         outputs=outputs,  # type: ignore[arg-type]
         output_type=args.output_type,
@@ -252,13 +271,6 @@ def _convert(args: argparse.Namespace) -> int:
         frame_rate=rate,
         progress="json" if args.progress_json else ("off" if args.quiet or args.disable_progress else "bar"),
     )
-    job.backend = load_model(
-        args.variant,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        weights=args.checkpoint,
-    )
     report = run_job(job)
     for kind, target in report.outputs.items():
         print(f"{kind}: {target}", file=sys.stderr)
@@ -274,9 +286,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         return _export(args)
     if args.command == "bench":
-        from rvm_node.bench import run_engine_bench
+        from rvm_node.bench import run_convert_bench, run_engine_bench
 
-        return run_engine_bench(args)
+        return run_engine_bench(args) if args.kind == "engine" else run_convert_bench(args)
     from rvm_node.example import run_example
 
     return run_example(args)

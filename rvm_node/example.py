@@ -58,10 +58,12 @@ def read_video_frames(path: Path, limit: int | None = None) -> tuple[np.ndarray,
 def run_example(args: argparse.Namespace) -> int:
     from rvm_node.convert import ConvertJob, run_job
     from rvm_node.engine.loader import load_model
+    from rvm_node.engine.ort_backend import OrtOptions
 
     out: Path = args.output_dir
+    spin_off = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
     job = ConvertJob(
-        backend=load_model("mobilenetv3", backend=args.backend),
+        backend=load_model("mobilenetv3", backend=args.backend, options=spin_off),
         input_source=str(example_clip()),
         outputs={
             "alpha": str(out / "alpha" / "carphone_matte.####.exr"),

@@ -36,6 +36,7 @@ def test_exported_names_are_pinned() -> None:
             "WeightsNotFoundError",
             "__version__",
             "auto_downsample_ratio",
+            "convert_video",
             "load_model",
             "load_network",
         ]

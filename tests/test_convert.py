@@ -627,3 +627,150 @@ def test_frame_pattern_parsing() -> None:
         FramePattern.detect("a.##.%04d.png")
     with pytest.raises(InvalidInputError, match="FIRST-LAST"):
         parse_frame_range("1001..1100")
+
+
+def test_other_input_formats(backend, tmp_path: Path, clip_frames: np.ndarray) -> None:
+    """TIFF 16-bit, JPEG 8-bit and float (not half) EXR plates all decode and matte."""
+    frame = clip_frames[3].transpose(1, 2, 0)
+    write_image(tmp_path / "tif" / "p.0001.tif", frame.astype(np.uint16) * 257)
+    with av.open(str(tmp_path / "p.jpg"), "w", format="image2") as out:
+        stream = out.add_stream("mjpeg", rate=1)
+        stream.width, stream.height, stream.pix_fmt = 176, 144, "yuvj444p"
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame.copy(), format="rgb24")):
+            out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    (tmp_path / "jpg").mkdir()
+    (tmp_path / "p.jpg").rename(tmp_path / "jpg" / "p.0001.jpg")
+    linear = np.ascontiguousarray((frame.astype(np.float32) / 255) ** 2.2)
+    (tmp_path / "exr").mkdir()
+    with OpenEXR.File(
+        {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, {"RGB": linear}
+    ) as exr:
+        exr.write(str(tmp_path / "exr" / "p.0001.exr"))
+    mattes = {}
+    for kind, ext in (("tif", "tif"), ("jpg", "jpg"), ("exr", "exr")):
+        convert_video(
+            backend,
+            tmp_path / kind / f"p.####.{ext}",
+            downsample_ratio=RATIO,
+            output_alpha=tmp_path / f"a_{kind}" / "m.####.exr",
+            progress=False,
+        )
+        mattes[kind] = read_exr(tmp_path / f"a_{kind}" / "m.0001.exr")["A"].astype(np.float32)
+    assert read_image(tmp_path / "tif" / "p.0001.tif").pixels.dtype == np.uint16
+    assert np.abs(mattes["tif"] - mattes["jpg"]).mean() < 0.02  # JPEG is lossy
+    assert np.abs(mattes["tif"] - mattes["exr"]).mean() < 0.02  # gamma 2.2 is not exactly sRGB
+
+
+def test_composition_over_a_background_video(backend, clip: Path, tmp_path: Path) -> None:
+    background = tmp_path / "bg.mp4"
+    make_av_clip(background, frames=3, audio=False, size=(32, 32))  # shorter: it loops, and is resized
+    convert_video(
+        backend,
+        clip,
+        downsample_ratio=RATIO,
+        output_composition=tmp_path / "comp.mp4",
+        background=str(background),
+        frames=parse_frame_range("1-5"),
+        progress=False,
+    )
+    with av.open(str(tmp_path / "comp.mp4")) as video:
+        assert sum(1 for _ in video.decode(video=0)) == 5
+
+
+def test_interrupt_exits_130_and_keeps_complete_frames(tmp_path: Path, clip: Path) -> None:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rvm_node",
+            "convert",
+            "--input-source",
+            str(clip),
+            "--downsample-ratio",
+            "0.5",
+            "--output-alpha",
+            str(tmp_path / "m.####.exr"),
+            "--quiet",
+        ],
+        env=os.environ.copy(),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(tmp_path.glob("m.*.exr"))) < 5:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "interrupted" in err
+    for path in tmp_path.glob("m.*.exr"):
+        assert read_exr(path)["A"].shape == (144, 176)
+    assert not [p for p in tmp_path.iterdir() if is_temporary(p)]
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_a_long_shot(tmp_path: Path) -> None:
+    """10,000 frames through the whole pipeline: resident memory must not grow with the shot."""
+    source = tmp_path / "long.mp4"
+    make_av_clip(source, frames=10_000, audio=False, size=(32, 32))
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rvm_node",
+            "convert",
+            "--input-source",
+            str(source),
+            "--downsample-ratio",
+            "1",
+            "--output-alpha",
+            str(tmp_path / "alpha.mp4"),
+            "--progress-json",
+        ],
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    samples: dict[int, int] = {}
+    assert process.stdout is not None
+    for line in process.stdout:
+        done = json.loads(line)["done"]
+        if done in (1_000, 5_000, 9_900):
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            samples[done] = int(next(v for v in status.splitlines() if v.startswith("VmRSS")).split()[1])
+    assert process.wait(timeout=60) == 0
+    growth_mb = (samples[9_900] - samples[1_000]) / 1024
+    print(
+        f"\nRSS at 1,000 / 5,000 / 9,900 frames: {[v // 1024 for v in samples.values()]} MB; growth {growth_mb:.1f} MB"
+    )
+    assert growth_mb < 50
+
+
+def test_container_without_video_and_truncated_video(
+    tmp_path: Path, clip: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    audio_only = tmp_path / "sound.m4a"
+    with av.open(str(audio_only), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=48000)
+        chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        chunk.sample_rate = 48000
+        for packet in [*stream.encode(chunk), *stream.encode()]:
+            out.mux(packet)
+    truncated = tmp_path / "cut.mp4"
+    truncated.write_bytes(clip.read_bytes()[:20_000])
+    for path, message in ((audio_only, "sound.m4a: no video stream"), (truncated, "cut.mp4: ")):
+        code = main(
+            [
+                "convert",
+                "--input-source",
+                str(path),
+                "--output-alpha",
+                str(tmp_path / "o" / "m.####.png"),
+                "--quiet",
+            ]
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == EXIT_INPUT and len(err) == 1 and message in err[0], err
+    assert not list((tmp_path / "o").glob("m.*.png")) if (tmp_path / "o").exists() else True

@@ -36,12 +36,15 @@ class OrtOptions:
     ``intra_op_threads``/``inter_op_threads``: 0 lets onnxruntime choose.
     ``graph_optimization``: one of disable, basic, extended, all.
     ``tensorrt``: put TensorRT ahead of CUDA where it is available.
+    ``spin``: let idle worker threads spin; faster alone, but it takes CPU from
+    decoding and encoding threads running beside the model.
     """
 
     intra_op_threads: int = 0
     inter_op_threads: int = 0
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     tensorrt: bool = False
+    spin: bool = True
 
 
 def choose_providers(device: str, tensorrt: bool = False) -> list[str]:
@@ -102,6 +105,9 @@ class OrtBackend(MattingBackend[OrtState]):
         settings = ort.SessionOptions()
         settings.intra_op_num_threads = self.options.intra_op_threads
         settings.inter_op_num_threads = self.options.inter_op_threads
+        settings.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if self.options.spin else "0"
+        )
         settings.graph_optimization_level = {
             "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

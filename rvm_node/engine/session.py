@@ -123,12 +123,14 @@ class MattingBackend(abc.ABC, Generic[StateT]):
 def _as_unit_float(frames: Any, where: str) -> np.ndarray:
     array = np.asarray(frames)
     if array.dtype in _UNIT_SCALE:
-        return array.astype(np.float32) * np.float32(_UNIT_SCALE[array.dtype])
+        unit = array.astype(np.float32, order="C")  # one C-contiguous copy, scaled in place
+        unit *= np.float32(_UNIT_SCALE[array.dtype])
+        return unit
     if array.dtype not in _FLOATS:
         raise InvalidInputError(
             f"{where}: expected uint8, uint16, float16 or float32 frames, got {array.dtype}"
         )
-    return array.astype(np.float32, copy=False)
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 class MattingSession:

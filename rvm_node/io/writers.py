@@ -171,10 +171,7 @@ class SequenceWriter(FrameWriter):
         path = self.path(number)
         if self.ext == ".exr":
             if self.kind == "alpha":
-                if self.settings.exr_channels == "A":
-                    write_exr(path, image, "A")
-                else:
-                    write_exr(path, np.repeat(image[..., None], 4, axis=-1), "RGBA")
+                write_exr(path, image, self.settings.exr_channels)  # RGBA: R = G = B = A = matte
             else:
                 write_exr(path, image, "RGBA" if image.shape[-1] == 4 else "RGB")
         else:
