@@ -8,7 +8,7 @@ and ``python -m rvm_node`` behave the same:
 1    an rvm-node error not covered below
 2    bad usage (unknown option, missing argument)
 3    bad input: a file, frame, setting or weights file at fault
-4    a backend or device that cannot run here
+4    a backend, device or render node that cannot serve the request
 130  interrupted (Ctrl-C)
 ===  =====================================================
 """
@@ -19,8 +19,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from rvm_node.errors import BackendError, InvalidInputError, RvmNodeError, WeightsError
+from rvm_node.errors import BackendError, InvalidInputError, NodeError, RvmNodeError, WeightsError
 
 __all__ = ["EXIT_BACKEND", "EXIT_ERROR", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
 
@@ -88,13 +89,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--num-workers", type=int, default=1)
 
 
-def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    convert = sub.add_parser(
-        "convert",
-        help="matte a video or image sequence (accepts the official convert_video command line)",
-        description="Matte a video, a frame pattern (plate.####.exr) or a directory of images. "
-        "The official converter's options are accepted verbatim.",
-    )
+def _add_shot_options(convert: argparse.ArgumentParser) -> None:
+    """The input, output and model options shared by ``convert`` and ``matte``."""
     official = convert.add_argument_group("official options")
     official.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
     official.add_argument(
@@ -146,6 +142,49 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     ours.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    convert = sub.add_parser(
+        "convert",
+        help="matte a video or image sequence (accepts the official convert_video command line)",
+        description="Matte a video, a frame pattern (plate.####.exr) or a directory of images. "
+        "The official converter's options are accepted verbatim.",
+    )
+    _add_shot_options(convert)
+    matte = sub.add_parser(
+        "matte",
+        help="matte a video or image sequence on a render node",
+        description="Stream a shot to a render node and write the mattes, with the options of `convert`.",
+    )
+    _add_shot_options(matte)
+    node = matte.add_argument_group("node options")
+    node.add_argument("--node", required=True, help="HOST:PORT of the render node")
+    node.add_argument(
+        "--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)"
+    )
+    node.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser("serve", help="run a render node (prints its address once serving)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
+    serve.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
+    serve.add_argument("--device", default="cpu")
+    serve.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    serve.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
+    serve.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
+    serve.add_argument("--checkpoint", type=Path, default=None)
+    serve.add_argument("--max-streams", type=int, default=4)
+    serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds a stream may sit idle")
+    serve.add_argument("--max-message-mb", type=int, default=64)
+    serve.add_argument(
+        "--token-file", type=Path, default=None, help="require this bearer token (else $RVM_NODE_TOKEN)"
+    )
+    serve.add_argument("--tls-cert", type=Path, default=None)
+    serve.add_argument("--tls-key", type=Path, default=None)
+    serve.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates (mTLS)")
+    serve.add_argument("--grace", type=float, default=30.0, help="seconds running streams get on SIGTERM")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rvm-node", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_bench(sub)
     _add_convert(sub)
+    _add_serve(sub)
     example = sub.add_parser("example", help="fetch the example clip and matte it")
     example.add_argument("--output-dir", type=Path, default=Path("example-output"))
     example.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
@@ -202,6 +242,65 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _token(path: Path | None) -> str | None:
+    import os
+
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise InvalidInputError(f"{path}: cannot read the token file ({exc.strerror})") from None
+        if not token:
+            raise InvalidInputError(f"{path}: the token file is empty")
+        return token
+    return os.environ.get("RVM_NODE_TOKEN") or None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from rvm_node.engine.loader import load_model
+    from rvm_node.node.server import NodeServer, TlsFiles, serve_forever, start_node
+    from rvm_node.node.service import Limits
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
+    )
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInputError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise InvalidInputError("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = (
+        TlsFiles(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+        if args.tls_cert
+        else None
+    )
+    limits = Limits(
+        max_streams=args.max_streams,
+        idle_timeout=args.idle_timeout,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+    )
+    token = _token(args.token_file)
+    backend = load_model(
+        args.variant,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        weights=args.checkpoint,
+    )
+
+    def ready(node: NodeServer) -> None:
+        print(node.address, flush=True)  # the line scripts and tests wait for
+
+    async def main_async() -> None:
+        node = await start_node(backend, host=args.host, port=args.port, limits=limits, token=token, tls=tls)
+        await serve_forever(node, args.grace, ready)
+
+    asyncio.run(main_async())
+    return 0
+
+
 def _convert(args: argparse.Namespace) -> int:
     from fractions import Fraction
 
@@ -240,16 +339,24 @@ def _convert(args: argparse.Namespace) -> int:
     )
     from rvm_node.engine.ort_backend import OrtOptions
 
-    # Idle onnxruntime workers must not spin: decoding and encoding threads share the CPU.
-    options = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
-    backend = load_model(
-        args.variant,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        weights=args.checkpoint,
-        options=options,
-    )
+    backend: Any
+    if args.command == "matte":
+        from rvm_node.client import NodeClient, RemoteBackend
+
+        ca = args.ca_file.read_bytes() if args.ca_file is not None else None
+        client = NodeClient(args.node, token=_token(args.token_file), root_certificates=ca)
+        backend = RemoteBackend(client, label=Path(args.input_source).name)
+    else:
+        # Idle onnxruntime workers must not spin: decoding and encoding threads share the CPU.
+        options = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
+        backend = load_model(
+            args.variant,
+            backend=args.backend,
+            device=args.device,
+            precision=args.precision,
+            weights=args.checkpoint,
+            options=options,
+        )
     job = ConvertJob(
         backend=backend,
         input_source=args.input_source,
@@ -279,8 +386,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.command == "convert":
+    if args.command in ("convert", "matte"):
         return _convert(args)
+    if args.command == "serve":
+        return _serve(args)
     if args.command == "weights":
         return _weights(args)
     if args.command == "export":
@@ -308,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InvalidInputError, WeightsError) as exc:
         print(f"rvm-node: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
-    except BackendError as exc:
+    except (BackendError, NodeError) as exc:
         print(f"rvm-node: error: {exc}", file=sys.stderr)
         return EXIT_BACKEND
     except RvmNodeError as exc:

@@ -17,7 +17,13 @@ The tree::
     ├── BackendError                 a backend cannot run as asked
     │   ├── BackendUnavailableError  (+ ImportError) its package or device is missing
     │   └── UnsupportedPrecisionError the device cannot run that precision
-    └── ExportError                  exporting a model failed
+    ├── ExportError                  exporting a model failed
+    └── NodeError                    talking to a render node failed
+        ├── NodeUnavailableError     the node cannot be reached or is shutting down (UNAVAILABLE)
+        ├── NodeBusyError            the node has no free stream slot (RESOURCE_EXHAUSTED)
+        ├── NodeAuthError            missing or wrong token, TLS refused (UNAUTHENTICATED)
+        ├── NodeTimeoutError         a deadline or the idle timeout passed (DEADLINE_EXCEEDED)
+        └── NodeProtocolError        the node rejected the stream or answered out of protocol
 
 Messages are one line and name the file, frame or field at fault together with
 what was expected.
@@ -30,6 +36,12 @@ __all__ = [
     "BackendUnavailableError",
     "ExportError",
     "InvalidInputError",
+    "NodeAuthError",
+    "NodeBusyError",
+    "NodeError",
+    "NodeProtocolError",
+    "NodeTimeoutError",
+    "NodeUnavailableError",
     "ResolutionChangedError",
     "RvmNodeError",
     "UnsupportedPrecisionError",
@@ -87,3 +99,27 @@ class UnsupportedPrecisionError(BackendError):
 
 class ExportError(RvmNodeError):
     """Exporting a model to ONNX or TorchScript failed."""
+
+
+class NodeError(RvmNodeError):
+    """Talking to a render node failed."""
+
+
+class NodeUnavailableError(NodeError):
+    """The node cannot be reached, or is shutting down."""
+
+
+class NodeBusyError(NodeError):
+    """The node has no free stream slot."""
+
+
+class NodeAuthError(NodeError):
+    """The node refused the credentials (token or TLS)."""
+
+
+class NodeTimeoutError(NodeError):
+    """A deadline or the node's idle timeout passed."""
+
+
+class NodeProtocolError(NodeError):
+    """The node rejected the stream's settings or frames, or answered out of protocol."""

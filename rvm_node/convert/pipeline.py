@@ -430,6 +430,7 @@ def run_job(job: ConvertJob, on_source: Callable[[FrameSource], None] | None = N
         raise
     finally:
         stop.set()
+        session.close()
     if plan.checkpoint is not None:
         plan.checkpoint.unlink(missing_ok=True)  # the shot is complete
     progress.finish("done")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rvm_node.engine.onnx_graph import policy_graphs
-from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.session import MattingBackend, RecurrentState
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, WeightsFormatError
 
 __all__ = ["OrtBackend", "OrtOptions", "choose_providers"]
@@ -185,14 +185,14 @@ class OrtBackend(MattingBackend[OrtState]):
         r1, r2, r3, r4 = (np.asarray(v.numpy(), np.float32) for v in state)
         return r1, r2, r3, r4
 
-    def state_from_host(self, arrays: tuple[np.ndarray, ...]) -> OrtState:
+    def state_from_host(self, state: RecurrentState) -> OrtState:
         import onnxruntime as ort
 
         r1, r2, r3, r4 = (
             ort.OrtValue.ortvalue_from_numpy(
                 np.ascontiguousarray(a, self._np_dtype), self._ort_device, self._device_id
             )
-            for a in arrays
+            for a in state.arrays()
         )
         return r1, r2, r3, r4
 

@@ -105,8 +105,15 @@ class MattingBackend(abc.ABC, Generic[StateT]):
         """The four state tensors as float32 host arrays."""
 
     @abc.abstractmethod
-    def state_from_host(self, arrays: tuple[np.ndarray, ...]) -> StateT:
-        """A backend state from four float32 host arrays."""
+    def state_from_host(self, state: RecurrentState) -> StateT:
+        """A backend state from a host snapshot."""
+
+    def prepare(self, frames: Any) -> np.ndarray:
+        """Frames as this backend takes them: float32 in 0..1 unless it wants the raw samples."""
+        return _as_unit_float(frames, "frames")
+
+    def release(self, state: StateT) -> None:
+        """Free what a stream's state holds beyond memory (a remote stream, say)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -157,6 +164,8 @@ class MattingSession:
 
     def reset(self) -> None:
         """Forget the recurrent state (at a cut, or before a new frame size)."""
+        if self._state is not None:
+            self.backend.release(self._state)
         self._state = None
         self._frame_size = None
         self._batch = None
@@ -164,7 +173,7 @@ class MattingSession:
         self.frames_processed = 0
 
     def process(self, frames: Any) -> MatteChunk:
-        src = _as_unit_float(frames, "frames")
+        src = self.backend.prepare(frames)
         single = src.ndim == 4
         if single:
             src = src[None]
@@ -203,13 +212,19 @@ class MattingSession:
         r1, r2, r3, r4 = self.backend.state_to_host(self._state)
         return RecurrentState(r1, r2, r3, r4, self._frame_size, self._ratio, self.frames_processed)
 
+    def close(self) -> None:
+        """End the stream: same as :meth:`reset`, for use at the end of a shot."""
+        self.reset()
+
     def restore(self, state: RecurrentState) -> None:
         """Continue from a snapshot (of this or another session, on any backend)."""
         arrays = state.arrays()
         batch = arrays[0].shape[0]
         if any(a.ndim != 4 or a.shape[0] != batch for a in arrays):
             raise InvalidInputError("state: expected four [B, C, h, w] arrays with one batch size")
-        self._state = self.backend.state_from_host(tuple(np.asarray(a, np.float32) for a in arrays))
+        if self._state is not None:
+            self.backend.release(self._state)
+        self._state = self.backend.state_from_host(state)
         self._frame_size = state.frame_size
         self._batch = batch
         self._ratio = state.downsample_ratio

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from rvm_node.engine.network import MattingNetwork
-from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.session import MattingBackend, RecurrentState
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
 
 __all__ = ["TorchBackend", "TorchOptions", "cpu_has_bf16", "fold_batchnorm"]
@@ -164,6 +164,8 @@ class TorchBackend(MattingBackend[TorchState]):
         r1, r2, r3, r4 = (t.float().cpu().numpy() for t in state)
         return r1, r2, r3, r4
 
-    def state_from_host(self, arrays: tuple[np.ndarray, ...]) -> TorchState:
-        r1, r2, r3, r4 = (torch.from_numpy(a).to(self._device, self._dtype) for a in arrays)
+    def state_from_host(self, state: RecurrentState) -> TorchState:
+        r1, r2, r3, r4 = (
+            torch.from_numpy(np.asarray(a, np.float32)).to(self._device, self._dtype) for a in state.arrays()
+        )
         return r1, r2, r3, r4

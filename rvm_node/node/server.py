@@ -1,0 +1,156 @@
+"""The render node server: one model per device, gRPC aio, health, reflection, auth, TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from rvm_node.engine.session import MattingBackend
+from rvm_node.errors import InvalidInputError
+from rvm_node.node.service import Limits, MattingServicer, Scheduler
+from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+
+__all__ = ["NodeServer", "TlsFiles", "TokenAuthInterceptor", "start_node"]
+
+log = logging.getLogger("rvm_node.node")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MattingService"].full_name
+_EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TlsFiles:
+    """Server certificate and key; ``client_ca`` turns on mutual TLS."""
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Requires ``authorization: Bearer <token>`` on every call except health and reflection."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self, continuation: Callable[[Any], Awaitable[Any]], handler_call_details: Any
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(_EXEMPT):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(given, self._expected):
+            return handler
+        return _refusal(handler)
+
+
+def _refusal(handler: Any) -> Any:
+    async def deny(_request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(deny)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(deny)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(deny)
+    return grpc.unary_unary_rpc_method_handler(deny)
+
+
+@dataclass(kw_only=True)
+class NodeServer:
+    server: Any
+    servicer: MattingServicer
+    health: Any
+    port: int
+    address: str
+    scheduler: Scheduler
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def drain(self, grace: float) -> None:
+        """Graceful shutdown: NOT_SERVING, refuse new streams, let running ones finish within ``grace``."""
+        self.servicer.draining = True
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        self.scheduler.close()
+        self._stopped.set()
+
+    async def wait(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def start_node(
+    backend: MattingBackend[Any],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    limits: Limits | None = None,
+    token: str | None = None,
+    tls: TlsFiles | None = None,
+) -> NodeServer:
+    """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING."""
+    from rvm_node import __version__
+
+    limits = limits or Limits()
+    if limits.max_streams < 1:
+        raise InvalidInputError(f"--max-streams: expected 1 or more, got {limits.max_streams}")
+    options = [
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+    ]
+    interceptors = [TokenAuthInterceptor(token)] if token else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    scheduler = Scheduler(backend)
+    servicer = MattingServicer(scheduler, limits, __version__)
+    pb_grpc.add_MattingServiceServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    address = f"{host}:{port}"
+    if tls is None:
+        bound = server.add_insecure_port(address)
+    else:
+        credentials = grpc.ssl_server_credentials(
+            [(tls.key.read_bytes(), tls.cert.read_bytes())],
+            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+            require_client_auth=tls.client_ca is not None,
+        )
+        bound = server.add_secure_port(address, credentials)
+    if bound == 0:
+        raise InvalidInputError(f"--port: cannot bind {address}")
+    await server.start()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    host_shown = f"[{host}]" if ":" in host else host
+    return NodeServer(
+        server=server,
+        servicer=servicer,
+        health=health_servicer,
+        port=bound,
+        address=f"{host_shown}:{bound}",
+        scheduler=scheduler,
+    )
+
+
+async def serve_forever(node: NodeServer, grace: float, on_ready: Callable[[NodeServer], None]) -> None:
+    """Serve until SIGTERM or SIGINT, then drain within ``grace`` seconds."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    on_ready(node)
+    await stop.wait()
+    log.info("draining: %d active streams, grace %.0f s", node.servicer.active_streams, grace)
+    await node.drain(grace)
