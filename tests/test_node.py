@@ -1,0 +1,563 @@
+"""The render node: a real gRPC server on 127.0.0.1, in-process and as `rvm-node serve`, with the real client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from rvm_node import load_model
+from rvm_node.client import NodeClient
+from rvm_node.errors import (
+    InvalidInputError,
+    NodeAuthError,
+    NodeBusyError,
+    NodeProtocolError,
+    NodeTimeoutError,
+    NodeUnavailableError,
+)
+from rvm_node.node.server import NodeServer, TlsFiles, start_node
+from rvm_node.node.service import Limits
+from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+
+RATIO = 0.5
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class NodeThread:
+    """An in-process node running its own asyncio loop on a thread."""
+
+    def __init__(self, backend: Any, **kwargs: Any) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.node: NodeServer = asyncio.run_coroutine_threadsafe(
+            start_node(backend, **kwargs), self.loop
+        ).result(60)
+        self.address = f"127.0.0.1:{self.node.port}"
+
+    @property
+    def active(self) -> int:
+        return self.node.servicer.active_streams
+
+    def wait_idle(self, timeout: float = 20) -> int:
+        deadline = time.monotonic() + timeout
+        while self.active and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return self.active
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.node.drain(1), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    return load_model(backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def node(backend) -> Iterator[NodeThread]:
+    server = NodeThread(backend, limits=Limits(max_streams=8, idle_timeout=30))
+    yield server
+    server.stop()
+
+
+def frames_of(
+    clip_frames: np.ndarray, count: int, size: tuple[int, int] | None = None
+) -> list[tuple[int, np.ndarray]]:
+    frames = clip_frames[:count].transpose(0, 2, 3, 1)
+    if size is not None:
+        width, height = size
+        frames = np.ascontiguousarray(frames[:, :height, :width])
+    return [(1001 + i, f) for i, f in enumerate(frames)]
+
+
+def local_alpha(backend: Any, frames: list[tuple[int, np.ndarray]], ratio: float = RATIO) -> np.ndarray:
+    session = backend.new_session(ratio)
+    return session.process(np.stack([f for _, f in frames]).transpose(0, 3, 1, 2)).pha[:, 0]
+
+
+def remote_alpha(
+    address: str, frames: list[tuple[int, np.ndarray]], **kwargs: Any
+) -> tuple[list[int], np.ndarray]:
+    height, width = frames[0][1].shape[:2]
+    with (
+        NodeClient(address, **{k: v for k, v in kwargs.items() if k in ("token",)}) as client,
+        client.open_stream(width=width, height=height, downsample_ratio=RATIO) as stream,
+    ):
+        results = list(stream.process(frames))
+    return [r.number for r in results], np.stack([r.alpha for r in results])
+
+
+def test_node_equals_local_engine(node: NodeThread, backend, clip_frames: np.ndarray) -> None:
+    frames = frames_of(clip_frames, 12)
+    numbers, alpha = remote_alpha(node.address, frames)
+    assert numbers == [n for n, _ in frames]
+    diff = float(np.abs(alpha - local_alpha(backend, frames)).max())
+    print(f"\nnode vs local engine, 12 frames: alpha max {diff:.2e}")
+    assert diff <= 1e-5
+    assert node.wait_idle() == 0
+
+
+def test_node_info_health_and_reflection(node: NodeThread) -> None:
+    with NodeClient(node.address) as client:
+        info = client.info()
+    assert info.backend == "onnxruntime" and info.variants == ["mobilenetv3"] and info.max_streams == 8
+    assert info.max_message_bytes == 64 * 1024 * 1024 and info.idle_timeout == 30
+    with grpc.insecure_channel(node.address) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="rvm_node.v1.MattingService")
+        )
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        reply = next(
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
+        names = {s.name for s in reply.list_services_response.service}
+    assert "rvm_node.v1.MattingService" in names and "grpc.health.v1.Health" in names
+
+
+def test_concurrent_streams_at_mixed_sizes_equal_each_alone(
+    node: NodeThread, backend, clip_frames: np.ndarray
+) -> None:
+    sizes = [(176, 144), (160, 120), (128, 96), (176, 144), (96, 64), (144, 112), (176, 144), (64, 64)]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+
+    def run(index: int) -> None:
+        try:
+            frames = frames_of(np.roll(clip_frames, index, axis=0), 6, sizes[index])
+            results[index] = remote_alpha(node.address, frames)[1]
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert not errors, errors
+    for index in range(8):
+        frames = frames_of(np.roll(clip_frames, index, axis=0), 6, sizes[index])
+        assert float(np.abs(results[index] - local_alpha(backend, frames)).max()) <= 1e-5
+    assert node.wait_idle() == 0
+
+
+def test_snapshot_and_restore_on_another_in_process_node(
+    node: NodeThread, backend, clip_frames: np.ndarray
+) -> None:
+    frames = frames_of(clip_frames, 16)
+    straight = local_alpha(backend, frames)
+    other = NodeThread(backend)
+    try:
+        with (
+            NodeClient(node.address) as first,
+            first.open_stream(width=176, height=144, downsample_ratio=RATIO) as stream,
+        ):
+            list(stream.process(frames[:9]))
+            after, state = stream.snapshot()
+        assert after == frames[8][0]
+        with (
+            NodeClient(other.address) as second,
+            second.open_stream(
+                width=176, height=144, downsample_ratio=RATIO, restore=(after, state)
+            ) as stream,
+        ):
+            rest = np.stack([r.alpha for r in stream.process(frames[9:])])
+        assert float(np.abs(rest - straight[9:]).max()) <= 1e-5
+    finally:
+        other.stop()
+
+
+def test_reset_at_a_cut_starts_fresh(node: NodeThread, backend, clip_frames: np.ndarray) -> None:
+    frames = frames_of(clip_frames, 8)
+    with (
+        NodeClient(node.address) as client,
+        client.open_stream(width=176, height=144, downsample_ratio=RATIO) as stream,
+    ):
+        list(stream.process(frames[:4]))
+        stream.reset()
+        after_cut = np.stack([r.alpha for r in stream.process(frames[4:])])
+    assert float(np.abs(after_cut - local_alpha(backend, frames[4:])).max()) <= 1e-5
+
+
+def raw_stream(address: str, requests: list[pb.MatteRequest], metadata: tuple = ()) -> list[pb.MatteResponse]:
+    with grpc.insecure_channel(address) as channel:
+        return list(pb_grpc.MattingServiceStub(channel).Matte(iter(requests), metadata=metadata, timeout=30))
+
+
+def open_request(width: int = 64, height: int = 48, **overrides: Any) -> pb.MatteRequest:
+    settings = pb.StreamSettings(
+        width=width,
+        height=height,
+        input_format=pb.SAMPLE_FORMAT_UINT8,
+        output_format=pb.SAMPLE_FORMAT_FLOAT32,
+        downsample_ratio=RATIO,
+    )
+    for key, value in overrides.items():
+        setattr(settings, key, value)
+    return pb.MatteRequest(open=pb.OpenStream(settings=settings))
+
+
+def chunk_request(number: int, data: bytes, total: int | None = None, offset: int = 0) -> pb.MatteRequest:
+    part = pb.FramePart(
+        number=number, offset=offset, total_bytes=len(data) if total is None else total, data=data
+    )
+    return pb.MatteRequest(chunk=pb.FrameChunk(parts=[part]))
+
+
+def test_empty_stream(node: NodeThread) -> None:
+    assert raw_stream(node.address, []) == []
+    assert node.wait_idle() == 0
+
+
+@pytest.mark.parametrize(
+    "requests, code, message",
+    [
+        (
+            [chunk_request(1, b"\0" * 10)],
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "first message of a stream must be `open`",
+        ),
+        (
+            [open_request(), chunk_request(1, b"\0" * 100)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "declared 100 bytes, expected 9216",
+        ),
+        (
+            [open_request(), chunk_request(1, b"\0" * 10, total=9216, offset=5)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "offset 0",
+        ),
+        (
+            [open_request(), chunk_request(1, b"\0" * 9217, total=9216)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "overruns",
+        ),
+        (
+            [open_request(width=100_000, height=100_000)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "exceeds this node's limits",
+        ),
+        ([open_request(width=0)], grpc.StatusCode.INVALID_ARGUMENT, "must be positive"),
+        ([open_request(input_format=0)], grpc.StatusCode.INVALID_ARGUMENT, "input_format"),
+        ([open_request(downsample_ratio=1.5)], grpc.StatusCode.INVALID_ARGUMENT, "downsample_ratio"),
+        ([open_request(variant="resnet50")], grpc.StatusCode.INVALID_ARGUMENT, "runs mobilenetv3"),
+        ([open_request(), open_request()], grpc.StatusCode.FAILED_PRECONDITION, "only be the first"),
+        (
+            [open_request(), pb.MatteRequest(control=pb.Control(snapshot=True))],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "no frame",
+        ),
+        (
+            [open_request(), chunk_request(1, b"\0" * 100, total=9216)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "middle of a frame",
+        ),
+    ],
+)
+def test_protocol_errors(
+    node: NodeThread, requests: list[pb.MatteRequest], code: grpc.StatusCode, message: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        raw_stream(node.address, requests)
+    assert info.value.code() == code
+    assert message in (info.value.details() or "")
+    assert node.wait_idle() == 0
+
+
+def test_frames_of_the_wrong_size_are_refused_by_the_client(
+    node: NodeThread, clip_frames: np.ndarray
+) -> None:
+    with (
+        NodeClient(node.address) as client,
+        client.open_stream(width=176, height=144) as stream,
+        pytest.raises(InvalidInputError, match="expected 176x144x3"),
+    ):
+        list(stream.process([(1, clip_frames[0].transpose(1, 2, 0)[:100])]))
+    assert node.wait_idle() == 0
+
+
+def test_large_frames_travel_in_parts(backend, clip_frames: np.ndarray) -> None:
+    """A node with a tiny message limit still takes and returns whole frames, split into parts."""
+    small = NodeThread(backend, limits=Limits(max_message_bytes=96 * 1024))
+    try:
+        frames = frames_of(np.repeat(np.repeat(clip_frames, 2, 2), 2, 3), 3)  # 352x288: 304 KB per frame
+        with (
+            NodeClient(small.address, max_message_bytes=96 * 1024) as client,
+            client.open_stream(
+                width=352, height=288, downsample_ratio=RATIO, planes=("alpha", "foreground")
+            ) as stream,
+        ):
+            results = list(stream.process(frames))
+        assert results[0].foreground is not None and results[0].foreground.shape == (288, 352, 3)
+        assert (
+            float(np.abs(np.stack([r.alpha for r in results]) - local_alpha(backend, frames)).max()) <= 1e-5
+        )
+    finally:
+        small.stop()
+
+
+def test_capacity_cancel_deadline_and_slot_leaks(backend, clip_frames: np.ndarray) -> None:
+    server = NodeThread(backend, limits=Limits(max_streams=2, idle_timeout=30))
+    try:
+        client = NodeClient(server.address, retries=0)
+        first = client.open_stream(width=176, height=144)
+        second = client.open_stream(width=176, height=144)
+        with pytest.raises(NodeBusyError, match="stream slots are taken"):
+            client.open_stream(width=176, height=144)
+        first.cancel()  # cancel after the first response
+        second.cancel()
+        assert server.wait_idle() == 0
+        for _ in range(9):  # open and abandon more than 4x the capacity
+            stream = client.open_stream(width=176, height=144)
+            list(stream.process(frames_of(clip_frames, 1)))
+            stream.cancel()
+        assert server.wait_idle() == 0
+        stream = client.open_stream(width=176, height=144, timeout=1.5)
+        with pytest.raises(NodeTimeoutError):
+            time.sleep(2)
+            list(stream.process(frames_of(clip_frames, 1)))
+        assert server.wait_idle() == 0
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_idle_timeout_releases_the_slot(backend) -> None:
+    server = NodeThread(backend, limits=Limits(max_streams=1, idle_timeout=0.5))
+    try:
+        with NodeClient(server.address) as client:
+            stream = client.open_stream(width=64, height=48)
+            time.sleep(1.0)
+            with pytest.raises(NodeTimeoutError, match=r"idle for more than 0\.5 s"):
+                stream.snapshot()
+            assert server.wait_idle() == 0
+    finally:
+        server.stop()
+
+
+def test_token_auth_with_health_exempt(backend) -> None:
+    server = NodeThread(backend, token="s3cret")
+    try:
+        for token in (None, "wrong"):
+            with NodeClient(server.address, token=token, retries=0) as client:
+                with pytest.raises(NodeAuthError, match="bearer token"):
+                    client.info()
+                with pytest.raises(NodeAuthError):
+                    client.open_stream(width=64, height=48)
+        with NodeClient(server.address, token="s3cret") as client:
+            assert client.info().backend == "onnxruntime"
+        with grpc.insecure_channel(server.address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        assert server.wait_idle() == 0
+    finally:
+        server.stop()
+
+
+def make_cert(directory: Path, name: str) -> tuple[Path, Path]:
+    key, cert = directory / f"{name}.key", directory / f"{name}.crt"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
+def test_tls_right_and_wrong_ca(backend, tmp_path: Path) -> None:
+    key, cert = make_cert(tmp_path, "node")
+    _, other_cert = make_cert(tmp_path, "other")
+    server = NodeThread(backend, tls=TlsFiles(cert=cert, key=key))
+    try:
+        with NodeClient(server.address, root_certificates=cert.read_bytes()) as client:
+            assert client.info().backend == "onnxruntime"
+        with (
+            NodeClient(server.address, root_certificates=other_cert.read_bytes(), retries=0) as client,
+            pytest.raises(NodeUnavailableError),
+        ):
+            client.info()
+    finally:
+        server.stop()
+
+
+def start_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert process.stdout is not None
+    address = process.stdout.readline().strip()
+    assert address.startswith("127.0.0.1:"), address
+    return process, address
+
+
+def test_snapshot_round_trip_across_two_node_processes(backend, clip_frames: np.ndarray) -> None:
+    frames = frames_of(clip_frames, 14)
+    straight = local_alpha(backend, frames)
+    node_a, address_a = start_serve()
+    node_b, address_b = start_serve()
+    try:
+        with (
+            NodeClient(address_a) as client,
+            client.open_stream(width=176, height=144, downsample_ratio=RATIO) as stream,
+        ):
+            first = np.stack([r.alpha for r in stream.process(frames[:7])])
+            snapshot = stream.snapshot()
+        node_a.kill()  # the first node dies; the shot moves on
+        with (
+            NodeClient(address_b) as client,
+            client.open_stream(width=176, height=144, downsample_ratio=RATIO, restore=snapshot) as stream,
+        ):
+            rest = np.stack([r.alpha for r in stream.process(frames[7:])])
+        diff = float(np.abs(np.concatenate([first, rest]) - straight).max())
+        print(f"\nshot moved between node processes at frame 7: alpha max {diff:.2e}")
+        assert diff <= 1e-5
+    finally:
+        for process in (node_a, node_b):
+            process.kill()
+            process.wait()
+
+
+def test_sigterm_drains(clip_frames: np.ndarray) -> None:
+    process, address = start_serve("--grace", "20")
+    try:
+        client = NodeClient(address, retries=0)
+        stream = client.open_stream(width=176, height=144, downsample_ratio=RATIO)
+        list(stream.process(frames_of(clip_frames, 2)))
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises((NodeUnavailableError, NodeProtocolError)):
+            client.open_stream(width=176, height=144)
+        # the running stream finishes within the grace period
+        assert len(list(stream.process(frames_of(clip_frames, 3)))) == 3
+        stream.close()
+        assert process.wait(timeout=30) == 0
+        client.close()
+    finally:
+        process.kill()
+
+
+def test_client_killed_mid_stream_frees_the_slot(
+    node: NodeThread, clip_frames: np.ndarray, tmp_path: Path
+) -> None:
+    script = tmp_path / "client.py"
+    script.write_text(
+        "import sys, time, numpy as np\n"
+        "from rvm_node.client import NodeClient\n"
+        "stream = NodeClient(sys.argv[1]).open_stream(width=64, height=48)\n"
+        "list(stream.process([(1, np.zeros((48, 64, 3), np.uint8))]))\n"
+        "print('streaming', flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script), node.address], stdout=subprocess.PIPE, text=True, env=os.environ.copy()
+    )
+    assert process.stdout is not None and process.stdout.readline().strip() == "streaming"
+    assert node.active >= 1
+    process.kill()
+    process.wait()
+    assert node.wait_idle() == 0
+
+
+def test_matte_cli_equals_convert(node: NodeThread, tmp_path: Path) -> None:
+    from rvm_node.example import example_clip
+    from rvm_node.io.images import read_image
+
+    clip = str(example_clip())
+    common = ["--input-source", clip, "--frames", "1-6", "--downsample-ratio", "0.5", "--quiet"]
+    for command, out in (("matte", "node"), ("convert", "local")):
+        extra = ["--node", node.address] if command == "matte" else []
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rvm_node",
+                command,
+                *common,
+                *extra,
+                "--output-alpha",
+                str(tmp_path / out / "m.####.png"),
+            ],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+    for n in range(1, 7):
+        a = read_image(tmp_path / "node" / f"m.{n:04d}.png").pixels
+        b = read_image(tmp_path / "local" / f"m.{n:04d}.png").pixels
+        assert np.array_equal(a, b)
+    assert node.wait_idle() == 0
+
+
+def test_matte_cli_unreachable_node(tmp_path: Path) -> None:
+    from rvm_node.cli import EXIT_BACKEND, main
+    from rvm_node.example import example_clip
+
+    code = main(
+        [
+            "matte",
+            "--node",
+            "127.0.0.1:9",
+            "--input-source",
+            str(example_clip()),
+            "--output-alpha",
+            str(tmp_path / "m.####.png"),
+            "--quiet",
+        ]
+    )
+    assert code == EXIT_BACKEND
+    assert not list(tmp_path.iterdir())
+
+
+def test_generated_code_is_current(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT))
+    try:
+        from setup import generate_protos
+    finally:
+        sys.path.remove(str(ROOT))
+    generate_protos(tmp_path)
+    for name in ("matting_pb2.py", "matting_pb2_grpc.py", "matting_pb2.pyi"):
+        assert (tmp_path / "rvm_node" / "v1" / name).read_text() == (
+            ROOT / "rvm_node" / "v1" / name
+        ).read_text(), name
