@@ -267,6 +267,114 @@ def run_convert_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rss_mb(pid: int) -> float:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
+
+
+def run_node_bench(args: argparse.Namespace) -> int:
+    """A node on loopback: one shot end to end, concurrent streams, and memory after many streams."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import threading
+
+    from rvm_node.client import NodeClient, RemoteBackend
+    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.engine.loader import load_model
+    from rvm_node.io.sources import open_source
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    clip = _upscaled_clip(width, height, args.frames)
+    frames = [f.pixels for f in open_source(clip).frames()]
+    ratio = args.downsample_ratio
+    node = subprocess.Popen(
+        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", "--max-streams", "8"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    )
+    rows: list[tuple[str, str]] = []
+    try:
+        assert node.stdout is not None
+        address = node.stdout.readline().strip()
+        local = load_model(backend="onnxruntime")
+        session = local.new_session(ratio)
+        session.process(frames[0].transpose(2, 0, 1)[None])
+        session.reset()
+        start = time.perf_counter()
+        for pixels in frames:
+            session.process(pixels.transpose(2, 0, 1)[None])
+        tensor = len(frames) / (time.perf_counter() - start)
+        rows.append(("engine tensor throughput, in process", f"{tensor:.2f} frames/s (1.00x)"))
+        client = NodeClient(address)
+        with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
+            job = ConvertJob(
+                backend=RemoteBackend(client),
+                input_source=str(clip),
+                downsample_ratio=ratio,
+                outputs={"alpha": str(Path(tmp) / "m.####.png")},
+                progress="off",
+            )
+            start = time.perf_counter()
+            run_job(job)
+            shot = len(frames) / (time.perf_counter() - start)
+        rows.append(
+            (
+                "one shot end to end: decode, node, 16-bit PNG alpha",
+                f"{shot:.2f} frames/s ({shot / tensor:.2f}x)",
+            )
+        )
+        numbered = [(i, f) for i, f in enumerate(frames)]
+
+        def stream_once() -> None:
+            with client.open_stream(width=width, height=height, downsample_ratio=ratio) as stream:
+                for _ in stream.process(numbered):
+                    pass
+
+        for count in (1, 2, 4):
+            threads = [threading.Thread(target=stream_once) for _ in range(count)]
+            start = time.perf_counter()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            rate = count * len(frames) / (time.perf_counter() - start)
+            rows.append(
+                (f"{count} concurrent stream(s), aggregate", f"{rate:.2f} frames/s ({rate / tensor:.2f}x)")
+            )
+        small = [(i, np.zeros((144, 176, 3), np.uint8)) for i in range(3)]
+
+        def short_stream() -> None:
+            with client.open_stream(width=176, height=144) as stream:
+                for _ in stream.process(small):
+                    pass
+
+        short_stream()
+        after_one = _rss_mb(node.pid)
+        for _ in range(99):
+            short_stream()
+        after_hundred = _rss_mb(node.pid)
+        rows.append(
+            ("node RSS after 1 stream / after 100 streams", f"{after_one:.0f} MB / {after_hundred:.0f} MB")
+        )
+        client.close()
+    finally:
+        node.terminate()
+        node.wait(30)
+    print(f"Machine: {_machine()}")
+    print(
+        f"Clip: carphone re-encoded at {width}x{height}, {len(frames)} frames, ratio {ratio}; node and client on loopback"
+    )
+    print("| measurement | result |")
+    print("|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    return 0
+
+
 def run_engine_bench(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.warmup < 0:
         raise InvalidInputError("--frames must be >= 1 and --warmup >= 0")

@@ -87,6 +87,10 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
     convert.add_argument("--formats", default="exr,png", help="alpha formats to measure")
     convert.add_argument("--num-workers", type=int, default=1)
+    node = kinds.add_parser("node", help="a node on loopback: end to end, concurrent streams, memory")
+    node.add_argument("--size", default="1280x720")
+    node.add_argument("--frames", type=int, default=40)
+    node.add_argument("--downsample-ratio", type=float, default=0.375)
 
 
 def _add_shot_options(convert: argparse.ArgumentParser) -> None:
@@ -183,6 +187,15 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--tls-key", type=Path, default=None)
     serve.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates (mTLS)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds running streams get on SIGTERM")
+    serve.set_defaults(serve_parser=serve)
+    serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    serve.add_argument("--log-format", choices=["text", "json"], default="text")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file with a [node] table; flags > RVM_NODE_* environment > this file",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     example.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
     example.add_argument("--downsample-ratio", type=_ratio, default=None)
     example.add_argument("--overwrite", action="store_true")
+    example.add_argument("--node", default=None, help="HOST:PORT of a render node to matte on")
     return parser
 
 
@@ -256,17 +270,38 @@ def _token(path: Path | None) -> str | None:
     return os.environ.get("RVM_NODE_TOKEN") or None
 
 
+def _configure_logging(fmt: str) -> None:
+    import json
+    import logging
+
+    class JsonFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            return json.dumps(
+                {
+                    "time": self.formatTime(record),
+                    "level": record.levelname,
+                    "logger": record.name,
+                    "message": record.getMessage(),
+                }
+            )
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
+    )
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    import logging
 
     from rvm_node.engine.loader import load_model
     from rvm_node.node.server import NodeServer, TlsFiles, serve_forever, start_node
     from rvm_node.node.service import Limits
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr
-    )
+    _configure_logging(args.log_format)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidInputError("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
@@ -294,7 +329,15 @@ def _serve(args: argparse.Namespace) -> int:
         print(node.address, flush=True)  # the line scripts and tests wait for
 
     async def main_async() -> None:
-        node = await start_node(backend, host=args.host, port=args.port, limits=limits, token=token, tls=tls)
+        node = await start_node(
+            backend,
+            host=args.host,
+            port=args.port,
+            limits=limits,
+            token=token,
+            tls=tls,
+            metrics_port=args.metrics_port,
+        )
         await serve_forever(node, args.grace, ready)
 
     asyncio.run(main_async())
@@ -395,9 +438,10 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         return _export(args)
     if args.command == "bench":
-        from rvm_node.bench import run_convert_bench, run_engine_bench
+        from rvm_node.bench import run_convert_bench, run_engine_bench, run_node_bench
 
-        return run_engine_bench(args) if args.kind == "engine" else run_convert_bench(args)
+        runners = {"engine": run_engine_bench, "convert": run_convert_bench, "node": run_node_bench}
+        return runners[args.kind](args)
     from rvm_node.example import run_example
 
     return run_example(args)
@@ -410,6 +454,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
+        if args.command == "serve":
+            import os
+
+            from rvm_node.node.config import apply_sources, given_on_command_line
+
+            serve_parser = args.serve_parser
+            given = given_on_command_line(serve_parser, list(argv if argv is not None else sys.argv[1:]))
+            apply_sources(args, serve_parser, given, os.environ, args.config)
         return _run(args)
     except KeyboardInterrupt:
         print("rvm-node: interrupted", file=sys.stderr)

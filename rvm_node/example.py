@@ -12,9 +12,11 @@ import argparse
 import sys
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from rvm_node.engine.session import MattingBackend
 from rvm_node.engine.weights import WheelSource, cache_dir, fetch_wheel_member
 from rvm_node.errors import InvalidInputError
 
@@ -61,9 +63,16 @@ def run_example(args: argparse.Namespace) -> int:
     from rvm_node.engine.ort_backend import OrtOptions
 
     out: Path = args.output_dir
-    spin_off = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
+    backend: MattingBackend[Any]
+    if args.node:
+        from rvm_node.client import NodeClient, RemoteBackend
+
+        backend = RemoteBackend(NodeClient(args.node), label="example")
+    else:
+        spin_off = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
+        backend = load_model("mobilenetv3", backend=args.backend, options=spin_off)
     job = ConvertJob(
-        backend=load_model("mobilenetv3", backend=args.backend, options=spin_off),
+        backend=backend,
         input_source=str(example_clip()),
         outputs={
             "alpha": str(out / "alpha" / "carphone_matte.####.exr"),
@@ -76,9 +85,8 @@ def run_example(args: argparse.Namespace) -> int:
     if (out / "composite.mp4").exists() and not args.overwrite:
         raise InvalidInputError(f"{out / 'composite.mp4'}: already exists; pass --overwrite to replace it")
     report = run_job(job)
-    print(
-        f"{report.frames_written} frames of the example clip matted with {job.backend.name}", file=sys.stderr
-    )
+    where = f"the node at {args.node}" if args.node else job.backend.name
+    print(f"{report.frames_written} frames of the example clip matted on {where}", file=sys.stderr)
     print(f"alpha (EXR half, RGBA = matte): {report.outputs['alpha']}", file=sys.stderr)
     print(f"composite over green: {report.outputs['composition']}", file=sys.stderr)
     return 0

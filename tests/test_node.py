@@ -561,3 +561,114 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
         assert (tmp_path / "rvm_node" / "v1" / name).read_text() == (
             ROOT / "rvm_node" / "v1" / name
         ).read_text(), name
+
+
+def test_metrics_endpoint(backend, clip_frames: np.ndarray) -> None:
+    import urllib.request
+
+    server = NodeThread(backend, metrics_port=0)
+    try:
+        remote_alpha(server.address, frames_of(clip_frames, 3))
+        with pytest.raises(grpc.RpcError):
+            raw_stream(server.address, [chunk_request(1, b"")])
+        server.wait_idle()
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{server.node.metrics_port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+    finally:
+        server.stop()
+    assert "rvm_node_frames_total 3.0" in text
+    assert "rvm_node_active_streams 0.0" in text
+    assert 'rvm_node_errors_total{code="FAILED_PRECONDITION"} 1.0' in text
+    assert "rvm_node_chunk_seconds_count 3.0" in text and "rvm_node_queue_depth 0.0" in text
+
+
+def test_serve_settings_precedence(tmp_path: Path) -> None:
+    import argparse
+
+    from rvm_node.cli import build_parser
+    from rvm_node.node.config import apply_sources, given_on_command_line
+
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nmax_streams = 7\nidle_timeout = 12.5\nport = 6000\nbackend = "torch"\n')
+    argv = ["serve", "--port", "7000", "--config", str(config)]
+    args = build_parser().parse_args(argv)
+    serve = args.serve_parser
+    apply_sources(args, serve, given_on_command_line(serve, argv), {"RVM_NODE_MAX_STREAMS": "3"}, config)
+    assert (args.port, args.max_streams, args.idle_timeout, args.backend) == (7000, 3, 12.5, "torch")
+    for text, message in (
+        ('[node]\nmax_streams = "many"\n', "max_streams: expected int"),
+        ("[node]\nspeed = 3\n", r"unknown settings in \[node\]: speed"),
+        ("[node\n", "not valid TOML"),
+        ('[node]\nbackend = "tpu"\n', "expected one of torch, onnxruntime"),
+    ):
+        config.write_text(text)
+        with pytest.raises(InvalidInputError, match=message):
+            apply_sources(
+                argparse.Namespace(**vars(build_parser().parse_args(["serve"]))), serve, set(), {}, config
+            )
+    with pytest.raises(InvalidInputError, match="cannot read the config file"):
+        apply_sources(args, serve, set(), {}, tmp_path / "missing.toml")
+
+
+def test_matte_killed_then_resumed_equals_an_uninterrupted_run(node: NodeThread, tmp_path: Path) -> None:
+    from rvm_node.client import matte_shot
+    from rvm_node.example import example_clip
+    from rvm_node.io.images import read_image
+    from rvm_node.io.sequence import parse_frame_range
+
+    clip = example_clip()
+    frames = parse_frame_range("1-80")
+    matte_shot(
+        node.address,
+        clip,
+        output_alpha=tmp_path / "ref" / "m.####.png",
+        frames=frames,
+        downsample_ratio=RATIO,
+        progress=False,
+    )
+    run = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rvm_node",
+            "matte",
+            "--node",
+            node.address,
+            "--input-source",
+            str(clip),
+            "--frames",
+            "1-80",
+            "--downsample-ratio",
+            str(RATIO),
+            "--output-alpha",
+            str(run / "m.####.png"),
+            "--quiet",
+        ],
+        env=os.environ.copy(),
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(run.glob("m.*.png"))) < 40:
+        time.sleep(0.02)
+    process.kill()
+    process.wait()
+    written = len(list(run.glob("m.*.png")))
+    assert 0 < written < 80
+    assert node.wait_idle() == 0  # the killed client's slot is free again
+    report = matte_shot(
+        node.address,
+        clip,
+        output_alpha=run / "m.####.png",
+        frames=frames,
+        downsample_ratio=RATIO,
+        progress=False,
+        resume=True,
+    )
+    assert report.resumed_from_checkpoint
+    for n in range(1, 81):
+        assert np.array_equal(
+            read_image(run / f"m.{n:04d}.png").pixels, read_image(tmp_path / "ref" / f"m.{n:04d}.png").pixels
+        ), n

@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from rvm_node.engine.session import MattingBackend
 from rvm_node.errors import InvalidInputError
+from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.service import Limits, MattingServicer, Scheduler
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
@@ -79,12 +80,16 @@ class NodeServer:
     scheduler: Scheduler
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
+    metrics_port: int | None = None
+
     async def drain(self, grace: float) -> None:
         """Graceful shutdown: NOT_SERVING, refuse new streams, let running ones finish within ``grace``."""
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.scheduler.close()
+        if self.scheduler.metrics is not None:
+            self.scheduler.metrics.close()
         self._stopped.set()
 
     async def wait(self) -> None:
@@ -99,6 +104,7 @@ async def start_node(
     limits: Limits | None = None,
     token: str | None = None,
     tls: TlsFiles | None = None,
+    metrics_port: int | None = None,
 ) -> NodeServer:
     """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING."""
     from rvm_node import __version__
@@ -112,7 +118,8 @@ async def start_node(
     ]
     interceptors = [TokenAuthInterceptor(token)] if token else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    scheduler = Scheduler(backend)
+    metrics = NodeMetrics() if metrics_port is not None else None
+    scheduler = Scheduler(backend, metrics)
     servicer = MattingServicer(scheduler, limits, __version__)
     pb_grpc.add_MattingServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -133,6 +140,9 @@ async def start_node(
     await server.start()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    metrics_bound = (
+        metrics.serve(metrics_port, host) if metrics is not None and metrics_port is not None else None
+    )
     host_shown = f"[{host}]" if ":" in host else host
     return NodeServer(
         server=server,
@@ -141,6 +151,7 @@ async def start_node(
         port=bound,
         address=f"{host_shown}:{bound}",
         scheduler=scheduler,
+        metrics_port=metrics_bound,
     )
 
 

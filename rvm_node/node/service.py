@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ import numpy as np
 
 from rvm_node.engine.session import MatteChunk, MattingBackend, MattingSession, check_downsample_ratio
 from rvm_node.errors import BackendError, InvalidInputError, ResolutionChangedError
+from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.protocol import (
     DTYPES,
     PLANE_CHANNELS,
@@ -64,13 +66,26 @@ class Scheduler:
     into one forward pass; batching is off in this version.
     """
 
-    def __init__(self, backend: MattingBackend[Any]) -> None:
+    def __init__(self, backend: MattingBackend[Any], metrics: NodeMetrics | None = None) -> None:
         self.backend = backend
+        self.metrics = metrics
+        self.pending = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvm-node-infer")
 
     async def process(self, session: MattingSession, frames: np.ndarray) -> MatteChunk:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, session.process, frames)
+        self.pending += 1
+        if self.metrics is not None:
+            self.metrics.queue_depth.set(self.pending)
+        started = time.perf_counter()
+        try:
+            return await loop.run_in_executor(self._worker, session.process, frames)
+        finally:
+            self.pending -= 1
+            if self.metrics is not None:
+                self.metrics.queue_depth.set(self.pending)
+                self.metrics.chunk_seconds.observe(time.perf_counter() - started)
+                self.metrics.frames.inc(len(frames))
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
@@ -128,22 +143,37 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"all {self.limits.max_streams} stream slots are taken; retry later or use another node",
             )
-        self.active_streams += 1
+        self._set_active(+1)
         stream_id = f"s{next(self._ids)}"
+        failure: tuple[grpc.StatusCode, str] | None = None
         try:
             async for response in self._stream(stream_id, request_iterator):
                 yield response
         except _Abort as exc:
-            await context.abort(exc.code, exc.details)
+            failure = (exc.code, exc.details)
         except ResolutionChangedError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            failure = (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except InvalidInputError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            failure = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except BackendError as exc:
             log.exception("stream %s: backend failure", stream_id)
-            await context.abort(grpc.StatusCode.INTERNAL, str(exc))
+            failure = (grpc.StatusCode.INTERNAL, str(exc))
         finally:
-            self.active_streams -= 1
+            self._set_active(-1)
+        if failure is not None:
+            log.info("stream %s ended: %s %s", stream_id, failure[0].name, failure[1])
+            if self.metrics is not None:
+                self.metrics.errors.labels(code=failure[0].name).inc()
+            await context.abort(*failure)
+
+    @property
+    def metrics(self) -> NodeMetrics | None:
+        return self.scheduler.metrics
+
+    def _set_active(self, change: int) -> None:
+        self.active_streams += change
+        if self.metrics is not None:
+            self.metrics.active_streams.set(self.active_streams)
 
     async def _next(self, requests: AsyncIterator[pb.MatteRequest]) -> pb.MatteRequest | None:
         try:

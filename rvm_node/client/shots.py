@@ -1,0 +1,30 @@
+"""``matte_shot``: stream a video or image sequence to a node and write the mattes locally."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rvm_node.client.node_client import NodeClient
+from rvm_node.client.remote_backend import RemoteBackend
+from rvm_node.convert.api import convert_video
+from rvm_node.convert.pipeline import ConvertReport
+
+__all__ = ["matte_shot"]
+
+
+def matte_shot(node: NodeClient | str, input_source: str | Path, **options: Any) -> ConvertReport:
+    """Matte one shot on a node, with the converter's readers and writers.
+
+    ``options`` are those of :func:`rvm_node.convert_video` (outputs, frame
+    range, formats, resume, ...): frame numbers are preserved, frames are
+    written atomically, and ``resume=True`` continues a killed run.
+    """
+    client = NodeClient(node) if isinstance(node, str) else node
+    try:
+        return convert_video(
+            RemoteBackend(client, label=Path(str(input_source)).name), input_source, **options
+        )
+    finally:
+        if isinstance(node, str):
+            client.close()
