@@ -312,10 +312,11 @@ def run_node_bench(args: argparse.Namespace) -> int:
         client = NodeClient(address)
         with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
             job = ConvertJob(
-                backend=RemoteBackend(client),
+                backend=RemoteBackend(client, foreground=False),
                 input_source=str(clip),
                 downsample_ratio=ratio,
                 outputs={"alpha": str(Path(tmp) / "m.####.png")},
+                seq_chunk=8,
                 progress="off",
             )
             start = time.perf_counter()

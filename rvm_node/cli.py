@@ -298,6 +298,7 @@ def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from rvm_node.engine.loader import load_model
+    from rvm_node.engine.ort_backend import OrtOptions
     from rvm_node.node.server import NodeServer, TlsFiles, serve_forever, start_node
     from rvm_node.node.service import Limits
 
@@ -317,12 +318,14 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mb * 1024 * 1024,
     )
     token = _token(args.token_file)
+    # Idle inference threads must not spin: the gRPC threads share the CPU.
     backend = load_model(
         args.variant,
         backend=args.backend,
         device=args.device,
         precision=args.precision,
         weights=args.checkpoint,
+        options=OrtOptions(spin=False) if args.backend == "onnxruntime" else None,
     )
 
     def ready(node: NodeServer) -> None:
@@ -388,7 +391,10 @@ def _convert(args: argparse.Namespace) -> int:
 
         ca = args.ca_file.read_bytes() if args.ca_file is not None else None
         client = NodeClient(args.node, token=_token(args.token_file), root_certificates=ca)
-        backend = RemoteBackend(client, label=Path(args.input_source).name)
+        foreground = args.output_foreground is not None or args.output_composition is not None
+        backend = RemoteBackend(client, label=Path(args.input_source).name, foreground=foreground)
+        if "--seq-chunk" not in sys.argv and args.seq_chunk == 1:
+            args.seq_chunk = 8  # frames in flight per round trip to the node
     else:
         # Idle onnxruntime workers must not spin: decoding and encoding threads share the CPU.
         options = OrtOptions(spin=False) if args.backend == "onnxruntime" else None

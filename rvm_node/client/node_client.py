@@ -35,6 +35,8 @@ from rvm_node.node.protocol import (
     DTYPES,
     FORMAT_NAMES,
     PLANE_CHANNELS,
+    decode_png,
+    encode_png,
     split_parts,
     state_from_message,
     state_to_message,
@@ -156,10 +158,13 @@ class NodeClient:
         restore: tuple[int, RecurrentState] | None = None,
         label: str = "",
         timeout: float | None = None,
+        transport: str = "raw",
     ) -> MatteStream:
         """Open a stream; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff before it starts."""
         if input_format not in FORMAT_NAMES or output_format not in FORMAT_NAMES:
             raise InvalidInputError(f"formats: expected one of {', '.join(FORMAT_NAMES)}")
+        if transport not in ("raw", "png"):
+            raise InvalidInputError(f"transport: expected raw or png, got {transport!r}")
         unknown = [p for p in planes if p not in _PLANES]
         if unknown:
             raise InvalidInputError(f"planes: expected alpha and/or foreground, got {unknown}")
@@ -209,6 +214,7 @@ class MatteStream:
         self._planes = list(self._settings.planes) or [pb.PLANE_ALPHA]
         self._in_dtype = DTYPES[self._settings.input_format]
         self._out_dtype = DTYPES[self._settings.output_format]
+        self._png = self._settings.transport == pb.TRANSPORT_PNG
         self._lock = threading.Lock()
         self.closed = False
 
@@ -231,7 +237,8 @@ class MatteStream:
         width, height = self._settings.width, self._settings.height
         if frame.shape != (height, width, 3):
             raise InvalidInputError(f"frame {number}: expected {width}x{height}x3, got {list(frame.shape)}")
-        data = np.ascontiguousarray(frame, self._in_dtype).tobytes()
+        samples = np.ascontiguousarray(frame, self._in_dtype)
+        data = encode_png(samples) if self._png else samples.tobytes()
         limit = self._client.max_message_bytes - 64 * 1024
         for offset, piece in split_parts(data, limit):
             part = pb.FramePart(number=number, offset=offset, total_bytes=len(data), data=piece)
@@ -255,9 +262,12 @@ class MatteStream:
             if part.offset + len(part.data) == part.total_bytes:
                 channels = PLANE_CHANNELS[part.plane]
                 shape = (height, width) if channels == 1 else (height, width, channels)
-                values = np.frombuffer(bytes(buffer), self._out_dtype).reshape(shape)
-                if self._out_dtype.kind == "u":
-                    values = values.astype(np.float32) / np.iinfo(self._out_dtype).max
+                if self._png:
+                    values = decode_png(buffer, shape, f"node {self._client.address}: frame {part.number}")
+                else:
+                    values = np.frombuffer(bytes(buffer), self._out_dtype).reshape(shape)
+                if values.dtype.kind == "u":
+                    values = values.astype(np.float32) / np.iinfo(values.dtype).max
                 planes[part.plane] = values.astype(np.float32, copy=False)
         return MatteResult(
             int(number or 0),

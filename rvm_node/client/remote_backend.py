@@ -37,8 +37,17 @@ class _RemoteState:
 class RemoteBackend(MattingBackend[_RemoteState]):
     name = "node"
 
-    def __init__(self, client: NodeClient, *, output_format: str = "float32", label: str = "") -> None:
+    def __init__(
+        self,
+        client: NodeClient,
+        *,
+        output_format: str = "float32",
+        label: str = "",
+        foreground: bool = True,
+    ) -> None:
+        """``foreground=False`` asks the node for alpha only; the foreground returned is then zeros."""
         self.client = client
+        self.foreground = foreground
         info = client.info()
         self.device = f"{client.address} ({info.device})"
         self.precision = info.precision

@@ -21,10 +21,11 @@ def matte_shot(node: NodeClient | str, input_source: str | Path, **options: Any)
     written atomically, and ``resume=True`` continues a killed run.
     """
     client = NodeClient(node) if isinstance(node, str) else node
+    foreground = any(options.get(k) is not None for k in ("output_foreground", "output_composition"))
+    options.setdefault("seq_chunk", 8)  # frames in flight per round trip
+    backend = RemoteBackend(client, label=Path(str(input_source)).name, foreground=foreground)
     try:
-        return convert_video(
-            RemoteBackend(client, label=Path(str(input_source)).name), input_source, **options
-        )
+        return convert_video(backend, input_source, **options)
     finally:
         if isinstance(node, str):
             client.close()

@@ -7,6 +7,7 @@ checked against the stream's settings and the node's limits.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,9 @@ __all__ = [
     "FORMAT_NAMES",
     "PLANE_CHANNELS",
     "FrameAssembler",
+    "decode_png",
     "decode_samples",
+    "encode_png",
     "encode_samples",
     "split_parts",
     "state_from_message",
@@ -63,20 +66,61 @@ def split_parts(data: bytes, limit: int) -> Iterator[tuple[int, bytes]]:
         yield offset, data[offset : offset + limit]
 
 
-class FrameAssembler:
-    """Reassembles frames sent in parts, in order, after checking their declared size."""
+def encode_png(values: np.ndarray) -> bytes:
+    """Lossless PNG of ``HxW`` or ``HxWx3`` uint8/uint16 samples (float 0..1 becomes 16-bit)."""
+    import av
 
-    def __init__(self, expected_bytes: int) -> None:
+    if values.dtype.kind == "f":
+        values = np.rint(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
+    deep = values.dtype == np.uint16
+    fmt = ("gray16be" if deep else "gray") if values.ndim == 2 else ("rgb48be" if deep else "rgb24")
+    codec: Any = av.CodecContext.create("png", "w")
+    codec.width, codec.height, codec.pix_fmt = values.shape[1], values.shape[0], fmt
+    codec.options["compression_level"] = "3"
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(values), format=fmt)
+    return b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
+
+
+def decode_png(data: bytes | bytearray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Samples of a PNG that must have ``shape`` (``HxW`` or ``HxWx3``)."""
+    import av
+
+    try:
+        codec: Any = av.CodecContext.create("png", "r")
+        frames = [*codec.decode(av.Packet(bytes(data))), *codec.decode(None)]
+    except (av.error.FFmpegError, ValueError) as exc:
+        raise InvalidInputError(f"{where}: not a readable PNG ({exc})") from exc
+    if not frames:
+        raise InvalidInputError(f"{where}: not a readable PNG")
+    frame = frames[0]
+    deep = max((c.bits for c in frame.format.components), default=8) > 8
+    fmt = ("gray16le" if deep else "gray") if len(shape) == 2 else ("rgb48le" if deep else "rgb24")
+    values = frame.to_ndarray(format=fmt)
+    if values.shape != shape:
+        raise InvalidInputError(f"{where}: PNG is {list(values.shape)}, expected {list(shape)}")
+    return values
+
+
+class FrameAssembler:
+    """Reassembles frames sent in parts, in order, after checking their declared size.
+
+    ``exact`` (raw samples): the declared size must be ``expected_bytes``.
+    Otherwise (compressed): it may be anything up to ``expected_bytes``.
+    """
+
+    def __init__(self, expected_bytes: int, exact: bool = True) -> None:
         self.expected_bytes = expected_bytes
+        self.exact = exact
         self._number: int | None = None
         self._buffer: bytearray | None = None
         self._filled = 0
 
     def add(self, number: int, offset: int, total: int, data: bytes) -> bytearray | None:
         """Add one part; return the whole frame when it is complete."""
-        if total != self.expected_bytes:
+        if (total != self.expected_bytes) if self.exact else not (0 < total <= self.expected_bytes):
+            bound = "" if self.exact else "at most "
             raise InvalidInputError(
-                f"frame {number}: declared {total} bytes, expected {self.expected_bytes} for the stream's size and format"
+                f"frame {number}: declared {total} bytes, expected {bound}{self.expected_bytes} for the stream's size and format"
             )
         if self._buffer is None:
             if offset != 0:

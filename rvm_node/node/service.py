@@ -34,6 +34,8 @@ from rvm_node.node.protocol import (
     DTYPES,
     PLANE_CHANNELS,
     FrameAssembler,
+    decode_png,
+    encode_png,
     encode_samples,
     split_parts,
     state_from_message,
@@ -235,7 +237,12 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         yield pb.MatteResponse(
             accepted=pb.StreamAccepted(settings=settings, downsample_ratio=resolved, stream_id=stream_id)
         )
-        assembler = FrameAssembler(width * height * 3 * in_dtype.itemsize)
+        png = settings.transport == pb.TRANSPORT_PNG
+        if png and in_dtype.kind != "u":
+            raise InvalidInputError("settings: PNG transport takes uint8 or uint16 frames")
+        raw_bytes = width * height * 3 * in_dtype.itemsize
+        # A PNG of incompressible pixels is a little larger than the raw samples.
+        assembler = FrameAssembler(raw_bytes + raw_bytes // 50 + 65536 if png else raw_bytes, exact=not png)
         part_limit = max(1024, self.limits.max_message_bytes - _PART_HEADROOM)
         while True:
             request = await self._next(requests)
@@ -246,8 +253,14 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 numbers, frames = [], []
                 for part in request.chunk.parts:
                     frame = assembler.add(part.number, part.offset, part.total_bytes, part.data)
-                    if frame is not None:
-                        numbers.append(part.number)
+                    if frame is None:
+                        continue
+                    numbers.append(part.number)
+                    if png:
+                        frames.append(
+                            decode_png(frame, (height, width, 3), f"frame {part.number}").astype(in_dtype)
+                        )
+                    else:
                         frames.append(np.frombuffer(frame, in_dtype).reshape(height, width, 3))
                 if not frames:
                     continue
@@ -255,7 +268,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 for t, number in enumerate(numbers):
                     for plane in planes:
                         values = out.pha[t, 0] if plane == pb.PLANE_ALPHA else out.fgr[t].transpose(1, 2, 0)
-                        data = encode_samples(values, settings.output_format)
+                        data = encode_png(values) if png else encode_samples(values, settings.output_format)
                         for offset, piece in split_parts(data, part_limit):
                             yield pb.MatteResponse(
                                 part=pb.PlanePart(
