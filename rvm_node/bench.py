@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -186,34 +187,36 @@ def _upscaled_clip(width: int, height: int, limit: int) -> Path:
     return target
 
 
-def run_convert_bench(args: argparse.Namespace) -> int:
-    """End-to-end convert vs tensor throughput vs a sequential loop, on the same real frames."""
-    import tempfile
-
-    from rvm_node.convert import ConvertJob, run_job
-    from rvm_node.engine.loader import load_model
-    from rvm_node.io.sequence import FramePattern
-    from rvm_node.io.sources import open_source
-    from rvm_node.io.writers import SequenceWriter, WriterSettings, render
-
-    width, height = (int(v) for v in args.size.lower().split("x"))
-    clip = _upscaled_clip(width, height, args.frames)
-    from rvm_node.engine.ort_backend import OrtOptions
-
-    spin_off = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
-    backend = load_model(backend=args.backend, options=spin_off)
-    ratio = args.downsample_ratio
-    source = open_source(clip)
-    frames = [f.pixels for f in source.frames()]
-    rows: list[tuple[str, float]] = []
-
+def _tensor_rate(backend: Any, frames: list[np.ndarray], ratio: float) -> float:
+    """Frames/s of a session over ``HxWx3`` frames already in memory (after one warm-up frame)."""
     session = backend.new_session(ratio)
     session.process(frames[0].transpose(2, 0, 1)[None])
     session.reset()
     start = time.perf_counter()
     for pixels in frames:
         session.process(pixels.transpose(2, 0, 1)[None])
-    tensor = len(frames) / (time.perf_counter() - start)
+    return len(frames) / (time.perf_counter() - start)
+
+
+def run_convert_bench(args: argparse.Namespace) -> int:
+    """End-to-end convert vs tensor throughput vs a sequential loop, on the same real frames."""
+    import tempfile
+
+    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.engine.loader import load_model, shared_cpu_options
+    from rvm_node.io.sequence import FramePattern
+    from rvm_node.io.sources import open_source
+    from rvm_node.io.writers import SequenceWriter, WriterSettings, render
+
+    width, height = (int(v) for v in args.size.lower().split("x"))
+    clip = _upscaled_clip(width, height, args.frames)
+    backend = load_model(backend=args.backend, options=shared_cpu_options(args.backend))
+    ratio = args.downsample_ratio
+    source = open_source(clip)
+    frames = [f.pixels for f in source.frames()]
+    rows: list[tuple[str, float]] = []
+
+    tensor = _tensor_rate(backend, frames, ratio)
     rows.append(("engine tensor throughput (decoded frames in memory)", tensor))
 
     for ext in args.formats.split(","):
@@ -300,14 +303,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
     try:
         assert node.stdout is not None
         address = node.stdout.readline().strip()
-        local = load_model(backend="onnxruntime")
-        session = local.new_session(ratio)
-        session.process(frames[0].transpose(2, 0, 1)[None])
-        session.reset()
-        start = time.perf_counter()
-        for pixels in frames:
-            session.process(pixels.transpose(2, 0, 1)[None])
-        tensor = len(frames) / (time.perf_counter() - start)
+        tensor = _tensor_rate(load_model(backend="onnxruntime"), frames, ratio)
         rows.append(("engine tensor throughput, in process", f"{tensor:.2f} frames/s (1.00x)"))
         client = NodeClient(address)
         with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:

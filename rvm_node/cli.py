@@ -297,8 +297,7 @@ def _configure_logging(fmt: str) -> None:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from rvm_node.engine.loader import load_model
-    from rvm_node.engine.ort_backend import OrtOptions
+    from rvm_node.engine.loader import load_model, shared_cpu_options
     from rvm_node.node.server import NodeServer, TlsFiles, serve_forever, start_node
     from rvm_node.node.service import Limits
 
@@ -318,14 +317,13 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mb * 1024 * 1024,
     )
     token = _token(args.token_file)
-    # Idle inference threads must not spin: the gRPC threads share the CPU.
     backend = load_model(
         args.variant,
         backend=args.backend,
         device=args.device,
         precision=args.precision,
         weights=args.checkpoint,
-        options=OrtOptions(spin=False) if args.backend == "onnxruntime" else None,
+        options=shared_cpu_options(args.backend),
     )
 
     def ready(node: NodeServer) -> None:
@@ -351,7 +349,7 @@ def _convert(args: argparse.Namespace) -> int:
     from fractions import Fraction
 
     from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
-    from rvm_node.engine.loader import load_model
+    from rvm_node.engine.loader import load_model, shared_cpu_options
     from rvm_node.io.sequence import parse_frame_range
     from rvm_node.io.writers import WriterSettings
 
@@ -383,8 +381,6 @@ def _convert(args: argparse.Namespace) -> int:
         video_mbps=args.output_video_mbps,
         video_codec=args.video_codec,
     )
-    from rvm_node.engine.ort_backend import OrtOptions
-
     backend: Any
     if args.command == "matte":
         from rvm_node.client import NodeClient, RemoteBackend
@@ -396,15 +392,13 @@ def _convert(args: argparse.Namespace) -> int:
         if "--seq-chunk" not in sys.argv and args.seq_chunk == 1:
             args.seq_chunk = 8  # frames in flight per round trip to the node
     else:
-        # Idle onnxruntime workers must not spin: decoding and encoding threads share the CPU.
-        options = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
         backend = load_model(
             args.variant,
             backend=args.backend,
             device=args.device,
             precision=args.precision,
             weights=args.checkpoint,
-            options=options,
+            options=shared_cpu_options(args.backend),
         )
     job = ConvertJob(
         backend=backend,

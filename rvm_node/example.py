@@ -59,8 +59,7 @@ def read_video_frames(path: Path, limit: int | None = None) -> tuple[np.ndarray,
 
 def run_example(args: argparse.Namespace) -> int:
     from rvm_node.convert import ConvertJob, run_job
-    from rvm_node.engine.loader import load_model
-    from rvm_node.engine.ort_backend import OrtOptions
+    from rvm_node.engine.loader import load_model, shared_cpu_options
 
     out: Path = args.output_dir
     backend: MattingBackend[Any]
@@ -69,8 +68,7 @@ def run_example(args: argparse.Namespace) -> int:
 
         backend = RemoteBackend(NodeClient(args.node), label="example")
     else:
-        spin_off = OrtOptions(spin=False) if args.backend == "onnxruntime" else None
-        backend = load_model("mobilenetv3", backend=args.backend, options=spin_off)
+        backend = load_model("mobilenetv3", backend=args.backend, options=shared_cpu_options(args.backend))
     job = ConvertJob(
         backend=backend,
         input_source=str(example_clip()),

@@ -717,3 +717,41 @@ def test_png_transport_for_slow_links(node: NodeThread, backend, clip_frames: np
         )
     assert "PNG transport takes uint8 or uint16" in (info.value.details() or "")
     assert node.wait_idle() == 0
+
+
+def test_busy_node_is_retried_with_backoff(backend) -> None:
+    server = NodeThread(backend, limits=Limits(max_streams=1))
+    try:
+        with NodeClient(server.address, retries=4, backoff=0.1) as client:
+            holder = client.open_stream(width=64, height=48)
+            threading.Timer(0.3, holder.close).start()
+            started = time.monotonic()
+            with client.open_stream(width=64, height=48) as stream:  # waits for the slot, then gets it
+                assert stream.accepted.stream_id
+            assert time.monotonic() - started >= 0.1
+        assert server.wait_idle() == 0
+    finally:
+        server.stop()
+
+
+def test_structured_logs(clip_frames: np.ndarray) -> None:
+    import json
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", "--log-format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().strip()
+        remote_alpha(address, frames_of(clip_frames, 1))
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert any("opened" in r["message"] for r in records)
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)

@@ -35,7 +35,7 @@ from rvm_node.errors import (
 )
 from rvm_node.fsutil import atomic_write_bytes
 
-__all__ = ["BACKENDS", "load_model", "load_network", "read_state_dict"]
+__all__ = ["BACKENDS", "load_model", "load_network", "read_state_dict", "shared_cpu_options"]
 
 BACKENDS = ("torch", "onnxruntime")
 _PTH = (".pth", ".pt", ".ckpt")
@@ -157,6 +157,19 @@ def _exported_onnx(net: MattingNetwork, source: Path | None, precision: str) -> 
     if not target.is_file():
         export_onnx(net, target, precision=precision)
     return target
+
+
+def shared_cpu_options(backend: str) -> Any:
+    """Backend options for a model that shares the CPU with I/O threads (converter, node).
+
+    onnxruntime's idle workers spin by default, which starves decoding,
+    encoding and gRPC threads on the same cores; this turns the spinning off.
+    """
+    if backend != "onnxruntime":
+        return None
+    from rvm_node.engine.ort_backend import OrtOptions
+
+    return OrtOptions(spin=False)
 
 
 def load_model(
