@@ -774,3 +774,25 @@ def test_container_without_video_and_truncated_video(
         err = capsys.readouterr().err.strip().splitlines()
         assert code == EXIT_INPUT and len(err) == 1 and message in err[0], err
     assert not list((tmp_path / "o").glob("m.*.png")) if (tmp_path / "o").exists() else True
+
+
+def test_existing_video_output_is_not_overwritten(backend, clip: Path, tmp_path: Path) -> None:
+    target = tmp_path / "comp.mp4"
+    target.write_bytes(b"an editor's cut")
+    with pytest.raises(InvalidInputError, match="already exists; pass --overwrite"):
+        convert_video(
+            backend, clip, output_composition=target, frames=parse_frame_range("1-2"), progress=False
+        )
+    assert target.read_bytes() == b"an editor's cut"
+    # a failure after a video output was opened leaves no temporary file behind
+    (tmp_path / "m.0001.png").write_bytes(b"x")
+    with pytest.raises(InvalidInputError, match=r"m\.0001\.png: already exists"):
+        convert_video(
+            backend,
+            clip,
+            output_composition=tmp_path / "new.mp4",
+            output_alpha=tmp_path / "m.####.png",
+            frames=parse_frame_range("1-2"),
+            progress=False,
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["comp.mp4", "m.0001.png"]

@@ -20,12 +20,11 @@ on a few edge pixels), so checkpoints are the normal path.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -151,6 +150,8 @@ def _make_writer(
                 f"{target}: an image output for several frames needs a frame field, e.g. name.####{path.suffix}"
             )
         return SequenceWriter(kind, FramePattern(path.parent, path.stem, 0, path.suffix), settings)
+    if path.exists() and not job.overwrite:
+        raise InvalidInputError(f"{path}: already exists; pass --overwrite to replace it")
     rate = job.frame_rate or source.rate or Fraction(24)
     audio = source.path if source.has_audio else None
     return VideoWriter(kind, path, rate=rate, size=size, settings=settings, audio_from=audio)
@@ -337,7 +338,7 @@ class _WriterThread:
         self._thread.join(timeout=30)
 
 
-def run_job(job: ConvertJob, on_source: Callable[[FrameSource], None] | None = None) -> ConvertReport:
+def run_job(job: ConvertJob) -> ConvertReport:
     """Run one conversion end to end."""
     _validate(job)
     source = open_source(
@@ -348,13 +349,24 @@ def run_job(job: ConvertJob, on_source: Callable[[FrameSource], None] | None = N
         resize=job.input_resize,
         allow_gaps=job.allow_gaps,
     )
-    if on_source is not None:
-        on_source(source)
     numbers = source.frame_numbers
     count = len(numbers) if numbers is not None else None
     if count == 0:
         raise InvalidInputError(f"{job.input_source}: zero frames to process")
-    writers = [_make_writer(job, kind, target, source, count) for kind, target in job.outputs.items()]
+    writers: list[FrameWriter] = []
+    try:
+        for kind, target in job.outputs.items():
+            writers.append(_make_writer(job, kind, target, source, count))
+        return _run_writers(job, source, writers, numbers)
+    except BaseException:
+        for w in writers:
+            w.abort()  # a no-op for finished outputs and for image sequences
+        raise
+
+
+def _run_writers(
+    job: ConvertJob, source: FrameSource, writers: list[FrameWriter], numbers: list[int] | None
+) -> ConvertReport:
     official_dirs = any(
         FramePattern.detect(t) is None
         and job.output_type == "png_sequence"
@@ -363,14 +375,16 @@ def run_job(job: ConvertJob, on_source: Callable[[FrameSource], None] | None = N
     )
     numbering = _Numbering(numbers, by_index=official_dirs)
     size = (source.width, source.height)
+    # What the state depends on; not the device or node, so a shot can resume elsewhere.
+    model = job.backend.describe()
     fingerprint = {
         "input": str(Path(job.input_source).resolve()),
         "first": numbers[0] if numbers else None,
         "size": list(size),
         "ratio": job.downsample_ratio,
-        **job.backend.describe(),
+        "variant": str(model["variant"]),
+        "precision": str(model["precision"]),
     }
-    fingerprint = json.loads(json.dumps(fingerprint, default=str))
     plan = _plan_resume(job, writers, numbering, numbers, size, fingerprint)
     start, done = plan.start, plan.done
     to_write = [n for n in (numbers or []) if n not in done] if numbers is not None else None
@@ -422,8 +436,6 @@ def run_job(job: ConvertJob, on_source: Callable[[FrameSource], None] | None = N
     except BaseException as exc:
         stop.set()
         writer.stop()
-        for w in writers:
-            w.abort()
         progress.finish(
             "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", str(exc) or type(exc).__name__
         )

@@ -26,8 +26,6 @@ from rvm_node.io.sequence import FramePattern, FrameRange, natural_key
 
 __all__ = ["FrameSource", "ImageSequenceSource", "SourceFrame", "VideoSource", "open_source"]
 
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".mxf", ".m4v", ".mpg", ".mpeg", ".ts", ".y4m")
-
 
 @dataclass(frozen=True)
 class SourceFrame:

@@ -287,6 +287,8 @@ class VideoWriter(FrameWriter):
         self._tmp.replace(self.path)
 
     def abort(self) -> None:
+        if not self._tmp.exists():
+            return  # closed (moved into place) or already aborted
         try:
             if self._audio_source is not None:
                 self._audio_source.close()

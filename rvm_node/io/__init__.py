@@ -1,0 +1,1 @@
+"""Reading shots and writing mattes: frame sequences, images, colour, video."""
