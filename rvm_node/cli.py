@@ -168,6 +168,104 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     node.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
 
 
+def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    farm = sub.add_parser("farm", help="spread many shots over a pool of render nodes")
+    actions = farm.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="matte a shot list (TOML) or inputs on the pool, with failover")
+    run.add_argument("targets", nargs="+", help="a shots.toml file, or input files/patterns")
+    run.add_argument("--nodes", required=True, help="HOST:PORT,HOST:PORT, dns:///NAME:PORT, or nodes.toml")
+    run.add_argument("--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)")
+    run.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
+    run.add_argument("--output-alpha", default=None, help="e.g. 'mattes/{shot}/{shot}_matte.####.exr'")
+    run.add_argument("--output-foreground", default=None)
+    run.add_argument("--output-composition", default=None)
+    run.add_argument("--downsample-ratio", type=_ratio, default=None)
+    run.add_argument("--frames", default=None)
+    run.add_argument("--start-frame", type=int, default=None)
+    run.add_argument("--input-colorspace", default=None)
+    run.add_argument("--exr-channels", choices=["RGBA", "A"], default=None)
+    run.add_argument("--bit-depth", type=int, choices=[8, 16], default=None)
+    run.add_argument("--premultiplied", action="store_true", default=None)
+    run.add_argument("--background", default=None)
+    run.add_argument("--allow-gaps", action="store_true", default=None)
+    run.add_argument("--retries", type=int, default=3, help="attempts per shot after the first")
+    run.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
+    run.add_argument("--checkpoint-every", type=int, default=25, help="frames between state checkpoints")
+    run.add_argument("--wait-for-node", type=float, default=60.0, help="seconds a shot waits for a free node")
+    run.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
+
+
+def _farm(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from rvm_node.farm import NodePool, load_shot_list, make_shots, parse_nodes, run_shots
+    from rvm_node.farm.shots import SHOT_KEYS
+
+    options = {k: getattr(args, k) for k in SHOT_KEYS if getattr(args, k, None) is not None}
+    if len(args.targets) == 1 and args.targets[0].endswith(".toml"):
+        if options:
+            raise InvalidInputError("farm run: with a shot list, put the settings in its [defaults] table")
+        shots = load_shot_list(Path(args.targets[0]))
+    else:
+        shots = make_shots(args.targets, options)
+    ca = args.ca_file.read_bytes() if args.ca_file is not None else None
+    pool = NodePool(parse_nodes(args.nodes), token=_token(args.token_file), root_certificates=ca)
+    started = time.monotonic()
+    last_line = 0.0
+    try:
+        results = {}
+        for event in run_shots(
+            shots,
+            pool,
+            retries=args.retries,
+            backoff=args.backoff,
+            checkpoint_every=args.checkpoint_every,
+            wait_for_node=args.wait_for_node,
+        ):
+            results[event.shot] = event.result
+            if args.progress_json:
+                print(
+                    json.dumps(
+                        {
+                            "event": event.kind,
+                            "shot": event.shot,
+                            "node": event.node,
+                            "frames": event.result.frames,
+                            "fps": round(event.fps, 3),
+                            "retries": event.result.retries,
+                            "message": event.message,
+                        }
+                    ),
+                    flush=True,
+                )
+            elif event.kind != "frame" or time.monotonic() - last_line > 2:
+                last_line = time.monotonic()
+                done = sum(r.status == "done" for r in results.values())
+                print(
+                    f"[{done}/{len(shots)} shots] {event.shot}: {event.kind} on {event.node or '-'}"
+                    f"  {event.result.frames} frames  {event.fps:.1f} frames/s {event.message}",
+                    file=sys.stderr,
+                )
+    finally:
+        pool.close()
+    print(f"{'shot':24} {'status':8} {'frames':>7} {'retries':>7} {'time':>8}  nodes", file=sys.stderr)
+    for shot in shots:
+        r = results.get(shot.name)
+        if r is not None:
+            print(
+                f"{r.shot:24} {r.status:8} {r.frames:7d} {r.retries:7d} {r.seconds:7.1f}s  {', '.join(r.nodes)}"
+                f"{'  ' + r.reason if r.reason else ''}",
+                file=sys.stderr,
+            )
+    print(f"total {time.monotonic() - started:.1f}s", file=sys.stderr)
+    return (
+        0
+        if all(r.status == "done" for r in results.values()) and len(results) == len(shots)
+        else EXIT_BACKEND
+    )
+
+
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run a render node (prints its address once serving)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
@@ -206,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     _add_convert(sub)
     _add_serve(sub)
+    _add_farm(sub)
     example = sub.add_parser("example", help="fetch the example clip and matte it")
     example.add_argument("--output-dir", type=Path, default=Path("example-output"))
     example.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
@@ -433,6 +532,8 @@ def _run(args: argparse.Namespace) -> int:
         return _convert(args)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "farm":
+        return _farm(args)
     if args.command == "weights":
         return _weights(args)
     if args.command == "export":

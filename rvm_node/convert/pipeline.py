@@ -24,7 +24,7 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -83,6 +83,8 @@ class ConvertJob:
     state_every: int = STATE_EVERY
     frame_rate: Fraction | None = None
     progress: str = "bar"
+    # Called from the writer thread with each frame number once it is written (or queued to the pool).
+    on_frame: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -301,6 +303,8 @@ class _WriterThread:
                         self._pending.popleft().result()
                 self.written += 1
                 self._progress.frame(number)
+                if self._job.on_frame is not None:
+                    self._job.on_frame(number)
             while self._pending:
                 self._pending.popleft().result()
         except BaseException as exc:

@@ -1,0 +1,163 @@
+"""A pool of render nodes: a static list, a DNS name with several addresses, or a TOML file.
+
+Why not one channel with gRPC's ``round_robin`` policy: the farm must know
+which node a shot runs on, to respect each node's own capacity (read from
+``GetNodeInfo``), to move a shot away from a node that died, and to resume it
+from a state checkpoint on another node. A round-robin channel hides the
+backend a stream lands on, so the farm keeps one channel per node instead and
+does the placement itself, using gRPC's name resolution (DNS) to find the
+nodes and each node's ``GetNodeInfo`` for capacity.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rvm_node.client import NodeClient
+from rvm_node.errors import InvalidInputError, NodeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["FarmNode", "NodePool", "parse_nodes"]
+
+
+def _resolve_dns(target: str) -> list[str]:
+    """``dns:///name:port`` (or ``dns:name:port``) to one ``ip:port`` per address, like a headless Service."""
+    rest = target.split(":", 1)[1].lstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidInputError(f"--nodes: expected dns:///NAME:PORT, got {target!r}")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise InvalidInputError(f"--nodes: cannot resolve {host} ({exc.strerror})") from None
+    addresses = []
+    for family, _, _, _, sockaddr in infos:
+        ip = sockaddr[0]
+        address = f"[{ip}]:{port}" if family == socket.AF_INET6 else f"{ip}:{port}"
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
+def parse_nodes(spec: str) -> list[str]:
+    """Node addresses from ``host:port,host:port``, ``dns:///name:port``, or a ``.toml`` file."""
+    spec = spec.strip()
+    if spec.endswith(".toml"):
+        path = Path(spec)
+        try:
+            table = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise InvalidInputError(f"{path}: cannot read the node list ({exc.strerror})") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
+        nodes = table.get("nodes")
+        if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes) or not nodes:
+            raise InvalidInputError(f'{path}: expected nodes = ["host:port", ...]')
+        return [a for n in nodes for a in parse_nodes(n)]
+    addresses: list[str] = []
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        if item.startswith("dns:"):
+            addresses.extend(_resolve_dns(item))
+            continue
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit():
+            raise InvalidInputError(f"--nodes: expected HOST:PORT, got {item!r}")
+        addresses.append(item)
+    if not addresses:
+        raise InvalidInputError("--nodes: no node given")
+    return list(dict.fromkeys(addresses))
+
+
+@dataclass
+class FarmNode:
+    address: str
+    client: NodeClient
+    capacity: int = 0
+    running: int = 0
+    down_until: float = 0.0
+    failures: int = field(default=0)
+
+    @property
+    def up(self) -> bool:
+        return time.monotonic() >= self.down_until
+
+
+class NodePool:
+    """The nodes, their capacity, and which are up. Thread-safe."""
+
+    def __init__(
+        self,
+        addresses: list[str],
+        *,
+        token: str | None = None,
+        root_certificates: bytes | None = None,
+        cooldown: float = 10.0,
+    ) -> None:
+        self.nodes = [
+            FarmNode(a, NodeClient(a, token=token, root_certificates=root_certificates, retries=0))
+            for a in addresses
+        ]
+        self.cooldown = cooldown
+        self._lock = threading.Condition()
+
+    def refresh(self) -> None:
+        """Read every node's capacity; a node that does not answer is marked down for a while."""
+        for node in self.nodes:
+            try:
+                info = node.client.info(timeout=3)
+            except NodeError:
+                with self._lock:
+                    node.down_until = time.monotonic() + self.cooldown
+                continue
+            with self._lock:
+                node.capacity = max(0, info.max_streams - max(0, info.active_streams - node.running))
+                node.down_until = 0.0
+                self._lock.notify_all()
+
+    def acquire(self, avoid: set[str], timeout: float) -> FarmNode | None:
+        """A free slot on an up node (preferring ones not in ``avoid``), or None after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                free = [n for n in self.nodes if n.up and n.running < n.capacity]
+                if free:
+                    free.sort(key=lambda n: (n.address in avoid, n.running - n.capacity))
+                    chosen = free[0]
+                    chosen.running += 1
+                    return chosen
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._lock.wait(min(remaining, 1.0))
+                if not any(n.up and n.capacity for n in self.nodes):
+                    self._lock.release()
+                    try:
+                        self.refresh()  # nodes coming back after their cooldown
+                    finally:
+                        self._lock.acquire()
+
+    def release(self, node: FarmNode, failed: bool = False) -> None:
+        with self._lock:
+            node.running -= 1
+            if failed:
+                node.failures += 1
+                node.down_until = time.monotonic() + self.cooldown
+                node.capacity = 0
+            self._lock.notify_all()
+
+    def all_down(self) -> bool:
+        with self._lock:
+            return not any(n.up and n.capacity for n in self.nodes)
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.client.close()

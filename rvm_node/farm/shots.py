@@ -1,0 +1,168 @@
+"""Shots for the farm: a TOML shot list or the command line, checked before any work starts.
+
+```toml
+[defaults]
+downsample_ratio = 0.25
+output_alpha = "mattes/{shot}/{shot}_matte.####.exr"
+
+[[shot]]
+input = "plates/sh010.####.exr"
+name = "sh010"            # default: the input's file stem
+frames = "1001-1100"
+```
+
+``{shot}`` in an output path expands to the shot's name. Outputs must be
+image sequences (a frame field): that is what lets a shot move between nodes
+and resume without redoing or losing a frame.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rvm_node.errors import InvalidInputError
+from rvm_node.io.sequence import FramePattern, FrameRange, parse_frame_range
+from rvm_node.io.writers import WriterSettings
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["SHOT_KEYS", "Shot", "load_shot_list", "make_shots"]
+
+OUTPUT_KEYS = ("output_alpha", "output_foreground", "output_composition")
+SHOT_KEYS = (
+    "input",
+    "name",
+    "frames",
+    *OUTPUT_KEYS,
+    "downsample_ratio",
+    "input_colorspace",
+    "exr_channels",
+    "bit_depth",
+    "premultiplied",
+    "background",
+    "start_frame",
+    "allow_gaps",
+)
+
+
+@dataclass(frozen=True)
+class Shot:
+    name: str
+    input: str
+    outputs: dict[str, str]
+    frames: FrameRange | None = None
+    downsample_ratio: float | None = None
+    input_colorspace: str | None = None
+    background: str | None = None
+    start_frame: int = 1
+    allow_gaps: bool = False
+    settings: WriterSettings = field(default_factory=WriterSettings)
+
+
+def _stem(path: str) -> str:
+    name = Path(path).name
+    pattern = FramePattern.detect(path)
+    if pattern is not None:
+        name = pattern.prefix.rstrip("._-") or name
+    return Path(name).stem if pattern is None else name
+
+
+def _shot(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Shot:
+    unknown = sorted(set(entry) - set(SHOT_KEYS))
+    if unknown:
+        raise InvalidInputError(
+            f"{where}: unknown keys {', '.join(unknown)}; expected some of {', '.join(SHOT_KEYS)}"
+        )
+    merged = {**defaults, **entry}
+    source = merged.get("input")
+    if not isinstance(source, str) or not source:
+        raise InvalidInputError(f"{where}: every shot needs an input")
+    pattern = FramePattern.detect(source)
+    if (
+        not (pattern.directory.is_dir() and pattern.existing())
+        if pattern is not None
+        else not Path(source).exists()
+    ):
+        raise InvalidInputError(f"{where}: input {source} does not exist")
+    name = str(merged.get("name") or _stem(source))
+    outputs = {}
+    for key in OUTPUT_KEYS:
+        if merged.get(key):
+            target = str(merged[key]).replace("{shot}", name)
+            if FramePattern.detect(target) is None:
+                raise InvalidInputError(
+                    f"{where}: {key} {target} needs a frame field (####): farm outputs are image sequences"
+                )
+            outputs[key.removeprefix("output_")] = target
+    if not outputs:
+        raise InvalidInputError(f"{where}: shot {name} has no output")
+    frames = merged.get("frames")
+    settings = WriterSettings(
+        exr_channels=merged.get("exr_channels", "RGBA"),
+        bit_depth=int(merged.get("bit_depth", 16)),  # type: ignore[arg-type]
+        premultiplied=bool(merged.get("premultiplied", False)),
+    )
+    ratio = merged.get("downsample_ratio")
+    return Shot(
+        name=name,
+        input=source,
+        outputs=outputs,
+        frames=parse_frame_range(str(frames)) if frames else None,
+        downsample_ratio=None if ratio in (None, "auto") else float(ratio),
+        input_colorspace=merged.get("input_colorspace"),
+        background=merged.get("background"),
+        start_frame=int(merged.get("start_frame", 1)),
+        allow_gaps=bool(merged.get("allow_gaps", False)),
+        settings=settings,
+    )
+
+
+def _check_unique(shots: list[Shot], where: str) -> list[Shot]:
+    seen: dict[str, str] = {}
+    for shot in shots:
+        for target in shot.outputs.values():
+            key = str(Path(target).resolve())
+            if key in seen:
+                raise InvalidInputError(
+                    f"{where}: output {target} is used by shots {seen[key]} and {shot.name}"
+                )
+            seen[key] = shot.name
+    return shots
+
+
+def load_shot_list(path: Path) -> list[Shot]:
+    """Shots from a TOML file with an optional ``[defaults]`` table and ``[[shot]]`` entries."""
+    try:
+        table = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read the shot list ({exc.strerror})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
+    unknown = sorted(set(table) - {"defaults", "shot"})
+    if unknown:
+        raise InvalidInputError(
+            f"{path}: unknown tables {', '.join(unknown)}; expected [defaults] and [[shot]]"
+        )
+    defaults = table.get("defaults", {})
+    unknown = sorted(set(defaults) - set(SHOT_KEYS))
+    if unknown:
+        raise InvalidInputError(f"{path}: [defaults] has unknown keys {', '.join(unknown)}")
+    entries = table.get("shot", [])
+    if not entries:
+        raise InvalidInputError(f"{path}: no [[shot]] entries")
+    shots = [_shot(entry, defaults, f"{path}: shot {i + 1}") for i, entry in enumerate(entries)]
+    return _check_unique(shots, str(path))
+
+
+def make_shots(inputs: list[str], options: dict[str, Any]) -> list[Shot]:
+    """Shots from command-line inputs sharing one set of options (``{shot}`` = each input's stem)."""
+    if not inputs:
+        raise InvalidInputError("farm run: give a shot list file or at least one input")
+    shots = [_shot({"input": source}, options, f"input {source}") for source in inputs]
+    return _check_unique(shots, "farm run")

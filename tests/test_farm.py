@@ -1,0 +1,249 @@
+"""The farm against real `rvm-node serve` subprocesses on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvm_node import InvalidInputError, load_model
+from rvm_node.client import NodeClient
+from rvm_node.convert import convert_video
+from rvm_node.errors import NodeError
+from rvm_node.farm import NodePool, load_shot_list, parse_nodes, run_shots
+from rvm_node.io.images import read_image
+from rvm_node.io.sequence import parse_frame_range
+
+RATIO = 0.5
+
+
+class Node:
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=os.environ.copy(),
+        )
+        assert self.process.stdout is not None
+        self.address = self.process.stdout.readline().strip()
+        assert self.address.startswith("127.0.0.1:"), self.address
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+@pytest.fixture(scope="module")
+def clip(weights_cache: Path) -> Path:
+    from rvm_node.example import example_clip
+
+    return example_clip()
+
+
+@pytest.fixture(scope="module")
+def three_nodes() -> Iterator[list[Node]]:
+    nodes = [Node("--max-streams", "2") for _ in range(3)]
+    yield nodes
+    for node in nodes:
+        node.kill()
+
+
+def shot_list(path: Path, clip: Path, out: Path, shots: dict[str, str]) -> Path:
+    lines = [
+        "[defaults]",
+        f'input = "{clip}"',
+        f"downsample_ratio = {RATIO}",
+        f'output_alpha = "{out}/{{shot}}/m.####.png"',
+        "",
+    ]
+    for name, frames in shots.items():
+        lines += ["[[shot]]", f'name = "{name}"', f'frames = "{frames}"', ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+def reference(clip: Path, frames: str, out: Path) -> Path:
+    convert_video(
+        load_model(backend="onnxruntime"),
+        clip,
+        downsample_ratio=RATIO,
+        output_alpha=out / "m.####.png",
+        frames=parse_frame_range(frames),
+        progress=False,
+    )
+    return out
+
+
+def same_frames(a: Path, b: Path, frames: str) -> None:
+    span = parse_frame_range(frames)
+    for n in range(span.first, span.last + 1):
+        assert np.array_equal(
+            read_image(a / f"m.{n:04d}.png").pixels, read_image(b / f"m.{n:04d}.png").pixels
+        ), (a, n)
+    assert len(list(a.glob("m.*.png"))) == len(span)
+
+
+def test_six_shots_on_three_nodes(three_nodes: list[Node], clip: Path, tmp_path: Path) -> None:
+    shots = {f"sh{i}": f"{1 + 7 * i}-{8 + 7 * i}" for i in range(6)}
+    pool = NodePool([n.address for n in three_nodes])
+    try:
+        events = list(
+            run_shots(load_shot_list(shot_list(tmp_path / "shots.toml", clip, tmp_path / "out", shots)), pool)
+        )
+    finally:
+        pool.close()
+    finals = {e.shot: e for e in events if e.kind in ("done", "failed")}
+    assert {k: e.kind for k, e in finals.items()} == dict.fromkeys(shots, "done")
+    used = {node for e in finals.values() for node in e.result.nodes}
+    assert len(used) >= 2  # spread over the pool
+    for name, frames in shots.items():
+        same_frames(tmp_path / "out" / name, reference(clip, frames, tmp_path / "ref" / name), frames)
+
+
+def test_node_killed_mid_shot_moves_with_no_seam(clip: Path, tmp_path: Path) -> None:
+    first, second = Node("--max-streams", "1"), Node("--max-streams", "1")
+    pool = NodePool([first.address, second.address], cooldown=60)
+    try:
+        shots = load_shot_list(shot_list(tmp_path / "shots.toml", clip, tmp_path / "out", {"long": "1-90"}))
+        killed_at = None
+        for event in run_shots(shots, pool, backoff=0.1, checkpoint_every=10):
+            if event.kind == "frame" and killed_at is None and event.result.frames >= 35:
+                victim = first if event.node == first.address else second
+                victim.kill()
+                killed_at = event.result.frames
+            last = event
+        assert last.kind == "done" and last.result.retries == 1 and len(last.result.nodes) == 2
+        print(
+            f"\nnode killed after {killed_at} frames; frames recomputed on the second node: "
+            f"{last.result.frames - 90} extra writes, retries {last.result.retries}"
+        )
+        same_frames(tmp_path / "out" / "long", reference(clip, "1-90", tmp_path / "ref"), "1-90")
+    finally:
+        pool.close()
+        first.kill()
+        second.kill()
+
+
+def test_busy_node_sends_shots_elsewhere(clip: Path, tmp_path: Path) -> None:
+    busy, free = Node("--max-streams", "1"), Node("--max-streams", "2")
+    holder_client = NodeClient(busy.address)
+    holder = holder_client.open_stream(width=64, height=48)
+    pool = NodePool([busy.address, free.address])
+    try:
+        shots = load_shot_list(
+            shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {"a": "1-4", "b": "5-8"})
+        )
+        finals = [e for e in run_shots(shots, pool) if e.kind in ("done", "failed")]
+        assert all(e.kind == "done" and e.result.nodes == [free.address] for e in finals)
+    finally:
+        holder.cancel()
+        holder_client.close()
+        pool.close()
+        busy.kill()
+        free.kill()
+
+
+def test_all_nodes_down_then_rerun(clip: Path, tmp_path: Path) -> None:
+    shots_file = shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {"a": "1-5"})
+    pool = NodePool(["127.0.0.1:9"], cooldown=0.1)
+    with pytest.raises(NodeError, match=r"no node of the pool answered: 127\.0\.0\.1:9"):
+        list(run_shots(load_shot_list(shots_file), pool))
+    pool.close()
+    assert not (tmp_path / "out").exists()
+    node = Node()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "rvm_node", "farm", "run", str(shots_file), "--nodes", node.address],
+            capture_output=True,
+            text=True,
+            env=os.environ.copy(),
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "done" in result.stderr and len(list((tmp_path / "out" / "a").glob("m.*.png"))) == 5
+    finally:
+        node.kill()
+
+
+def test_farm_client_killed_and_rerun_redoes_nothing(
+    three_nodes: list[Node], clip: Path, tmp_path: Path
+) -> None:
+    shots_file = shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {"a": "1-60", "b": "61-120"})
+    nodes = ",".join(n.address for n in three_nodes)
+    command = [
+        sys.executable,
+        "-m",
+        "rvm_node",
+        "farm",
+        "run",
+        str(shots_file),
+        "--nodes",
+        nodes,
+        "--progress-json",
+    ]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list((tmp_path / "out").glob("*/m.*.png"))) < 40:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*/m.*.png")}
+    assert 0 < len(before) < 120
+    result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
+    assert result.returncode == 0, result.stderr
+    for path, mtime in before.items():
+        assert path.stat().st_mtime_ns == mtime  # nothing redone
+    same_frames(tmp_path / "out" / "a", reference(clip, "1-60", tmp_path / "ref_a"), "1-60")
+    same_frames(tmp_path / "out" / "b", reference(clip, "61-120", tmp_path / "ref_b"), "61-120")
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[[shot]]\ninput = "{missing}"\noutput_alpha = "o/m.####.png"\n', "does not exist"),
+        (
+            '[[shot]]\ninput = "{clip}"\nname = "a"\noutput_alpha = "o/m.####.png"\n'
+            '[[shot]]\ninput = "{clip}"\nname = "b"\noutput_alpha = "o/m.####.png"\n',
+            "used by shots a and b",
+        ),
+        ('[[shot]]\ninput = "{clip}"\ncolour = 1\noutput_alpha = "o/m.####.png"\n', "unknown keys colour"),
+        ('[[shot]]\ninput = "{clip}"\noutput_alpha = "o/m.png"\n', "needs a frame field"),
+        ('[[shot]]\ninput = "{clip}"\n', "has no output"),
+        ('[defaults]\nspeed = 1\n[[shot]]\ninput = "{clip}"\n', "[defaults] has unknown keys speed"),
+        ("[[shots]]\ninput = 1\n", "unknown tables shots"),
+        ("", "no [[shot]] entries"),
+        ("[[shot\n", "not valid TOML"),
+    ],
+)
+def test_bad_shot_lists(text: str, message: str, clip: Path, tmp_path: Path) -> None:
+    path = tmp_path / "s.toml"
+    path.write_text(text.format(clip=clip, missing=tmp_path / "nope.mov"))
+    with pytest.raises(InvalidInputError) as info:
+        load_shot_list(path)
+    assert message in str(info.value)
+    assert not (tmp_path / "o").exists()
+
+
+def test_node_specs(tmp_path: Path) -> None:
+    assert parse_nodes("a:1,b:2,a:1") == ["a:1", "b:2"]
+    assert parse_nodes("dns:///localhost:50051")[0].endswith(":50051")
+    (tmp_path / "n.toml").write_text('nodes = ["h1:1", "h2:2"]\n')
+    assert parse_nodes(str(tmp_path / "n.toml")) == ["h1:1", "h2:2"]
+    for bad, message in (
+        ("h1", "HOST:PORT"),
+        ("dns:///nowhere.invalid:1", "cannot resolve"),
+        ("", "no node"),
+    ):
+        with pytest.raises(InvalidInputError, match=message):
+            parse_nodes(bad)
