@@ -193,13 +193,25 @@ def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run.add_argument("--checkpoint-every", type=int, default=25, help="frames between state checkpoints")
     run.add_argument("--wait-for-node", type=float, default=60.0, help="seconds a shot waits for a free node")
     run.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
+    run.add_argument("--split", type=int, default=1, help="run each shot as N segments in parallel")
+    run.add_argument(
+        "--preroll", type=int, default=None, help="frames each split segment runs before writing"
+    )
 
 
 def _farm(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from rvm_node.farm import NodePool, load_shot_list, make_shots, parse_nodes, run_shots
+    from rvm_node.farm import (
+        DEFAULT_PREROLL,
+        NodePool,
+        load_shot_list,
+        make_shots,
+        parse_nodes,
+        run_shots,
+        split_shot,
+    )
     from rvm_node.farm.shots import SHOT_KEYS
 
     options = {k: getattr(args, k) for k in SHOT_KEYS if getattr(args, k, None) is not None}
@@ -209,6 +221,9 @@ def _farm(args: argparse.Namespace) -> int:
         shots = load_shot_list(Path(args.targets[0]))
     else:
         shots = make_shots(args.targets, options)
+    if args.split != 1 or args.preroll is not None:
+        preroll = DEFAULT_PREROLL if args.preroll is None else args.preroll
+        shots = [segment for shot in shots for segment in split_shot(shot, args.split, preroll)]
     ca = args.ca_file.read_bytes() if args.ca_file is not None else None
     pool = NodePool(parse_nodes(args.nodes), token=_token(args.token_file), root_certificates=ca)
     started = time.monotonic()

@@ -29,8 +29,9 @@ __all__ = ["STATE_EVERY", "checkpoint_path", "load_checkpoint", "save_checkpoint
 STATE_EVERY = 25
 
 
-def checkpoint_path(pattern: FramePattern) -> Path:
-    return pattern.directory / f".{pattern.prefix}rvmstate.npz"
+def checkpoint_path(pattern: FramePattern, first_frame: int) -> Path:
+    """One checkpoint per output and first frame, so segments of one shot never share one."""
+    return pattern.directory / f".{pattern.prefix}rvmstate.{first_frame}.npz"
 
 
 def save_checkpoint(path: Path, state: RecurrentState, number: int, fingerprint: dict[str, Any]) -> None:

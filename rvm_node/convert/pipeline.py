@@ -81,6 +81,8 @@ class ConvertJob:
     overwrite: bool = False
     resume_warmup: int = RESUME_WARMUP
     state_every: int = STATE_EVERY
+    # Frames before this number are run to warm the state but not written (a pre-roll).
+    write_from: int | None = None
     frame_rate: Fraction | None = None
     progress: str = "bar"
     # Called from the writer thread with each frame number once it is written (or queued to the pool).
@@ -186,10 +188,16 @@ def _plan_resume(
     fingerprint: dict[str, Any],
 ) -> _Plan:
     sequences = [w for w in writers if isinstance(w, SequenceWriter)]
-    plan = _Plan(checkpoint=checkpoint_path(sequences[0].pattern) if sequences and numbers else None)
+    plan = _Plan(
+        checkpoint=checkpoint_path(sequences[0].pattern, numbers[0]) if sequences and numbers else None
+    )
     if not job.resume:
         for writer in sequences:
-            clash = [n for n in (numbers or []) if writer.path(numbering(n)).exists()]
+            clash = [
+                n
+                for n in (numbers or [])
+                if (job.write_from is None or n >= job.write_from) and writer.path(numbering(n)).exists()
+            ]
             if clash and not job.overwrite:
                 raise InvalidInputError(
                     f"{writer.path(numbering(clash[0]))}: already exists; pass --overwrite to replace or --resume to continue"
@@ -200,7 +208,7 @@ def _plan_resume(
     if numbers is None:
         raise InvalidInputError(f"{job.input_source}: --resume needs a source whose frame count is known")
     for writer in sequences:
-        writer.remove_stale_temporaries()
+        writer.remove_stale_temporaries([numbering(n) for n in numbers])
     plan.done = {n for n in numbers if all(verify_frame(w.path(numbering(n)), size) for w in sequences)}
     missing = [i for i, n in enumerate(numbers) if n not in plan.done]
     if not missing:
@@ -391,6 +399,8 @@ def _run_writers(
     }
     plan = _plan_resume(job, writers, numbering, numbers, size, fingerprint)
     start, done = plan.start, plan.done
+    if job.write_from is not None:
+        done = done | {n for n in (numbers or []) if n < job.write_from}
     to_write = [n for n in (numbers or []) if n not in done] if numbers is not None else None
     progress = Progress(len(to_write) if to_write is not None else None, job.progress)
     background = Background(job.background, size) if "composition" in job.outputs else None

@@ -2,9 +2,10 @@
 
 from rvm_node.farm.pool import NodePool, parse_nodes
 from rvm_node.farm.runner import FarmEvent, ShotResult, run_shots
-from rvm_node.farm.shots import Shot, load_shot_list, make_shots
+from rvm_node.farm.shots import DEFAULT_PREROLL, Shot, load_shot_list, make_shots, split_shot
 
 __all__ = [
+    "DEFAULT_PREROLL",
     "FarmEvent",
     "NodePool",
     "Shot",
@@ -13,4 +14,5 @@ __all__ = [
     "make_shots",
     "parse_nodes",
     "run_shots",
+    "split_shot",
 ]

@@ -32,7 +32,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-__all__ = ["SHOT_KEYS", "Shot", "load_shot_list", "make_shots"]
+__all__ = ["DEFAULT_PREROLL", "SHOT_KEYS", "Shot", "load_shot_list", "make_shots", "split_shot"]
+
+# Frames a split segment runs before its first written frame to warm the
+# recurrent state. Measured on the test clip at ratio 0.5 (README, "Splitting
+# a shot"): the seam's alpha error falls from 0.79 with no pre-roll to about 0.05
+# with 45 frames.
+DEFAULT_PREROLL = 45
 
 OUTPUT_KEYS = ("output_alpha", "output_foreground", "output_composition")
 SHOT_KEYS = (
@@ -63,6 +69,8 @@ class Shot:
     start_frame: int = 1
     allow_gaps: bool = False
     settings: WriterSettings = field(default_factory=WriterSettings)
+    # For a segment of a split shot: frames before this are pre-roll, run but not written.
+    write_from: int | None = None
 
 
 def _stem(path: str) -> str:
@@ -166,3 +174,38 @@ def make_shots(inputs: list[str], options: dict[str, Any]) -> list[Shot]:
         raise InvalidInputError("farm run: give a shot list file or at least one input")
     shots = [_shot({"input": source}, options, f"input {source}") for source in inputs]
     return _check_unique(shots, "farm run")
+
+
+def split_shot(shot: Shot, parts: int, preroll: int = DEFAULT_PREROLL) -> list[Shot]:
+    """``parts`` segments of ``shot`` that can run in parallel, each after a pre-roll of ``preroll`` frames."""
+    from dataclasses import replace
+
+    from rvm_node.io.sources import open_source
+
+    if parts < 1 or preroll < 0:
+        raise InvalidInputError("--split must be >= 1 and --preroll >= 0")
+    if parts == 1:
+        return [shot]
+    numbers = open_source(
+        shot.input, frame_range=shot.frames, start_frame=shot.start_frame, allow_gaps=shot.allow_gaps
+    ).frame_numbers
+    if numbers is None or len(numbers) < parts:
+        raise InvalidInputError(
+            f"shot {shot.name}: cannot split {len(numbers or [])} frames into {parts} segments"
+        )
+    size = -(-len(numbers) // parts)
+    segments = []
+    for index in range(parts):
+        chunk = numbers[index * size : (index + 1) * size]
+        if not chunk:
+            break
+        start = numbers[max(0, index * size - preroll)]
+        segments.append(
+            replace(
+                shot,
+                name=f"{shot.name}[{index + 1}/{parts}]",
+                frames=FrameRange(start, chunk[-1]),
+                write_from=chunk[0] if index else None,
+            )
+        )
+    return segments

@@ -178,12 +178,15 @@ class SequenceWriter(FrameWriter):
             bits = 16 if self.ext in (".tif", ".tiff") else self.settings.bit_depth
             write_image(path, _quantise(image, bits))
 
-    def remove_stale_temporaries(self) -> None:
-        """Delete temporary files a killed run left beside the frames."""
-        if self.pattern.directory.is_dir():
-            for entry in self.pattern.directory.iterdir():
-                if is_temporary(entry) and entry.name.startswith(f".{self.pattern.prefix}"):
-                    entry.unlink(missing_ok=True)
+    def remove_stale_temporaries(self, numbers: list[int]) -> None:
+        """Delete temporary files a killed run left for these frames (others may be in flight elsewhere)."""
+        if not self.pattern.directory.is_dir():
+            return
+        stems = {self.path(n).stem for n in numbers}
+        for entry in self.pattern.directory.iterdir():
+            # atomic_write names them ".<final stem>.<random>.rvmtmp<ext>"
+            if is_temporary(entry) and entry.name[1:].rsplit(".", 3)[0] in stems:
+                entry.unlink(missing_ok=True)
 
 
 def verify_frame(path: Path, size: tuple[int, int]) -> bool:
