@@ -91,6 +91,10 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     node.add_argument("--size", default="1280x720")
     node.add_argument("--frames", type=int, default=40)
     node.add_argument("--downsample-ratio", type=float, default=0.375)
+    farm = kinds.add_parser("farm", help="nodes pinned to one core: 1 vs 2 nodes, and failover cost")
+    farm.add_argument("--frames", type=int, default=20, help="frames per shot (4 shots)")
+    farm.add_argument("--downsample-ratio", type=float, default=1.0)
+    farm.add_argument("--checkpoint-every", type=int, default=25)
 
 
 def _add_shot_options(convert: argparse.ArgumentParser) -> None:
@@ -291,6 +295,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
     serve.add_argument("--checkpoint", type=Path, default=None)
     serve.add_argument("--max-streams", type=int, default=4)
+    serve.add_argument(
+        "--threads", type=int, default=0, help="inference threads per device (0: the backend's choice)"
+    )
     serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds a stream may sit idle")
     serve.add_argument("--max-message-mb", type=int, default=64)
     serve.add_argument(
@@ -408,10 +415,28 @@ def _configure_logging(fmt: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
+def _serve_options(args: argparse.Namespace) -> Any:
+    """Backend options for a node: no spinning (gRPC threads share the CPU), and ``--threads``."""
+    from dataclasses import replace
+
+    from rvm_node.engine.loader import shared_cpu_options
+
+    if args.threads < 0:
+        raise InvalidInputError(f"--threads: expected 0 or more, got {args.threads}")
+    options = shared_cpu_options(args.backend)
+    if args.threads and options is not None:
+        return replace(options, intra_op_threads=args.threads)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return options
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from rvm_node.engine.loader import load_model, shared_cpu_options
+    from rvm_node.engine.loader import load_model
     from rvm_node.node.server import NodeServer, TlsFiles, serve_forever, start_node
     from rvm_node.node.service import Limits
 
@@ -437,7 +462,7 @@ def _serve(args: argparse.Namespace) -> int:
         device=args.device,
         precision=args.precision,
         weights=args.checkpoint,
-        options=shared_cpu_options(args.backend),
+        options=_serve_options(args),
     )
 
     def ready(node: NodeServer) -> None:
@@ -554,9 +579,14 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "export":
         return _export(args)
     if args.command == "bench":
-        from rvm_node.bench import run_convert_bench, run_engine_bench, run_node_bench
+        from rvm_node.bench import run_convert_bench, run_engine_bench, run_farm_bench, run_node_bench
 
-        runners = {"engine": run_engine_bench, "convert": run_convert_bench, "node": run_node_bench}
+        runners = {
+            "engine": run_engine_bench,
+            "convert": run_convert_bench,
+            "node": run_node_bench,
+            "farm": run_farm_bench,
+        }
         return runners[args.kind](args)
     from rvm_node.example import run_example
 

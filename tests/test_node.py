@@ -755,3 +755,21 @@ def test_structured_logs(clip_frames: np.ndarray) -> None:
     records = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
     assert any("opened" in r["message"] for r in records)
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+
+
+def test_serve_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rvm_node.cli import EXIT_INPUT, main
+
+    cert = tmp_path / "c.pem"
+    cert.write_text("x")
+    (tmp_path / "empty").write_text("\n")
+    for args, message in (
+        (["--threads", "-1"], "--threads: expected 0 or more"),
+        (["--tls-cert", str(cert)], "--tls-cert and --tls-key go together"),
+        (["--tls-client-ca", str(cert)], "--tls-client-ca needs --tls-cert"),
+        (["--token-file", str(tmp_path / "missing")], "cannot read the token file"),
+        (["--token-file", str(cert.with_name("empty"))], "the token file is empty"),
+        (["--max-streams", "0"], "--max-streams: expected 1 or more"),
+    ):
+        assert main(["serve", "--port", "0", *args]) == EXIT_INPUT
+        assert message in capsys.readouterr().err
