@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.errors import InvalidInputError
+from rvm_node.errors import InvalidInputError, RvmNodeError
 
 __all__ = ["run_engine_bench"]
 
@@ -275,11 +275,27 @@ def _rss_mb(pid: int) -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
 
 
-def run_node_bench(args: argparse.Namespace) -> int:
-    """A node on loopback: one shot end to end, concurrent streams, and memory after many streams."""
+def _spawn_node(*options: str, pin_core: int | None = None) -> tuple[Any, str]:
+    """An `rvm-node serve --port 0` subprocess and the address it printed once serving."""
     import os
     import subprocess
     import sys
+
+    command = [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *options]
+    if pin_core is not None:
+        command = ["taskset", "-c", str(pin_core), *command]
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy()
+    )
+    address = process.stdout.readline().strip() if process.stdout is not None else ""
+    if not address:
+        process.kill()
+        raise RvmNodeError("benchmark: the node did not start")
+    return process, address
+
+
+def run_node_bench(args: argparse.Namespace) -> int:
+    """A node on loopback: one shot end to end, concurrent streams, and memory after many streams."""
     import tempfile
     import threading
 
@@ -292,17 +308,9 @@ def run_node_bench(args: argparse.Namespace) -> int:
     clip = _upscaled_clip(width, height, args.frames)
     frames = [f.pixels for f in open_source(clip).frames()]
     ratio = args.downsample_ratio
-    node = subprocess.Popen(
-        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", "--max-streams", "8"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=os.environ.copy(),
-    )
+    node, address = _spawn_node("--max-streams", "8")
     rows: list[tuple[str, str]] = []
     try:
-        assert node.stdout is not None
-        address = node.stdout.readline().strip()
         tensor = _tensor_rate(load_model(backend="onnxruntime"), frames, ratio)
         rows.append(("engine tensor throughput, in process", f"{tensor:.2f} frames/s (1.00x)"))
         client = NodeClient(address)
@@ -374,9 +382,6 @@ def run_node_bench(args: argparse.Namespace) -> int:
 
 def run_farm_bench(args: argparse.Namespace) -> int:
     """Nodes pinned to one core each: aggregate frames/s for 1 and 2 nodes, and the cost of a failover."""
-    import os
-    import subprocess
-    import sys
     import tempfile
 
     from rvm_node.farm import NodePool, Shot, run_shots
@@ -384,27 +389,8 @@ def run_farm_bench(args: argparse.Namespace) -> int:
 
     clip = _upscaled_clip(352, 288, 120)
 
-    def start(core: int) -> tuple[subprocess.Popen[str], str]:
-        command = [
-            "taskset",
-            "-c",
-            str(core),
-            sys.executable,
-            "-m",
-            "rvm_node",
-            "serve",
-            "--port",
-            "0",
-            "--threads",
-            "1",
-            "--max-streams",
-            "2",
-        ]
-        process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy()
-        )
-        assert process.stdout is not None
-        return process, process.stdout.readline().strip()
+    def start(core: int) -> tuple[Any, str]:
+        return _spawn_node("--threads", "1", "--max-streams", "2", pin_core=core)
 
     def shots(root: Path, count: int, length: int) -> list[Shot]:
         return [

@@ -58,7 +58,10 @@ def test_every_error_derives_from_the_root_and_is_documented() -> None:
 def test_import_has_no_side_effects(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {**os.environ, "RVM_NODE_CACHE_DIR": str(cache), "HOME": str(tmp_path)}
-    code = "import rvm_node, rvm_node.cli, rvm_node.engine.loader, rvm_node.bench, rvm_node.example"
+    code = (
+        "import rvm_node, rvm_node.cli, rvm_node.engine.loader, rvm_node.bench, rvm_node.example, "
+        "rvm_node.node.server, rvm_node.client, rvm_node.farm, rvm_node.convert"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)
     assert not cache.exists()
     assert list(tmp_path.iterdir()) == [] or all(p.name != ".cache" for p in tmp_path.iterdir())

@@ -95,9 +95,11 @@ class RemoteBackend(MattingBackend[_RemoteState]):
             )
         if state is None or state.stream is None:
             state = self._open(src, state, downsample_ratio)
-        assert state.stream is not None
+        stream = state.stream
+        if stream is None:  # _open always sets it; kept explicit for the type checker
+            raise InvalidInputError("internal: no stream open")
         frames = [(state.next_number + t, src[0, t].transpose(1, 2, 0)) for t in range(src.shape[1])]
-        results = list(state.stream.process(frames, window=len(frames)))
+        results = list(stream.process(frames, window=len(frames)))
         state.next_number += len(frames)
         pha = np.stack([r.alpha for r in results])[None, :, None]
         fgr = np.stack([r.foreground for r in results if r.foreground is not None]).transpose(0, 3, 1, 2)[
