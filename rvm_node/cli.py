@@ -251,7 +251,9 @@ def _farm(args: argparse.Namespace) -> int:
                             "shot": event.shot,
                             "node": event.node,
                             "frames": event.result.frames,
+                            "total": event.result.total,
                             "fps": round(event.fps, 3),
+                            "eta": event.eta,
                             "retries": event.result.retries,
                             "message": event.message,
                         }
@@ -261,9 +263,11 @@ def _farm(args: argparse.Namespace) -> int:
             elif event.kind != "frame" or time.monotonic() - last_line > 2:
                 last_line = time.monotonic()
                 done = sum(r.status == "done" for r in results.values())
+                total = f"/{event.result.total}" if event.result.total is not None else ""
+                eta = f"  ETA {event.eta:.0f}s" if event.eta is not None else ""
                 print(
                     f"[{done}/{len(shots)} shots] {event.shot}: {event.kind} on {event.node or '-'}"
-                    f"  {event.result.frames} frames  {event.fps:.1f} frames/s {event.message}",
+                    f"  {event.result.frames}{total} frames  {event.fps:.1f} frames/s{eta} {event.message}",
                     file=sys.stderr,
                 )
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -190,9 +191,9 @@ def test_farm_client_killed_and_rerun_redoes_nothing(
         nodes,
         "--progress-json",
     ]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy()
-    )
+    progress = tmp_path / "progress.jsonl"
+    with progress.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.DEVNULL, env=os.environ.copy())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(list((tmp_path / "out").glob("*/m.*.png"))) < 40:
         time.sleep(0.05)
@@ -200,6 +201,9 @@ def test_farm_client_killed_and_rerun_redoes_nothing(
     process.wait()
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*/m.*.png")}
     assert 0 < len(before) < 120
+    records = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
+    frames = [r for r in records if r["event"] == "frame"]
+    assert frames and frames[-1]["total"] == 60 and {"fps", "eta", "node", "shot"} <= set(frames[-1])
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert result.returncode == 0, result.stderr
     for path, mtime in before.items():

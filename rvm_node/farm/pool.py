@@ -5,8 +5,11 @@ which node a shot runs on, to respect each node's own capacity (read from
 ``GetNodeInfo``), to move a shot away from a node that died, and to resume it
 from a state checkpoint on another node. A round-robin channel hides the
 backend a stream lands on, so the farm keeps one channel per node instead and
-does the placement itself, using gRPC's name resolution (DNS) to find the
-nodes and each node's ``GetNodeInfo`` for capacity.
+does the placement itself. A ``dns:///NAME:PORT`` target is resolved with the
+system resolver (the one gRPC's native DNS resolver uses) into one address
+per node, as a headless Service publishes them. Liveness and capacity come
+from each node's ``GetNodeInfo`` rather than ``grpc.health.v1``, because one
+call answers both "is it up" and "how many streams does it take now".
 """
 
 from __future__ import annotations

@@ -56,6 +56,13 @@ class FarmEvent:
     fps: float = 0.0
     message: str = ""
 
+    @property
+    def eta(self) -> float | None:
+        """Seconds left for this shot at the current rate, when its length is known."""
+        if self.result.total is None or self.fps <= 0:
+            return None
+        return max(0.0, (self.result.total - self.result.frames) / self.fps)
+
 
 _END = object()
 
@@ -98,6 +105,10 @@ def run_shots(
             finish_one()
             return
         started = time.monotonic()
+        if result.total is None and shot.frames is not None:
+            result.total = len(shot.frames) - (
+                max(0, shot.write_from - shot.frames.first) if shot.write_from is not None else 0
+            )
         result.status = "running"
         result.nodes.append(node.address)
         events.put(FarmEvent("started", shot.name, node.address, result))
