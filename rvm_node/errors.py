@@ -18,6 +18,7 @@ The tree::
     │   ├── BackendUnavailableError  (+ ImportError) its package or device is missing
     │   └── UnsupportedPrecisionError the device cannot run that precision
     ├── ExportError                  exporting a model failed
+    ├── JobCancelledError            the user cancelled a job (complete frames stay)
     └── NodeError                    talking to a render node failed
         ├── NodeUnavailableError     the node cannot be reached or is shutting down (UNAVAILABLE)
         ├── NodeBusyError            the node has no free stream slot (RESOURCE_EXHAUSTED)
@@ -36,6 +37,7 @@ __all__ = [
     "BackendUnavailableError",
     "ExportError",
     "InvalidInputError",
+    "JobCancelledError",
     "NodeAuthError",
     "NodeBusyError",
     "NodeError",
@@ -123,3 +125,7 @@ class NodeTimeoutError(NodeError):
 
 class NodeProtocolError(NodeError):
     """The node rejected the stream's settings or frames, or answered out of protocol."""
+
+
+class JobCancelledError(RvmNodeError):
+    """The user cancelled a job; the frames written so far are complete and a resume finishes it."""

@@ -17,6 +17,7 @@ def test_exported_names_are_pinned() -> None:
             "BACKENDS",
             "BackendError",
             "BackendUnavailableError",
+            "JobCancelledError",
             "ExportError",
             "InvalidInputError",
             "MatteChunk",

@@ -796,3 +796,37 @@ def test_existing_video_output_is_not_overwritten(backend, clip: Path, tmp_path:
             progress=False,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["comp.mp4", "m.0001.png"]
+
+
+def test_cancel_stops_after_a_chunk_and_resume_finishes(backend, clip: Path, tmp_path: Path) -> None:
+    import threading
+
+    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.errors import JobCancelledError
+
+    cancel = threading.Event()
+    out = tmp_path / "m.####.png"
+    job = ConvertJob(
+        backend=backend,
+        input_source=str(clip),
+        outputs={"alpha": str(out)},
+        downsample_ratio=RATIO,
+        frames=parse_frame_range("1-40"),
+        progress="off",
+        cancel=cancel,
+        on_frame=lambda n: cancel.set() if n == 10 else None,
+    )
+    with pytest.raises(JobCancelledError, match="cancelled; complete frames were kept"):
+        run_job(job)
+    kept = sorted(tmp_path.glob("m.*.png"))
+    assert 10 <= len(kept) < 40 and not [p for p in tmp_path.iterdir() if is_temporary(p)]
+    report = convert_video(
+        backend,
+        clip,
+        output_alpha=out,
+        downsample_ratio=RATIO,
+        frames=parse_frame_range("1-40"),
+        resume=True,
+        progress=False,
+    )
+    assert report.frames_written == 40 - len(kept) and len(list(tmp_path.glob("m.*.png"))) == 40

@@ -36,7 +36,7 @@ import numpy as np
 from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint, save_checkpoint
 from rvm_node.convert.progress import Progress
 from rvm_node.engine.session import MattingBackend, RecurrentState, check_downsample_ratio
-from rvm_node.errors import InvalidInputError
+from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.io.sequence import FramePattern, FrameRange
 from rvm_node.io.sources import FrameSource, SourceFrame, open_source
 from rvm_node.io.writers import (
@@ -87,6 +87,8 @@ class ConvertJob:
     progress: str = "bar"
     # Called from the writer thread with each frame number once it is written (or queued to the pool).
     on_frame: Callable[[int], None] | None = None
+    # Set from another thread to stop after the current chunk; run_job then raises JobCancelledError.
+    cancel: threading.Event | None = None
 
 
 @dataclass
@@ -431,6 +433,8 @@ def _run_writers(
     first = last = None
     try:
         for chunk in _chunks(frames, job.seq_chunk):
+            if job.cancel is not None and job.cancel.is_set():
+                raise JobCancelledError(f"{job.input_source}: cancelled; complete frames were kept")
             batch = np.stack([f.pixels for f in chunk]).transpose(0, 3, 1, 2)
             out = session.process(batch)
             for t, frame in enumerate(chunk):

@@ -26,7 +26,7 @@ from typing import Any
 
 from rvm_node.client import RemoteBackend
 from rvm_node.convert.pipeline import ConvertJob, run_job
-from rvm_node.errors import InvalidInputError, NodeBusyError, NodeError, RvmNodeError
+from rvm_node.errors import InvalidInputError, JobCancelledError, NodeBusyError, NodeError, RvmNodeError
 from rvm_node.farm.pool import NodePool
 from rvm_node.farm.shots import Shot
 
@@ -36,7 +36,7 @@ __all__ = ["FarmEvent", "ShotResult", "run_shots"]
 @dataclass
 class ShotResult:
     shot: str
-    status: str = "pending"  # pending, running, done, failed
+    status: str = "pending"  # pending, running, done, failed, cancelled
     frames: int = 0
     total: int | None = None
     nodes: list[str] = field(default_factory=list)
@@ -47,7 +47,7 @@ class ShotResult:
 
 @dataclass(frozen=True)
 class FarmEvent:
-    """``kind``: started, frame, retry, done or failed; ``result`` is the shot's state after it."""
+    """``kind``: started, frame, retry, done, failed or cancelled; ``result`` is the shot's state after it."""
 
     kind: str
     shot: str
@@ -75,6 +75,7 @@ def run_shots(
     backoff: float = 1.0,
     checkpoint_every: int = 25,
     wait_for_node: float = 60.0,
+    cancel: threading.Event | None = None,
 ) -> Iterator[FarmEvent]:
     """Run every shot; yield progress events; every shot ends ``done`` or ``failed`` with a reason."""
     if retries < 0 or checkpoint_every < 1:
@@ -98,6 +99,11 @@ def run_shots(
 
     def attempt(shot: Shot, tries: int, avoid: set[str]) -> None:
         result = results[shot.name]
+        if cancel is not None and cancel.is_set():
+            result.status, result.reason = "cancelled", "cancelled before it started"
+            events.put(FarmEvent("cancelled", shot.name, None, result, message=result.reason))
+            finish_one()
+            return
         node = pool.acquire(avoid, timeout=wait_for_node)
         if node is None:
             result.status, result.reason = "failed", f"no node had a free slot within {wait_for_node:g} s"
@@ -154,6 +160,13 @@ def run_shots(
             events.put(FarmEvent("retry", shot.name, node.address, result, message=str(exc)))
             time.sleep(backoff * (2**tries))
             work.put((shot, tries + 1, avoid | {node.address}))
+            return
+        except JobCancelledError as exc:
+            pool.release(node)
+            result.status, result.reason = "cancelled", str(exc)
+            result.seconds += time.monotonic() - started
+            events.put(FarmEvent("cancelled", shot.name, node.address, result, message=str(exc)))
+            finish_one()
             return
         except RvmNodeError as exc:
             pool.release(node)
