@@ -8,20 +8,11 @@
 >>> rvm_node.convert_video(model, "plate.####.exr", output_alpha="matte.####.exr")
 """
 
-from rvm_node.convert import convert_video
-from rvm_node.engine import (
-    BACKENDS,
-    MatteChunk,
-    MattingBackend,
-    MattingNetwork,
-    MattingSession,
-    OrtOptions,
-    RecurrentState,
-    TorchOptions,
-    auto_downsample_ratio,
-    load_model,
-    load_network,
-)
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from rvm_node.errors import (
     BackendError,
     BackendUnavailableError,
@@ -40,22 +31,30 @@ from rvm_node.errors import (
 
 __version__ = "0.1.0"
 
+# Loaded on first use: the client and the plugins import rvm_node without torch.
+_LAZY = {
+    "BACKENDS": "rvm_node.engine",
+    "MatteChunk": "rvm_node.engine",
+    "MattingBackend": "rvm_node.engine",
+    "MattingNetwork": "rvm_node.engine",
+    "MattingSession": "rvm_node.engine",
+    "OrtOptions": "rvm_node.engine",
+    "RecurrentState": "rvm_node.engine",
+    "TorchOptions": "rvm_node.engine",
+    "auto_downsample_ratio": "rvm_node.engine",
+    "load_model": "rvm_node.engine",
+    "load_network": "rvm_node.engine",
+    "convert_video": "rvm_node.convert",
+}
+
 __all__ = [
-    "BACKENDS",
     "BackendError",
     "BackendUnavailableError",
     "ExportError",
     "InvalidInputError",
     "JobCancelledError",
-    "MatteChunk",
-    "MattingBackend",
-    "MattingNetwork",
-    "MattingSession",
-    "OrtOptions",
-    "RecurrentState",
     "ResolutionChangedError",
     "RvmNodeError",
-    "TorchOptions",
     "UnsupportedPrecisionError",
     "WeightsError",
     "WeightsFetchError",
@@ -63,8 +62,16 @@ __all__ = [
     "WeightsIntegrityError",
     "WeightsNotFoundError",
     "__version__",
-    "auto_downsample_ratio",
-    "convert_video",
-    "load_model",
-    "load_network",
+    *_LAZY,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rvm_node' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

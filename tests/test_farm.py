@@ -265,7 +265,12 @@ def test_split_shot_seams(three_nodes: list[Node], clip: Path, tmp_path: Path) -
     ]
     pool = NodePool([n.address for n in three_nodes])
     try:
-        finals = [e for e in run_shots(segments, pool) if e.kind in ("done", "failed")]
+        later = [e for e in run_shots(segments[1:], pool) if e.kind in ("done", "failed")]
+        # the second segment alone writes only its own frames: its pre-roll is run, not written
+        assert sorted(int(p.name.split(".")[1]) for p in (tmp_path / "out" / "long").glob("m.*.png")) == list(
+            range(61, 121)
+        )
+        finals = later + [e for e in run_shots(segments[:1], pool) if e.kind in ("done", "failed")]
     finally:
         pool.close()
     assert [e.kind for e in finals] == ["done", "done"]

@@ -1,27 +1,37 @@
-"""The matting engine: the RVM network, its weights, and the backends that run it."""
+"""The matting engine: the RVM network, its weights, and the backends that run it.
 
-from rvm_node.engine.loader import BACKENDS, load_model, load_network
-from rvm_node.engine.network import MattingNetwork
-from rvm_node.engine.ort_backend import OrtOptions
-from rvm_node.engine.session import (
-    MatteChunk,
-    MattingBackend,
-    MattingSession,
-    RecurrentState,
-    auto_downsample_ratio,
-)
-from rvm_node.engine.torch_backend import TorchOptions
+Names are loaded on first use, so that ``rvm_node.engine.session`` (numpy
+only) is usable by clients and plugins that have no torch or onnxruntime.
+"""
 
-__all__ = [
-    "BACKENDS",
-    "MatteChunk",
-    "MattingBackend",
-    "MattingNetwork",
-    "MattingSession",
-    "OrtOptions",
-    "RecurrentState",
-    "TorchOptions",
-    "auto_downsample_ratio",
-    "load_model",
-    "load_network",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "BACKENDS": "rvm_node.engine.loader",
+    "load_model": "rvm_node.engine.loader",
+    "load_network": "rvm_node.engine.loader",
+    "MattingNetwork": "rvm_node.engine.network",
+    "OrtOptions": "rvm_node.engine.ort_backend",
+    "TorchOptions": "rvm_node.engine.torch_backend",
+    "MatteChunk": "rvm_node.engine.session",
+    "MattingBackend": "rvm_node.engine.session",
+    "MattingSession": "rvm_node.engine.session",
+    "RecurrentState": "rvm_node.engine.session",
+    "auto_downsample_ratio": "rvm_node.engine.session",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rvm_node.engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

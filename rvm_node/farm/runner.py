@@ -146,6 +146,8 @@ def run_shots(
                 state_every=checkpoint_every,
                 progress="off",
                 on_frame=on_frame,
+                write_from=shot.write_from,
+                cancel=cancel,
             )
             report = run_job(job)
         except NodeError as exc:

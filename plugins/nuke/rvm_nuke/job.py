@@ -1,0 +1,145 @@
+"""Matte the selected Reads: shots go to the farm layer in a worker thread; the graph changes on the main thread."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import nuke
+
+from rvm_nuke import graph, reads
+from rvm_nuke import settings as settings_module
+from rvm_nuke.settings import Settings, SettingsError
+
+
+def _report(text: str) -> None:
+    """One clear line: a dialog in the GUI, stderr under `nuke -t`."""
+    if getattr(nuke, "GUI", False):
+        nuke.message(text)
+    else:
+        print(text, file=sys.stderr)
+
+
+def _token(settings: Settings) -> str | None:
+    if not settings.token_file:
+        return None
+    try:
+        return Path(settings.token_file).read_text().strip() or None
+    except OSError as exc:
+        raise SettingsError(
+            f"RVM: cannot read the token file {settings.token_file} ({exc.strerror})"
+        ) from None
+
+
+def _pool(settings: Settings) -> Any:
+    from rvm_node.farm import NodePool
+
+    ca = None
+    if settings.ca_file:
+        try:
+            ca = Path(settings.ca_file).read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"RVM: cannot read the CA file {settings.ca_file} ({exc.strerror})") from None
+    return NodePool(settings.nodes, token=_token(settings), root_certificates=ca)
+
+
+def _label(settings: Settings, nodes: list[str]) -> str:
+    ratio = "auto" if settings.ratio is None else f"{settings.ratio:g}"
+    return f"RVM matte\n{', '.join(nodes)}\n{settings.format}, ratio {ratio}"
+
+
+def _apply(done: list[tuple[Any, Any, list[str]]], failures: list[str], settings: Settings) -> None:
+    """Main thread: wire finished mattes into the script, then report failures."""
+    for read, shot, nodes in done:
+        graph.wire_matte(
+            read, shot.outputs["alpha"], shot.frames.first, shot.frames.last, _label(settings, nodes)
+        )
+    if failures:
+        _report("; ".join(failures))
+
+
+def _run(jobs: list[tuple[Any, Any]], settings: Settings, pool: Any, on_main: bool) -> dict[str, Any]:
+    from rvm_node.errors import RvmNodeError
+    from rvm_node.farm import run_shots
+
+    task = nuke.ProgressTask("RVM Matte")
+    cancel = threading.Event()
+    total = sum(len(shot.frames) for _, shot in jobs)
+    results: dict[str, Any] = {}
+    failures: list[str] = []
+    try:
+        written = 0
+        for event in run_shots([shot for _, shot in jobs], pool, cancel=cancel):
+            results[event.shot] = event.result
+            if event.kind == "frame":
+                written += 1
+                task.setProgress(int(100 * written / max(total, 1)))
+                task.setMessage(f"{event.shot} on {event.node}: {event.fps:.1f} frames/s")
+            if task.isCancelled():
+                cancel.set()
+    except (RvmNodeError, SettingsError) as exc:
+        failures.append(str(exc))
+    finally:
+        pool.close()
+    for read, shot in jobs:
+        result = results.get(shot.name)
+        if result is not None and result.status != "done":
+            failures.append(f"RVM: {read.name()}: {result.status}: {result.reason}")
+    done = [
+        (read, shot, results[shot.name].nodes)
+        for read, shot in jobs
+        if shot.name in results and results[shot.name].status == "done"
+    ]
+    if on_main:
+        _apply(done, failures, settings)
+    else:
+        nuke.executeInMainThread(_apply, (done, failures, settings))
+    return results
+
+
+def matte_selected(settings: Settings | None = None, blocking: bool | None = None) -> dict[str, Any] | None:
+    """Matte every selected Read. Runs in a thread in the GUI; ``blocking`` (default under `nuke -t`) waits."""
+    try:
+        chosen = settings or settings_module.for_script(settings_module.load(), nuke.root())
+        selected = nuke.selectedNodes()
+        if not selected:
+            raise SettingsError("RVM: select one or more Read nodes first")
+        jobs = [(read, reads.shot_for_read(read, chosen, nuke.root())) for read in selected]
+        pool = _pool(chosen)
+    except (SettingsError, ValueError) as exc:
+        _report(str(exc).splitlines()[0])
+        return None
+    if blocking is None:
+        blocking = not getattr(nuke, "GUI", False)
+    if blocking:
+        return _run(jobs, chosen, pool, on_main=True)
+    threading.Thread(target=_run, args=(jobs, chosen, pool, False), name="rvm-nuke", daemon=True).start()
+    return None
+
+
+def test_connection(settings: Settings | None = None) -> list[str]:
+    """Ask every configured node for its info; report what answered, one line per node."""
+    from rvm_node.client import NodeClient
+    from rvm_node.errors import RvmNodeError
+
+    try:
+        chosen = settings or settings_module.for_script(settings_module.load(), nuke.root())
+        token = _token(chosen)
+    except SettingsError as exc:
+        _report(str(exc))
+        return []
+    lines = []
+    for address in chosen.nodes:
+        try:
+            with NodeClient(address, token=token, retries=0) as client:
+                info = client.info()
+            lines.append(
+                f"{address}: rvm-node {info.version}, {info.backend} on {info.device}, "
+                f"{info.active_streams}/{info.max_streams} streams"
+            )
+        except RvmNodeError as exc:
+            lines.append(f"{address}: {exc}")
+    _report("\n".join(lines))
+    return lines

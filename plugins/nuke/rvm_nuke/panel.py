@@ -1,0 +1,53 @@
+"""The Settings panel (a nukescripts.PythonPanel); saved per user."""
+
+from __future__ import annotations
+
+import nuke
+import nukescripts
+
+from rvm_nuke import settings as settings_module
+
+
+class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
+    def __init__(self) -> None:
+        super().__init__("RVM Settings")
+        current = settings_module.load()
+        self.nodes = nuke.String_Knob("nodes", "Nodes (host:port, ...)", ", ".join(current.nodes))
+        self.token = nuke.File_Knob("token_file", "Token file")
+        self.token.setValue(current.token_file)
+        self.ca = nuke.File_Knob("ca_file", "CA file")
+        self.ca.setValue(current.ca_file)
+        self.output = nuke.String_Knob("output", "Output", current.output)
+        self.format = nuke.Enumeration_Knob("format", "Format", list(settings_module.FORMATS))
+        self.format.setValue(current.format)
+        self.ratio = nuke.String_Knob(
+            "ratio", "Downsample ratio", "auto" if current.ratio is None else str(current.ratio)
+        )
+        for knob in (self.nodes, self.token, self.ca, self.output, self.format, self.ratio):
+            self.addKnob(knob)
+
+    def to_settings(self) -> settings_module.Settings:
+        ratio = self.ratio.value().strip()
+        try:
+            parsed = None if ratio in ("", "auto") else float(ratio)
+        except ValueError:
+            raise settings_module.SettingsError(
+                f"RVM settings: ratio must be a number or auto, not {ratio!r}"
+            ) from None
+        return settings_module.Settings(
+            nodes=[a.strip() for a in self.nodes.value().split(",") if a.strip()],
+            token_file=self.token.value(),
+            ca_file=self.ca.value(),
+            output=self.output.value(),
+            format=self.format.value(),
+            ratio=parsed,
+        ).check()
+
+
+def show_settings() -> None:
+    panel = SettingsPanel()
+    if panel.showModalDialog():
+        try:
+            settings_module.save(panel.to_settings())
+        except settings_module.SettingsError as exc:
+            nuke.message(str(exc))

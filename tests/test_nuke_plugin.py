@@ -1,0 +1,268 @@
+"""The Nuke plugin against the fake `nuke` module (tests/fake_nuke) and a real render node."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "tests" / "fake_nuke"), str(ROOT / "plugins" / "nuke")]
+
+import nuke  # noqa: E402 - the fake, from tests/fake_nuke
+from rvm_nuke import graph, job, reads, settings  # noqa: E402
+
+from rvm_node import load_model  # noqa: E402
+from rvm_node.convert import convert_video  # noqa: E402
+from rvm_node.io.images import read_image, write_image  # noqa: E402
+from rvm_node.io.sequence import parse_frame_range  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def node_address() -> Iterator[str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rvm_node", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert process.stdout is not None
+    yield process.stdout.readline().strip()
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture
+def script(tmp_path: Path) -> Path:
+    nuke.reset()
+    path = tmp_path / "shot.nk"
+    path.write_text("# a Nuke script\n")
+    nuke.root()["name"].setValue(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def plate(tmp_path_factory: pytest.TempPathFactory, clip_frames: np.ndarray) -> Path:
+    root = tmp_path_factory.mktemp("plate")
+    for i, frame in enumerate(clip_frames[:8]):
+        write_image(root / f"plate.{1001 + i}.png", frame.transpose(1, 2, 0))
+    return root / "plate.####.png"
+
+
+def make_read(plate: Path, name: str = "Read1", colorspace: str = "sRGB") -> nuke.Node:
+    read = nuke.nodes.Read(
+        name=name,
+        file=str(plate),
+        first=1001,
+        last=1008,
+        origfirst=1001,
+        origlast=1008,
+        colorspace=colorspace,
+    )
+    read.setXYpos(100, 200)
+    read.setSelected(True)
+    return read
+
+
+def test_matte_selected_read_end_to_end(node_address: str, script: Path, plate: Path, tmp_path: Path) -> None:
+    read = make_read(plate)
+    chosen = settings.Settings(nodes=[node_address], ratio=0.5)
+    results = job.matte_selected(chosen, blocking=True)
+    assert results is not None and results["Read1"].status == "done"
+    out = script.parent / "mattes" / "Read1"
+    assert sorted(p.name for p in out.iterdir()) == [f"Read1_matte.{n}.exr" for n in range(1001, 1009)]
+    direct = tmp_path / "direct"
+    convert_video(
+        load_model(backend="onnxruntime"),
+        plate,
+        downsample_ratio=0.5,
+        output_alpha=direct / "m.####.exr",
+        frames=parse_frame_range("1001-1008"),
+        progress=False,
+    )
+    import OpenEXR
+
+    for n in range(1001, 1009):
+        with (
+            OpenEXR.File(str(out / f"Read1_matte.{n}.exr"), separate_channels=True) as a,
+            OpenEXR.File(str(direct / f"m.{n}.exr"), separate_channels=True) as b,
+        ):
+            assert (
+                np.abs(
+                    a.channels()["A"].pixels.astype(np.float32) - b.channels()["A"].pixels.astype(np.float32)
+                ).max()
+                <= 1e-3
+            )
+    matte = next(n for n in nuke.allNodes("Read") if n.knob(graph.SOURCE_KNOB))
+    copy, premult = nuke.allNodes("Copy")[0], nuke.allNodes("Premult")[0]
+    assert matte["raw"].value() is True and matte["first"].value() == 1001 and matte["last"].value() == 1008
+    assert matte["file"].value() == str(out / "Read1_matte.####.exr")
+    assert copy.input(0) is read and copy.input(1) is matte and premult.input(0) is copy
+    assert copy["from0"].value() == "rgba.alpha" and node_address in copy["label"].value()
+    assert copy.ypos() > read.ypos() and premult.ypos() > copy.ypos()
+    assert {n.name() for n in nuke.selectedNodes()} == {matte.name(), copy.name(), premult.name()}
+    # a second run updates the same nodes instead of stacking new ones
+    for node in nuke.allNodes():
+        node.setSelected(node is read)
+    job.matte_selected(
+        settings.Settings(
+            nodes=[node_address], ratio=0.5, format="EXR A", output="[script dir]/mattes2/{read}.####.exr"
+        ),
+        blocking=True,
+    )
+    assert (
+        len(nuke.allNodes("Read")) == 2
+        and len(nuke.allNodes("Copy")) == 1
+        and len(nuke.allNodes("Premult")) == 1
+    )
+    assert matte["file"].value() == str(script.parent / "mattes2" / "Read1.####.exr")
+
+
+def test_worker_thread_changes_the_graph_through_the_main_thread(
+    node_address: str, script: Path, plate: Path
+) -> None:
+    make_read(plate)
+    job.matte_selected(settings.Settings(nodes=[node_address], ratio=0.5), blocking=False)
+    import threading
+    import time
+
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not nuke.allNodes("Premult"):
+        time.sleep(0.05)
+    assert nuke._main_thread_calls == ["_apply"]
+    for thread in threading.enumerate():
+        if thread.name == "rvm-nuke":
+            thread.join(30)
+
+
+def test_errors_are_one_line_and_leave_the_script_alone(
+    script: Path, plate: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job.matte_selected(settings.Settings(nodes=["127.0.0.1:9"]), blocking=True)
+    assert "select one or more Read nodes" in capsys.readouterr().err
+    make_read(plate)
+    before = len(nuke.allNodes())
+    job.matte_selected(settings.Settings(nodes=["127.0.0.1:9"]), blocking=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no node of the pool answered" in err[0]
+    assert len(nuke.allNodes()) == before and not (script.parent / "mattes").exists()
+    nuke.root()["name"].setValue("")
+    job.matte_selected(settings.Settings(nodes=["127.0.0.1:9"]), blocking=True)
+    assert "save the Nuke script first" in capsys.readouterr().err
+    nuke.GUI = True
+    try:
+        nuke.nodes.Blur(name="Blur1").setSelected(True)
+        job.matte_selected(settings.Settings(nodes=["127.0.0.1:9"]), blocking=True)
+        assert (
+            nuke._messages and "select Read nodes" in nuke._messages[-1]
+        ) or "save the Nuke script" in nuke._messages[-1]
+    finally:
+        nuke.GUI = False
+
+
+def test_cancel_keeps_complete_frames(node_address: str, script: Path, clip_frames: np.ndarray) -> None:
+    long_plate = script.parent / "long" / "plate.####.png"
+    for i, frame in enumerate(clip_frames[:36]):
+        write_image(long_plate.parent / f"plate.{1001 + i}.png", frame.transpose(1, 2, 0))
+    read = make_read(long_plate)
+    read["last"].setValue(1036)
+    read["origlast"].setValue(1036)
+    nuke.ProgressTask.cancel_after = 2
+    results = job.matte_selected(settings.Settings(nodes=[node_address], ratio=0.5), blocking=True)
+    assert results is not None and results["Read1"].status == "cancelled"
+    out = script.parent / "mattes" / "Read1"
+    frames = sorted(out.glob("*.exr"))
+    assert 0 < len(frames) < 36
+    for path in frames:
+        assert read_image(path).pixels.shape == (144, 176, 3)
+    assert not nuke.allNodes("Copy")  # nothing wired for an unfinished matte
+
+
+def test_colourspace_mapping() -> None:
+    assert reads.input_colourspace("sRGB") is None
+    assert reads.input_colourspace("default (sRGB)") is None
+    assert reads.input_colourspace("rec709") is None
+    assert reads.input_colourspace("linear") == "Linear Rec.709 (sRGB)"
+    assert reads.input_colourspace("default (linear)") == "Linear Rec.709 (sRGB)"
+    assert reads.input_colourspace("ACEScg") == "ACEScg"
+
+
+def test_settings_persist_and_script_overrides(tmp_path: Path) -> None:
+    saved = settings.Settings(nodes=["a:1", "b:2"], format="PNG 16-bit", ratio=0.25)
+    settings.save(saved, tmp_path)
+    assert settings.load(tmp_path) == saved
+    assert settings.load(tmp_path / "none") == settings.Settings()
+    nuke.reset()
+    root = nuke.root()
+    root["rvm_nodes"].setValue("c:3")
+    root["rvm_ratio"].setValue("auto")
+    assert settings.for_script(saved, root) == settings.Settings(
+        nodes=["c:3"], format="PNG 16-bit", ratio=None
+    )
+    root["rvm_ratio"].setValue("fast")
+    with pytest.raises(settings.SettingsError, match="rvm_ratio"):
+        settings.for_script(saved, root)
+    (tmp_path / settings.SETTINGS_FILE).write_text("colour = 1\n")
+    with pytest.raises(settings.SettingsError, match="unknown RVM settings colour"):
+        settings.load(tmp_path)
+    for bad, message in (
+        (settings.Settings(nodes=[]), "at least one node"),
+        (settings.Settings(format="JPEG"), "format must be"),
+        (settings.Settings(ratio=2.0), "ratio must be"),
+        (settings.Settings(output="m.exr"), "frame field"),
+    ):
+        with pytest.raises(settings.SettingsError, match=message):
+            bad.check()
+
+
+def test_menu_and_init_register() -> None:
+    nuke.reset()
+    import importlib
+    import runpy
+
+    runpy.run_path(str(ROOT / "plugins" / "nuke" / "init.py"))
+    runpy.run_path(str(ROOT / "plugins" / "nuke" / "menu.py"))
+    items = nuke.menu("Nuke").submenus["RVM"].items
+    assert set(items) == {"Matte selected", "Settings...", "Test connection"}
+    importlib.import_module("rvm_nuke.panel")
+
+
+def test_settings_panel_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rvm_nuke import panel
+
+    monkeypatch.setenv("NUKE_USER_DIR", str(tmp_path))
+    dialog = panel.SettingsPanel()
+    dialog.nodes.setValue("h:1, h:2")
+    dialog.ratio.setValue("0.5")
+    assert dialog.to_settings().nodes == ["h:1", "h:2"]
+    monkeypatch.setattr(panel, "SettingsPanel", lambda: dialog)
+    panel.show_settings()
+    assert settings.load(tmp_path).ratio == 0.5
+
+
+def test_test_connection(node_address: str) -> None:
+    lines = job.test_connection(settings.Settings(nodes=[node_address, "127.0.0.1:9"]))
+    assert "rvm-node" in lines[0] and "onnxruntime" in lines[0]
+    assert lines[1].startswith("127.0.0.1:9: ")
+
+
+def test_plugin_code_is_python_310() -> None:
+    import ast
+
+    for path in (ROOT / "plugins" / "nuke").rglob("*.py"):
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
+
+
+def test_client_side_needs_no_torch_or_onnxruntime() -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None; sys.modules['onnxruntime'] = None\n"
+        "import rvm_node, rvm_node.client, rvm_node.farm, rvm_node.convert\n"
+        "assert rvm_node.RvmNodeError\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
