@@ -266,3 +266,112 @@ def test_client_side_needs_no_torch_or_onnxruntime() -> None:
         "assert rvm_node.RvmNodeError\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+
+
+def test_other_nodes_are_rendered_through_a_temporary_write(
+    node_address: str, script: Path, plate: Path
+) -> None:
+    read = make_read(plate)
+    read.setSelected(False)
+    blur = nuke.nodes.Blur(name="Blur1")
+    blur.setInput(0, read)
+    blur.setSelected(True)
+    nuke.root()["first_frame"].setValue(1001)
+    nuke.root()["last_frame"].setValue(1004)
+    results = job.matte_selected(settings.Settings(nodes=[node_address], ratio=0.5), blocking=True)
+    assert results is not None and results["Blur1"].status == "done"
+    out = script.parent / "mattes" / "Blur1"
+    assert sorted(p.name for p in out.iterdir()) == [f"Blur1_matte.{n}.exr" for n in range(1001, 1005)]
+    assert not nuke.allNodes("Write")  # the temporary Write is gone
+    copy = nuke.allNodes("Copy")[0]
+    assert copy.input(0) is blur
+
+
+def test_two_reads_over_two_nodes_with_one_killed(script: Path, clip_frames: np.ndarray) -> None:
+    nodes = []
+    for _ in range(2):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rvm_node", "serve", "--port", "0", "--max-streams", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=os.environ.copy(),
+        )
+        assert process.stdout is not None
+        nodes.append((process, process.stdout.readline().strip()))
+    try:
+        for index in range(2):
+            folder = script.parent / f"plate{index}"
+            for i, frame in enumerate(clip_frames[:36]):
+                write_image(folder / f"p.{1001 + i}.png", frame.transpose(1, 2, 0))
+            read = nuke.nodes.Read(
+                name=f"Plate{index}",
+                file=str(folder / "p.####.png"),
+                first=1001,
+                last=1036,
+                origfirst=1001,
+                origlast=1036,
+                colorspace="sRGB",
+            )
+            read.setSelected(True)
+        killed = []
+
+        class KillingTask(nuke.ProgressTask):
+            def setProgress(self, percent: int) -> None:
+                super().setProgress(percent)
+                if percent >= 20 and not killed:
+                    nodes[0][0].kill()
+                    killed.append(True)
+
+        original = nuke.ProgressTask
+        nuke.ProgressTask = KillingTask
+        try:
+            results = job.matte_selected(
+                settings.Settings(nodes=[a for _, a in nodes], ratio=0.5), blocking=True
+            )
+        finally:
+            nuke.ProgressTask = original
+        assert killed and results is not None
+        assert {name: r.status for name, r in results.items()} == {"Plate0": "done", "Plate1": "done"}
+        for index in range(2):
+            assert len(list((script.parent / "mattes" / f"Plate{index}").glob("*.exr"))) == 36
+        assert len(nuke.allNodes("Premult")) == 2
+    finally:
+        for process, _ in nodes:
+            process.kill()
+            process.wait()
+
+
+def test_more_error_paths(
+    node_address: str, script: Path, plate: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_read(plate)
+    (tmp_path / "token").write_text("s3cret\n")
+    for chosen, message in (
+        (
+            settings.Settings(nodes=[node_address], token_file=str(tmp_path / "missing")),
+            "cannot read the token file",
+        ),
+        (
+            settings.Settings(nodes=[node_address], ca_file=str(tmp_path / "missing.pem")),
+            "cannot read the CA file",
+        ),
+        (
+            settings.Settings(nodes=[node_address], output=str(tmp_path / "token" / "m.####.exr")),
+            "not a writable directory",
+        ),
+    ):
+        before = len(nuke.allNodes())
+        job.matte_selected(chosen, blocking=True)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+        assert len(nuke.allNodes()) == before
+    broken = nuke.nodes.Read(
+        name="Broken", file=str(tmp_path / "nothing.####.png"), first=1, last=2, origfirst=1, origlast=2
+    )
+    for node in nuke.allNodes():
+        node.setSelected(node is broken)
+    job.matte_selected(settings.Settings(nodes=[node_address]), blocking=True)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Broken" in err[0] and "no frames found" in err[0], err
+    assert not nuke.allNodes("Copy")

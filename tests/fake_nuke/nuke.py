@@ -137,6 +137,30 @@ def toNode(name: str) -> Node | None:
     return next((n for n in _nodes if n.name() == name), None)
 
 
+def delete(node: Node) -> None:
+    if node in _nodes:
+        _nodes.remove(node)
+
+
+def execute(write: Node, first: int, last: int) -> None:
+    """Render a Write: the fake 'renders' by copying the frames of the first Read upstream."""
+    import shutil
+
+    source = write.input(0)
+    while source is not None and source.Class() != "Read":
+        source = source.input(0)
+    if source is None:
+        raise RuntimeError(f"{write.name()}: nothing to render")
+
+    def frame_path(pattern: str, frame: int) -> str:
+        return pattern.replace("####", f"{frame:04d}")
+
+    for frame in range(first, last + 1):
+        shutil.copyfile(
+            frame_path(str(source["file"].value()), frame), frame_path(str(write["file"].value()), frame)
+        )
+
+
 def message(text: str) -> None:
     _messages.append(text)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,9 @@ def _apply(done: list[tuple[Any, Any, list[str]]], failures: list[str], settings
         _report("; ".join(failures))
 
 
-def _run(jobs: list[tuple[Any, Any]], settings: Settings, pool: Any, on_main: bool) -> dict[str, Any]:
+def _run(
+    jobs: list[tuple[Any, Any]], settings: Settings, pool: Any, on_main: bool, temporaries: list[str]
+) -> dict[str, Any]:
     from rvm_node.errors import RvmNodeError
     from rvm_node.farm import run_shots
 
@@ -83,6 +88,8 @@ def _run(jobs: list[tuple[Any, Any]], settings: Settings, pool: Any, on_main: bo
         failures.append(str(exc))
     finally:
         pool.close()
+        for directory in temporaries:  # renders of non-Read nodes were only inputs
+            shutil.rmtree(directory, ignore_errors=True)
     for read, shot in jobs:
         result = results.get(shot.name)
         if result is not None and result.status != "done":
@@ -99,6 +106,44 @@ def _run(jobs: list[tuple[Any, Any]], settings: Settings, pool: Any, on_main: bo
     return results
 
 
+def _render_to_sequence(node: Any) -> tuple[str, int, int]:
+    """Render a non-Read node through a temporary sRGB Write; return (pattern, first, last)."""
+    first = int(nuke.root()["first_frame"].value())
+    last = int(nuke.root()["last_frame"].value())
+    directory = tempfile.mkdtemp(prefix=f"rvm-{node.name()}-")
+    pattern = os.path.join(directory, "render.####.png")
+    write = nuke.nodes.Write(
+        file=pattern, file_type="png", datatype="16 bit", colorspace="sRGB", channels="rgb"
+    )
+    write.setInput(0, node)
+    try:
+        nuke.execute(write, first, last)
+    finally:
+        nuke.delete(write)
+    return pattern, first, last
+
+
+def _shot_for(node: Any, chosen: Settings, temporaries: list[str]) -> Any:
+    """The shot for a Read, or for any other node rendered first (its render folder goes in ``temporaries``)."""
+    if node.Class() == "Read":
+        return reads.shot_for_read(node, chosen, nuke.root())
+    pattern, first, last = _render_to_sequence(node)
+    temporaries.append(os.path.dirname(pattern))
+    proxy = nuke.nodes.Read(
+        name=node.name(),
+        file=pattern,
+        first=first,
+        last=last,
+        origfirst=first,
+        origlast=last,
+        colorspace="sRGB",
+    )
+    try:
+        return reads.shot_for_read(proxy, chosen, nuke.root())
+    finally:
+        nuke.delete(proxy)
+
+
 def matte_selected(settings: Settings | None = None, blocking: bool | None = None) -> dict[str, Any] | None:
     """Matte every selected Read. Runs in a thread in the GUI; ``blocking`` (default under `nuke -t`) waits."""
     try:
@@ -106,16 +151,19 @@ def matte_selected(settings: Settings | None = None, blocking: bool | None = Non
         selected = nuke.selectedNodes()
         if not selected:
             raise SettingsError("RVM: select one or more Read nodes first")
-        jobs = [(read, reads.shot_for_read(read, chosen, nuke.root())) for read in selected]
+        temporaries: list[str] = []
+        jobs = [(node, _shot_for(node, chosen, temporaries)) for node in selected]
         pool = _pool(chosen)
-    except (SettingsError, ValueError) as exc:
+    except (SettingsError, ValueError, RuntimeError) as exc:
         _report(str(exc).splitlines()[0])
         return None
     if blocking is None:
         blocking = not getattr(nuke, "GUI", False)
     if blocking:
-        return _run(jobs, chosen, pool, on_main=True)
-    threading.Thread(target=_run, args=(jobs, chosen, pool, False), name="rvm-nuke", daemon=True).start()
+        return _run(jobs, chosen, pool, True, temporaries)
+    threading.Thread(
+        target=_run, args=(jobs, chosen, pool, False, temporaries), name="rvm-nuke", daemon=True
+    ).start()
     return None
 
 
