@@ -375,3 +375,78 @@ def test_more_error_paths(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "Broken" in err[0] and "no frames found" in err[0], err
     assert not nuke.allNodes("Copy")
+
+
+def test_wrong_token_is_one_clear_line(
+    script: Path, plate: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "node_token").write_text("right\n")
+    (tmp_path / "our_token").write_text("wrong\n")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rvm_node",
+            "serve",
+            "--port",
+            "0",
+            "--token-file",
+            str(tmp_path / "node_token"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    )
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().strip()
+        make_read(plate)
+        before = len(nuke.allNodes())
+        job.matte_selected(
+            settings.Settings(nodes=[address], token_file=str(tmp_path / "our_token")), blocking=True
+        )
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no node of the pool answered" in err[0], err
+        assert len(nuke.allNodes()) == before and not (script.parent / "mattes").exists()
+        lines = job.test_connection(
+            settings.Settings(nodes=[address], token_file=str(tmp_path / "our_token"))
+        )
+        assert "bearer token" in lines[0]
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.mark.slow
+def test_build_site_packages_for_nuke(tmp_path: Path) -> None:
+    out = tmp_path / "site-packages"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "plugins" / "nuke" / "build_site_packages.py"),
+            "--python",
+            "3.11",
+            "--platform",
+            "linux",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for package in (
+        "rvm_node",
+        "grpc",
+        "google/protobuf",
+        "numpy",
+        "av",
+        "OpenEXR",
+        "PyOpenColorIO",
+        "tomli",
+    ):
+        assert any(out.glob(f"{package}*")) or (out / package).exists(), package
+    assert (out / "rvm_node" / "v1" / "matting_pb2.py").is_file()  # generated at build time
+    assert not any(out.glob("torch*")) and not any(out.glob("onnxruntime*"))
