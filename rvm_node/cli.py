@@ -113,7 +113,9 @@ def _add_shot_options(convert: argparse.ArgumentParser) -> None:
     official.add_argument("--output-alpha", default=None)
     official.add_argument("--output-foreground", default=None)
     official.add_argument("--output-video-mbps", type=float, default=None)
-    official.add_argument("--seq-chunk", type=int, default=1)
+    official.add_argument(
+        "--seq-chunk", type=int, default=None, help="frames per step (default 1; 8 for matte)"
+    )
     official.add_argument("--num-workers", type=int, default=0, help="threads encoding image sequences")
     official.add_argument("--disable-progress", action="store_true")
     ours = convert.add_argument_group("rvm-node options")
@@ -532,8 +534,6 @@ def _convert(args: argparse.Namespace) -> int:
         client = NodeClient(args.node, token=_token(args.token_file), root_certificates=ca)
         foreground = args.output_foreground is not None or args.output_composition is not None
         backend = RemoteBackend(client, label=Path(args.input_source).name, foreground=foreground)
-        if "--seq-chunk" not in sys.argv and args.seq_chunk == 1:
-            args.seq_chunk = 8  # frames in flight per round trip to the node
     else:
         backend = load_model(
             args.variant,
@@ -550,7 +550,8 @@ def _convert(args: argparse.Namespace) -> int:
         output_type=args.output_type,
         downsample_ratio=args.downsample_ratio,
         input_resize=tuple(args.input_resize) if args.input_resize else None,
-        seq_chunk=args.seq_chunk,
+        # on a node, 8 frames in flight per round trip
+        seq_chunk=args.seq_chunk if args.seq_chunk is not None else (8 if args.command == "matte" else 1),
         num_workers=args.num_workers,
         frames=parse_frame_range(args.frames) if args.frames else None,
         start_frame=args.start_frame,

@@ -15,7 +15,6 @@ call answers both "is it up" and "how many streams does it take now".
 from __future__ import annotations
 
 import socket
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,11 +22,7 @@ from pathlib import Path
 
 from rvm_node.client import NodeClient
 from rvm_node.errors import InvalidInputError, NodeError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from rvm_node.tomlfile import load_toml
 
 __all__ = ["FarmNode", "NodePool", "parse_nodes"]
 
@@ -56,12 +51,7 @@ def parse_nodes(spec: str) -> list[str]:
     spec = spec.strip()
     if spec.endswith(".toml"):
         path = Path(spec)
-        try:
-            table = tomllib.loads(path.read_text())
-        except OSError as exc:
-            raise InvalidInputError(f"{path}: cannot read the node list ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
+        table = load_toml(path, "the node list")
         nodes = table.get("nodes")
         if not isinstance(nodes, list) or not all(isinstance(n, str) for n in nodes) or not nodes:
             raise InvalidInputError(f'{path}: expected nodes = ["host:port", ...]')

@@ -97,18 +97,21 @@ def run_shots(
             if remaining[0] == 0:
                 events.put(_END)
 
+    def end(shot: Shot, status: str, reason: str, node: str | None) -> None:
+        """The shot's last event: done, failed or cancelled."""
+        result = results[shot.name]
+        result.status, result.reason = status, reason
+        events.put(FarmEvent(status, shot.name, node, result, message=reason))
+        finish_one()
+
     def attempt(shot: Shot, tries: int, avoid: set[str]) -> None:
         result = results[shot.name]
         if cancel is not None and cancel.is_set():
-            result.status, result.reason = "cancelled", "cancelled before it started"
-            events.put(FarmEvent("cancelled", shot.name, None, result, message=result.reason))
-            finish_one()
+            end(shot, "cancelled", "cancelled before it started", None)
             return
         node = pool.acquire(avoid, timeout=wait_for_node)
         if node is None:
-            result.status, result.reason = "failed", f"no node had a free slot within {wait_for_node:g} s"
-            events.put(FarmEvent("failed", shot.name, None, result, message=result.reason))
-            finish_one()
+            end(shot, "failed", f"no node had a free slot within {wait_for_node:g} s", None)
             return
         started = time.monotonic()
         if result.total is None and shot.frames is not None:
@@ -154,9 +157,7 @@ def run_shots(
             pool.release(node, failed=not isinstance(exc, NodeBusyError))
             result.seconds += time.monotonic() - started
             if tries >= retries:
-                result.status, result.reason = "failed", str(exc)
-                events.put(FarmEvent("failed", shot.name, node.address, result, message=str(exc)))
-                finish_one()
+                end(shot, "failed", str(exc), node.address)
                 return
             result.retries += 1
             events.put(FarmEvent("retry", shot.name, node.address, result, message=str(exc)))
@@ -165,24 +166,18 @@ def run_shots(
             return
         except JobCancelledError as exc:
             pool.release(node)
-            result.status, result.reason = "cancelled", str(exc)
             result.seconds += time.monotonic() - started
-            events.put(FarmEvent("cancelled", shot.name, node.address, result, message=str(exc)))
-            finish_one()
+            end(shot, "cancelled", str(exc), node.address)
             return
         except RvmNodeError as exc:
             pool.release(node)
-            result.status, result.reason = "failed", str(exc)
             result.seconds += time.monotonic() - started
-            events.put(FarmEvent("failed", shot.name, node.address, result, message=str(exc)))
-            finish_one()
+            end(shot, "failed", str(exc), node.address)
             return
         pool.release(node)
         result.seconds += time.monotonic() - started
-        result.status = "done"
         result.total = report.frames_written + report.frames_skipped
-        events.put(FarmEvent("done", shot.name, node.address, result))
-        finish_one()
+        end(shot, "done", "", node.address)
 
     def worker() -> None:
         while True:
@@ -196,10 +191,7 @@ def run_shots(
             try:
                 attempt(shot, tries, avoid)
             except BaseException as exc:  # a bug: report it as the shot's failure, keep the farm going
-                result = results[shot.name]
-                result.status, result.reason = "failed", f"{type(exc).__name__}: {exc}"
-                events.put(FarmEvent("failed", shot.name, None, result, message=result.reason))
-                finish_one()
+                end(shot, "failed", f"{type(exc).__name__}: {exc}", None)
 
     slots = max(1, sum(n.capacity for n in pool.nodes))
     threads = [

@@ -18,7 +18,6 @@ and resume without redoing or losing a frame.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,11 +25,7 @@ from typing import Any
 from rvm_node.errors import InvalidInputError
 from rvm_node.io.sequence import FramePattern, FrameRange, parse_frame_range
 from rvm_node.io.writers import WriterSettings
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from rvm_node.tomlfile import load_toml
 
 __all__ = ["DEFAULT_PREROLL", "SHOT_KEYS", "Shot", "load_shot_list", "make_shots", "split_shot"]
 
@@ -146,12 +141,7 @@ def _check_unique(shots: list[Shot], where: str) -> list[Shot]:
 
 def load_shot_list(path: Path) -> list[Shot]:
     """Shots from a TOML file with an optional ``[defaults]`` table and ``[[shot]]`` entries."""
-    try:
-        table = tomllib.loads(path.read_text())
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot read the shot list ({exc.strerror})") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InvalidInputError(f"{path}: not valid TOML ({exc})") from None
+    table = load_toml(path, "the shot list")
     unknown = sorted(set(table) - {"defaults", "shot"})
     if unknown:
         raise InvalidInputError(

@@ -8,17 +8,12 @@ environment variable ``RVM_NODE_SOME_OPTION`` or as ``some_option`` in the
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from rvm_node.errors import InvalidInputError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from rvm_node.tomlfile import load_toml
 
 __all__ = ["apply_sources", "given_on_command_line"]
 
@@ -65,14 +60,7 @@ def apply_sources(
     config: Path | None,
 ) -> None:
     """Fill every option not given as a flag from the environment, then from the TOML file."""
-    table: dict[str, Any] = {}
-    if config is not None:
-        try:
-            table = tomllib.loads(config.read_text()).get("node", {})
-        except OSError as exc:
-            raise InvalidInputError(f"{config}: cannot read the config file ({exc.strerror})") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidInputError(f"{config}: not valid TOML ({exc})") from None
+    table: dict[str, Any] = load_toml(config, "the config file").get("node", {}) if config is not None else {}
     known = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
     unknown = sorted(set(table) - set(known))
     if unknown:
