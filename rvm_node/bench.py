@@ -275,6 +275,16 @@ def _rss_mb(pid: int) -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
 
 
+def _print_table(clip: str, rows: list[tuple[str, str]]) -> int:
+    print(f"Machine: {_machine()}")
+    print(clip)
+    print("| measurement | result |")
+    print("|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    return 0
+
+
 def _spawn_node(*options: str, pin_core: int | None = None) -> tuple[Any, str]:
     """An `rvm-node serve --port 0` subprocess and the address it printed once serving."""
     import os
@@ -369,15 +379,10 @@ def run_node_bench(args: argparse.Namespace) -> int:
     finally:
         node.terminate()
         node.wait(30)
-    print(f"Machine: {_machine()}")
-    print(
-        f"Clip: carphone re-encoded at {width}x{height}, {len(frames)} frames, ratio {ratio}; node and client on loopback"
+    return _print_table(
+        f"Clip: carphone re-encoded at {width}x{height}, {len(frames)} frames, ratio {ratio}; node and client on loopback",
+        rows,
     )
-    print("| measurement | result |")
-    print("|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
-    return 0
 
 
 def run_farm_bench(args: argparse.Namespace) -> int:
@@ -449,13 +454,10 @@ def run_farm_bench(args: argparse.Namespace) -> int:
         for process, _ in nodes:
             process.kill()
             process.wait()
-    print(f"Machine: {_machine()}")
-    print(f"Clip: carphone at 352x288, ratio {args.downsample_ratio}; nodes pinned with taskset, --threads 1")
-    print("| measurement | result |")
-    print("|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
-    return 0
+    return _print_table(
+        f"Clip: carphone at 352x288, ratio {args.downsample_ratio}; nodes pinned with taskset, --threads 1",
+        rows,
+    )
 
 
 def run_engine_bench(args: argparse.Namespace) -> int:

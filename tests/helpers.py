@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
 from rvm_node.engine.session import MattingBackend
@@ -23,3 +27,19 @@ def run_frames(
 def per_frame_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
     return diff.reshape(len(a), -1).max(axis=1)
+
+
+def spawn_node(*options: str) -> tuple[subprocess.Popen[str], str]:
+    """A real `rvm-node serve --port 0` subprocess and the address it printed once SERVING."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=os.environ.copy(),
+    )
+    address = process.stdout.readline().strip() if process.stdout is not None else ""
+    if not address.startswith("127.0.0.1:"):
+        process.kill()
+        raise RuntimeError(f"rvm-node serve did not start: {address!r}")
+    return process, address

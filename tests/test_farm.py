@@ -21,22 +21,14 @@ from rvm_node.errors import NodeError
 from rvm_node.farm import NodePool, load_shot_list, parse_nodes, run_shots
 from rvm_node.io.images import read_image
 from rvm_node.io.sequence import parse_frame_range
+from tests.helpers import spawn_node
 
 RATIO = 0.5
 
 
 class Node:
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=os.environ.copy(),
-        )
-        assert self.process.stdout is not None
-        self.address = self.process.stdout.readline().strip()
-        assert self.address.startswith("127.0.0.1:"), self.address
+        self.process, self.address = spawn_node(*args)
 
     def kill(self) -> None:
         self.process.kill()

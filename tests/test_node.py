@@ -32,6 +32,7 @@ from rvm_node.node.server import NodeServer, TlsFiles, start_node
 from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from tests.helpers import spawn_node
 
 RATIO = 0.5
 ROOT = Path(__file__).resolve().parent.parent
@@ -417,17 +418,7 @@ def test_tls_right_and_wrong_ca(backend, tmp_path: Path) -> None:
 
 
 def start_serve(*args: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=os.environ.copy(),
-    )
-    assert process.stdout is not None
-    address = process.stdout.readline().strip()
-    assert address.startswith("127.0.0.1:"), address
-    return process, address
+    return spawn_node(*args)
 
 
 def test_snapshot_round_trip_across_two_node_processes(backend, clip_frames: np.ndarray) -> None:

@@ -21,19 +21,13 @@ from rvm_node import load_model  # noqa: E402
 from rvm_node.convert import convert_video  # noqa: E402
 from rvm_node.io.images import read_image, write_image  # noqa: E402
 from rvm_node.io.sequence import parse_frame_range  # noqa: E402
+from tests.helpers import spawn_node  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def node_address() -> Iterator[str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rvm_node", "serve", "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=os.environ.copy(),
-    )
-    assert process.stdout is not None
-    yield process.stdout.readline().strip()
+    process, address = spawn_node()
+    yield address
     process.kill()
     process.wait()
 
@@ -290,15 +284,7 @@ def test_other_nodes_are_rendered_through_a_temporary_write(
 def test_two_reads_over_two_nodes_with_one_killed(script: Path, clip_frames: np.ndarray) -> None:
     nodes = []
     for _ in range(2):
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rvm_node", "serve", "--port", "0", "--max-streams", "1"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=os.environ.copy(),
-        )
-        assert process.stdout is not None
-        nodes.append((process, process.stdout.readline().strip()))
+        nodes.append(spawn_node("--max-streams", "1"))
     try:
         for index in range(2):
             folder = script.parent / f"plate{index}"
@@ -382,25 +368,8 @@ def test_wrong_token_is_one_clear_line(
 ) -> None:
     (tmp_path / "node_token").write_text("right\n")
     (tmp_path / "our_token").write_text("wrong\n")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rvm_node",
-            "serve",
-            "--port",
-            "0",
-            "--token-file",
-            str(tmp_path / "node_token"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=os.environ.copy(),
-    )
+    process, address = spawn_node("--token-file", str(tmp_path / "node_token"))
     try:
-        assert process.stdout is not None
-        address = process.stdout.readline().strip()
         make_read(plate)
         before = len(nuke.allNodes())
         job.matte_selected(
