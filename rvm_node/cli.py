@@ -421,6 +421,20 @@ def _configure_logging(fmt: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
+def _load_local(args: argparse.Namespace, options: Any) -> Any:
+    """The model named by --variant/--backend/--device/--precision/--checkpoint."""
+    from rvm_node.engine.loader import load_model
+
+    return load_model(
+        args.variant,
+        backend=args.backend,
+        device=args.device,
+        precision=args.precision,
+        weights=args.checkpoint,
+        options=options,
+    )
+
+
 def _serve_options(args: argparse.Namespace) -> Any:
     """Backend options for a node: no spinning (gRPC threads share the CPU), and ``--threads``."""
     from dataclasses import replace
@@ -442,7 +456,6 @@ def _serve_options(args: argparse.Namespace) -> Any:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from rvm_node.engine.loader import load_model
     from rvm_node.node.server import NodeServer, TlsFiles, serve_forever, start_node
     from rvm_node.node.service import Limits
 
@@ -462,14 +475,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_message_bytes=args.max_message_mb * 1024 * 1024,
     )
     token = _token(args.token_file)
-    backend = load_model(
-        args.variant,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        weights=args.checkpoint,
-        options=_serve_options(args),
-    )
+    backend = _load_local(args, _serve_options(args))
 
     def ready(node: NodeServer) -> None:
         print(node.address, flush=True)  # the line scripts and tests wait for
@@ -494,7 +500,7 @@ def _convert(args: argparse.Namespace) -> int:
     from fractions import Fraction
 
     from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
-    from rvm_node.engine.loader import load_model, shared_cpu_options
+    from rvm_node.engine.loader import shared_cpu_options
     from rvm_node.io.sequence import parse_frame_range
     from rvm_node.io.writers import WriterSettings
 
@@ -535,14 +541,7 @@ def _convert(args: argparse.Namespace) -> int:
         foreground = args.output_foreground is not None or args.output_composition is not None
         backend = RemoteBackend(client, label=Path(args.input_source).name, foreground=foreground)
     else:
-        backend = load_model(
-            args.variant,
-            backend=args.backend,
-            device=args.device,
-            precision=args.precision,
-            weights=args.checkpoint,
-            options=shared_cpu_options(args.backend),
-        )
+        backend = _load_local(args, shared_cpu_options(args.backend))
     job = ConvertJob(
         backend=backend,
         input_source=args.input_source,

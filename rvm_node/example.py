@@ -80,8 +80,6 @@ def run_example(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress="bar",
     )
-    if (out / "composite.mp4").exists() and not args.overwrite:
-        raise InvalidInputError(f"{out / 'composite.mp4'}: already exists; pass --overwrite to replace it")
     report = run_job(job)
     where = f"the node at {args.node}" if args.node else job.backend.name
     print(f"{report.frames_written} frames of the example clip matted on {where}", file=sys.stderr)

@@ -282,13 +282,7 @@ class _WriterThread:
         self, number: int, fgr: np.ndarray, pha: np.ndarray, background: np.ndarray | None
     ) -> None:
         for writer in self._writers:
-            image = render(
-                writer.kind,
-                self._job.settings if not isinstance(writer, SequenceWriter) else writer.settings,
-                fgr,
-                pha,
-                background,
-            )
+            image = render(writer.kind, writer.settings, fgr, pha, background)
             writer.write(self._numbering(number), image)
 
     def _run(self) -> None:

@@ -137,6 +137,7 @@ def render(
 class FrameWriter(abc.ABC):
     kind: OutputKind
     target: str
+    settings: WriterSettings
 
     @abc.abstractmethod
     def write(self, number: int, image: np.ndarray) -> None:
@@ -220,7 +221,7 @@ class VideoWriter(FrameWriter):
         codec = settings.video_codec or ("prores4444" if kind == "foreground" and ext == ".mov" else "h264")
         if codec == "prores4444" and ext == ".mp4":
             raise InvalidInputError(f"{path}: ProRes 4444 needs a .mov or .mkv file")
-        self.kind, self.path, self.target = kind, path, str(path)
+        self.kind, self.path, self.target, self.settings = kind, path, str(path), settings
         self.codec = codec
         self.size = size
         self._tmp = path.with_name(f".{path.stem}.rvmtmp{path.suffix}")
