@@ -230,7 +230,7 @@ def _farm(args: argparse.Namespace) -> int:
     if args.split != 1 or args.preroll is not None:
         preroll = DEFAULT_PREROLL if args.preroll is None else args.preroll
         shots = [segment for shot in shots for segment in split_shot(shot, args.split, preroll)]
-    ca = args.ca_file.read_bytes() if args.ca_file is not None else None
+    ca = _read_ca(args.ca_file)
     pool = NodePool(parse_nodes(args.nodes), token=_token(args.token_file), root_certificates=ca)
     started = time.monotonic()
     last_line = 0.0
@@ -291,6 +291,49 @@ def _farm(args: argparse.Namespace) -> int:
     )
 
 
+def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    info = sub.add_parser("info", help="ask render nodes what they run and how busy they are")
+    info.add_argument("--node", required=True, help="HOST:PORT, or several comma-separated")
+    info.add_argument("--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)")
+    info.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
+    info.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each node")
+    info.add_argument("--json", action="store_true", help="one JSON object per node on stdout")
+
+
+def _info(args: argparse.Namespace) -> int:
+    """One line per node; exit 4 when any node did not answer."""
+    import dataclasses
+    import json
+
+    from rvm_node.client import NodeClient
+
+    addresses = [a.strip() for a in args.node.split(",") if a.strip()]
+    if not addresses:
+        raise InvalidInputError("--node: expected HOST:PORT, or several comma-separated")
+    token = _token(args.token_file)
+    ca = _read_ca(args.ca_file)
+    failed = 0
+    for address in addresses:
+        try:
+            with NodeClient(address, token=token, root_certificates=ca, retries=0) as client:
+                info = client.info(timeout=args.timeout)
+        except NodeError as exc:
+            failed += 1
+            if args.json:
+                print(json.dumps({"node": address, "ok": False, "error": str(exc)}), flush=True)
+            else:
+                print(f"{address}: {exc}")
+            continue
+        if args.json:
+            print(json.dumps({"node": address, "ok": True, **dataclasses.asdict(info)}), flush=True)
+        else:
+            print(
+                f"{address}: rvm-node {info.version}, {info.backend} {info.precision} on {info.device}, "
+                f"{info.active_streams}/{info.max_streams} streams"
+            )
+    return EXIT_BACKEND if failed else 0
+
+
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = sub.add_parser("serve", help="run a render node (prints its address once serving)")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
@@ -333,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert(sub)
     _add_serve(sub)
     _add_farm(sub)
+    _add_info(sub)
     example = sub.add_parser("example", help="fetch the example clip and matte it")
     example.add_argument("--output-dir", type=Path, default=Path("example-output"))
     example.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
@@ -381,6 +425,15 @@ def _export(args: argparse.Namespace) -> int:
         export_torchscript(net, output, precision=args.precision)
     print(output)
     return 0
+
+
+def _read_ca(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read the CA file ({exc.strerror})") from None
 
 
 def _token(path: Path | None) -> str | None:
@@ -500,7 +553,6 @@ def _convert(args: argparse.Namespace) -> int:
     from fractions import Fraction
 
     from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
-    from rvm_node.engine.loader import shared_cpu_options
     from rvm_node.io.sequence import parse_frame_range
     from rvm_node.io.writers import WriterSettings
 
@@ -536,11 +588,13 @@ def _convert(args: argparse.Namespace) -> int:
     if args.command == "matte":
         from rvm_node.client import NodeClient, RemoteBackend
 
-        ca = args.ca_file.read_bytes() if args.ca_file is not None else None
+        ca = _read_ca(args.ca_file)
         client = NodeClient(args.node, token=_token(args.token_file), root_certificates=ca)
         foreground = args.output_foreground is not None or args.output_composition is not None
         backend = RemoteBackend(client, label=Path(args.input_source).name, foreground=foreground)
     else:
+        from rvm_node.engine.loader import shared_cpu_options  # torch: only for local work
+
         backend = _load_local(args, shared_cpu_options(args.backend))
     job = ConvertJob(
         backend=backend,
@@ -578,6 +632,8 @@ def _run(args: argparse.Namespace) -> int:
         return _serve(args)
     if args.command == "farm":
         return _farm(args)
+    if args.command == "info":
+        return _info(args)
     if args.command == "weights":
         return _weights(args)
     if args.command == "export":

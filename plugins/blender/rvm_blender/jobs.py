@@ -1,0 +1,186 @@
+"""One matte run: the shots, the rvm-node subprocess, and loading what it made.
+
+The modal operator and the ``blocking=True`` path drive the same
+:class:`MatteRun`: ``start()``, then ``poll()`` until it ends (or
+``cancel()``), then ``finish()``, which loads the finished shots and says
+what failed. Nothing in the scene changes before ``finish()``, and only for
+shots whose every frame was written.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import bpy
+
+from . import loading
+from .command import RunOptions, build_command, clear_outputs, environment
+from .process import MatteProcess, remove_temporaries
+from .shots import OutputChoice, PluginError, ShotRequest
+from .sources import clip_request, sequence_strips, strip_request
+
+__all__ = ["Choices", "MatteRun", "Outcome", "Target", "blender_ocio_config"]
+
+
+@dataclass(frozen=True)
+class Choices:
+    """What the user asked for, preferences filled in."""
+
+    output: OutputChoice
+    run: RunOptions
+    scene_range: bool = False
+    overwrite: bool = False
+    compositor: bool = False
+
+
+@dataclass(frozen=True)
+class Target:
+    """A shot and what it came from: ``kind`` is ``clip`` or ``strip``, found again by name when loading."""
+
+    kind: str
+    source: str
+    request: ShotRequest
+
+
+@dataclass
+class Outcome:
+    loaded: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    cancelled: bool = False
+
+    def error_line(self) -> str:
+        return "RVM: " + "; ".join(self.errors)
+
+
+def blender_ocio_config() -> str | None:
+    """Blender's own OCIO config: it names the colour spaces clips and strips are tagged with."""
+    path = os.path.join(bpy.utils.system_resource("DATAFILES"), "colormanagement", "config.ocio")
+    return path if os.path.isfile(path) else None
+
+
+def _unique(requests: list[Target]) -> list[Target]:
+    seen: set[str] = set()
+    unique = []
+    for target in requests:
+        request, name, n = target.request, target.request.name, 1
+        while name in seen:
+            n += 1
+            name = f"{request.name}_{n}"
+        seen.add(name)
+        if name != request.name:
+            outputs = {k: p.replace(request.name, name) for k, p in request.outputs.items()}
+            request = replace(request, name=name, outputs=outputs)
+            target = Target(target.kind, target.source, request)
+        unique.append(target)
+    return unique
+
+
+def clip_targets(clips: list[Any], scene: Any, choices: Choices) -> list[Target]:
+    return _unique(
+        [Target("clip", c.name, clip_request(c, scene, choices.scene_range, choices.output)) for c in clips]
+    )
+
+
+def strip_targets(strips: list[Any], scene: Any, choices: Choices) -> list[Target]:
+    return _unique(
+        [Target("strip", s.name, strip_request(s, scene, choices.scene_range, choices.output)) for s in strips]
+    )
+
+
+def _check_writable(directory: str) -> None:
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise PluginError(f"output folder {directory}: cannot write there ({exc.strerror or exc})") from None
+
+
+class MatteRun:
+    def __init__(self, scene: Any, targets: list[Target], choices: Choices) -> None:
+        if not targets:
+            raise PluginError("nothing to matte")
+        self.scene_name = scene.name
+        self.targets = targets
+        self.choices = choices
+        self.workdir = Path(tempfile.mkdtemp(prefix="rvm-blender-"))
+        self.process: MatteProcess | None = None
+
+    @property
+    def patterns(self) -> list[str]:
+        return [p for t in self.targets for p in t.request.outputs.values()]
+
+    def start(self) -> MatteProcess:
+        """Check the outputs, then start rvm-node. Raises :class:`PluginError` with nothing started."""
+        try:
+            for directory in sorted({os.path.dirname(p) for p in self.patterns}):
+                _check_writable(directory)
+            requests = [t.request for t in self.targets]
+            argv = build_command(requests, self.choices.run, self.workdir)
+            env = environment(os.environ, sys.path, blender_ocio_config())
+            if self.choices.overwrite:
+                for request in requests:
+                    clear_outputs(request)
+            process = MatteProcess(argv, env, self.workdir, {r.name: len(r.frames) for r in requests})
+            process.start()
+        except (PluginError, OSError) as exc:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            raise PluginError(str(exc)) from None
+        self.process = process
+        return process
+
+    def finish(self, context: Any) -> Outcome:
+        """Load every finished shot; say what did not finish and why."""
+        process = self.process
+        outcome = Outcome(cancelled=process is not None and process.cancelled)
+        if process is None:
+            return outcome
+        remove_temporaries(self.patterns)
+        scene = bpy.data.scenes.get(self.scene_name) or context.scene
+        for target in self.targets:
+            shot = process.shots[target.request.name]
+            if shot.state == "done":
+                try:
+                    self._load(scene, target)
+                    outcome.loaded.append(target.request.name)
+                except (PluginError, RuntimeError, KeyError) as exc:
+                    outcome.errors.append(f"{target.request.name}: mattes written but not loaded: {exc}")
+            elif process.cancelled:
+                outcome.errors.append(
+                    f"{target.request.name}: cancelled; {shot.done} complete frames kept, run again to resume"
+                )
+            else:
+                reason = shot.message.splitlines()[0] if shot.message else process.error_line()
+                outcome.errors.append(f"{target.request.name}: {reason}")
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        return outcome
+
+    def _load(self, scene: Any, target: Target) -> None:
+        request = target.request
+        alpha = request.outputs.get("alpha")
+        if alpha is None:
+            return  # only foreground or composite was asked for: they stay on disk
+        label = f"{request.name}_matte"
+        loading.load_image_sequence(alpha, request.frames, label)
+        if target.kind == "clip":
+            plate = bpy.data.movieclips[target.source]
+            matte = loading.add_matte_clip(alpha, request.frames, label)
+            if self.choices.compositor:
+                loading.add_compositor(scene, plate, matte)
+        else:
+            editor = scene.sequence_editor
+            everything = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+            loading.add_matte_strip(scene, everything[target.source], alpha, request.frames, label)
+
+
+def selected_strips(scene: Any) -> list[Any]:
+    editor = scene.sequence_editor
+    if editor is None:
+        return []
+    return [s for s in sequence_strips(editor) if s.select and s.type in ("MOVIE", "IMAGE")]

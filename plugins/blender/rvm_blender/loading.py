@@ -1,0 +1,87 @@
+"""Bring finished mattes into the scene: an image sequence, a matte clip or strip, a compositor setup.
+
+Mattes are data, so everything loaded here is tagged Non-Color: Blender
+would otherwise linearise a 16-bit PNG tagged sRGB.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import bpy
+
+from .shots import FrameMap, PluginError, frame_path
+from .sources import sequence_strips
+
+__all__ = ["add_compositor", "add_matte_clip", "add_matte_strip", "load_image_sequence"]
+
+NON_COLOR = "Non-Color"
+
+
+def load_image_sequence(pattern: str, frames: FrameMap, name: str) -> Any:
+    """An image datablock of the matte sequence, with its frame range recorded on it."""
+    image = bpy.data.images.load(frame_path(pattern, frames.first), check_existing=False)
+    image.name = name
+    image.source = "SEQUENCE"
+    image.colorspace_settings.name = NON_COLOR
+    # An image has no frame range of its own (its users have); these are what
+    # an Image node or texture needs: frame_duration, frame_start, frame_offset.
+    image["rvm_frame_duration"] = len(frames)
+    image["rvm_frame_start"] = frames.scene_first
+    image["rvm_frame_offset"] = frames.first - 1
+    return image
+
+
+def add_matte_clip(pattern: str, frames: FrameMap, name: str) -> Any:
+    """A movie clip of the matte sequence, starting at the plate's scene frame."""
+    clip = bpy.data.movieclips.load(frame_path(pattern, frames.first), check_existing=False)
+    clip.name = name
+    clip.frame_start = frames.scene_first
+    clip.frame_offset = 0
+    clip.colorspace_settings.name = NON_COLOR
+    return clip
+
+
+def add_matte_strip(scene: Any, plate: Any, pattern: str, frames: FrameMap, name: str) -> Any:
+    """An image strip one channel above ``plate``, alpha-over, frame for frame with it."""
+    strips = sequence_strips(scene.sequence_editor)
+    strip = strips.new_image(
+        name=name,
+        filepath=frame_path(pattern, frames.first),
+        channel=min(plate.channel + 1, 128),
+        frame_start=frames.scene_first,
+    )
+    for number in range(frames.first + 1, frames.last + 1):
+        strip.elements.append(os.path.basename(frame_path(pattern, number)))
+    strip.colorspace_settings.name = NON_COLOR
+    strip.blend_type = "ALPHA_OVER"
+    return strip
+
+
+def add_compositor(scene: Any, plate: Any, matte: Any) -> Any:
+    """Plate and matte clips into Set Alpha, shown in a Viewer; the nodes sit in a labelled frame.
+
+    Nothing already in the tree is relinked.
+    """
+    if not hasattr(scene, "node_tree"):
+        raise PluginError("the compositor setup needs Blender 4.x's scene node tree")
+    scene.use_nodes = True
+    tree = scene.node_tree
+    frame = tree.nodes.new("NodeFrame")
+    frame.label = f"RVM matte: {plate.name}"
+    plate_node = tree.nodes.new("CompositorNodeMovieClip")
+    plate_node.clip = plate
+    matte_node = tree.nodes.new("CompositorNodeMovieClip")
+    matte_node.clip = matte
+    set_alpha = tree.nodes.new("CompositorNodeSetAlpha")
+    set_alpha.mode = "REPLACE_ALPHA"
+    viewer = tree.nodes.new("CompositorNodeViewer")
+    tree.links.new(plate_node.outputs["Image"], set_alpha.inputs["Image"])
+    # the matte's RGB carries the alpha in every channel (RGBA EXR and grey PNG alike)
+    tree.links.new(matte_node.outputs["Image"], set_alpha.inputs["Alpha"])
+    tree.links.new(set_alpha.outputs["Image"], viewer.inputs["Image"])
+    for x, node in enumerate((plate_node, matte_node, set_alpha, viewer)):
+        node.parent = frame
+        node.location = (-600 + 250 * x, -400 - (200 if node is matte_node else 0))
+    return set_alpha

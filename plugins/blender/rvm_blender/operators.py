@@ -1,0 +1,174 @@
+"""``rvm.matte_clip`` and ``rvm.matte_strip``: modal with progress and Esc, or ``blocking=True`` for scripts.
+
+Options left unset come from the add-on preferences. ``node`` (one or more
+addresses, comma-separated) and ``output`` (the alpha pattern) override them:
+
+    bpy.ops.rvm.matte_clip(clip="plate", node="127.0.0.1:50051",
+                           output="/tmp/m/matte.####.exr", blocking=True)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
+
+from .jobs import Choices, MatteRun, Outcome, Target, clip_targets, selected_strips, strip_targets
+from .preferences import FORMAT_ITEMS, OUTPUT_ITEMS, addon_preferences
+from .shots import OutputChoice, PluginError
+
+__all__ = ["RVM_OT_matte_clip", "RVM_OT_matte_strip"]
+
+
+class _MatteOperator:
+    """Shared options and the run loop; subclasses say which shots."""
+
+    outputs: EnumProperty(name="Outputs", items=OUTPUT_ITEMS, options={"ENUM_FLAG"})  # type: ignore[valid-type]
+    file_format: EnumProperty(name="Format", items=FORMAT_ITEMS)  # type: ignore[valid-type]
+    frame_range: EnumProperty(  # type: ignore[valid-type]
+        name="Frames",
+        items=[
+            ("SOURCE", "Source", "Every frame of the clip or strip"),
+            ("SCENE", "Scene", "Only the frames inside the scene's frame range"),
+        ],
+        default="SOURCE",
+    )
+    auto_ratio: BoolProperty(name="Auto downsample", default=True)  # type: ignore[valid-type]
+    downsample_ratio: FloatProperty(name="Downsample ratio", min=0.05, max=1.0, default=0.5)  # type: ignore[valid-type]
+    existing: EnumProperty(  # type: ignore[valid-type]
+        name="Existing frames",
+        items=[
+            ("RESUME", "Resume", "Keep verified frames already written and matte the rest"),
+            ("OVERWRITE", "Overwrite", "Delete the shot's frames in the range and matte them again"),
+        ],
+        default="RESUME",
+    )
+    node: StringProperty(name="Node", description="HOST:PORT of the render node(s), comma-separated")  # type: ignore[valid-type]
+    output: StringProperty(name="Output", description="Alpha output pattern, e.g. //mattes/{shot}.####.exr")  # type: ignore[valid-type]
+    blocking: BoolProperty(  # type: ignore[valid-type]
+        name="Blocking", description="Wait for the mattes (scripts); no progress bar or Esc", default=False
+    )
+
+    _run: MatteRun | None = None
+    _timer: Any = None
+
+    # -- what subclasses provide ------------------------------------------------
+    def targets(self, context: Any, choices: Choices) -> list[Target]:
+        raise NotImplementedError
+
+    def wants_compositor(self) -> bool:
+        return False
+
+    # -- choices ---------------------------------------------------------------
+    def _given(self, name: str) -> bool:
+        return bool(self.properties.is_property_set(name))  # type: ignore[attr-defined]
+
+    def choices(self, context: Any) -> Choices:
+        prefs = addon_preferences(context)
+        ratio: float | None | str = ""
+        if self._given("auto_ratio") or self._given("downsample_ratio"):
+            ratio = None if self.auto_ratio else float(self.downsample_ratio)
+        file_format = self.file_format if self._given("file_format") else prefs.file_format
+        kinds = set(self.outputs) if self._given("outputs") else set(prefs.outputs)
+        run = prefs.run_options(nodes=self.node, file_format=file_format, ratio=ratio)
+        return Choices(
+            output=OutputChoice(self.output or prefs.output_pattern, file_format, frozenset(kinds)),
+            run=run,
+            scene_range=self.frame_range == "SCENE",
+            overwrite=self.existing == "OVERWRITE",
+            compositor=self.wants_compositor(),
+        )
+
+    # -- running ---------------------------------------------------------------
+    def execute(self, context: Any) -> set[str]:
+        try:
+            choices = self.choices(context)
+            run = MatteRun(context.scene, self.targets(context, choices), choices)
+            process = run.start()
+        except PluginError as exc:
+            self.report({"ERROR"}, f"RVM: {exc}")  # type: ignore[attr-defined]
+            return {"CANCELLED"}
+        wm = context.window_manager
+        if self.blocking or context.window is None:
+            wm.progress_begin(0, max(process.total, 1))
+            try:
+                process.wait(lambda p: wm.progress_update(p.done))
+            finally:
+                wm.progress_end()
+            return self._report(run.finish(context))
+        self._run = run
+        wm.progress_begin(0, max(process.total, 1))
+        self._timer = wm.event_timer_add(0.25, window=context.window)
+        wm.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        return self.execute(context)
+
+    def modal(self, context: Any, event: Any) -> set[str]:
+        run = self._run
+        if run is None or run.process is None:
+            return {"CANCELLED"}
+        if event.type == "ESC":
+            run.process.cancel()
+        elif event.type != "TIMER" or run.process.poll():
+            if event.type == "TIMER":
+                context.window_manager.progress_update(run.process.done)
+                context.workspace.status_text_set(run.process.status_text())
+            return {"PASS_THROUGH"}
+        context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
+        context.workspace.status_text_set(None)
+        self._run = None
+        return self._report(run.finish(context))
+
+    def _report(self, outcome: Outcome) -> set[str]:
+        if outcome.errors:
+            self.report({"WARNING" if outcome.cancelled else "ERROR"}, outcome.error_line())  # type: ignore[attr-defined]
+        if outcome.loaded:
+            self.report({"INFO"}, f"RVM: mattes loaded for {', '.join(outcome.loaded)}")  # type: ignore[attr-defined]
+            return {"FINISHED"}
+        return {"CANCELLED"}
+
+
+class RVM_OT_matte_clip(_MatteOperator, bpy.types.Operator):  # type: ignore[misc]
+    """Matte the movie clip on a render node and load the matte as a clip and an image sequence"""
+
+    bl_idname = "rvm.matte_clip"
+    bl_label = "Matte Clip"
+    bl_options = {"REGISTER"}
+
+    clip: StringProperty(name="Clip", description="Movie clip to matte (default: the Clip Editor's)")  # type: ignore[valid-type]
+    compositor: BoolProperty(  # type: ignore[valid-type]
+        name="Compositor setup", description="Add plate + matte -> Set Alpha nodes to the compositor"
+    )
+
+    def wants_compositor(self) -> bool:
+        return bool(self.compositor)
+
+    def targets(self, context: Any, choices: Choices) -> list[Target]:
+        if self.clip:
+            clip = bpy.data.movieclips.get(self.clip)
+            if clip is None:
+                raise PluginError(f"no movie clip named {self.clip!r}")
+        else:
+            space = context.space_data
+            clip = getattr(space, "clip", None) if getattr(space, "type", "") == "CLIP_EDITOR" else None
+            if clip is None:
+                raise PluginError("open a clip in the Clip Editor, or name one with clip=")
+        return clip_targets([clip], context.scene, choices)
+
+
+class RVM_OT_matte_strip(_MatteOperator, bpy.types.Operator):  # type: ignore[misc]
+    """Matte the selected movie and image strips on the render nodes; add each matte one channel up"""
+
+    bl_idname = "rvm.matte_strip"
+    bl_label = "Matte Strips"
+    bl_options = {"REGISTER"}
+
+    def targets(self, context: Any, choices: Choices) -> list[Target]:
+        strips = selected_strips(context.scene)
+        if not strips:
+            raise PluginError("select one or more movie or image strips in the Sequencer")
+        return strip_targets(strips, context.scene, choices)

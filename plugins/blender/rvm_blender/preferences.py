@@ -1,0 +1,152 @@
+"""Add-on preferences: the render nodes, TLS and token, and the defaults every operator starts from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
+
+from .command import RunOptions, environment, info_command, last_error, parse_nodes
+from .shots import PluginError
+
+__all__ = ["RVM_OT_test_connection", "RvmPreferences", "addon_preferences"]
+
+ADDON = __package__ or "rvm_blender"
+DEFAULT_OUTPUT = "//mattes/{shot}/{shot}_matte.####.exr"
+
+FORMAT_ITEMS = [
+    ("EXR", "OpenEXR (RGBA half)", "16-bit half float, ZIP, R=G=B=A=matte"),
+    ("PNG16", "PNG (16-bit)", "16-bit grey PNG, loaded as Non-Color"),
+]
+OUTPUT_ITEMS = [
+    ("alpha", "Alpha", "The matte"),
+    ("foreground", "Foreground", "The predicted foreground colour"),
+    ("composition", "Composite", "The foreground over a green background"),
+]
+
+
+def addon_preferences(context: Any) -> Any:
+    addon = context.preferences.addons.get(ADDON)
+    if addon is None:
+        raise PluginError(f"the add-on {ADDON} is not enabled")
+    return addon.preferences
+
+
+class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
+    bl_idname = ADDON
+
+    nodes: StringProperty(  # type: ignore[valid-type]
+        name="Render nodes",
+        description="HOST:PORT of one or more rvm-node render nodes, comma-separated",
+        default="127.0.0.1:50051",
+    )
+    token_file: StringProperty(  # type: ignore[valid-type]
+        name="Token file", description="File holding the bearer token the nodes expect", subtype="FILE_PATH"
+    )
+    ca_file: StringProperty(  # type: ignore[valid-type]
+        name="CA file", description="CA certificate of the nodes: connect with TLS", subtype="FILE_PATH"
+    )
+    output_pattern: StringProperty(  # type: ignore[valid-type]
+        name="Output",
+        description="Alpha output; // is the .blend's folder, {shot} the clip or strip name, #### the frame",
+        default=DEFAULT_OUTPUT,
+    )
+    file_format: EnumProperty(name="Format", items=FORMAT_ITEMS, default="EXR")  # type: ignore[valid-type]
+    outputs: EnumProperty(  # type: ignore[valid-type]
+        name="Outputs", items=OUTPUT_ITEMS, options={"ENUM_FLAG"}, default={"alpha"}
+    )
+    auto_ratio: BoolProperty(  # type: ignore[valid-type]
+        name="Auto downsample", description="Internal resolution 256-512 px, from the plate size", default=True
+    )
+    downsample_ratio: FloatProperty(  # type: ignore[valid-type]
+        name="Downsample ratio", min=0.05, max=1.0, default=0.5
+    )
+    executable: StringProperty(  # type: ignore[valid-type]
+        name="rvm-node program",
+        description="An installed rvm-node to run instead of the bundled client (optional)",
+        subtype="FILE_PATH",
+    )
+
+    def run_options(self, nodes: str = "", file_format: str = "", ratio: float | None | str = "") -> RunOptions:
+        """RunOptions from these preferences; arguments override them ("" keeps the preference)."""
+        chosen_ratio = (None if self.auto_ratio else float(self.downsample_ratio)) if ratio == "" else ratio
+        return RunOptions(
+            nodes=parse_nodes(nodes or self.nodes),
+            file_format=file_format or self.file_format,
+            downsample_ratio=None if chosen_ratio is None else float(chosen_ratio),
+            token_file=bpy.path.abspath(self.token_file) if self.token_file else "",
+            ca_file=bpy.path.abspath(self.ca_file) if self.ca_file else "",
+            executable=bpy.path.abspath(self.executable) if self.executable else "",
+        )
+
+    def draw(self, context: Any) -> None:
+        layout = self.layout
+        col = layout.column()
+        col.prop(self, "nodes")
+        col.prop(self, "token_file")
+        col.prop(self, "ca_file")
+        col.operator(RVM_OT_test_connection.bl_idname, icon="LINKED")
+        col.separator()
+        col.prop(self, "output_pattern")
+        col.prop(self, "file_format")
+        row = col.row(heading="Outputs")
+        row.prop(self, "outputs")
+        row = col.row(heading="Downsample")
+        row.prop(self, "auto_ratio", text="Auto")
+        sub = row.row()
+        sub.enabled = not self.auto_ratio
+        sub.prop(self, "downsample_ratio", text="Ratio")
+        col.separator()
+        col.prop(self, "executable")
+
+
+def node_info(options: RunOptions, timeout: float = 30.0) -> list[str]:
+    """Ask each node for its info in a subprocess; one line per node. Raises PluginError when any failed."""
+    from .jobs import blender_ocio_config
+
+    env = environment(os.environ, sys.path, blender_ocio_config())
+    try:
+        done = subprocess.run(
+            info_command(options), env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise PluginError(f"cannot run rvm-node info: {exc}") from None
+    lines, failures = [], []
+    for line in done.stdout.splitlines():
+        try:
+            info = json.loads(line)
+        except ValueError:
+            continue
+        if info.get("ok"):
+            lines.append(
+                f"{info['node']}: rvm-node {info['version']}, {info['backend']} {info['precision']} "
+                f"on {info['device']}, {info['active_streams']}/{info['max_streams']} streams"
+            )
+        else:
+            failures.append(str(info.get("error", "no answer")))
+    if failures or done.returncode != 0:
+        raise PluginError("; ".join(failures) or last_error(done.stderr, done.returncode))
+    return lines
+
+
+class RVM_OT_test_connection(bpy.types.Operator):  # type: ignore[misc]
+    """Ask every configured render node for its version, device and load"""
+
+    bl_idname = "rvm.test_connection"
+    bl_label = "Test Connection"
+
+    node: StringProperty(name="Node", description="Nodes to ask instead of the preferences'")  # type: ignore[valid-type]
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            lines = node_info(addon_preferences(context).run_options(nodes=self.node))
+        except PluginError as exc:
+            self.report({"ERROR"}, f"RVM: {exc}")
+            return {"CANCELLED"}
+        self.report({"INFO"}, "RVM: " + " | ".join(lines))
+        return {"FINISHED"}

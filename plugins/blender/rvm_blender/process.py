@@ -1,0 +1,240 @@
+"""Run rvm-node as a subprocess and follow its JSON progress lines (no bpy here).
+
+Blender's Python must not start threads, and the gRPC streaming client
+does; so the client runs in its own process. Its stdout goes to a file that
+:meth:`MatteProcess.poll` reads from where it stopped, which never blocks
+and works the same on every platform. Cancelling sends an interrupt
+(Ctrl-C) so rvm-node finishes the frame it is writing and stops; each frame
+is written to a temporary name and renamed, so only complete frames remain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from .command import last_error
+
+__all__ = ["MatteProcess", "ShotProgress", "remove_temporaries"]
+
+_TEMPORARY_MARK = ".rvmtmp"  # rvm-node's atomic writes use this in their temporary names
+
+
+@dataclass
+class ShotProgress:
+    total: int
+    done: int = 0
+    state: str = "pending"  # pending, running, done, failed, cancelled
+    message: str = ""
+    nodes: list[str] = field(default_factory=list)
+
+
+class MatteProcess:
+    """One ``rvm-node matte`` or ``rvm-node farm run`` with ``--progress-json``."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        workdir: Path,
+        shots: dict[str, int],
+    ) -> None:
+        self.argv = list(argv)
+        self.env = env
+        self.workdir = workdir
+        self.shots = {name: ShotProgress(total) for name, total in shots.items()}
+        self.fps = 0.0
+        self.eta: float | None = None
+        self.returncode: int | None = None
+        self.cancelled = False
+        self._started = 0.0
+        self._process: subprocess.Popen[bytes] | None = None
+        self._stdout: IO[bytes] | None = None
+        self._stderr: IO[bytes] | None = None
+        self._offset = 0
+        self._partial = b""
+
+    # -- running ---------------------------------------------------------------
+    def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._stdout = (self.workdir / "progress.jsonl").open("wb")
+        self._stderr = (self.workdir / "stderr.txt").open("wb")
+        flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0
+        try:
+            self._process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=self._stdout,
+                stderr=self._stderr,
+                env=self.env,
+                creationflags=flags,
+            )
+        except OSError as exc:
+            self._close_files()
+            raise OSError(f"cannot start {self.argv[0]}: {exc.strerror or exc}") from exc
+        self._started = time.monotonic()
+        for shot in self.shots.values():
+            shot.state = "running"
+
+    def poll(self) -> bool:
+        """Read new progress; True while the process runs."""
+        if self._process is None:
+            return False
+        code = self._process.poll()
+        self._read_lines()
+        if code is None:
+            return True
+        if self.returncode is None:
+            self.returncode = code
+            self._read_lines()
+            self._close_files()
+            self._settle()
+        return False
+
+    def wait(self, on_progress: Callable[[MatteProcess], None] | None = None, interval: float = 0.2) -> int:
+        """Block until the process ends (the ``blocking=True`` path)."""
+        while self.poll():
+            if on_progress is not None:
+                on_progress(self)
+            time.sleep(interval)
+        if on_progress is not None:
+            on_progress(self)
+        return self.returncode if self.returncode is not None else -1
+
+    def cancel(self, grace: float = 15.0) -> None:
+        """Interrupt rvm-node, wait for it to stop (killing it after ``grace`` s), drop temporaries."""
+        process = self._process
+        self.cancelled = True
+        if process is None or process.poll() is not None:
+            self.poll()
+            return
+        if sys.platform == "win32":
+            process.send_signal(signal.CTRL_BREAK_EVENT)
+        else:
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        self.poll()
+        for shot in self.shots.values():
+            if shot.state in ("running", "pending"):
+                shot.state = "cancelled"
+
+    # -- reading ---------------------------------------------------------------
+    @property
+    def done(self) -> int:
+        return sum(min(s.done, s.total) for s in self.shots.values())
+
+    @property
+    def total(self) -> int:
+        return sum(s.total for s in self.shots.values())
+
+    def status_text(self) -> str:
+        eta = f", ETA {int(self.eta) // 60}:{int(self.eta) % 60:02d}" if self.eta is not None else ""
+        return f"RVM matte: {self.done}/{self.total} frames, {self.fps:.1f} frames/s{eta} (Esc to cancel)"
+
+    def error_line(self) -> str:
+        """The one line that says what went wrong: rvm-node's own error line when there is one."""
+        try:
+            stderr = (self.workdir / "stderr.txt").read_text(errors="replace")
+        except OSError:
+            stderr = ""
+        if "rvm-node: error:" not in stderr:
+            messages = [s.message for s in self.shots.values() if s.state == "failed" and s.message]
+            if messages:
+                return messages[-1].splitlines()[0]
+        return last_error(stderr, self.returncode)
+
+    def _close_files(self) -> None:
+        for handle in (self._stdout, self._stderr):
+            if handle is not None:
+                handle.close()
+
+    def _read_lines(self) -> None:
+        path = self.workdir / "progress.jsonl"
+        try:
+            with path.open("rb") as handle:
+                handle.seek(self._offset)
+                data = handle.read()
+        except OSError:
+            return
+        self._offset += len(data)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                self._apply(event)
+
+    def _apply(self, event: dict[str, Any]) -> None:
+        if "event" in event:  # farm run: one shot's event
+            shot = self.shots.get(str(event.get("shot")))
+            if shot is None:
+                return
+            shot.done = int(event.get("frames") or 0)
+            kind = event["event"]
+            if kind in ("done", "failed", "cancelled"):
+                shot.state = kind
+            shot.message = str(event.get("message") or "")
+            node = event.get("node")
+            if node and node not in shot.nodes:
+                shot.nodes.append(str(node))
+        else:  # matte: the single shot's progress
+            shot = next(iter(self.shots.values()))
+            state = event.get("state")
+            if state == "running":
+                shot.done = int(event.get("done") or 0) + (shot.total - int(event.get("total") or shot.total))
+            elif state == "done":
+                shot.done = shot.total
+                shot.state = "done"
+            elif state in ("failed", "interrupted"):
+                shot.state = "failed" if state == "failed" else "cancelled"
+                shot.message = str(event.get("message") or "")
+        elapsed = max(time.monotonic() - self._started, 1e-6)
+        self.fps = float(event.get("fps") or 0.0) if len(self.shots) == 1 else self.done / elapsed
+        left = self.total - self.done
+        self.eta = left / self.fps if self.fps > 0 else None
+
+    def _settle(self) -> None:
+        """After exit: a shot still marked running ended with the process."""
+        for shot in self.shots.values():
+            if shot.state in ("running", "pending"):
+                if self.returncode == 0:
+                    shot.state, shot.done = "done", shot.total
+                else:
+                    shot.state = "cancelled" if self.cancelled else "failed"
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and all(s.state == "done" for s in self.shots.values())
+
+
+def remove_temporaries(patterns: Sequence[str]) -> int:
+    """Delete rvm-node's temporary files beside these output patterns (left only by a killed run)."""
+    removed = 0
+    for directory in {os.path.dirname(p) for p in patterns}:
+        try:
+            names = os.listdir(directory)
+        except OSError:
+            continue
+        for name in names:
+            if _TEMPORARY_MARK in name:
+                try:
+                    os.remove(os.path.join(directory, name))
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
