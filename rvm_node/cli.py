@@ -294,7 +294,9 @@ def _farm(args: argparse.Namespace) -> int:
 def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     info = sub.add_parser("info", help="ask render nodes what they run and how busy they are")
     info.add_argument("--node", required=True, help="HOST:PORT, or several comma-separated")
-    info.add_argument("--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)")
+    info.add_argument(
+        "--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)"
+    )
     info.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
     info.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for each node")
     info.add_argument("--json", action="store_true", help="one JSON object per node on stdout")
@@ -653,6 +655,25 @@ def _run(args: argparse.Namespace) -> int:
     return run_example(args)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (and SIGINT, even where a parent ignored it) stop a job as Ctrl-C does: complete frames are kept.
+
+    Plugins cancel their rvm-node subprocess this way. The node (`serve`)
+    handles SIGTERM itself, by draining.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -668,6 +689,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_parser = args.serve_parser
             given = given_on_command_line(serve_parser, list(argv if argv is not None else sys.argv[1:]))
             apply_sources(args, serve_parser, given, os.environ, args.config)
+        else:
+            _stop_on_sigterm()
         return _run(args)
     except KeyboardInterrupt:
         print("rvm-node: interrupted", file=sys.stderr)

@@ -18,9 +18,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from pathlib import Path
+
+import tomllib
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -90,7 +91,9 @@ def manifest(wheels: list[Path], platforms: list[str]) -> str:
     if listed is None or listed.group(1) != version:
         raise SystemExit(f"blender_manifest.toml: version should be {version}, as in pyproject.toml")
     entries = ",\n".join(f'  "./wheels/{w.name}"' for w in wheels)
-    text = text.replace("wheels = []", f"wheels = [\n{entries},\n]\nplatforms = {platforms!r}".replace("'", '"'))
+    text = text.replace(
+        "wheels = []", f"wheels = [\n{entries},\n]\nplatforms = {platforms!r}".replace("'", '"')
+    )
     tomllib.loads(text)  # still valid TOML
     return text
 

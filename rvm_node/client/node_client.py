@@ -232,6 +232,9 @@ class MatteStream:
             raise NodeProtocolError(f"node {self._client.address}: the stream ended early") from None
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, self._client.address) from exc
+        except BaseException:  # Ctrl-C or SIGTERM inside gRPC's wait: the call cannot be read again
+            self.cancel()
+            raise
 
     def _send_frame(self, number: int, frame: np.ndarray) -> None:
         width, height = self._settings.width, self._settings.height

@@ -11,13 +11,22 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from .shots import PluginError, ShotRequest, frame_path
 
-__all__ = ["RunOptions", "build_command", "clear_outputs", "environment", "info_command", "last_error", "parse_nodes"]
+__all__ = [
+    "RunOptions",
+    "build_command",
+    "clear_outputs",
+    "environment",
+    "info_command",
+    "last_error",
+    "parse_nodes",
+]
 
 FORMATS = ("EXR", "PNG16")
 
@@ -134,7 +143,9 @@ def info_command(options: RunOptions) -> list[str]:
     return [*_program(options), "info", "--node", ",".join(options.nodes), *_connection(options), "--json"]
 
 
-def environment(base: Mapping[str, str], python_path: Sequence[str], ocio_config: str | None) -> dict[str, str]:
+def environment(
+    base: Mapping[str, str], python_path: Sequence[str], ocio_config: str | None
+) -> dict[str, str]:
     """The subprocess environment: this interpreter's import path (the bundled wheels), and Blender's OCIO config.
 
     ``ocio_config`` names the colour spaces Blender's clips are tagged with;
@@ -155,10 +166,27 @@ def environment(base: Mapping[str, str], python_path: Sequence[str], ocio_config
 def last_error(stderr: str, returncode: int | None) -> str:
     """The line of rvm-node's stderr that says what went wrong: its own error line, else the last one."""
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line.removeprefix("rvm-node: error:").strip() for line in lines if line.startswith("rvm-node: error:")]
+    errors = [
+        line.removeprefix("rvm-node: error:").strip() for line in lines if line.startswith("rvm-node: error:")
+    ]
     if errors:
         return errors[-1]
     return lines[-1] if lines else f"rvm-node exited with status {returncode}"
+
+
+def check_writable(directory: str) -> None:
+    """Make the output folder and prove a file can be created in it, before anything starts."""
+    existing = directory
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise PluginError(f"output folder {directory}: {existing} is a file, not a folder")
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise PluginError(f"output folder {directory}: cannot write there ({exc.strerror or exc})") from None
 
 
 def clear_outputs(shot: ShotRequest) -> int:

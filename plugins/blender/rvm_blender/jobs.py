@@ -20,7 +20,7 @@ from typing import Any
 import bpy
 
 from . import loading
-from .command import RunOptions, build_command, clear_outputs, environment
+from .command import RunOptions, build_command, check_writable, clear_outputs, environment
 from .process import MatteProcess, remove_temporaries
 from .shots import OutputChoice, PluginError, ShotRequest
 from .sources import clip_request, sequence_strips, strip_request
@@ -89,17 +89,11 @@ def clip_targets(clips: list[Any], scene: Any, choices: Choices) -> list[Target]
 
 def strip_targets(strips: list[Any], scene: Any, choices: Choices) -> list[Target]:
     return _unique(
-        [Target("strip", s.name, strip_request(s, scene, choices.scene_range, choices.output)) for s in strips]
+        [
+            Target("strip", s.name, strip_request(s, scene, choices.scene_range, choices.output))
+            for s in strips
+        ]
     )
-
-
-def _check_writable(directory: str) -> None:
-    try:
-        os.makedirs(directory, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as exc:
-        raise PluginError(f"output folder {directory}: cannot write there ({exc.strerror or exc})") from None
 
 
 class MatteRun:
@@ -120,7 +114,7 @@ class MatteRun:
         """Check the outputs, then start rvm-node. Raises :class:`PluginError` with nothing started."""
         try:
             for directory in sorted({os.path.dirname(p) for p in self.patterns}):
-                _check_writable(directory)
+                check_writable(directory)
             requests = [t.request for t in self.targets]
             argv = build_command(requests, self.choices.run, self.workdir)
             env = environment(os.environ, sys.path, blender_ocio_config())

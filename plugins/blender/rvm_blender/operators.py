@@ -66,7 +66,7 @@ class _MatteOperator:
 
     def choices(self, context: Any) -> Choices:
         prefs = addon_preferences(context)
-        ratio: float | None | str = ""
+        ratio: float | str | None = ""
         if self._given("auto_ratio") or self._given("downsample_ratio"):
             ratio = None if self.auto_ratio else float(self.downsample_ratio)
         file_format = self.file_format if self._given("file_format") else prefs.file_format

@@ -61,7 +61,9 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
         name="Outputs", items=OUTPUT_ITEMS, options={"ENUM_FLAG"}, default={"alpha"}
     )
     auto_ratio: BoolProperty(  # type: ignore[valid-type]
-        name="Auto downsample", description="Internal resolution 256-512 px, from the plate size", default=True
+        name="Auto downsample",
+        description="Internal resolution 256-512 px, from the plate size",
+        default=True,
     )
     downsample_ratio: FloatProperty(  # type: ignore[valid-type]
         name="Downsample ratio", min=0.05, max=1.0, default=0.5
@@ -72,7 +74,9 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
         subtype="FILE_PATH",
     )
 
-    def run_options(self, nodes: str = "", file_format: str = "", ratio: float | None | str = "") -> RunOptions:
+    def run_options(
+        self, nodes: str = "", file_format: str = "", ratio: float | str | None = ""
+    ) -> RunOptions:
         """RunOptions from these preferences; arguments override them ("" keeps the preference)."""
         chosen_ratio = (None if self.auto_ratio else float(self.downsample_ratio)) if ratio == "" else ratio
         return RunOptions(

@@ -3,18 +3,17 @@
 Blender's Python must not start threads, and the gRPC streaming client
 does; so the client runs in its own process. Its stdout goes to a file that
 :meth:`MatteProcess.poll` reads from where it stopped, which never blocks
-and works the same on every platform. Cancelling sends an interrupt
-(Ctrl-C) so rvm-node finishes the frame it is writing and stops; each frame
-is written to a temporary name and renamed, so only complete frames remain.
+and works the same on every platform. Cancelling sends SIGTERM,
+which rvm-node treats as Ctrl-C: it stops and keeps its complete frames.
+Each frame is written to a temporary name and renamed, so only complete
+frames remain whatever happens; temporaries of a killed run are removed.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -67,7 +66,6 @@ class MatteProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._stdout = (self.workdir / "progress.jsonl").open("wb")
         self._stderr = (self.workdir / "stderr.txt").open("wb")
-        flags = subprocess.CREATE_NEW_PROCESS_GROUP if sys.platform == "win32" else 0
         try:
             self._process = subprocess.Popen(
                 self.argv,
@@ -75,7 +73,6 @@ class MatteProcess:
                 stdout=self._stdout,
                 stderr=self._stderr,
                 env=self.env,
-                creationflags=flags,
             )
         except OSError as exc:
             self._close_files()
@@ -110,16 +107,13 @@ class MatteProcess:
         return self.returncode if self.returncode is not None else -1
 
     def cancel(self, grace: float = 15.0) -> None:
-        """Interrupt rvm-node, wait for it to stop (killing it after ``grace`` s), drop temporaries."""
+        """Stop rvm-node and wait for it (killing it after ``grace`` seconds)."""
         process = self._process
         self.cancelled = True
         if process is None or process.poll() is not None:
             self.poll()
             return
-        if sys.platform == "win32":
-            process.send_signal(signal.CTRL_BREAK_EVENT)
-        else:
-            process.send_signal(signal.SIGINT)
+        process.terminate()  # rvm-node stops on SIGTERM as on Ctrl-C; on Windows this ends it at once
         try:
             process.wait(timeout=grace)
         except subprocess.TimeoutExpired:

@@ -19,6 +19,7 @@ sequences keep their file numbers, so matte frame numbers match the source.
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from dataclasses import dataclass, field
@@ -101,7 +102,9 @@ class OutputChoice:
     kinds: frozenset[str] = frozenset({"alpha"})
 
     def patterns(self, shot: str, blend_path: str) -> dict[str, str]:
-        return output_patterns(resolve_output(self.pattern, shot, blend_path, self.file_format), set(self.kinds))
+        return output_patterns(
+            resolve_output(self.pattern, shot, blend_path, self.file_format), set(self.kinds)
+        )
 
 
 def shot_name(name: str) -> str:
@@ -153,7 +156,7 @@ def strip_frame_map(
     if first_index < 0 or last_index >= len(numbers):
         raise PluginError("the strip shows frames outside its images")
     chosen = numbers[first_index : last_index + 1]
-    if any(b - a != 1 for a, b in zip(chosen, chosen[1:], strict=False)):
+    if any(b - a != 1 for a, b in itertools.pairwise(chosen)):
         raise PluginError("the strip's images are not numbered one after another")
     return FrameMap(chosen[0], chosen[-1], final_start)
 

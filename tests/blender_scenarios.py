@@ -1,0 +1,247 @@
+"""Scenarios run inside real Blender (the bpy module) by tests/test_blender_plugin.py.
+
+    python tests/blender_scenarios.py SCENARIO '{"json": "arguments"}'
+
+Runs with the bpy venv's Python and ``BLENDER_USER_RESOURCES`` pointing at a
+temporary folder. The add-on is installed the way a user would: the
+extension zip through Blender's extension install, or the legacy folder
+under ``scripts/addons``. The last stdout line is ``RESULT:`` and a JSON
+object: what the operator reported and what the scene holds afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import bpy
+
+
+def install(args: dict[str, Any]) -> str:
+    """Install and enable the add-on; return its module name."""
+    if "zip" in args:
+        bpy.ops.extensions.package_install_files(
+            filepath=args["zip"], repo="user_default", enable_on_install=True
+        )
+        module = "bl_ext.user_default.rvm_blender"
+    else:
+        import addon_utils
+
+        bpy.utils.refresh_script_paths()
+        addon_utils.modules_refresh()
+        addon_utils.enable("rvm_blender", default_set=True, handle_error=None)
+        module = "rvm_blender"
+    if module not in bpy.context.preferences.addons:
+        raise SystemExit(f"the add-on {module} did not enable")
+    prefs = bpy.context.preferences.addons[module].preferences
+    for key, value in args.get("prefs", {}).items():
+        setattr(prefs, key, value)
+    return module
+
+
+def snapshot() -> dict[str, Any]:
+    scene = bpy.context.scene
+    editor = scene.sequence_editor
+    strips = []
+    if editor is not None:
+        everything = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+        for s in everything:
+            strip = {
+                "name": s.name,
+                "type": s.type,
+                "channel": s.channel,
+                "frame_start": s.frame_start,
+                "final_start": s.frame_final_start,
+                "final_end": s.frame_final_end,
+                "blend_type": s.blend_type,
+                "colorspace": s.colorspace_settings.name,
+            }
+            if s.type == "IMAGE":
+                strip["directory"] = bpy.path.abspath(s.directory)
+                strip["files"] = [e.filename for e in s.elements]
+            strips.append(strip)
+    tree = scene.node_tree if scene.use_nodes else None
+    return {
+        "images": [
+            {
+                "name": i.name,
+                "source": i.source,
+                "colorspace": i.colorspace_settings.name,
+                "filepath": bpy.path.abspath(i.filepath),
+                "range": [i.get("rvm_frame_start"), i.get("rvm_frame_duration"), i.get("rvm_frame_offset")],
+            }
+            for i in bpy.data.images
+            if i.source in ("FILE", "SEQUENCE")
+        ],
+        "clips": [
+            {
+                "name": c.name,
+                "source": c.source,
+                "frame_start": c.frame_start,
+                "frame_offset": c.frame_offset,
+                "duration": c.frame_duration,
+                "colorspace": c.colorspace_settings.name,
+                "filepath": bpy.path.abspath(c.filepath),
+            }
+            for c in bpy.data.movieclips
+        ],
+        "strips": strips,
+        "nodes": [] if tree is None else sorted(n.bl_idname for n in tree.nodes),
+        "links": []
+        if tree is None
+        else sorted(
+            [link.from_node.bl_idname, link.from_socket.name, link.to_node.bl_idname, link.to_socket.name]
+            for link in tree.links
+        ),
+    }
+
+
+def _call(operator: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run an operator; Blender raises RuntimeError carrying the ERROR report."""
+    try:
+        result = operator(**kwargs)
+    except RuntimeError as exc:
+        return {"result": "ERROR", "error": str(exc).strip()}
+    return {"result": sorted(result)[0], "error": ""}
+
+
+def _load_clip(spec: dict[str, Any]) -> Any:
+    clip = bpy.data.movieclips.load(spec["path"])
+    clip.frame_start = spec.get("frame_start", 1)
+    clip.frame_offset = spec.get("frame_offset", 0)
+    if "colorspace" in spec:
+        clip.colorspace_settings.name = spec["colorspace"]
+    return clip
+
+
+def _scene_range(args: dict[str, Any]) -> None:
+    if "scene_range" in args:
+        bpy.context.scene.frame_start, bpy.context.scene.frame_end = args["scene_range"]
+
+
+def matte_clip(args: dict[str, Any]) -> dict[str, Any]:
+    install(args)
+    _scene_range(args)
+    clip = _load_clip(args["clip"])
+    before = snapshot()
+    outcome = _call(bpy.ops.rvm.matte_clip, clip=clip.name, **args["op"])
+    return {**outcome, "before": before, "after": snapshot()}
+
+
+def _add_strips(specs: list[dict[str, Any]]) -> list[Any]:
+    scene = bpy.context.scene
+    editor = scene.sequence_editor_create()
+    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+    made = []
+    for spec in specs:
+        if spec["type"] == "MOVIE":
+            strip = strips.new_movie(spec["name"], spec["path"], spec["channel"], spec["frame_start"])
+        else:
+            files = spec["files"]
+            strip = strips.new_image(spec["name"], files[0], spec["channel"], spec["frame_start"])
+            for path in files[1:]:
+                strip.elements.append(path.rsplit("/", 1)[-1])
+        if spec.get("trim_start"):
+            strip.frame_offset_start = spec["trim_start"]
+        if spec.get("trim_end"):
+            strip.frame_offset_end = spec["trim_end"]
+        made.append(strip)
+    return made
+
+
+def matte_strips(args: dict[str, Any]) -> dict[str, Any]:
+    install(args)
+    _scene_range(args)
+    _add_strips(args["strips"])
+    for strip in _all_strips():
+        strip.select = strip.name in args.get("select", [s["name"] for s in args["strips"]])
+    before = snapshot()
+    outcome = _call(bpy.ops.rvm.matte_strip, **args["op"])
+    return {**outcome, "before": before, "after": snapshot()}
+
+
+def _all_strips() -> Any:
+    editor = bpy.context.scene.sequence_editor
+    return editor.strips if hasattr(editor, "strips") else editor.sequences
+
+
+def test_connection(args: dict[str, Any]) -> dict[str, Any]:
+    install(args)
+    return _call(bpy.ops.rvm.test_connection, **args.get("op", {}))
+
+
+def cancel_then_resume(args: dict[str, Any]) -> dict[str, Any]:
+    """Drive a run as the modal operator does (start, poll, Esc), then run the operator again to resume."""
+    module = install(args)
+    jobs = importlib.import_module(f"{module}.jobs")
+    shots = importlib.import_module(f"{module}.shots")
+    clip = _load_clip(args["clip"])
+    prefs = bpy.context.preferences.addons[module].preferences
+    choices = jobs.Choices(
+        output=shots.OutputChoice(args["op"]["output"], "EXR", frozenset({"alpha"})),
+        run=prefs.run_options(nodes=args["op"]["node"]),
+    )
+    run = jobs.MatteRun(bpy.context.scene, jobs.clip_targets([clip], bpy.context.scene, choices), choices)
+    process = run.start()
+    deadline = time.monotonic() + 120
+    while process.poll() and process.done < args["cancel_after"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    done_at_cancel = process.done
+    process.cancel()
+    outcome = run.finish(bpy.context)
+    folder = os.path.dirname(args["op"]["output"])
+    cancelled = {
+        "files": {name: _digest(os.path.join(folder, name)) for name in sorted(os.listdir(folder))},
+        "errors": outcome.errors,
+        "loaded": outcome.loaded,
+        "cancelled": outcome.cancelled,
+        "done_at_cancel": done_at_cancel,
+        "after": snapshot(),
+    }
+    resumed = _call(bpy.ops.rvm.matte_clip, clip=clip.name, **args["op"])
+    return {"cancel": cancelled, "resume": {**resumed, "after": snapshot()}}
+
+
+def _digest(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def calls(args: dict[str, Any]) -> dict[str, Any]:
+    """Several operator calls in one Blender; each says whether the scene is as it was before it."""
+    install(args)
+    clip = _load_clip(args["clip"])
+    missing = bpy.data.movieclips.load(args["clip"]["path"])
+    missing.name = "missing"
+    missing.filepath = args["missing_clip"]
+    operators = {
+        "matte_clip": lambda **kw: bpy.ops.rvm.matte_clip(clip=clip.name, **kw),
+        "matte_clip_named": bpy.ops.rvm.matte_clip,
+        "matte_missing_clip": lambda **kw: bpy.ops.rvm.matte_clip(clip="missing", **kw),
+        "matte_strip": bpy.ops.rvm.matte_strip,
+        "test_connection": bpy.ops.rvm.test_connection,
+    }
+    results = []
+    for name, operator, kwargs in args["calls"]:
+        before = snapshot()
+        outcome = _call(operators[operator], **kwargs)
+        results.append([name, {**outcome, "unchanged": snapshot() == before}])
+    return {"calls": results}
+
+
+SCENARIOS = {
+    "calls": calls,
+    "matte_clip": matte_clip,
+    "matte_strips": matte_strips,
+    "test_connection": test_connection,
+    "cancel_then_resume": cancel_then_resume,
+}
+
+if __name__ == "__main__":
+    name, arguments = sys.argv[1], json.loads(sys.argv[2])
+    print("RESULT:" + json.dumps(SCENARIOS[name](arguments)), flush=True)

@@ -1,0 +1,280 @@
+"""The Blender add-on's bpy-free parts: frame mapping, output paths, command lines, the progress reader.
+
+What needs Blender itself runs in tests/test_blender_plugin.py.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "blender"))
+
+from rvm_blender import command, process, shots
+from rvm_blender.shots import FrameMap, PluginError, ShotRequest
+
+from rvm_node.farm import load_shot_list
+
+
+def test_movie_clip_frames_follow_blender() -> None:
+    # movie frame (from 0) shown at scene frame f is f - frame_start + frame_offset; numbered from 1
+    frames = shots.clip_frame_map(is_movie=True, first_file=1, frame_start=1001, frame_offset=0, duration=120)
+    assert (frames.first, frames.last, frames.scene_first) == (1, 120, 1001)
+    offset = shots.clip_frame_map(is_movie=True, first_file=1, frame_start=1, frame_offset=5, duration=120)
+    assert (offset.first, offset.last, offset.scene_frame(offset.first)) == (6, 120, 1)
+    sequence = shots.clip_frame_map(
+        is_movie=False, first_file=1001, frame_start=1, frame_offset=2, duration=30
+    )
+    assert (sequence.first, sequence.last, sequence.scene_first) == (1003, 1032, 1)
+    with pytest.raises(PluginError, match="no frames"):
+        shots.clip_frame_map(is_movie=True, first_file=1, frame_start=1, frame_offset=0, duration=0)
+    with pytest.raises(PluginError, match="frame offset 130"):
+        shots.clip_frame_map(is_movie=True, first_file=1, frame_start=1, frame_offset=130, duration=120)
+
+
+def test_scene_range_clamps_the_shot() -> None:
+    frames = FrameMap(6, 120, 1)
+    clamped = frames.clamp_to_scene(10, 20, "clip c")
+    assert (clamped.first, clamped.last, clamped.scene_first) == (15, 25, 10)
+    with pytest.raises(PluginError, match="clip c: no frames inside the scene range 200-300"):
+        frames.clamp_to_scene(200, 300, "clip c")
+    with pytest.raises(PluginError, match="no frames to matte"):
+        FrameMap(5, 4, 1)
+
+
+def test_strip_frames_follow_trims_and_file_numbers() -> None:
+    movie = shots.strip_frame_map(frame_start=10, final_start=15, final_end=130, numbers=None)
+    assert (movie.first, movie.last, movie.scene_first) == (6, 120, 15)
+    numbers = list(range(1001, 1031))
+    images = shots.strip_frame_map(frame_start=200, final_start=202, final_end=230, numbers=numbers)
+    assert (images.first, images.last, images.scene_first) == (1003, 1030, 202)
+    with pytest.raises(PluginError, match="outside its images"):
+        shots.strip_frame_map(frame_start=200, final_start=200, final_end=240, numbers=numbers)
+    with pytest.raises(PluginError, match="not numbered one after another"):
+        shots.strip_frame_map(frame_start=0, final_start=0, final_end=3, numbers=[1, 2, 4])
+    with pytest.raises(PluginError, match="empty"):
+        shots.strip_frame_map(frame_start=0, final_start=5, final_end=5, numbers=None)
+
+
+def test_frame_patterns_and_paths() -> None:
+    assert shots.frame_pattern("/p/plate_v2.1001.exr") == ("/p/plate_v2.####.exr", 1001)
+    assert shots.frame_path("/m/x.####.exr", 7) == "/m/x.0007.exr"
+    assert shots.frame_path("/m/x.%06d.exr", 7) == "/m/x.000007.exr"
+    assert shots.frame_path("/m/x.##.exr", 1001) == "/m/x.1001.exr"
+    with pytest.raises(PluginError, match="needs a frame number"):
+        shots.frame_pattern("/p/plate.exr")
+
+
+def test_output_patterns_resolve_relative_to_the_blend(tmp_path: Path) -> None:
+    blend = str(tmp_path / "shot.blend")
+    alpha = shots.resolve_output("//mattes/{shot}/{shot}_matte.####.exr", "sh010", blend, "EXR")
+    assert alpha == str(tmp_path / "mattes" / "sh010" / "sh010_matte.####.exr")
+    assert shots.resolve_output("/m/{shot}.####.exr", "a", "", "PNG16") == "/m/a.####.png"
+    kinds = shots.output_patterns(alpha, {"alpha", "foreground", "composition"})
+    assert kinds["foreground"].endswith("sh010_fgr.####.exr")
+    assert kinds["composition"].endswith("sh010_comp.####.exr")
+    plain = shots.output_patterns("/m/a.####.exr", {"alpha", "foreground"})
+    assert plain == {"alpha": "/m/a.####.exr", "foreground": "/m/a_fgr.####.exr"}
+    with pytest.raises(PluginError, match=r"save the \.blend file first"):
+        shots.resolve_output("//m/{shot}.####.exr", "a", "", "EXR")
+    with pytest.raises(PluginError, match="needs a frame field"):
+        shots.resolve_output("/m/{shot}.exr", "a", blend, "EXR")
+    with pytest.raises(PluginError, match="absolute path"):
+        shots.resolve_output("m/{shot}.####.exr", "a", blend, "EXR")
+    with pytest.raises(PluginError, match="expected one of EXR, PNG16"):
+        shots.resolve_output("/m/{shot}.####.exr", "a", blend, "TIFF")
+    with pytest.raises(PluginError, match="outputs: expected some of"):
+        shots.output_patterns(alpha, {"depth"})
+    assert shots.shot_name("my plate v2.mov") == "my_plate_v2"
+    assert shots.shot_name("***") == "shot"
+
+
+def test_run_options_are_checked(tmp_path: Path) -> None:
+    assert command.parse_nodes(" a:1, b:2 ;c:3") == ("a:1", "b:2", "c:3")
+    with pytest.raises(PluginError, match="expected HOST:PORT"):
+        command.parse_nodes("localhost")
+    with pytest.raises(PluginError, match="no render node"):
+        command.RunOptions(nodes=())
+    with pytest.raises(PluginError, match="format 'TIFF'"):
+        command.RunOptions(nodes=("a:1",), file_format="TIFF")
+    with pytest.raises(PluginError, match=r"downsample ratio 1.5"):
+        command.RunOptions(nodes=("a:1",), downsample_ratio=1.5)
+    with pytest.raises(PluginError, match=r"token file .*: not found"):
+        command.RunOptions(nodes=("a:1",), token_file=str(tmp_path / "missing"))
+
+
+def _shot(tmp_path: Path, name: str = "sh010") -> ShotRequest:
+    plate = tmp_path / "plate.mp4"
+    plate.write_bytes(b"")
+    return ShotRequest(
+        name=name,
+        input=str(plate),
+        frames=FrameMap(6, 25, 1),
+        outputs={
+            "alpha": str(tmp_path / name / "m.####.exr"),
+            "foreground": str(tmp_path / name / "f.####.exr"),
+        },
+        input_colorspace="Linear Rec.709",
+    )
+
+
+def test_one_shot_on_one_node_runs_matte(tmp_path: Path) -> None:
+    options = command.RunOptions(nodes=("h:1",), downsample_ratio=0.25, token_file=__file__)
+    argv = command.build_command([_shot(tmp_path)], options, tmp_path)
+    assert argv[:4] == [sys.executable, "-m", "rvm_node", "matte"]
+    text = " ".join(argv)
+    for part in (
+        "--node h:1",
+        f"--token-file {__file__}",
+        "--frames 6-25",
+        "--downsample-ratio 0.25",
+        "--input-colorspace Linear Rec.709",
+        "--exr-channels RGBA",
+        "--resume",
+        "--progress-json",
+        f"--output-foreground {tmp_path / 'sh010' / 'f.####.exr'}",
+    ):
+        assert part in text
+    png = command.build_command([_shot(tmp_path)], command.RunOptions(("h:1",), "PNG16", None), tmp_path)
+    assert "--bit-depth 16" in " ".join(png) and "--downsample-ratio auto" in " ".join(png)
+    external = command.RunOptions(nodes=("h:1",), executable="/opt/rvm/bin/rvm-node")
+    assert command.build_command([_shot(tmp_path)], external, tmp_path)[:2] == [
+        "/opt/rvm/bin/rvm-node",
+        "matte",
+    ]
+
+
+def test_several_shots_go_to_the_farm_as_a_shot_list_it_accepts(tmp_path: Path) -> None:
+    shots_ = [_shot(tmp_path, "a"), _shot(tmp_path, "b")]
+    options = command.RunOptions(nodes=("h:1", "h:2"), file_format="PNG16", downsample_ratio=None)
+    argv = command.build_command(shots_, options, tmp_path)
+    assert argv[3:6] == ["farm", "run", str(tmp_path / "shots.toml")]
+    assert argv[argv.index("--nodes") + 1] == "h:1,h:2"
+    parsed = load_shot_list(tmp_path / "shots.toml")  # the farm's own parser
+    assert [s.name for s in parsed] == ["a", "b"]
+    assert parsed[0].frames is not None and (parsed[0].frames.first, parsed[0].frames.last) == (6, 25)
+    assert parsed[0].outputs == shots_[0].outputs and parsed[0].downsample_ratio is None
+    assert parsed[0].input_colorspace == "Linear Rec.709" and parsed[0].settings.bit_depth == 16
+    # one shot over two nodes also goes through the farm, for failover
+    assert "farm" in command.build_command(shots_[:1], options, tmp_path)
+    with pytest.raises(PluginError, match="nothing to matte"):
+        command.build_command([], options, tmp_path)
+
+
+def test_environment_carries_the_import_path_and_blenders_ocio(tmp_path: Path) -> None:
+    env = command.environment({"PATH": "/bin"}, [str(tmp_path), "/does/not/exist", ""], "/b/config.ocio")
+    assert env["PYTHONPATH"] == str(tmp_path) and env["OCIO"] == "/b/config.ocio"
+    studio = command.environment({"OCIO": "/studio.ocio", "PYTHONPATH": "/x"}, [str(tmp_path)], "/b/c.ocio")
+    assert studio["OCIO"] == "/studio.ocio" and studio["PYTHONPATH"] == os.pathsep.join([str(tmp_path), "/x"])
+
+
+def test_overwrite_clears_only_the_shots_frames(tmp_path: Path) -> None:
+    shot = _shot(tmp_path)
+    folder = tmp_path / "sh010"
+    folder.mkdir()
+    for n in (5, 6, 25, 26):
+        (folder / f"m.{n:04d}.exr").write_bytes(b"x")
+    (folder / "notes.txt").write_text("keep")
+    assert command.clear_outputs(shot) == 2
+    assert sorted(p.name for p in folder.iterdir()) == ["m.0005.exr", "m.0026.exr", "notes.txt"]
+
+
+def test_output_folders_are_checked_before_anything_starts(tmp_path: Path) -> None:
+    command.check_writable(str(tmp_path / "new" / "deeper"))
+    assert (tmp_path / "new" / "deeper").is_dir()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PluginError, match="is a file, not a folder"):
+        command.check_writable(str(tmp_path / "file" / "m"))
+    with pytest.raises(PluginError, match="/proc/rvm-node-test: cannot write there"):
+        command.check_writable("/proc/rvm-node-test")  # refused even to root
+
+
+def _script(tmp_path: Path, body: str) -> list[str]:
+    path = tmp_path / "fake_rvm_node.py"
+    path.write_text(body)
+    return [sys.executable, str(path)]
+
+
+def test_progress_lines_from_matte_and_farm(tmp_path: Path) -> None:
+    matte = _script(
+        tmp_path,
+        "import json\n"
+        "for i in range(1, 4):\n"
+        "    print(json.dumps({'frame': i, 'done': i, 'total': 3, 'fps': 2.0, 'eta': 1, 'state': 'running'}))\n"
+        "print(json.dumps({'frame': None, 'done': 3, 'total': 3, 'fps': 2.0, 'state': 'done'}))\n",
+    )
+    run = process.MatteProcess(matte, dict(os.environ), tmp_path / "a", {"sh": 5})
+    run.start()
+    assert run.wait() == 0 and run.ok
+    assert run.shots["sh"].done == 5 and run.fps == 2.0  # 2 frames were already on disk (total 3 of 5)
+    farm = _script(
+        tmp_path,
+        "import json, sys\n"
+        "print(json.dumps({'event': 'frame', 'shot': 'a', 'node': 'n1', 'frames': 2, 'total': 4}))\n"
+        "print(json.dumps({'event': 'done', 'shot': 'a', 'node': 'n2', 'frames': 4, 'total': 4}))\n"
+        "print(json.dumps({'event': 'failed', 'shot': 'b', 'node': 'n1', 'frames': 1, 'message': 'node lost'}))\n"
+        "sys.exit(4)\n",
+    )
+    run = process.MatteProcess(farm, dict(os.environ), tmp_path / "b", {"a": 4, "b": 4})
+    run.start()
+    assert run.wait() == 4 and not run.ok
+    assert run.shots["a"].state == "done" and run.shots["a"].nodes == ["n1", "n2"]
+    assert run.shots["b"].state == "failed" and run.error_line() == "node lost"
+    assert run.done == 5 and "5/8 frames" in run.status_text()
+
+
+def test_error_line_is_rvm_nodes_own(tmp_path: Path) -> None:
+    failing = _script(
+        tmp_path,
+        "import sys\nprint('warming up', file=sys.stderr)\n"
+        "print('rvm-node: error: node 127.0.0.1:9: unavailable', file=sys.stderr)\nsys.exit(4)\n",
+    )
+    run = process.MatteProcess(failing, dict(os.environ), tmp_path / "c", {"sh": 3})
+    run.start()
+    assert run.wait() == 4 and run.shots["sh"].state == "failed"
+    assert run.error_line() == "node 127.0.0.1:9: unavailable"
+    crash = _script(tmp_path, "raise SystemExit('Traceback: boom')\n")
+    run = process.MatteProcess(crash, dict(os.environ), tmp_path / "d", {"sh": 3})
+    run.start()
+    run.wait()
+    assert run.error_line() == "Traceback: boom"
+    with pytest.raises(OSError, match="cannot start"):
+        process.MatteProcess([str(tmp_path / "missing")], {}, tmp_path / "e", {"sh": 1}).start()
+
+
+def test_cancel_interrupts_and_partial_lines_wait(tmp_path: Path) -> None:
+    slow = _script(
+        tmp_path,
+        "import json, signal, sys, time\n"
+        "def stop(*args):\n    raise KeyboardInterrupt\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        "sys.stdout.write(json.dumps({'done': 1, 'total': 9, 'state': 'running'}) + '\\n' + '{\"do')\n"
+        "sys.stdout.flush()\n"
+        "try:\n    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('ne\": 1}')\n"
+        "    print(json.dumps({'done': 1, 'total': 9, 'state': 'interrupted', 'message': 'stop'}))\n"
+        "    sys.exit(130)\n",
+    )
+    run = process.MatteProcess(slow, dict(os.environ), tmp_path / "f", {"sh": 9})
+    run.start()
+    deadline = time.monotonic() + 30
+    while run.done < 1 and time.monotonic() < deadline:
+        run.poll()
+        time.sleep(0.02)
+    assert run.done == 1
+    started = time.monotonic()
+    run.cancel()
+    assert time.monotonic() - started < 10  # interrupted, not killed after the grace period
+    assert run.returncode == 130 and run.cancelled and run.shots["sh"].state == "cancelled"
+
+
+def test_leftover_temporaries_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "m.0001.exr").write_bytes(b"x")
+    (tmp_path / ".m.0002.abc.rvmtmp.exr").write_bytes(b"x")
+    assert process.remove_temporaries([str(tmp_path / "m.####.exr")]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["m.0001.exr"]

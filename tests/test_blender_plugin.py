@@ -1,0 +1,453 @@
+"""The Blender add-on in real Blender (the bpy 4.5 module in its own venv) against real render nodes.
+
+scripts/setup-blender-venv makes ``.venv-blender``; ``RVM_NODE_BLENDER_PYTHON``
+names another Python with bpy. The add-on is built with plugins/blender/build.py
+(Linux wheels) and installed into a temporary ``BLENDER_USER_RESOURCES``; its
+rvm-node subprocess runs on Blender's Python with the bundled wheels only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rvm_node.io.images import read_image, write_image
+from tests.helpers import spawn_node
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIOS = Path(__file__).with_name("blender_scenarios.py")
+PYTHON_ENV = "RVM_NODE_BLENDER_PYTHON"
+
+
+@pytest.fixture(scope="session")
+def blender_python() -> Path:
+    path = Path(os.environ.get(PYTHON_ENV) or ROOT / ".venv-blender" / "bin" / "python")
+    if not path.exists():
+        pytest.fail(f"{path}: no Python with bpy; run scripts/setup-blender-venv or set {PYTHON_ENV}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dist = tmp_path_factory.mktemp("dist")
+    build = [
+        sys.executable,
+        str(ROOT / "plugins/blender/build.py"),
+        "--platform",
+        "linux-x64",
+        "--dist",
+        str(dist),
+    ]
+    subprocess.run(build, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return next(dist.glob("rvm_blender-*.zip"))
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[str]:
+    process, address = spawn_node()
+    yield address
+    process.terminate()
+    process.wait(30)
+
+
+@pytest.fixture(scope="session")
+def clip(weights_cache: Path) -> Path:
+    from rvm_node.example import example_clip
+
+    return example_clip()  # carphone: 120 frames, 176x144
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "OCIO")}
+    env["BLENDER_USER_RESOURCES"] = str(tmp_path / "blender-user")
+    return env
+
+
+def blender(python: Path, scenario: str, args: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
+    argv = [str(python), str(SCENARIOS), scenario, json.dumps(args)]
+    done = subprocess.run(argv, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    return _result(done.returncode, done.stdout, done.stderr)
+
+
+def _result(code: int, stdout: str, stderr: str) -> dict[str, Any]:
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT:")]
+    if code != 0 or not lines:
+        raise AssertionError(f"Blender scenario failed ({code}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT:"))
+    return result
+
+
+def direct_matte(source: Path | str, node: str, frames: str, out: Path, *extra: str) -> None:
+    """The reference: rvm-node matte from the command line, same node, same frames."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rvm_node",
+            "matte",
+            "--input-source",
+            str(source),
+            "--node",
+            node,
+            "--frames",
+            frames,
+            "--output-alpha",
+            str(out),
+            "--quiet",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def alpha(path: Path) -> np.ndarray:
+    if path.suffix == ".exr":
+        import OpenEXR
+
+        with OpenEXR.File(str(path), separate_channels=True) as exr:
+            channels = exr.channels()
+            a = channels["A"].pixels.astype(np.float32)
+            for name in "RGB":  # R=G=B=A: Blender reads the matte from any channel
+                assert np.array_equal(channels[name].pixels.astype(np.float32), a)
+            return a
+    pixels = read_image(path).pixels
+    return pixels[..., 0].astype(np.float32) / (65535.0 if pixels.dtype == np.uint16 else 255.0)
+
+
+def assert_same_mattes(ours: Path, reference: Path, numbers: range, name: str, ext: str = "exr") -> None:
+    files = sorted(p.name for p in ours.iterdir())
+    assert files == [f"{name}.{n:04d}.{ext}" for n in numbers]
+    for n in numbers:
+        a, b = alpha(ours / f"{name}.{n:04d}.{ext}"), alpha(reference / f"ref.{n:04d}.{ext}")
+        assert np.abs(a - b).max() <= 1e-3, f"frame {n}"
+
+
+def test_extension_zip_mattes_a_clip_and_loads_it_back(
+    blender_python: Path, extension_zip: Path, node: str, clip: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = blender(
+        blender_python,
+        "matte_clip",
+        {
+            "zip": str(extension_zip),
+            "clip": {"path": str(clip), "frame_start": 1001},
+            "op": {
+                "node": node,
+                "output": f"{out}/{{shot}}/{{shot}}_matte.####.exr",
+                "compositor": True,
+                "blocking": True,
+            },
+        },
+        tmp_path,
+    )
+    assert result["result"] == "FINISHED", result["error"]
+    reference = tmp_path / "reference"
+    direct_matte(clip, node, "1-120", reference / "ref.####.exr")
+    assert_same_mattes(out / "carphone", reference, range(1, 121), "carphone_matte")
+    after = result["after"]
+    image = next(i for i in after["images"] if i["name"] == "carphone_matte")
+    assert image["source"] == "SEQUENCE" and image["colorspace"] == "Non-Color"
+    assert image["filepath"] == str(out / "carphone" / "carphone_matte.0001.exr")
+    assert image["range"] == [1001, 120, 0]
+    matte_clip = next(c for c in after["clips"] if c["name"] == "carphone_matte")
+    assert matte_clip["source"] == "SEQUENCE" and matte_clip["frame_start"] == 1001
+    assert matte_clip["duration"] == 120 and matte_clip["colorspace"] == "Non-Color"
+    assert after["nodes"].count("CompositorNodeMovieClip") == 2 and "CompositorNodeSetAlpha" in after["nodes"]
+    assert ["CompositorNodeMovieClip", "Image", "CompositorNodeSetAlpha", "Alpha"] in after["links"]
+    assert ["CompositorNodeSetAlpha", "Image", "CompositorNodeViewer", "Image"] in after["links"]
+
+
+def test_legacy_folder_with_offset_scene_range_and_png(
+    blender_python: Path, node: str, clip: Path, tmp_path: Path
+) -> None:
+    addons = tmp_path / "blender-user" / "scripts" / "addons"
+    build = [
+        sys.executable,
+        str(ROOT / "plugins/blender/build.py"),
+        "--platform",
+        "linux-x64",
+        "--legacy",
+        str(addons),
+    ]
+    subprocess.run(build, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    out = tmp_path / "out"
+    result = blender(
+        blender_python,
+        "matte_clip",
+        {
+            "legacy": True,
+            "scene_range": [1, 20],
+            "clip": {"path": str(clip), "frame_offset": 5},
+            "op": {
+                "node": node,
+                "output": f"{out}/m.####.exr",
+                "file_format": "PNG16",
+                "frame_range": "SCENE",
+                "auto_ratio": False,
+                "downsample_ratio": 0.5,
+                "blocking": True,
+            },
+        },
+        tmp_path,
+    )
+    assert result["result"] == "FINISHED", result["error"]
+    # scene frames 1-20 show movie frames 6-25 (frame_offset 5)
+    reference = tmp_path / "reference"
+    direct_matte(
+        clip, node, "6-25", reference / "ref.####.png", "--bit-depth", "16", "--downsample-ratio", "0.5"
+    )
+    assert_same_mattes(out, reference, range(6, 26), "m", "png")
+    matte_clip = next(c for c in result["after"]["clips"] if c["name"] == "carphone_matte")
+    assert matte_clip["frame_start"] == 1 and matte_clip["duration"] == 20
+    assert result["after"]["nodes"] == result["before"]["nodes"]  # no compositor unless asked
+
+
+@pytest.fixture
+def plate_sequence(clip_frames: np.ndarray, tmp_path: Path) -> list[Path]:
+    """30 PNG frames numbered 1001-1030."""
+    folder = tmp_path / "plates"
+    paths = []
+    for i, frame in enumerate(clip_frames[:30]):
+        path = folder / f"plate.{1001 + i}.png"
+        folder.mkdir(exist_ok=True)
+        write_image(path, frame.transpose(1, 2, 0))
+        paths.append(path)
+    return paths
+
+
+def _strip_args(zip_path: Path, clip: Path, plates: list[Path], out: Path, nodes: str) -> dict[str, Any]:
+    return {
+        "zip": str(zip_path),
+        "strips": [
+            {
+                "type": "MOVIE",
+                "name": "movie",
+                "path": str(clip),
+                "channel": 2,
+                "frame_start": 10,
+                "trim_start": 5,
+            },
+            {
+                "type": "IMAGE",
+                "name": "seq",
+                "files": [str(p) for p in plates],
+                "channel": 5,
+                "frame_start": 200,
+            },
+        ],
+        "op": {"node": nodes, "output": f"{out}/{{shot}}/{{shot}}.####.exr", "blocking": True},
+    }
+
+
+def _check_strips(
+    result: dict[str, Any], out: Path, clip: Path, plates: list[Path], node: str, tmp_path: Path
+) -> None:
+    assert result["result"] == "FINISHED", result["error"]
+    strips = {s["name"]: s for s in result["after"]["strips"]}
+    for plate, matte in (("movie", "movie_matte"), ("seq", "seq_matte")):
+        p, m = strips[plate], strips[matte]
+        assert m["type"] == "IMAGE" and m["channel"] == p["channel"] + 1
+        assert (m["final_start"], m["final_end"]) == (p["final_start"], p["final_end"])
+        assert m["blend_type"] == "ALPHA_OVER" and m["colorspace"] == "Non-Color"
+    # the movie strip starts at 10, trimmed by 5: its first visible frame is movie frame 6
+    assert (
+        strips["movie_matte"]["files"][0] == "movie.0006.exr" and len(strips["movie_matte"]["files"]) == 115
+    )
+    assert strips["seq_matte"]["files"] == [f"seq.{n}.exr" for n in range(1001, 1031)]
+    reference = tmp_path / "reference"
+    direct_matte(clip, node, "6-120", reference / "movie" / "ref.####.exr")
+    assert_same_mattes(out / "movie", reference / "movie", range(6, 121), "movie")
+    direct_matte(
+        str(plates[0]).replace("1001", "####"), node, "1001-1030", reference / "seq" / "ref.####.exr"
+    )
+    assert_same_mattes(out / "seq", reference / "seq", range(1001, 1031), "seq")
+
+
+def test_strips_get_a_matte_one_channel_up(
+    blender_python: Path,
+    extension_zip: Path,
+    node: str,
+    clip: Path,
+    plate_sequence: list[Path],
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    result = blender(
+        blender_python, "matte_strips", _strip_args(extension_zip, clip, plate_sequence, out, node), tmp_path
+    )
+    _check_strips(result, out, clip, plate_sequence, node, tmp_path)
+
+
+def run_killing_a_node(
+    python: Path,
+    scenario: str,
+    args: dict[str, Any],
+    doomed: subprocess.Popen[str],
+    out: Path,
+    tmp_path: Path,
+) -> dict[str, Any]:
+    """Run a scenario and SIGKILL ``doomed`` once 20 frames are on disk under ``out``."""
+    argv = [str(python), str(SCENARIOS), scenario, json.dumps(args)]
+    run = subprocess.Popen(
+        argv, env=_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and run.poll() is None:
+            if len(list(out.rglob("*.exr"))) >= 20:
+                break
+            time.sleep(0.05)
+        assert run.poll() is None, "the run ended before the node could be killed"
+        doomed.send_signal(signal.SIGKILL)
+        stdout, stderr = run.communicate(timeout=600)
+    finally:
+        doomed.kill()
+        run.kill()
+    return _result(run.returncode, stdout, stderr)
+
+
+def test_two_shots_over_two_nodes_survive_a_node_dying(
+    blender_python: Path,
+    extension_zip: Path,
+    node: str,
+    clip: Path,
+    plate_sequence: list[Path],
+    tmp_path: Path,
+) -> None:
+    doomed, doomed_address = spawn_node()
+    out = tmp_path / "out"
+    args = _strip_args(extension_zip, clip, plate_sequence, out, f"{doomed_address},{node}")
+    result = run_killing_a_node(blender_python, "matte_strips", args, doomed, out, tmp_path)
+    _check_strips(result, out, clip, plate_sequence, node, tmp_path)
+
+
+def test_the_only_node_dying_is_reported_and_frames_stay_whole(
+    blender_python: Path, extension_zip: Path, clip: Path, tmp_path: Path
+) -> None:
+    doomed, address = spawn_node()
+    out = tmp_path / "out"
+    args = {
+        "zip": str(extension_zip),
+        "clip": {"path": str(clip)},
+        "op": {"node": address, "output": f"{out}/m.####.exr", "blocking": True},
+    }
+    result = run_killing_a_node(blender_python, "matte_clip", args, doomed, out, tmp_path)
+    assert result["result"] == "ERROR" and address in result["error"], result["error"]
+    assert len(result["error"].splitlines()) == 1
+    assert result["after"] == result["before"]  # nothing loaded
+    frames = sorted(out.glob("m.*.exr"))
+    assert 20 <= len(frames) < 120 and not list(out.glob("*.rvmtmp*"))
+    for path in frames:  # every frame left is whole
+        assert alpha(path).shape == (144, 176)
+
+
+def test_cancel_keeps_complete_frames_and_a_rerun_resumes(
+    blender_python: Path, extension_zip: Path, node: str, clip: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    result = blender(
+        blender_python,
+        "cancel_then_resume",
+        {
+            "zip": str(extension_zip),
+            "clip": {"path": str(clip)},
+            "cancel_after": 40,
+            # both runs take the ratio from the preferences: a resume needs the same settings
+            "prefs": {"auto_ratio": False, "downsample_ratio": 1.0},
+            "op": {"node": node, "output": f"{out}/m.####.exr", "blocking": True},
+        },
+        tmp_path,
+    )
+    cancelled = result["cancel"]
+    assert cancelled["cancelled"] and not cancelled["loaded"]
+    assert cancelled["done_at_cancel"] >= 40, "the run ended before it could be cancelled"
+    assert "cancelled;" in cancelled["errors"][0] and "run again to resume" in cancelled["errors"][0]
+    assert not cancelled["after"]["images"] and len(cancelled["after"]["clips"]) == 1  # scene unchanged
+    assert not [name for name in cancelled["files"] if ".rvmtmp" in name]  # no temporary left
+    kept = {name: digest for name, digest in cancelled["files"].items() if name.endswith(".exr")}
+    assert 40 <= len(kept) < 120
+    assert result["resume"]["result"] == "FINISHED", result["resume"]["error"]
+    reference = tmp_path / "reference"
+    direct_matte(clip, node, "1-120", reference / "ref.####.exr", "--downsample-ratio", "1.0")
+    assert_same_mattes(out, reference, range(1, 121), "m")  # resumed from a state checkpoint: same numbers
+    # the frames left by the cancel were complete: the resume kept them byte for byte
+    assert all(
+        hashlib.sha256((out / name).read_bytes()).hexdigest() == digest for name, digest in kept.items()
+    )
+
+
+def test_errors_are_one_line_and_leave_the_scene_alone(
+    blender_python: Path, extension_zip: Path, node: str, clip: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "node_token").write_text("right\n")
+    (tmp_path / "our_token").write_text("wrong\n")
+    (tmp_path / "a_file").write_text("not a folder")
+    guarded, guarded_address = spawn_node("--token-file", str(tmp_path / "node_token"))
+    out = tmp_path / "out"
+    ok = {"node": node, "output": f"{out}/m.####.exr", "blocking": True}
+    try:
+        result = blender(
+            blender_python,
+            "calls",
+            {
+                "zip": str(extension_zip),
+                "clip": {"path": str(clip)},
+                "missing_clip": str(tmp_path / "gone.mp4"),
+                "calls": [
+                    ["node down", "matte_clip", {**ok, "node": "127.0.0.1:1"}],
+                    ["wrong token", "matte_clip", {**ok, "node": guarded_address}],
+                    ["unreadable clip", "matte_missing_clip", ok],
+                    ["unwritable output", "matte_clip", {**ok, "output": f"{tmp_path}/a_file/m.####.exr"}],
+                    [
+                        "relative output, unsaved .blend",
+                        "matte_clip",
+                        {**ok, "output": "//m/{shot}.####.exr"},
+                    ],
+                    ["no clip", "matte_clip_named", {**ok, "clip": "nope"}],
+                    ["no strips", "matte_strip", ok],
+                    ["bad node", "matte_clip", {**ok, "node": "localhost"}],
+                    ["test connection, node down", "test_connection", {"node": "127.0.0.1:1"}],
+                    ["test connection, wrong token", "test_connection", {"node": guarded_address}],
+                ],
+                "prefs": {"token_file": str(tmp_path / "our_token")},
+            },
+            tmp_path,
+        )
+    finally:
+        guarded.kill()
+        guarded.wait()
+    outcome = {name: call for name, call in result["calls"]}
+    expected = {
+        "node down": "127.0.0.1:1",
+        "wrong token": "token",
+        "unreadable clip": "cannot read",
+        "unwritable output": "a_file is a file, not a folder",
+        "relative output, unsaved .blend": "save the .blend file first",
+        "no clip": "no movie clip named 'nope'",
+        "no strips": "select one or more movie or image strips",
+        "bad node": "expected HOST:PORT",
+        "test connection, node down": "127.0.0.1:1",
+        "test connection, wrong token": "token",
+    }
+    for name, fragment in expected.items():
+        call = outcome[name]
+        assert call["result"] == "ERROR" and fragment in call["error"], (name, call)
+        assert len(call["error"].splitlines()) == 1, (name, call["error"])
+        assert call["error"].startswith("Error: RVM:"), (name, call["error"])
+        assert call["unchanged"], name
+    assert not out.exists() or not any(out.iterdir())
