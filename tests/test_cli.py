@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 
 from rvm_node.cli import EXIT_BACKEND, EXIT_INPUT, EXIT_USAGE, main
 from rvm_node.engine import weights
+from tests.helpers import spawn_node
 
 
 def rvm_node(*args: str) -> subprocess.CompletedProcess[str]:
@@ -140,3 +142,29 @@ def test_example_mattes_the_clip(tmp_path: Path) -> None:
         assert sum(1 for _ in video.decode(stream)) == 120
     again = rvm_node("example", "--output-dir", str(out))
     assert again.returncode == EXIT_INPUT and "already exists" in again.stderr
+
+
+def test_info_asks_each_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "wrong").write_text("nope\n")
+    process, address = spawn_node("--token-file", str(tmp_path / "token"))
+    try:
+        assert main(["info", "--node", address, "--token-file", str(tmp_path / "token"), "--json"]) == 0
+        info = json.loads(capsys.readouterr().out)
+        assert info["ok"] and info["node"] == address and info["max_streams"] == 4 and info["device"] == "cpu"
+        assert main(["info", "--node", address, "--token-file", str(tmp_path / "token")]) == 0
+        assert capsys.readouterr().out.startswith(f"{address}: rvm-node ")
+        both = f"{address},127.0.0.1:1"
+        assert (
+            main(["info", "--node", both, "--token-file", str(tmp_path / "wrong"), "--json"]) == EXIT_BACKEND
+        )
+        lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        assert [line["ok"] for line in lines] == [False, False]
+        assert "bearer token" in lines[0]["error"] and "127.0.0.1:1" in lines[1]["error"]
+        assert main(["info", "--node", " , "]) == EXIT_INPUT
+        assert "--node: expected HOST:PORT" in capsys.readouterr().err
+        assert main(["info", "--node", address, "--ca-file", str(tmp_path / "missing.pem")]) == EXIT_INPUT
+        assert "cannot read the CA file" in capsys.readouterr().err
+    finally:
+        process.kill()
+        process.wait()

@@ -679,7 +679,9 @@ def test_composition_over_a_background_video(backend, clip: Path, tmp_path: Path
         assert sum(1 for _ in video.decode(video=0)) == 5
 
 
-def test_interrupt_exits_130_and_keeps_complete_frames(tmp_path: Path, clip: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_exits_130_and_keeps_complete_frames(tmp_path: Path, clip: Path, stop: int) -> None:
+    """Ctrl-C, or SIGTERM as plugins send to cancel."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -701,7 +703,7 @@ def test_interrupt_exits_130_and_keeps_complete_frames(tmp_path: Path, clip: Pat
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(tmp_path.glob("m.*.exr"))) < 5:
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
     assert "interrupted" in err
