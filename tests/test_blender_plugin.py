@@ -15,14 +15,16 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import tomllib
 
-from rvm_node.io.images import read_image, write_image
+from rvm_node.io.images import read_image, write_exr, write_image
 from tests.helpers import spawn_node
 
 pytestmark = pytest.mark.slow
@@ -90,7 +92,9 @@ def _result(code: int, stdout: str, stderr: str) -> dict[str, Any]:
     return result
 
 
-def direct_matte(source: Path | str, node: str, frames: str, out: Path, *extra: str) -> None:
+def direct_matte(
+    source: Path | str, node: str, frames: str, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> None:
     """The reference: rvm-node matte from the command line, same node, same frames."""
     subprocess.run(
         [
@@ -111,6 +115,7 @@ def direct_matte(source: Path | str, node: str, frames: str, out: Path, *extra: 
         ],
         check=True,
         capture_output=True,
+        env=env,
     )
 
 
@@ -215,6 +220,61 @@ def test_legacy_folder_with_offset_scene_range_and_png(
     matte_clip = next(c for c in result["after"]["clips"] if c["name"] == "carphone_matte")
     assert matte_clip["frame_start"] == 1 and matte_clip["duration"] == 20
     assert result["after"]["nodes"] == result["before"]["nodes"]  # no compositor unless asked
+
+
+def test_linear_exr_clip_goes_through_blenders_colour_space(
+    blender_python: Path,
+    extension_zip: Path,
+    node: str,
+    clip_frames: np.ndarray,
+    plate_sequence: list[Path],
+    tmp_path: Path,
+) -> None:
+    """A Linear Rec.709 EXR sequence is converted to sRGB with Blender's OCIO config, as the converter does."""
+    plates = tmp_path / "linear"
+    srgb = clip_frames[:10].transpose(0, 2, 3, 1).astype(np.float32) / 255.0
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    for i, frame in enumerate(linear):
+        write_exr(plates / f"plate.{1001 + i}.exr", frame, "RGB")
+    out = tmp_path / "out"
+    result = blender(
+        blender_python,
+        "matte_clip",
+        {
+            "zip": str(extension_zip),
+            "clip": {"path": str(plates / "plate.1001.exr"), "colorspace": "Linear Rec.709"},
+            "op": {"node": node, "output": f"{out}/m.####.exr", "blocking": True},
+        },
+        tmp_path,
+    )
+    assert result["result"] == "FINISHED", result["error"]
+    config = next(
+        (blender_python.parent.parent / "lib").glob(
+            "python3.*/site-packages/bpy/*/datafiles/colormanagement/config.ocio"
+        )
+    )
+    reference = tmp_path / "reference"
+    env = {**os.environ, "OCIO": str(config)}
+    direct_matte(
+        plates / "plate.####.exr",
+        node,
+        "1001-1010",
+        reference / "ref.####.exr",
+        "--input-colorspace",
+        "Linear Rec.709",
+        env=env,
+    )
+    assert_same_mattes(out, reference, range(1001, 1011), "m")
+    # and the conversion really happened: the mattes match those of the sRGB frames themselves
+    direct_matte(
+        tmp_path / "plates" / "plate.####.png", node, "1001-1010", tmp_path / "srgb" / "ref.####.exr"
+    )
+    worst = max(
+        float(np.abs(alpha(out / f"m.{n}.exr") - alpha(tmp_path / "srgb" / f"ref.{n}.exr")).mean())
+        for n in range(1001, 1011)
+    )
+    print(f"\nlinear EXR vs sRGB PNG plates, mean alpha difference per frame: max {worst:.2e}")
+    assert worst < 5e-3
 
 
 @pytest.fixture
@@ -451,3 +511,41 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
         assert call["error"].startswith("Error: RVM:"), (name, call["error"])
         assert call["unchanged"], name
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_release_zip_bundles_every_platform_and_installs(
+    blender_python: Path, node: str, tmp_path: Path
+) -> None:
+    dist = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, str(ROOT / "plugins/blender/build.py"), "--dist", str(dist)],
+        check=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+    )
+    release = dist / "rvm_blender-0.1.0.zip"
+    with zipfile.ZipFile(release) as archive:
+        manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
+        names = set(archive.namelist())
+    assert manifest["type"] == "add-on" and manifest["blender_version_min"] == "4.2.0"
+    assert set(manifest["permissions"]) == {"network", "files"}
+    assert sorted(manifest["platforms"]) == ["linux-x64", "macos-arm64", "macos-x64", "windows-x64"]
+    wheels = [w.removeprefix("./") for w in manifest["wheels"]]
+    assert set(wheels) <= names and "__pycache__" not in " ".join(names)
+    platform_tags = {
+        "linux-x64": ("manylinux",),
+        "windows-x64": ("win_amd64",),
+        "macos-arm64": ("arm64", "universal2"),
+        "macos-x64": ("x86_64", "universal2"),
+    }
+    for package in ("grpcio", "protobuf", "av", "openexr", "opencolorio"):
+        for platform, tags in platform_tags.items():
+            assert any(w.startswith(f"wheels/{package}-") and any(t in w for t in tags) for w in wheels), (
+                f"no {package} wheel for {platform}"
+            )
+    assert any(w.startswith("wheels/rvm_node-") for w in wheels)
+    assert not any(w.startswith(("wheels/numpy-", "wheels/torch-", "wheels/onnxruntime")) for w in wheels)
+    result = blender(blender_python, "test_connection", {"zip": str(release), "op": {"node": node}}, tmp_path)
+    assert result["result"] == "FINISHED", result["error"]
+    site = tmp_path / "blender-user" / "extensions" / ".local" / "lib" / "python3.11" / "site-packages"
+    assert list(site.glob("av/*.so")) and not list(site.rglob("*.pyd"))  # Linux binaries only
