@@ -184,7 +184,7 @@ def cancel_then_resume(args: dict[str, Any]) -> dict[str, Any]:
     prefs = bpy.context.preferences.addons[module].preferences
     choices = jobs.Choices(
         output=shots.OutputChoice(args["op"]["output"], "EXR", frozenset({"alpha"})),
-        run=prefs.run_options(nodes=args["op"]["node"]),
+        run=prefs.run_options(prefs.ratio(), nodes=args["op"]["node"]),
     )
     run = jobs.MatteRun(bpy.context.scene, jobs.clip_targets([clip], bpy.context.scene, choices), choices)
     process = run.start()

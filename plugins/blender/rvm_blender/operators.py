@@ -66,12 +66,12 @@ class _MatteOperator:
 
     def choices(self, context: Any) -> Choices:
         prefs = addon_preferences(context)
-        ratio: float | str | None = ""
+        ratio = prefs.ratio()
         if self._given("auto_ratio") or self._given("downsample_ratio"):
             ratio = None if self.auto_ratio else float(self.downsample_ratio)
         file_format = self.file_format if self._given("file_format") else prefs.file_format
         kinds = set(self.outputs) if self._given("outputs") else set(prefs.outputs)
-        run = prefs.run_options(nodes=self.node, file_format=file_format, ratio=ratio)
+        run = prefs.run_options(ratio, nodes=self.node, file_format=file_format)
         return Choices(
             output=OutputChoice(self.output or prefs.output_pattern, file_format, frozenset(kinds)),
             run=run,

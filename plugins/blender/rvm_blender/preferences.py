@@ -74,15 +74,16 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
         subtype="FILE_PATH",
     )
 
-    def run_options(
-        self, nodes: str = "", file_format: str = "", ratio: float | str | None = ""
-    ) -> RunOptions:
-        """RunOptions from these preferences; arguments override them ("" keeps the preference)."""
-        chosen_ratio = (None if self.auto_ratio else float(self.downsample_ratio)) if ratio == "" else ratio
+    def ratio(self) -> float | None:
+        """The preferred downsample ratio; None for auto."""
+        return None if self.auto_ratio else float(self.downsample_ratio)
+
+    def run_options(self, ratio: float | None, nodes: str = "", file_format: str = "") -> RunOptions:
+        """RunOptions from these preferences; ``nodes`` and ``file_format`` override them when given."""
         return RunOptions(
             nodes=parse_nodes(nodes or self.nodes),
             file_format=file_format or self.file_format,
-            downsample_ratio=None if chosen_ratio is None else float(chosen_ratio),
+            downsample_ratio=ratio,
             token_file=bpy.path.abspath(self.token_file) if self.token_file else "",
             ca_file=bpy.path.abspath(self.ca_file) if self.ca_file else "",
             executable=bpy.path.abspath(self.executable) if self.executable else "",
@@ -148,7 +149,8 @@ class RVM_OT_test_connection(bpy.types.Operator):  # type: ignore[misc]
 
     def execute(self, context: Any) -> set[str]:
         try:
-            lines = node_info(addon_preferences(context).run_options(nodes=self.node))
+            prefs = addon_preferences(context)
+            lines = node_info(prefs.run_options(prefs.ratio(), nodes=self.node))
         except PluginError as exc:
             self.report({"ERROR"}, f"RVM: {exc}")
             return {"CANCELLED"}
