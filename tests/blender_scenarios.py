@@ -59,7 +59,7 @@ def snapshot() -> dict[str, Any]:
                 "final_start": s.frame_final_start,
                 "final_end": s.frame_final_end,
                 "blend_type": s.blend_type,
-                "colorspace": s.colorspace_settings.name,
+                "colorspace": s.colorspace_settings.name if hasattr(s, "colorspace_settings") else None,
             }
             if s.type == "IMAGE":
                 strip["directory"] = bpy.path.abspath(s.directory)
@@ -141,6 +141,10 @@ def _add_strips(specs: list[dict[str, Any]]) -> list[Any]:
     for spec in specs:
         if spec["type"] == "MOVIE":
             strip = strips.new_movie(spec["name"], spec["path"], spec["channel"], spec["frame_start"])
+        elif spec["type"] == "COLOR":
+            strip = strips.new_effect(
+                spec["name"], "COLOR", spec["channel"], spec["frame_start"], frame_end=spec["frame_end"]
+            )
         else:
             files = spec["files"]
             strip = strips.new_image(spec["name"], files[0], spec["channel"], spec["frame_start"])

@@ -90,6 +90,7 @@ def test_output_patterns_resolve_relative_to_the_blend(tmp_path: Path) -> None:
     with pytest.raises(PluginError, match="outputs: expected some of"):
         shots.output_patterns(alpha, {"depth"})
     assert shots.shot_name("my plate v2.mov") == "my_plate_v2"
+    assert shots.unique_names(["a", "a", "b", "a", "a_2"]) == ["a", "a_2", "b", "a_3", "a_2_2"]
     assert shots.shot_name("***") == "shot"
 
 

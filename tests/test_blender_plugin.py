@@ -315,15 +315,22 @@ def _strip_args(zip_path: Path, clip: Path, plates: list[Path], out: Path, nodes
 
 
 def _check_strips(
-    result: dict[str, Any], out: Path, clip: Path, plates: list[Path], node: str, tmp_path: Path
+    result: dict[str, Any],
+    out: Path,
+    clip: Path,
+    plates: list[Path],
+    node: str,
+    tmp_path: Path,
+    channels: tuple[int, int] = (3, 6),
 ) -> None:
     assert result["result"] == "FINISHED", result["error"]
     strips = {s["name"]: s for s in result["after"]["strips"]}
     for plate, matte in (("movie", "movie_matte"), ("seq", "seq_matte")):
         p, m = strips[plate], strips[matte]
-        assert m["type"] == "IMAGE" and m["channel"] == p["channel"] + 1
+        assert m["type"] == "IMAGE" and m["channel"] > p["channel"]
         assert (m["final_start"], m["final_end"]) == (p["final_start"], p["final_end"])
         assert m["blend_type"] == "ALPHA_OVER" and m["colorspace"] == "Non-Color"
+    assert (strips["movie_matte"]["channel"], strips["seq_matte"]["channel"]) == channels
     # the movie strip starts at 10, trimmed by 5: its first visible frame is movie frame 6
     assert (
         strips["movie_matte"]["files"][0] == "movie.0006.exr" and len(strips["movie_matte"]["files"]) == 115
@@ -372,7 +379,10 @@ def run_killing_a_node(
             if len(list(out.rglob("*.exr"))) >= 20:
                 break
             time.sleep(0.05)
-        assert run.poll() is None, "the run ended before the node could be killed"
+        if run.poll() is not None:
+            raise AssertionError(
+                f"the run ended before the node could be killed: {run.communicate()[1][-3000:]}"
+            )
         doomed.send_signal(signal.SIGKILL)
         stdout, stderr = run.communicate(timeout=600)
     finally:
@@ -392,8 +402,13 @@ def test_two_shots_over_two_nodes_survive_a_node_dying(
     doomed, doomed_address = spawn_node()
     out = tmp_path / "out"
     args = _strip_args(extension_zip, clip, plate_sequence, out, f"{doomed_address},{node}")
+    # a strip already sits one channel above the movie for part of its range: the matte goes higher
+    args["strips"].append(
+        {"type": "COLOR", "name": "blocker", "channel": 3, "frame_start": 100, "frame_end": 110}
+    )
+    args["select"] = ["movie", "seq"]
     result = run_killing_a_node(blender_python, "matte_strips", args, doomed, out, tmp_path)
-    _check_strips(result, out, clip, plate_sequence, node, tmp_path)
+    _check_strips(result, out, clip, plate_sequence, node, tmp_path, channels=(4, 6))
 
 
 def test_the_only_node_dying_is_reported_and_frames_stay_whole(

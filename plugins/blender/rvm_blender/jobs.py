@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import bpy
 from . import loading
 from .command import RunOptions, build_command, check_writable, clear_outputs, environment
 from .process import MatteProcess, remove_temporaries
-from .shots import OutputChoice, PluginError, ShotRequest
+from .shots import OutputChoice, PluginError, ShotRequest, shot_name, unique_names
 from .sources import clip_request, sequence_strips, strip_request
 
 __all__ = ["Choices", "MatteRun", "Outcome", "Target", "blender_ocio_config"]
@@ -64,36 +64,20 @@ def blender_ocio_config() -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _unique(requests: list[Target]) -> list[Target]:
-    seen: set[str] = set()
-    unique = []
-    for target in requests:
-        request, name, n = target.request, target.request.name, 1
-        while name in seen:
-            n += 1
-            name = f"{request.name}_{n}"
-        seen.add(name)
-        if name != request.name:
-            outputs = {k: p.replace(request.name, name) for k, p in request.outputs.items()}
-            request = replace(request, name=name, outputs=outputs)
-            target = Target(target.kind, target.source, request)
-        unique.append(target)
-    return unique
-
-
 def clip_targets(clips: list[Any], scene: Any, choices: Choices) -> list[Target]:
-    return _unique(
-        [Target("clip", c.name, clip_request(c, scene, choices.scene_range, choices.output)) for c in clips]
-    )
+    names = unique_names([shot_name(c.name) for c in clips])
+    return [
+        Target("clip", c.name, clip_request(c, scene, choices.scene_range, choices.output, name))
+        for c, name in zip(clips, names, strict=True)
+    ]
 
 
 def strip_targets(strips: list[Any], scene: Any, choices: Choices) -> list[Target]:
-    return _unique(
-        [
-            Target("strip", s.name, strip_request(s, scene, choices.scene_range, choices.output))
-            for s in strips
-        ]
-    )
+    names = unique_names([shot_name(s.name) for s in strips])
+    return [
+        Target("strip", s.name, strip_request(s, scene, choices.scene_range, choices.output, name))
+        for s, name in zip(strips, names, strict=True)
+    ]
 
 
 class MatteRun:

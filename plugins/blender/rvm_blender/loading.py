@@ -43,14 +43,25 @@ def add_matte_clip(pattern: str, frames: FrameMap, name: str) -> Any:
     return clip
 
 
+def _free_channel(strips: Any, above: int, first: int, end: int) -> int:
+    """The first channel above ``above`` with no strip between scene frames ``first`` and ``end`` (excluded)."""
+    for channel in range(above + 1, 129):
+        if not any(
+            s.channel == channel and s.frame_final_start < end and first < s.frame_final_end for s in strips
+        ):
+            return channel
+    raise PluginError(f"no free channel above {above} for frames {first}-{end - 1}")
+
+
 def add_matte_strip(scene: Any, plate: Any, pattern: str, frames: FrameMap, name: str) -> Any:
-    """An image strip one channel above ``plate``, alpha-over, frame for frame with it."""
+    """An image strip in the first free channel above ``plate`` (normally the next), alpha-over, frame for frame."""
     strips = sequence_strips(scene.sequence_editor)
+    start = frames.scene_first
     strip = strips.new_image(
         name=name,
         filepath=frame_path(pattern, frames.first),
-        channel=min(plate.channel + 1, 128),
-        frame_start=frames.scene_first,
+        channel=_free_channel(strips, plate.channel, start, start + len(frames)),
+        frame_start=start,
     )
     for number in range(frames.first + 1, frames.last + 1):
         strip.elements.append(os.path.basename(frame_path(pattern, number)))

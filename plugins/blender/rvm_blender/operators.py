@@ -110,7 +110,7 @@ class _MatteOperator:
         run = self._run
         if run is None or run.process is None:
             return {"CANCELLED"}
-        if event.type == "ESC":
+        if event.type == "ESC" and event.value == "PRESS":
             run.process.cancel()
         elif event.type != "TIMER" or run.process.poll():
             if event.type == "TIMER":

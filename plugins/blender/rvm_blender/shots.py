@@ -37,6 +37,7 @@ __all__ = [
     "resolve_output",
     "shot_name",
     "strip_frame_map",
+    "unique_names",
 ]
 
 KINDS = ("alpha", "foreground", "composition")
@@ -112,6 +113,20 @@ def shot_name(name: str) -> str:
     stem = os.path.splitext(name)[0] if re.search(r"\.[A-Za-z0-9]{2,4}$", name) else name
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._")
     return safe or "shot"
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """``["a", "a", "b"]`` -> ``["a", "a_2", "b"]``: each shot writes its own files."""
+    seen: set[str] = set()
+    unique = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in seen:
+            n += 1
+            candidate = f"{name}_{n}"
+        seen.add(candidate)
+        unique.append(candidate)
+    return unique
 
 
 def clip_frame_map(

@@ -14,7 +14,6 @@ from .shots import (
     ShotRequest,
     clip_frame_map,
     frame_pattern,
-    shot_name,
     strip_frame_map,
 )
 
@@ -52,7 +51,8 @@ def _finish(
     )
 
 
-def clip_request(clip: Any, scene: Any, scene_range: bool, output: OutputChoice) -> ShotRequest:
+def clip_request(clip: Any, scene: Any, scene_range: bool, output: OutputChoice, name: str) -> ShotRequest:
+    """``name``: the shot's name in output paths (see :func:`shot_name`)."""
     what = f"clip {clip.name}"
     path = os.path.normpath(bpy.path.abspath(clip.filepath))
     _readable(path, what)
@@ -68,7 +68,7 @@ def clip_request(clip: Any, scene: Any, scene_range: bool, output: OutputChoice)
     if scene_range:
         frames = frames.clamp_to_scene(scene.frame_start, scene.frame_end, what)
     colourspace = _colourspace(path, clip.colorspace_settings.name)
-    return _finish(shot_name(clip.name), source, frames, colourspace, is_movie, output)
+    return _finish(name, source, frames, colourspace, is_movie, output)
 
 
 def _check_timing(strip: Any, what: str) -> None:
@@ -78,7 +78,7 @@ def _check_timing(strip: Any, what: str) -> None:
         raise PluginError(f"{what}: retimed strips cannot be matted frame for frame; remove the retiming")
 
 
-def strip_request(strip: Any, scene: Any, scene_range: bool, output: OutputChoice) -> ShotRequest:
+def strip_request(strip: Any, scene: Any, scene_range: bool, output: OutputChoice, name: str) -> ShotRequest:
     what = f"strip {strip.name}"
     _check_timing(strip, what)
     numbers: list[int] | None
@@ -109,4 +109,4 @@ def strip_request(strip: Any, scene: Any, scene_range: bool, output: OutputChoic
     if scene_range:
         frames = frames.clamp_to_scene(scene.frame_start, scene.frame_end, what)
     colourspace = _colourspace(first_path, strip.colorspace_settings.name)
-    return _finish(shot_name(strip.name), source, frames, colourspace, is_movie, output)
+    return _finish(name, source, frames, colourspace, is_movie, output)
