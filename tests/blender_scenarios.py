@@ -124,13 +124,39 @@ def _scene_range(args: dict[str, Any]) -> None:
         bpy.context.scene.frame_start, bpy.context.scene.frame_end = args["scene_range"]
 
 
+def _files(folder: str | None) -> dict[str, int]:
+    """Modification times (ns) of the files under ``folder``."""
+    if not folder or not os.path.isdir(folder):
+        return {}
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = os.stat(path).st_mtime_ns
+    return found
+
+
+def _run_op(operator: Any, args: dict[str, Any], **fixed: Any) -> dict[str, Any]:
+    """The operator with ``args["op"]``; with ``args["again"]``, a second time with those options on top."""
+    before = snapshot()
+    outcome = {**_call(operator, **fixed, **args["op"]), "before": before, "after": snapshot()}
+    if "again" in args:
+        files = _files(args.get("watch"))
+        again = _call(operator, **fixed, **{**args["op"], **args["again"]})
+        outcome["again"] = {
+            **again,
+            "after": snapshot(),
+            "files_before": files,
+            "files_after": _files(args.get("watch")),
+        }
+    return outcome
+
+
 def matte_clip(args: dict[str, Any]) -> dict[str, Any]:
     install(args)
     _scene_range(args)
     clip = _load_clip(args["clip"])
-    before = snapshot()
-    outcome = _call(bpy.ops.rvm.matte_clip, clip=clip.name, **args["op"])
-    return {**outcome, "before": before, "after": snapshot()}
+    return _run_op(bpy.ops.rvm.matte_clip, args, clip=clip.name)
 
 
 def _add_strips(specs: list[dict[str, Any]]) -> list[Any]:
@@ -164,9 +190,7 @@ def matte_strips(args: dict[str, Any]) -> dict[str, Any]:
     _add_strips(args["strips"])
     for strip in _all_strips():
         strip.select = strip.name in args.get("select", [s["name"] for s in args["strips"]])
-    before = snapshot()
-    outcome = _call(bpy.ops.rvm.matte_strip, **args["op"])
-    return {**outcome, "before": before, "after": snapshot()}
+    return _run_op(bpy.ops.rvm.matte_strip, args)
 
 
 def _all_strips() -> Any:

@@ -157,10 +157,12 @@ def test_extension_zip_mattes_a_clip_and_loads_it_back(
                 "compositor": True,
                 "blocking": True,
             },
+            "again": {},  # every frame is on disk: the run resumes, nothing to do, the scene is updated
         },
         tmp_path,
     )
     assert result["result"] == "FINISHED", result["error"]
+    assert result["again"]["result"] == "FINISHED" and result["again"]["after"] == result["after"]
     reference = tmp_path / "reference"
     direct_matte(clip, node, "1-120", reference / "ref.####.exr")
     assert_same_mattes(out / "carphone", reference, range(1, 121), "carphone_matte")
@@ -207,10 +209,21 @@ def test_legacy_folder_with_offset_scene_range_and_png(
                 "downsample_ratio": 0.5,
                 "blocking": True,
             },
+            "again": {"existing": "OVERWRITE", "compositor": True},
+            "watch": str(out),
         },
         tmp_path,
     )
     assert result["result"] == "FINISHED", result["error"]
+    assert result["after"]["nodes"] == result["before"]["nodes"]  # no compositor unless asked
+    again = result["again"]
+    assert again["result"] == "FINISHED", again["error"]
+    # overwrite wrote every frame again, and the scene was updated, not stacked
+    assert again["files_before"].keys() == again["files_after"].keys()
+    assert all(again["files_after"][k] > t for k, t in again["files_before"].items())
+    assert [c["name"] for c in again["after"]["clips"]] == ["carphone.mp4", "carphone_matte"]
+    assert [i["name"] for i in again["after"]["images"]] == ["carphone_matte"]
+    assert "CompositorNodeSetAlpha" in again["after"]["nodes"]
     # scene frames 1-20 show movie frames 6-25 (frame_offset 5)
     reference = tmp_path / "reference"
     direct_matte(
@@ -219,7 +232,6 @@ def test_legacy_folder_with_offset_scene_range_and_png(
     assert_same_mattes(out, reference, range(6, 26), "m", "png")
     matte_clip = next(c for c in result["after"]["clips"] if c["name"] == "carphone_matte")
     assert matte_clip["frame_start"] == 1 and matte_clip["duration"] == 20
-    assert result["after"]["nodes"] == result["before"]["nodes"]  # no compositor unless asked
 
 
 def test_linear_exr_clip_goes_through_blenders_colour_space(
@@ -354,10 +366,11 @@ def test_strips_get_a_matte_one_channel_up(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "out"
-    result = blender(
-        blender_python, "matte_strips", _strip_args(extension_zip, clip, plate_sequence, out, node), tmp_path
-    )
+    args = {**_strip_args(extension_zip, clip, plate_sequence, out, node), "again": {}}
+    result = blender(blender_python, "matte_strips", args, tmp_path)
     _check_strips(result, out, clip, plate_sequence, node, tmp_path)
+    # matting the strips again replaces their matte strips instead of stacking new ones
+    assert result["again"]["result"] == "FINISHED" and result["again"]["after"] == result["after"]
 
 
 def run_killing_a_node(

@@ -1,7 +1,8 @@
 """Bring finished mattes into the scene: an image sequence, a matte clip or strip, a compositor setup.
 
 Mattes are data, so everything loaded here is tagged Non-Color: Blender
-would otherwise linearise a 16-bit PNG tagged sRGB.
+would otherwise linearise a 16-bit PNG tagged sRGB. Matting the same shot
+again updates what an earlier run loaded instead of stacking copies.
 """
 
 from __future__ import annotations
@@ -17,12 +18,22 @@ from .sources import sequence_strips
 __all__ = ["add_compositor", "add_matte_clip", "add_matte_strip", "load_image_sequence"]
 
 NON_COLOR = "Non-Color"
+_PLATE_LABEL, _MATTE_LABEL = "Plate", "Matte"
+
+
+def _same_file(path: str, absolute: str) -> bool:
+    return os.path.normpath(bpy.path.abspath(path)) == os.path.normpath(absolute)
 
 
 def load_image_sequence(pattern: str, frames: FrameMap, name: str) -> Any:
     """An image datablock of the matte sequence, with its frame range recorded on it."""
-    image = bpy.data.images.load(frame_path(pattern, frames.first), check_existing=False)
-    image.name = name
+    first = frame_path(pattern, frames.first)
+    image = next((i for i in bpy.data.images if _same_file(i.filepath, first)), None)
+    if image is None:
+        image = bpy.data.images.load(first, check_existing=False)
+        image.name = name
+    else:
+        image.reload()
     image.source = "SEQUENCE"
     image.colorspace_settings.name = NON_COLOR
     # An image has no frame range of its own (its users have); these are what
@@ -35,8 +46,13 @@ def load_image_sequence(pattern: str, frames: FrameMap, name: str) -> Any:
 
 def add_matte_clip(pattern: str, frames: FrameMap, name: str) -> Any:
     """A movie clip of the matte sequence, starting at the plate's scene frame."""
-    clip = bpy.data.movieclips.load(frame_path(pattern, frames.first), check_existing=False)
-    clip.name = name
+    first = frame_path(pattern, frames.first)
+    clip = next((c for c in bpy.data.movieclips if _same_file(c.filepath, first)), None)
+    if clip is None:
+        clip = bpy.data.movieclips.load(first, check_existing=False)
+        clip.name = name
+    else:
+        clip.filepath = first  # reloads the frames written again
     clip.frame_start = frames.scene_first
     clip.frame_offset = 0
     clip.colorspace_settings.name = NON_COLOR
@@ -54,12 +70,23 @@ def _free_channel(strips: Any, above: int, first: int, end: int) -> int:
 
 
 def add_matte_strip(scene: Any, plate: Any, pattern: str, frames: FrameMap, name: str) -> Any:
-    """An image strip in the first free channel above ``plate`` (normally the next), alpha-over, frame for frame."""
+    """An image strip in the first free channel above ``plate`` (normally the next), alpha-over, frame for frame.
+
+    A strip an earlier run made for these mattes (same name, same folder) is replaced.
+    """
     strips = sequence_strips(scene.sequence_editor)
+    first = frame_path(pattern, frames.first)
+    earlier = strips.get(name)
+    if (
+        earlier is not None
+        and earlier.type == "IMAGE"
+        and _same_file(earlier.directory, os.path.dirname(first) + os.sep)
+    ):
+        strips.remove(earlier)
     start = frames.scene_first
     strip = strips.new_image(
         name=name,
-        filepath=frame_path(pattern, frames.first),
+        filepath=first,
         channel=_free_channel(strips, plate.channel, start, start + len(frames)),
         frame_start=start,
     )
@@ -67,24 +94,33 @@ def add_matte_strip(scene: Any, plate: Any, pattern: str, frames: FrameMap, name
         strip.elements.append(os.path.basename(frame_path(pattern, number)))
     strip.colorspace_settings.name = NON_COLOR
     strip.blend_type = "ALPHA_OVER"
+    strip.select = False  # the selection stays the plates', ready for another run
     return strip
 
 
 def add_compositor(scene: Any, plate: Any, matte: Any) -> Any:
     """Plate and matte clips into Set Alpha, shown in a Viewer; the nodes sit in a labelled frame.
 
-    Nothing already in the tree is relinked.
+    Nothing already in the tree is relinked. A setup an earlier run made for
+    this plate (the frame ``RVM matte: <plate>``) gets the new matte instead.
     """
     if not hasattr(scene, "node_tree"):
         raise PluginError("the compositor setup needs Blender 4.x's scene node tree")
     scene.use_nodes = True
     tree = scene.node_tree
+    label = f"RVM matte: {plate.name}"
+    frame = next((n for n in tree.nodes if n.bl_idname == "NodeFrame" and n.label == label), None)
+    if frame is not None:
+        for node in tree.nodes:
+            if node.parent == frame and node.bl_idname == "CompositorNodeMovieClip":
+                node.clip = matte if node.label == _MATTE_LABEL else plate
+        return frame
     frame = tree.nodes.new("NodeFrame")
-    frame.label = f"RVM matte: {plate.name}"
+    frame.label = label
     plate_node = tree.nodes.new("CompositorNodeMovieClip")
-    plate_node.clip = plate
+    plate_node.clip, plate_node.label = plate, _PLATE_LABEL
     matte_node = tree.nodes.new("CompositorNodeMovieClip")
-    matte_node.clip = matte
+    matte_node.clip, matte_node.label = matte, _MATTE_LABEL
     set_alpha = tree.nodes.new("CompositorNodeSetAlpha")
     set_alpha.mode = "REPLACE_ALPHA"
     viewer = tree.nodes.new("CompositorNodeViewer")
@@ -95,4 +131,4 @@ def add_compositor(scene: Any, plate: Any, matte: Any) -> Any:
     for x, node in enumerate((plate_node, matte_node, set_alpha, viewer)):
         node.parent = frame
         node.location = (-600 + 250 * x, -400 - (200 if node is matte_node else 0))
-    return set_alpha
+    return frame
