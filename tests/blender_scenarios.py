@@ -241,8 +241,11 @@ def _digest(path: str) -> str:
 
 
 def calls(args: dict[str, Any]) -> dict[str, Any]:
-    """Several operator calls in one Blender; each says whether the scene is as it was before it."""
-    install(args)
+    """Several operator calls in one Blender; each says whether the scene is as it was before it.
+
+    A call may carry a setup: ``strips`` made and selected for it alone, ``prefs`` set for it alone.
+    """
+    module = install(args)
     clip = _load_clip(args["clip"])
     missing = bpy.data.movieclips.load(args["clip"]["path"])
     missing.name = "missing"
@@ -254,12 +257,36 @@ def calls(args: dict[str, Any]) -> dict[str, Any]:
         "matte_strip": bpy.ops.rvm.matte_strip,
         "test_connection": bpy.ops.rvm.test_connection,
     }
+    prefs = bpy.context.preferences.addons[module].preferences
     results = []
-    for name, operator, kwargs in args["calls"]:
+    for name, operator, kwargs, *setup in args["calls"]:
+        extra = setup[0] if setup else {}
+        made = _strips_for_call(extra) if "strips" in extra else []
+        saved = {key: getattr(prefs, key) for key in extra.get("prefs", {})}
+        for key, value in extra.get("prefs", {}).items():
+            setattr(prefs, key, value)
         before = snapshot()
         outcome = _call(operators[operator], **kwargs)
         results.append([name, {**outcome, "unchanged": snapshot() == before}])
+        for key, value in saved.items():
+            setattr(prefs, key, value)
+        for strip in made:
+            _all_strips().remove(strip)
     return {"calls": results}
+
+
+def _strips_for_call(setup: dict[str, Any]) -> list[Any]:
+    """Strips for one call, selected alone: ``strips`` as in matte_strips, ``set`` attributes, ``retime``."""
+    made = _add_strips(setup["strips"])
+    for strip in _all_strips():
+        strip.select = any(strip == m for m in made)
+    for strip in made:
+        for attribute, value in setup.get("set", {}).get(strip.name, {}).items():
+            setattr(strip, attribute, value)
+        if strip.name in setup.get("retime", []):
+            bpy.context.scene.sequence_editor.active_strip = strip
+            bpy.ops.sequencer.retiming_key_add(timeline_frame=int(strip.frame_final_start) + 5)
+    return made
 
 
 SCENARIOS = {

@@ -89,6 +89,12 @@ def test_output_patterns_resolve_relative_to_the_blend(tmp_path: Path) -> None:
         shots.resolve_output("/m/{shot}.####.exr", "a", blend, "TIFF")
     with pytest.raises(PluginError, match="outputs: expected some of"):
         shots.output_patterns(alpha, {"depth"})
+    with pytest.raises(PluginError, match="the output pattern is empty"):
+        shots.resolve_output("  ", "a", blend, "EXR")
+    with pytest.raises(PluginError, match=r"/m/a\.exr: needs a frame field"):
+        shots.output_patterns("/m/a.exr", {"alpha", "foreground"})
+    with pytest.raises(PluginError, match=r"/m/a\.exr: no frame field"):
+        shots.frame_path("/m/a.exr", 1)
     assert shots.shot_name("my plate v2.mov") == "my_plate_v2"
     assert shots.unique_names(["a", "a", "b", "a", "a_2"]) == ["a", "a_2", "b", "a_3", "a_2_2"]
     assert shots.shot_name("***") == "shot"
@@ -223,6 +229,8 @@ def test_progress_lines_from_matte_and_farm(tmp_path: Path) -> None:
     run = process.MatteProcess(farm, dict(os.environ), tmp_path / "b", {"a": 4, "b": 4})
     run.start()
     assert run.wait() == 4 and not run.ok
+    run.cancel()  # too late: it ended on its own, and says why
+    assert not run.cancelled
     assert run.shots["a"].state == "done" and run.shots["a"].nodes == ["n1", "n2"]
     assert run.shots["b"].state == "failed" and run.error_line() == "node lost"
     assert run.done == 5 and "5/8 frames" in run.status_text()

@@ -488,6 +488,11 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
     guarded, guarded_address = spawn_node("--token-file", str(tmp_path / "node_token"))
     out = tmp_path / "out"
     ok = {"node": node, "output": f"{out}/m.####.exr", "blocking": True}
+    movie = {"type": "MOVIE", "name": "m", "path": str(clip), "channel": 1, "frame_start": 1}
+    for name in ("plate.1001.png", "other.1002.png"):
+        write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    files = [str(tmp_path / "plate.1001.png"), str(tmp_path / "other.1002.png")]
+    mixed = {"type": "IMAGE", "name": "i", "files": files, "channel": 1, "frame_start": 1}
     try:
         result = blender(
             blender_python,
@@ -509,6 +514,48 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
                     ["no clip", "matte_clip_named", {**ok, "clip": "nope"}],
                     ["no strips", "matte_strip", ok],
                     ["bad node", "matte_clip", {**ok, "node": "localhost"}],
+                    [
+                        "reversed strip",
+                        "matte_strip",
+                        ok,
+                        {"strips": [movie], "set": {"m": {"use_reverse_frames": True}}},
+                    ],
+                    ["strobed strip", "matte_strip", ok, {"strips": [movie], "set": {"m": {"strobe": 2.0}}}],
+                    ["retimed strip", "matte_strip", ok, {"strips": [movie], "retime": ["m"]}],
+                    [
+                        "moved movie",
+                        "matte_strip",
+                        ok,
+                        {"strips": [movie], "set": {"m": {"filepath": str(tmp_path / "gone.mp4")}}},
+                    ],
+                    ["mixed images", "matte_strip", ok, {"strips": [mixed]}],
+                    [
+                        "missing program",
+                        "matte_clip",
+                        ok,
+                        {"prefs": {"executable": str(tmp_path / "no-rvm-node")}},
+                    ],
+                    [
+                        "test connection, missing program",
+                        "test_connection",
+                        {"node": node},
+                        {"prefs": {"executable": str(tmp_path / "no-rvm-node")}},
+                    ],
+                    [
+                        "no channel above",
+                        "matte_strip",
+                        ok,
+                        {"strips": [{**movie, "channel": 128, "trim_end": 115}]},
+                    ],
+                    [
+                        "trimmed past its images",
+                        "matte_strip",
+                        ok,
+                        {
+                            "strips": [{**mixed, "files": mixed["files"][:1]}],
+                            "set": {"i": {"frame_offset_end": -3}},
+                        },
+                    ],
                     ["test connection, node down", "test_connection", {"node": "127.0.0.1:1"}],
                     ["test connection, wrong token", "test_connection", {"node": guarded_address}],
                 ],
@@ -529,6 +576,15 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
         "no clip": "no movie clip named 'nope'",
         "no strips": "select one or more movie or image strips",
         "bad node": "expected HOST:PORT",
+        "reversed strip": "strip m: reversed or strobed strips cannot be matted",
+        "strobed strip": "strip m: reversed or strobed strips cannot be matted",
+        "retimed strip": "strip m: retimed strips cannot be matted",
+        "moved movie": "strip m: cannot read",
+        "mixed images": "strip i: its images do not share one name pattern",
+        "missing program": "cannot start",
+        "test connection, missing program": "cannot run rvm-node info",
+        "no channel above": "m: mattes written but not loaded: no free channel above 128",
+        "trimmed past its images": "strip i: shows frames outside its images",
         "test connection, node down": "127.0.0.1:1",
         "test connection, wrong token": "token",
     }
@@ -538,7 +594,8 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
         assert len(call["error"].splitlines()) == 1, (name, call["error"])
         assert call["error"].startswith("Error: RVM:"), (name, call["error"])
         assert call["unchanged"], name
-    assert not out.exists() or not any(out.iterdir())
+    # only the call that got as far as loading wrote frames (5 of them, the strip's visible ones)
+    assert sorted(p.name for p in out.iterdir()) == [f"m.{n:04d}.exr" for n in range(1, 6)]
 
 
 def test_release_zip_bundles_every_platform_and_installs(

@@ -140,21 +140,24 @@ class MatteRun:
         return outcome
 
     def _load(self, scene: Any, target: Target) -> None:
+        """Everything that can fail is looked up first, so a failed load changes nothing."""
         request = target.request
         alpha = request.outputs.get("alpha")
         if alpha is None:
             return  # only foreground or composite was asked for: they stay on disk
         label = f"{request.name}_matte"
-        loading.load_image_sequence(alpha, request.frames, label)
         if target.kind == "clip":
             plate = bpy.data.movieclips[target.source]
+            loading.load_image_sequence(alpha, request.frames, label)
             matte = loading.add_matte_clip(alpha, request.frames, label)
             if self.choices.compositor:
                 loading.add_compositor(scene, plate, matte)
         else:
             editor = scene.sequence_editor
             everything = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
-            loading.add_matte_strip(scene, everything[target.source], alpha, request.frames, label)
+            channel = loading.matte_channel(scene, everything[target.source], label, request.frames)
+            loading.load_image_sequence(alpha, request.frames, label)
+            loading.add_matte_strip(scene, channel, alpha, request.frames, label)
 
 
 def selected_strips(scene: Any) -> list[Any]:

@@ -15,7 +15,7 @@ import bpy
 from .shots import FrameMap, PluginError, frame_path
 from .sources import sequence_strips
 
-__all__ = ["add_compositor", "add_matte_clip", "add_matte_strip", "load_image_sequence"]
+__all__ = ["add_compositor", "add_matte_clip", "add_matte_strip", "load_image_sequence", "matte_channel"]
 
 NON_COLOR = "Non-Color"
 _PLATE_LABEL, _MATTE_LABEL = "Plate", "Matte"
@@ -59,18 +59,26 @@ def add_matte_clip(pattern: str, frames: FrameMap, name: str) -> Any:
     return clip
 
 
-def _free_channel(strips: Any, above: int, first: int, end: int) -> int:
-    """The first channel above ``above`` with no strip between scene frames ``first`` and ``end`` (excluded)."""
-    for channel in range(above + 1, 129):
+def matte_channel(scene: Any, plate: Any, name: str, frames: FrameMap) -> int:
+    """The first channel above ``plate`` (normally the next) free for the matte's frames.
+
+    The strip ``name`` an earlier run made there does not count: it is replaced.
+    """
+    first, end = frames.scene_first, frames.scene_first + len(frames)
+    for channel in range(plate.channel + 1, 129):
         if not any(
-            s.channel == channel and s.frame_final_start < end and first < s.frame_final_end for s in strips
+            s.channel == channel
+            and s.frame_final_start < end
+            and first < s.frame_final_end
+            and s.name != name
+            for s in sequence_strips(scene.sequence_editor)
         ):
             return channel
-    raise PluginError(f"no free channel above {above} for frames {first}-{end - 1}")
+    raise PluginError(f"no free channel above {plate.channel} for frames {first}-{end - 1}")
 
 
-def add_matte_strip(scene: Any, plate: Any, pattern: str, frames: FrameMap, name: str) -> Any:
-    """An image strip in the first free channel above ``plate`` (normally the next), alpha-over, frame for frame.
+def add_matte_strip(scene: Any, channel: int, pattern: str, frames: FrameMap, name: str) -> Any:
+    """An image strip of the matte in ``channel``, alpha-over, frame for frame with its plate.
 
     A strip an earlier run made for these mattes (same name, same folder) is replaced.
     """
@@ -83,13 +91,7 @@ def add_matte_strip(scene: Any, plate: Any, pattern: str, frames: FrameMap, name
         and _same_file(earlier.directory, os.path.dirname(first) + os.sep)
     ):
         strips.remove(earlier)
-    start = frames.scene_first
-    strip = strips.new_image(
-        name=name,
-        filepath=first,
-        channel=_free_channel(strips, plate.channel, start, start + len(frames)),
-        frame_start=start,
-    )
+    strip = strips.new_image(name=name, filepath=first, channel=channel, frame_start=frames.scene_first)
     for number in range(frames.first + 1, frames.last + 1):
         strip.elements.append(os.path.basename(frame_path(pattern, number)))
     strip.colorspace_settings.name = NON_COLOR
@@ -104,8 +106,6 @@ def add_compositor(scene: Any, plate: Any, matte: Any) -> Any:
     Nothing already in the tree is relinked. A setup an earlier run made for
     this plate (the frame ``RVM matte: <plate>``) gets the new matte instead.
     """
-    if not hasattr(scene, "node_tree"):
-        raise PluginError("the compositor setup needs Blender 4.x's scene node tree")
     scene.use_nodes = True
     tree = scene.node_tree
     label = f"RVM matte: {plate.name}"

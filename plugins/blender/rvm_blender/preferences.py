@@ -31,10 +31,8 @@ OUTPUT_ITEMS = [
 
 
 def addon_preferences(context: Any) -> Any:
-    addon = context.preferences.addons.get(ADDON)
-    if addon is None:
-        raise PluginError(f"the add-on {ADDON} is not enabled")
-    return addon.preferences
+    """This add-on's preferences (it is enabled: its operators are registered only then)."""
+    return context.preferences.addons[ADDON].preferences
 
 
 class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]

@@ -109,10 +109,10 @@ class MatteProcess:
     def cancel(self, grace: float = 15.0) -> None:
         """Stop rvm-node and wait for it (killing it after ``grace`` seconds)."""
         process = self._process
-        self.cancelled = True
         if process is None or process.poll() is not None:
-            self.poll()
+            self.poll()  # it ended on its own: nothing to cancel
             return
+        self.cancelled = True
         process.terminate()  # rvm-node stops on SIGTERM as on Ctrl-C; on Windows this ends it at once
         try:
             process.wait(timeout=grace)

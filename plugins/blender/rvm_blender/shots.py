@@ -139,7 +139,7 @@ def clip_frame_map(
 ) -> FrameMap:
     """The frames of a movie clip as Blender shows them from ``frame_start``."""
     if duration <= 0:
-        raise PluginError("the clip has no frames (is its file readable?)")
+        raise PluginError("no frames (is the file readable?)")
     if is_movie:
         # movie frame (from 0) = f - frame_start + frame_offset; numbered from 1
         first = frame_offset + 1
@@ -149,7 +149,7 @@ def clip_frame_map(
         first = first_file + frame_offset
         last = first + duration - 1
     if first < (1 if is_movie else 0) or last < first:
-        raise PluginError(f"the clip's frame offset {frame_offset} leaves no frames of its {duration}")
+        raise PluginError(f"frame offset {frame_offset} leaves no frames of {duration}")
     return FrameMap(first, last, frame_start)
 
 
@@ -163,16 +163,16 @@ def strip_frame_map(
 ) -> FrameMap:
     """The visible frames of a strip; ``numbers``: the file number of each image element, None for a movie."""
     if final_end <= final_start:
-        raise PluginError("the strip is empty")
+        raise PluginError("is empty")
     first_index = final_start - frame_start + animation_offset
     last_index = final_end - 1 - frame_start + animation_offset
     if numbers is None:
         return FrameMap(first_index + 1, last_index + 1, final_start)
     if first_index < 0 or last_index >= len(numbers):
-        raise PluginError("the strip shows frames outside its images")
+        raise PluginError("shows frames outside its images")
     chosen = numbers[first_index : last_index + 1]
     if any(b - a != 1 for a, b in itertools.pairwise(chosen)):
-        raise PluginError("the strip's images are not numbered one after another")
+        raise PluginError("its images are not numbered one after another")
     return FrameMap(chosen[0], chosen[-1], final_start)
 
 

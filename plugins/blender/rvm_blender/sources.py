@@ -58,13 +58,16 @@ def clip_request(clip: Any, scene: Any, scene_range: bool, output: OutputChoice,
     _readable(path, what)
     is_movie = clip.source == "MOVIE"
     source, first_file = (path, 1) if is_movie else frame_pattern(path)
-    frames = clip_frame_map(
-        is_movie=is_movie,
-        first_file=first_file,
-        frame_start=int(clip.frame_start),
-        frame_offset=int(clip.frame_offset),
-        duration=int(clip.frame_duration),
-    )
+    try:
+        frames = clip_frame_map(
+            is_movie=is_movie,
+            first_file=first_file,
+            frame_start=int(clip.frame_start),
+            frame_offset=int(clip.frame_offset),
+            duration=int(clip.frame_duration),
+        )
+    except PluginError as exc:
+        raise PluginError(f"{what}: {exc}") from None
     if scene_range:
         frames = frames.clamp_to_scene(scene.frame_start, scene.frame_end, what)
     colourspace = _colourspace(path, clip.colorspace_settings.name)
@@ -74,8 +77,11 @@ def clip_request(clip: Any, scene: Any, scene_range: bool, output: OutputChoice,
 def _check_timing(strip: Any, what: str) -> None:
     if getattr(strip, "use_reverse_frames", False) or getattr(strip, "strobe", 1.0) > 1.0:
         raise PluginError(f"{what}: reversed or strobed strips cannot be matted frame for frame")
+    # Blender exposes retiming keys but not their speeds: any key may change the mapping, so refuse.
     if len(getattr(strip, "retiming_keys", ())) > 0:
-        raise PluginError(f"{what}: retimed strips cannot be matted frame for frame; remove the retiming")
+        raise PluginError(
+            f"{what}: retimed strips cannot be matted frame for frame; reset the retiming (Strip > Retiming)"
+        )
 
 
 def strip_request(strip: Any, scene: Any, scene_range: bool, output: OutputChoice, name: str) -> ShotRequest:
@@ -99,13 +105,16 @@ def strip_request(strip: Any, scene: Any, scene_range: bool, output: OutputChoic
         numbers, is_movie, first_path = [n for _, n in patterns], False, files[0]
     else:
         raise PluginError(f"{what}: only movie and image strips can be matted, not {strip.type.lower()}")
-    frames = strip_frame_map(
-        frame_start=int(strip.frame_start),
-        final_start=int(strip.frame_final_start),
-        final_end=int(strip.frame_final_end),
-        numbers=numbers,
-        animation_offset=int(getattr(strip, "animation_offset_start", 0)),
-    )
+    try:
+        frames = strip_frame_map(
+            frame_start=int(strip.frame_start),
+            final_start=int(strip.frame_final_start),
+            final_end=int(strip.frame_final_end),
+            numbers=numbers,
+            animation_offset=int(getattr(strip, "animation_offset_start", 0)),
+        )
+    except PluginError as exc:
+        raise PluginError(f"{what}: {exc}") from None
     if scene_range:
         frames = frames.clamp_to_scene(scene.frame_start, scene.frame_end, what)
     colourspace = _colourspace(first_path, strip.colorspace_settings.name)
