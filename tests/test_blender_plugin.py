@@ -1,9 +1,11 @@
-"""The Blender add-on in real Blender (the bpy 4.5 module in its own venv) against real render nodes.
+"""The Blender add-on in real Blender (the bpy module in its own venv) against real render nodes.
 
-scripts/setup-blender-venv makes ``.venv-blender``; ``RVM_NODE_BLENDER_PYTHON``
-names another Python with bpy. The add-on is built with plugins/blender/build.py
-(Linux wheels) and installed into a temporary ``BLENDER_USER_RESOURCES``; its
-rvm-node subprocess runs on Blender's Python with the bundled wheels only.
+Every test runs on Blender 4.2 and 4.5 LTS: scripts/setup-blender-venv makes
+``.venv-blender-4.2`` and ``.venv-blender-4.5``; ``RVM_NODE_BLENDER_PYTHON``
+names one other Python with bpy to run them on instead. The add-on is built
+with plugins/blender/build.py (Linux wheels) and installed into a temporary
+``BLENDER_USER_RESOURCES``; its rvm-node subprocess runs on Blender's Python
+with the bundled wheels only.
 """
 
 from __future__ import annotations
@@ -32,11 +34,20 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = Path(__file__).with_name("blender_scenarios.py")
 PYTHON_ENV = "RVM_NODE_BLENDER_PYTHON"
+BLENDER_VERSIONS = ("4.2", "4.5")  # the LTS releases the add-on supports
 
 
-@pytest.fixture(scope="session")
-def blender_python() -> Path:
-    path = Path(os.environ.get(PYTHON_ENV) or ROOT / ".venv-blender" / "bin" / "python")
+def _blender_pythons() -> list[str]:
+    """``RVM_NODE_BLENDER_PYTHON``, or both LTS venvs that scripts/setup-blender-venv makes."""
+    given = os.environ.get(PYTHON_ENV)
+    return (
+        [given] if given else [str(ROOT / f".venv-blender-{v}" / "bin" / "python") for v in BLENDER_VERSIONS]
+    )
+
+
+@pytest.fixture(scope="session", params=_blender_pythons(), ids=lambda p: Path(p).parent.parent.name)
+def blender_python(request: pytest.FixtureRequest) -> Path:
+    path = Path(request.param)
     if not path.exists():
         pytest.fail(f"{path}: no Python with bpy; run scripts/setup-blender-venv or set {PYTHON_ENV}")
     return path
@@ -613,6 +624,7 @@ def test_release_zip_bundles_every_platform_and_installs(
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
         names = set(archive.namelist())
     assert manifest["type"] == "add-on" and manifest["blender_version_min"] == "4.2.0"
+    assert manifest["blender_version_max"] == "5.0.0"
     assert set(manifest["permissions"]) == {"network", "files"}
     assert sorted(manifest["platforms"]) == ["linux-x64", "macos-arm64", "macos-x64", "windows-x64"]
     wheels = [w.removeprefix("./") for w in manifest["wheels"]]
