@@ -16,8 +16,9 @@ and ``python -m rvm_node`` behave the same:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -655,23 +656,33 @@ def _run(args: argparse.Namespace) -> int:
     return run_example(args)
 
 
-def _stop_on_sigterm() -> None:
+@contextlib.contextmanager
+def _stop_on_sigterm() -> Iterator[None]:
     """SIGTERM (and SIGINT, even where a parent ignored it) stop a job as Ctrl-C does: complete frames are kept.
 
     Plugins cancel their rvm-node subprocess this way. The node (`serve`)
-    handles SIGTERM itself, by draining.
+    handles SIGTERM itself, by draining. The caller's handlers come back after.
     """
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
+        yield
         return
 
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    previous = (
+        signal.signal(signal.SIGTERM, interrupt),
+        signal.signal(signal.SIGINT, signal.default_int_handler),
+    )
+    try:
+        yield
+    finally:
+        for signum, handler in zip((signal.SIGTERM, signal.SIGINT), previous, strict=True):
+            if handler is not None:  # None: a handler set outside Python, which cannot be put back
+                signal.signal(signum, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -689,9 +700,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             serve_parser = args.serve_parser
             given = given_on_command_line(serve_parser, list(argv if argv is not None else sys.argv[1:]))
             apply_sources(args, serve_parser, given, os.environ, args.config)
-        else:
-            _stop_on_sigterm()
-        return _run(args)
+            return _run(args)
+        with _stop_on_sigterm():
+            return _run(args)
     except KeyboardInterrupt:
         print("rvm-node: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

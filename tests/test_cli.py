@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from fractions import Fraction
@@ -161,7 +162,9 @@ def test_info_asks_each_node(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [line["ok"] for line in lines] == [False, False]
         assert "bearer token" in lines[0]["error"] and "127.0.0.1:1" in lines[1]["error"]
+        handler = signal.getsignal(signal.SIGTERM)
         assert main(["info", "--node", " , "]) == EXIT_INPUT
+        assert signal.getsignal(signal.SIGTERM) is handler  # main() puts the caller's handlers back
         assert "--node: expected HOST:PORT" in capsys.readouterr().err
         assert main(["info", "--node", address, "--ca-file", str(tmp_path / "missing.pem")]) == EXIT_INPUT
         assert "cannot read the CA file" in capsys.readouterr().err
