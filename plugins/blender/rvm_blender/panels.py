@@ -17,15 +17,15 @@ def _draw_settings(layout: Any, context: Any) -> None:
         return
     prefs = addon.preferences
     box = layout.box()
-    box.label(text=f"Nodes: {prefs.nodes}", icon="NETWORK_DRIVE")
-    box.label(text=f"Output: {prefs.output_pattern}", icon="FILE_FOLDER")
+    box.prop(prefs, "nodes", text="", icon="NETWORK_DRIVE")
+    box.prop(prefs, "output_pattern", text="", icon="FILE_FOLDER")
     box.prop(prefs, "file_format", text="")
     box.prop(prefs, "outputs")
     row = box.row()
     row.prop(prefs, "auto_ratio", text="Auto")
     sub = row.row()
     sub.enabled = not prefs.auto_ratio
-    sub.prop(prefs, "downsample_ratio", text="Ratio")
+    sub.prop(prefs, "downsample_ratio", text="")
     box.operator("rvm.test_connection", icon="LINKED")
 
 
