@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 
 from rvm_node.engine.session import MattingBackend
+from rvm_node.io.images import read_image
 
 
 def run_frames(
@@ -43,3 +45,52 @@ def spawn_node(*options: str) -> tuple[subprocess.Popen[str], str]:
         process.kill()
         raise RuntimeError(f"rvm-node serve did not start: {address!r}")
     return process, address
+
+
+def direct_matte(
+    source: Path | str, node: str, frames: str, out: Path, *extra: str, env: dict[str, str] | None = None
+) -> None:
+    """The reference: rvm-node matte from the command line, same node, same frames."""
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rvm_node",
+            "matte",
+            "--input-source",
+            str(source),
+            "--node",
+            node,
+            "--frames",
+            frames,
+            "--output-alpha",
+            str(out),
+            "--quiet",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+
+
+def alpha(path: Path) -> np.ndarray:
+    if path.suffix == ".exr":
+        import OpenEXR
+
+        with OpenEXR.File(str(path), separate_channels=True) as exr:
+            channels = exr.channels()
+            a = channels["A"].pixels.astype(np.float32)
+            for name in "RGB":  # R=G=B=A: Blender reads the matte from any channel
+                assert np.array_equal(channels[name].pixels.astype(np.float32), a)
+            return a
+    pixels = read_image(path).pixels
+    return pixels[..., 0].astype(np.float32) / (65535.0 if pixels.dtype == np.uint16 else 255.0)
+
+
+def assert_same_mattes(ours: Path, reference: Path, numbers: range, name: str, ext: str = "exr") -> None:
+    files = sorted(p.name for p in ours.iterdir())
+    assert files == [f"{name}.{n:04d}.{ext}" for n in numbers]
+    for n in numbers:
+        a, b = alpha(ours / f"{name}.{n:04d}.{ext}"), alpha(reference / f"ref.{n:04d}.{ext}")
+        assert np.abs(a - b).max() <= 1e-3, f"frame {n}"

@@ -26,8 +26,8 @@ import numpy as np
 import pytest
 import tomllib
 
-from rvm_node.io.images import read_image, write_exr, write_image
-from tests.helpers import spawn_node
+from rvm_node.io.images import write_exr, write_image
+from tests.helpers import alpha, assert_same_mattes, direct_matte, spawn_node
 
 pytestmark = pytest.mark.slow
 
@@ -101,55 +101,6 @@ def _result(code: int, stdout: str, stderr: str) -> dict[str, Any]:
         raise AssertionError(f"Blender scenario failed ({code}):\n{stdout[-2000:]}\n{stderr[-4000:]}")
     result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT:"))
     return result
-
-
-def direct_matte(
-    source: Path | str, node: str, frames: str, out: Path, *extra: str, env: dict[str, str] | None = None
-) -> None:
-    """The reference: rvm-node matte from the command line, same node, same frames."""
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rvm_node",
-            "matte",
-            "--input-source",
-            str(source),
-            "--node",
-            node,
-            "--frames",
-            frames,
-            "--output-alpha",
-            str(out),
-            "--quiet",
-            *extra,
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-    )
-
-
-def alpha(path: Path) -> np.ndarray:
-    if path.suffix == ".exr":
-        import OpenEXR
-
-        with OpenEXR.File(str(path), separate_channels=True) as exr:
-            channels = exr.channels()
-            a = channels["A"].pixels.astype(np.float32)
-            for name in "RGB":  # R=G=B=A: Blender reads the matte from any channel
-                assert np.array_equal(channels[name].pixels.astype(np.float32), a)
-            return a
-    pixels = read_image(path).pixels
-    return pixels[..., 0].astype(np.float32) / (65535.0 if pixels.dtype == np.uint16 else 255.0)
-
-
-def assert_same_mattes(ours: Path, reference: Path, numbers: range, name: str, ext: str = "exr") -> None:
-    files = sorted(p.name for p in ours.iterdir())
-    assert files == [f"{name}.{n:04d}.{ext}" for n in numbers]
-    for n in numbers:
-        a, b = alpha(ours / f"{name}.{n:04d}.{ext}"), alpha(reference / f"ref.{n:04d}.{ext}")
-        assert np.abs(a - b).max() <= 1e-3, f"frame {n}"
 
 
 def test_extension_zip_mattes_a_clip_and_loads_it_back(
