@@ -25,15 +25,20 @@ def _same_file(path: str, absolute: str) -> bool:
     return os.path.normpath(bpy.path.abspath(path)) == os.path.normpath(absolute)
 
 
+def _load_once(datablocks: Any, path: str, name: str) -> Any:
+    """The image or clip already reading ``path`` (reloaded: its frames were written again), else a new one."""
+    earlier = next((d for d in datablocks if _same_file(d.filepath, path)), None)
+    if earlier is not None:
+        earlier.filepath = path  # setting the path reloads it
+        return earlier
+    block = datablocks.load(path, check_existing=False)
+    block.name = name
+    return block
+
+
 def load_image_sequence(pattern: str, frames: FrameMap, name: str) -> Any:
     """An image datablock of the matte sequence, with its frame range recorded on it."""
-    first = frame_path(pattern, frames.first)
-    image = next((i for i in bpy.data.images if _same_file(i.filepath, first)), None)
-    if image is None:
-        image = bpy.data.images.load(first, check_existing=False)
-        image.name = name
-    else:
-        image.reload()
+    image = _load_once(bpy.data.images, frame_path(pattern, frames.first), name)
     image.source = "SEQUENCE"
     image.colorspace_settings.name = NON_COLOR
     # An image has no frame range of its own (its users have); these are what
@@ -46,13 +51,7 @@ def load_image_sequence(pattern: str, frames: FrameMap, name: str) -> Any:
 
 def add_matte_clip(pattern: str, frames: FrameMap, name: str) -> Any:
     """A movie clip of the matte sequence, starting at the plate's scene frame."""
-    first = frame_path(pattern, frames.first)
-    clip = next((c for c in bpy.data.movieclips if _same_file(c.filepath, first)), None)
-    if clip is None:
-        clip = bpy.data.movieclips.load(first, check_existing=False)
-        clip.name = name
-    else:
-        clip.filepath = first  # reloads the frames written again
+    clip = _load_once(bpy.data.movieclips, frame_path(pattern, frames.first), name)
     clip.frame_start = frames.scene_first
     clip.frame_offset = 0
     clip.colorspace_settings.name = NON_COLOR
