@@ -222,7 +222,7 @@ def test_progress_lines_from_matte_and_farm(tmp_path: Path) -> None:
         tmp_path,
         "import json, sys\n"
         "print(json.dumps({'event': 'frame', 'shot': 'a', 'node': 'n1', 'frames': 2, 'total': 4}))\n"
-        "print(json.dumps({'event': 'done', 'shot': 'a', 'node': 'n2', 'frames': 4, 'total': 4}))\n"
+        "print(json.dumps({'event': 'done', 'shot': 'a', 'node': 'n2', 'frames': 3, 'total': 3}))\n"
         "print(json.dumps({'event': 'failed', 'shot': 'b', 'node': 'n1', 'frames': 1, 'message': 'node lost'}))\n"
         "sys.exit(4)\n",
     )

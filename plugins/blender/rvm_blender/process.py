@@ -178,10 +178,14 @@ class MatteProcess:
             shot = self.shots.get(str(event.get("shot")))
             if shot is None:
                 return
-            shot.done = int(event.get("frames") or 0)
+            shot.done = int(
+                event.get("frames") or 0
+            )  # written in this run: frames kept from before are not counted
             kind = event["event"]
             if kind in ("done", "failed", "cancelled"):
                 shot.state = kind
+            if kind == "done":
+                shot.done = shot.total
             shot.message = str(event.get("message") or "")
             node = event.get("node")
             if node and node not in shot.nodes:
