@@ -227,7 +227,9 @@ def run_convert_bench(args: argparse.Namespace) -> int:
             start = time.perf_counter()
             for frame in open_source(clip).frames():  # decode -> run -> encode, one thread
                 out = session.process(frame.pixels.transpose(2, 0, 1)[None])
-                writer.write(frame.number, render("alpha", WriterSettings(), out.fgr[0], out.pha[0, 0], None))
+                writer.write(
+                    frame.number, render("alpha", WriterSettings(), out.pha[0, 0], out.pha[0, 0], None)
+                )
             rows.append((f"sequential loop, alpha {ext}", len(frames) / (time.perf_counter() - start)))
             for chunk in (1, 4):
                 job = ConvertJob(
@@ -326,7 +328,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
         client = NodeClient(address)
         with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
             job = ConvertJob(
-                backend=RemoteBackend(client, foreground=False),
+                backend=RemoteBackend(client),
                 input_source=str(clip),
                 downsample_ratio=ratio,
                 outputs={"alpha": str(Path(tmp) / "m.####.png")},

@@ -117,7 +117,12 @@ def _add_shot_options(convert: argparse.ArgumentParser) -> None:
     official.add_argument(
         "--seq-chunk", type=int, default=None, help="frames per step (default 1; 8 for matte)"
     )
-    official.add_argument("--num-workers", type=int, default=0, help="threads encoding image sequences")
+    official.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="threads encoding image sequences (default: 0 for convert, up to 4 for matte)",
+    )
     official.add_argument("--disable-progress", action="store_true")
     ours = convert.add_argument_group("rvm-node options")
     ours.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
@@ -173,6 +178,24 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)"
     )
     node.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
+    node.add_argument(
+        "--transport",
+        choices=["raw", "zstd", "png"],
+        default="raw",
+        help="how frames travel to the node: raw (default, fastest on a LAN), or lossless zstd/png for slow links",
+    )
+    node.add_argument(
+        "--return-transport",
+        choices=["raw", "zstd", "png"],
+        default=None,
+        help="how mattes travel back (default: as --transport); mattes shrink far more than plates",
+    )
+    node.add_argument(
+        "--float-input",
+        choices=["float16", "float32"],
+        default="float16",
+        help="sample format of float frames (EXR plates after colour conversion) on the wire",
+    )
 
 
 def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -556,6 +579,7 @@ def _convert(args: argparse.Namespace) -> int:
     from fractions import Fraction
 
     from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
+    from rvm_node.convert.pipeline import encoder_threads
     from rvm_node.io.sequence import parse_frame_range
     from rvm_node.io.writers import WriterSettings
 
@@ -593,8 +617,13 @@ def _convert(args: argparse.Namespace) -> int:
 
         ca = _read_ca(args.ca_file)
         client = NodeClient(args.node, token=_token(args.token_file), root_certificates=ca)
-        foreground = args.output_foreground is not None or args.output_composition is not None
-        backend = RemoteBackend(client, label=Path(args.input_source).name, foreground=foreground)
+        backend = RemoteBackend(
+            client,
+            label=Path(args.input_source).name,
+            transport=args.transport,
+            return_transport=args.return_transport,
+            float_input=args.float_input,
+        )
     else:
         from rvm_node.engine.loader import shared_cpu_options  # torch: only for local work
 
@@ -608,7 +637,9 @@ def _convert(args: argparse.Namespace) -> int:
         input_resize=tuple(args.input_resize) if args.input_resize else None,
         # on a node, 8 frames in flight per round trip
         seq_chunk=args.seq_chunk if args.seq_chunk is not None else (8 if args.command == "matte" else 1),
-        num_workers=args.num_workers,
+        num_workers=args.num_workers
+        if args.num_workers is not None
+        else (encoder_threads() if args.command == "matte" else 0),
         frames=parse_frame_range(args.frames) if args.frames else None,
         start_frame=args.start_frame,
         input_colorspace=args.input_colorspace,

@@ -685,31 +685,6 @@ def test_mutual_tls_requires_a_client_certificate(backend, tmp_path: Path) -> No
         server.stop()
 
 
-def test_png_transport_for_slow_links(node: NodeThread, backend, clip_frames: np.ndarray) -> None:
-    frames = frames_of(clip_frames, 6)
-    with (
-        NodeClient(node.address) as client,
-        client.open_stream(
-            width=176, height=144, downsample_ratio=RATIO, transport="png", planes=("alpha", "foreground")
-        ) as stream,
-    ):
-        results = list(stream.process(frames))
-    alpha = np.stack([r.alpha for r in results])
-    assert results[0].foreground is not None and results[0].foreground.shape == (144, 176, 3)
-    assert float(np.abs(alpha - local_alpha(backend, frames)).max()) <= 1 / 65535  # 16-bit PNG
-    with pytest.raises(grpc.RpcError) as info:
-        raw_stream(node.address, [open_request(transport=pb.TRANSPORT_PNG), chunk_request(1, b"not a png")])
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a readable PNG" in (
-        info.value.details() or ""
-    )
-    with pytest.raises(grpc.RpcError) as info:
-        raw_stream(
-            node.address, [open_request(transport=pb.TRANSPORT_PNG, input_format=pb.SAMPLE_FORMAT_FLOAT32)]
-        )
-    assert "PNG transport takes uint8 or uint16" in (info.value.details() or "")
-    assert node.wait_idle() == 0
-
-
 def test_busy_node_is_retried_with_backoff(backend) -> None:
     server = NodeThread(backend, limits=Limits(max_streams=1))
     try:

@@ -1,10 +1,14 @@
 """A typed client for one render node.
 
 >>> client = NodeClient("127.0.0.1:50051")
->>> with client.open_stream(width=1920, height=1080) as stream:
+>>> with client.open_stream(width=1920, height=1080, output_format="uint16") as stream:
 ...     for result in stream.process(numbered_frames):   # (number, HxWx3 uint8) pairs
-...         result.number, result.alpha
+...         result.number, result.alpha                   # HxW uint16
 ...     state = stream.snapshot()                         # continue elsewhere with restore=state
+
+``process_chunks`` sends chunks of several frames (one forward pass each on
+the node) with a window of bytes in flight, and can ask for a state snapshot
+after any chunk, in order with the frames.
 
 Status codes from the node become exceptions of the rvm-node tree here.
 """
@@ -12,10 +16,10 @@ Status codes from the node become exceptions of the rvm-node tree here.
 from __future__ import annotations
 
 import queue
-import threading
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -35,19 +39,32 @@ from rvm_node.node.protocol import (
     DTYPES,
     FORMAT_NAMES,
     PLANE_CHANNELS,
-    decode_png,
-    encode_png,
+    TRANSPORTS,
+    check_transport,
+    pack,
     split_parts,
     state_from_message,
     state_to_message,
+    transport_name,
+    unpack,
 )
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
-__all__ = ["MatteResult", "MatteStream", "NodeClient", "NodeInfo", "map_rpc_error"]
+__all__ = [
+    "ChunkReply",
+    "MatteResult",
+    "MatteStream",
+    "NodeClient",
+    "NodeInfo",
+    "StreamChunk",
+    "map_rpc_error",
+]
 
 _PLANES = {"alpha": pb.PLANE_ALPHA, "foreground": pb.PLANE_FOREGROUND}
 _CLOSE = object()
+_MESSAGE_HEADROOM = 64 * 1024
+DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
 
 
 def map_rpc_error(error: grpc.RpcError, address: str) -> NodeError:
@@ -78,13 +95,36 @@ class NodeInfo:
     max_message_bytes: int
     max_frame_pixels: int
     idle_timeout: float
+    max_chunks_in_flight: int = 0
+    max_batch: int = 1
+    batch_delay: float = 0.0
+    transports: tuple[str, ...] = ()
+    sample_formats: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class MatteResult:
+    """One frame's planes, in the stream's output format (uint8/uint16 0..max or float 0..1)."""
+
     number: int
-    alpha: np.ndarray  # HxW float32 0..1
-    foreground: np.ndarray | None  # HxWx3 float32 0..1
+    alpha: np.ndarray  # HxW; empty when the stream asked for the foreground only
+    foreground: np.ndarray | None  # HxWx3
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """Frames sent as one request (one forward pass on the node); ``snapshot`` asks for the state after them."""
+
+    frames: list[tuple[int, np.ndarray]]
+    snapshot: bool = False
+    tag: Any = None
+
+
+@dataclass(frozen=True)
+class ChunkReply:
+    tag: Any
+    results: list[MatteResult]
+    snapshot: tuple[int, RecurrentState] | None = field(default=None)
 
 
 class NodeClient:
@@ -133,6 +173,7 @@ class NodeClient:
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, self.address) from exc
         limits = reply.limits
+        formats = {v: k for k, v in FORMAT_NAMES.items()}
         return NodeInfo(
             reply.version,
             reply.device,
@@ -144,6 +185,11 @@ class NodeClient:
             limits.max_message_bytes,
             limits.max_frame_pixels,
             limits.idle_timeout_seconds,
+            limits.max_chunks_in_flight,
+            limits.max_batch,
+            limits.batch_delay_seconds,
+            tuple(transport_name(t) for t in reply.transports),
+            tuple(formats.get(f, str(f)) for f in reply.sample_formats),
         )
 
     def open_stream(
@@ -159,12 +205,25 @@ class NodeClient:
         label: str = "",
         timeout: float | None = None,
         transport: str = "raw",
+        return_transport: str | None = None,
     ) -> MatteStream:
-        """Open a stream; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff before it starts."""
+        """Open a stream; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff before it starts.
+
+        ``transport`` packs the frames sent and ``return_transport`` (default:
+        the same) the planes returned: ``raw``, ``zstd`` or ``png`` (integer
+        formats only). ``output_format`` is the sample format of the planes
+        returned; ask for what the writer stores (``uint16`` for 16-bit PNG,
+        ``float16`` for half EXR) to move the fewest bytes.
+        """
         if input_format not in FORMAT_NAMES or output_format not in FORMAT_NAMES:
             raise InvalidInputError(f"formats: expected one of {', '.join(FORMAT_NAMES)}")
-        if transport not in ("raw", "png"):
-            raise InvalidInputError(f"transport: expected raw or png, got {transport!r}")
+        for where, name in (("transport", transport), ("return_transport", return_transport or transport)):
+            if name not in TRANSPORTS:
+                raise InvalidInputError(f"{where}: expected one of {', '.join(TRANSPORTS)}, got {name!r}")
+        check_transport(TRANSPORTS[transport], FORMAT_NAMES[input_format], "transport")
+        check_transport(
+            TRANSPORTS[return_transport or transport], FORMAT_NAMES[output_format], "return_transport"
+        )
         unknown = [p for p in planes if p not in _PLANES]
         if unknown:
             raise InvalidInputError(f"planes: expected alpha and/or foreground, got {unknown}")
@@ -176,6 +235,8 @@ class NodeClient:
             width=width,
             height=height,
             label=label,
+            transport=TRANSPORTS[transport],
+            return_transport=TRANSPORTS[return_transport or transport],
         )
         open_message = pb.OpenStream(settings=settings)
         if restore is not None:
@@ -211,11 +272,11 @@ class MatteStream:
             )
         self.accepted = first.accepted
         self.downsample_ratio = first.accepted.downsample_ratio
-        self._planes = list(self._settings.planes) or [pb.PLANE_ALPHA]
+        self._planes = list(dict.fromkeys(self._settings.planes)) or [pb.PLANE_ALPHA]
         self._in_dtype = DTYPES[self._settings.input_format]
         self._out_dtype = DTYPES[self._settings.output_format]
-        self._png = self._settings.transport == pb.TRANSPORT_PNG
-        self._lock = threading.Lock()
+        self._in_transport = self._settings.transport or pb.TRANSPORT_RAW
+        self._out_transport = self._settings.return_transport or self._in_transport
         self.closed = False
 
     def _request_iter(self) -> Iterator[pb.MatteRequest]:
@@ -236,16 +297,31 @@ class MatteStream:
             self.cancel()
             raise
 
-    def _send_frame(self, number: int, frame: np.ndarray) -> None:
+    def _pack_frame(self, number: int, frame: np.ndarray) -> bytes:
         width, height = self._settings.width, self._settings.height
         if frame.shape != (height, width, 3):
             raise InvalidInputError(f"frame {number}: expected {width}x{height}x3, got {list(frame.shape)}")
-        samples = np.ascontiguousarray(frame, self._in_dtype)
-        data = encode_png(samples) if self._png else samples.tobytes()
-        limit = self._client.max_message_bytes - 64 * 1024
-        for offset, piece in split_parts(data, limit):
-            part = pb.FramePart(number=number, offset=offset, total_bytes=len(data), data=piece)
-            self._requests.put(pb.MatteRequest(chunk=pb.FrameChunk(parts=[part])))
+        return pack(np.asarray(frame, self._in_dtype), self._in_transport)
+
+    def _send_chunk(self, chunk: StreamChunk) -> int:
+        """Send a chunk's frames, as few messages as the limit allows; returns the bytes sent."""
+        limit = self._client.max_message_bytes - _MESSAGE_HEADROOM
+        parts: list[pb.FramePart] = []
+        size = sent = 0
+        for number, frame in chunk.frames:
+            data = self._pack_frame(number, frame)
+            sent += len(data)
+            for offset, piece in split_parts(data, limit):
+                if parts and size + len(piece) > limit:
+                    self._requests.put(pb.MatteRequest(chunk=pb.FrameChunk(parts=parts)))
+                    parts, size = [], 0
+                parts.append(pb.FramePart(number=number, offset=offset, total_bytes=len(data), data=piece))
+                size += len(piece)
+        if parts:
+            self._requests.put(pb.MatteRequest(chunk=pb.FrameChunk(parts=parts)))
+        if chunk.snapshot:
+            self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=True)))
+        return sent
 
     def _receive_frame(self) -> MatteResult:
         width, height = self._settings.width, self._settings.height
@@ -260,45 +336,68 @@ class MatteStream:
                 )
             part = response.part
             number = part.number if number is None else number
-            buffer = buffers.setdefault(part.plane, bytearray(part.total_bytes))
-            buffer[part.offset : part.offset + len(part.data)] = part.data
-            if part.offset + len(part.data) == part.total_bytes:
-                channels = PLANE_CHANNELS[part.plane]
-                shape = (height, width) if channels == 1 else (height, width, channels)
-                if self._png:
-                    values = decode_png(buffer, shape, f"node {self._client.address}: frame {part.number}")
-                else:
-                    values = np.frombuffer(bytes(buffer), self._out_dtype).reshape(shape)
-                if values.dtype.kind == "u":
-                    values = values.astype(np.float32) / np.iinfo(values.dtype).max
-                planes[part.plane] = values.astype(np.float32, copy=False)
+            if part.offset == 0 and len(part.data) == part.total_bytes:
+                data: bytes | bytearray = part.data  # the whole plane in one part: no copy
+            else:
+                buffer = buffers.setdefault(part.plane, bytearray(part.total_bytes))
+                buffer[part.offset : part.offset + len(part.data)] = part.data
+                if part.offset + len(part.data) != part.total_bytes:
+                    continue
+                data = buffer
+            channels = PLANE_CHANNELS[part.plane]
+            shape = (height, width) if channels == 1 else (height, width, channels)
+            where = f"node {self._client.address}: frame {part.number}"
+            planes[part.plane] = unpack(data, self._out_transport, self._out_dtype, shape, where)
         return MatteResult(
             int(number or 0),
-            planes[pb.PLANE_ALPHA] if pb.PLANE_ALPHA in planes else np.empty(0),
+            planes[pb.PLANE_ALPHA] if pb.PLANE_ALPHA in planes else np.empty(0, self._out_dtype),
             planes.get(pb.PLANE_FOREGROUND),
         )
 
+    def _receive_chunk(self, chunk: StreamChunk) -> ChunkReply:
+        results = [self._receive_frame() for _ in chunk.frames]
+        return ChunkReply(chunk.tag, results, self._receive_snapshot() if chunk.snapshot else None)
+
+    def process_chunks(
+        self, chunks: Iterable[StreamChunk], window_bytes: int = DEFAULT_WINDOW_BYTES
+    ) -> Iterator[ChunkReply]:
+        """Send chunks and yield their replies in order, keeping up to ``window_bytes`` of frames in flight.
+
+        The next chunk is always sent before the previous reply is read, so
+        the node infers one chunk while the client packs, sends and reads.
+        """
+        pending: deque[tuple[StreamChunk, int]] = deque()
+        in_flight = 0
+        for chunk in chunks:
+            size = self._send_chunk(chunk)
+            pending.append((chunk, size))
+            in_flight += size
+            while len(pending) > 1 and in_flight > window_bytes:
+                done, done_size = pending.popleft()
+                in_flight -= done_size
+                yield self._receive_chunk(done)
+        while pending:
+            yield self._receive_chunk(pending.popleft()[0])
+
     def process(self, frames: Iterable[tuple[int, np.ndarray]], window: int = 2) -> Iterator[MatteResult]:
         """Send numbered ``HxWx3`` frames and yield their results in order, ``window`` frames in flight."""
-        in_flight = 0
-        for number, frame in frames:
-            self._send_frame(number, frame)
-            in_flight += 1
-            if in_flight > window:
-                yield self._receive_frame()
-                in_flight -= 1
-        for _ in range(in_flight):
-            yield self._receive_frame()
+        frame_bytes = self._settings.width * self._settings.height * 3 * self._in_dtype.itemsize
+        chunks = (StreamChunk([item]) for item in frames)
+        for reply in self.process_chunks(chunks, window_bytes=max(1, window) * frame_bytes):
+            yield from reply.results
 
-    def snapshot(self) -> tuple[int, RecurrentState]:
-        """The state after the last frame sent, with that frame's number."""
-        self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=True)))
+    def _receive_snapshot(self) -> tuple[int, RecurrentState]:
         response = self._next()
         if response.WhichOneof("kind") != "snapshot":
             raise NodeProtocolError(
                 f"node {self._client.address}: expected a snapshot, got {response.WhichOneof('kind')}"
             )
         return state_from_message(response.snapshot)
+
+    def snapshot(self) -> tuple[int, RecurrentState]:
+        """The state after the last frame sent, with that frame's number."""
+        self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=True)))
+        return self._receive_snapshot()
 
     def reset(self) -> None:
         self._requests.put(pb.MatteRequest(control=pb.Control(reset=True)))

@@ -2,29 +2,42 @@
 takes a backend) can matte on a node: same readers, writers, frame numbers,
 atomic writes and resume.
 
-Each session opens one Matte stream on its first frames; snapshots and
-restores go through the node's state controls.
+Each session opens one Matte stream on its first frames, asking for the
+session's :class:`OutputSpec`: only the planes it needs, in the sample format
+its writers store. Frames travel as decoded (uint8/uint16; float frames, such
+as EXR plates after colour conversion, as float16 unless ``float_input`` is
+float32). :meth:`RemoteBackend.run_stream` keeps a window of bytes in flight,
+so decoding, the network, the node and writing overlap; snapshots and
+restores go through the node's state controls, in order with the frames.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from rvm_node.client.node_client import MatteStream, NodeClient
-from rvm_node.engine.session import MattingBackend, RecurrentState
+from rvm_node.client.node_client import (
+    DEFAULT_WINDOW_BYTES,
+    MatteResult,
+    MatteStream,
+    NodeClient,
+    StreamChunk,
+)
+from rvm_node.engine.samples import OutputSpec, sample_format_of
+from rvm_node.engine.session import (
+    ChunkDone,
+    ChunkJob,
+    MatteChunk,
+    MattingBackend,
+    MattingSession,
+    RecurrentState,
+)
 from rvm_node.errors import InvalidInputError
 
 __all__ = ["RemoteBackend"]
-
-_WIRE = {
-    np.dtype(np.uint8): "uint8",
-    np.dtype(np.uint16): "uint16",
-    np.dtype(np.float16): "float16",
-    np.dtype(np.float32): "float32",
-}
 
 
 @dataclass
@@ -41,20 +54,28 @@ class RemoteBackend(MattingBackend[_RemoteState]):
         self,
         client: NodeClient,
         *,
-        output_format: str = "float32",
         label: str = "",
-        foreground: bool = True,
+        transport: str = "raw",
+        return_transport: str | None = None,
+        float_input: Literal["float16", "float32"] = "float16",
+        window_bytes: int = DEFAULT_WINDOW_BYTES,
     ) -> None:
-        """``foreground=False`` asks the node for alpha only; the foreground returned is then zeros."""
+        """``transport`` / ``return_transport``: raw, zstd or png for frames sent / mattes returned."""
+        if float_input not in ("float16", "float32"):
+            raise InvalidInputError(f"float_input: expected float16 or float32, got {float_input!r}")
+        if window_bytes < 1:
+            raise InvalidInputError(f"window_bytes: expected 1 or more, got {window_bytes}")
         self.client = client
-        self.foreground = foreground
         info = client.info()
         self.device = f"{client.address} ({info.device})"
         self.precision = info.precision
         self.variant = info.variants[0] if info.variants else "mobilenetv3"
         self.node_backend = info.backend
-        self.output_format = output_format
         self.label = label
+        self.transport = transport
+        self.return_transport = return_transport
+        self.float_input = float_input
+        self.window_bytes = window_bytes
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -63,13 +84,14 @@ class RemoteBackend(MattingBackend[_RemoteState]):
 
     def prepare(self, frames: Any) -> np.ndarray:
         array = np.asarray(frames)
-        if array.dtype not in _WIRE:
-            raise InvalidInputError(
-                f"frames: expected uint8, uint16, float16 or float32 frames, got {array.dtype}"
-            )
+        if array.dtype.kind == "f" and array.dtype != np.dtype(self.float_input):
+            return array.astype(self.float_input)
+        sample_format_of(array.dtype)  # raises for any other type
         return array  # sent as they are: uint8 frames cost a quarter of float32 on the wire
 
-    def _open(self, src: np.ndarray, state: _RemoteState | None, ratio: float) -> _RemoteState:
+    def _open(
+        self, src: np.ndarray, state: _RemoteState | None, ratio: float, outputs: OutputSpec
+    ) -> _RemoteState:
         height, width = src.shape[-2:]
         restore = None
         if state is not None and state.restore is not None:
@@ -77,35 +99,77 @@ class RemoteBackend(MattingBackend[_RemoteState]):
         stream = self.client.open_stream(
             width=width,
             height=height,
-            input_format=_WIRE[src.dtype],
-            output_format=self.output_format,
-            planes=("alpha", "foreground"),
+            input_format=sample_format_of(src.dtype),
+            output_format=outputs.sample_format,
+            planes=("alpha", "foreground") if outputs.foreground else ("alpha",),
             downsample_ratio=ratio,
             restore=restore,
             label=self.label,
+            transport=self.transport,
+            return_transport=self.return_transport,
         )
         return _RemoteState(stream, state.next_number if state is not None else 0)
 
-    def infer(
-        self, src: np.ndarray, state: _RemoteState | None, downsample_ratio: float
-    ) -> tuple[np.ndarray, np.ndarray, _RemoteState]:
+    def _stream_for(
+        self, src: np.ndarray, state: _RemoteState | None, ratio: float, outputs: OutputSpec
+    ) -> tuple[_RemoteState, MatteStream]:
         if src.shape[0] != 1:
             raise InvalidInputError(
                 f"frames: a node stream takes one clip at a time, got a batch of {src.shape[0]}"
             )
         if state is None or state.stream is None:
-            state = self._open(src, state, downsample_ratio)
-        stream = state.stream
-        if stream is None:  # _open always sets it; kept explicit for the type checker
+            state = self._open(src, state, ratio, outputs)
+        if state.stream is None:  # _open always sets it; kept explicit for the type checker
             raise InvalidInputError("internal: no stream open")
-        frames = [(state.next_number + t, src[0, t].transpose(1, 2, 0)) for t in range(src.shape[1])]
-        results = list(stream.process(frames, window=len(frames)))
+        return state, state.stream
+
+    @staticmethod
+    def _numbered(src: np.ndarray, first: int) -> list[tuple[int, np.ndarray]]:
+        return [(first + t, src[0, t].transpose(1, 2, 0)) for t in range(src.shape[1])]
+
+    @staticmethod
+    def _chunk(results: list[MatteResult], outputs: OutputSpec) -> MatteChunk:
+        pha = np.stack([r.alpha for r in results])[:, None]
+        fgr = None
+        if outputs.foreground:
+            fgr = np.stack([r.foreground for r in results if r.foreground is not None]).transpose(0, 3, 1, 2)
+        return MatteChunk(fgr, pha)
+
+    def infer(
+        self, src: np.ndarray, state: _RemoteState | None, downsample_ratio: float, outputs: OutputSpec
+    ) -> tuple[np.ndarray | None, np.ndarray, _RemoteState]:
+        state, stream = self._stream_for(src, state, downsample_ratio, outputs)
+        frames = self._numbered(src, state.next_number)
+        (reply,) = stream.process_chunks([StreamChunk(frames)], window_bytes=self.window_bytes)
         state.next_number += len(frames)
-        pha = np.stack([r.alpha for r in results])[None, :, None]
-        fgr = np.stack([r.foreground for r in results if r.foreground is not None]).transpose(0, 3, 1, 2)[
-            None
-        ]
-        return fgr, pha, state
+        out = self._chunk(reply.results, outputs)
+        return (None if out.fgr is None else out.fgr[None]), out.pha[None], state
+
+    def run_stream(self, session: MattingSession, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
+        """Chunks through the stream with a window of bytes in flight; snapshots in order with the frames."""
+        iterator = iter(jobs)
+        first = next(iterator, None)
+        if first is None:
+            return
+        src, ratio = session.admit(first.frames)
+        state, stream = self._stream_for(src, session.state, ratio, session.outputs)
+        admitted: dict[int, np.ndarray] = {}
+
+        def chunks() -> Iterator[StreamChunk]:
+            job: ChunkJob | None = first
+            while job is not None:
+                one, _ = session.admit(job.frames)
+                frames = self._numbered(one, state.next_number)
+                state.next_number += len(frames)
+                admitted[id(job)] = one
+                yield StreamChunk(frames, snapshot=job.snapshot, tag=job)
+                job = next(iterator, None)
+
+        for reply in stream.process_chunks(chunks(), window_bytes=self.window_bytes):
+            job = reply.tag
+            session.commit(state, admitted.pop(id(job)), ratio)
+            snapshot = reply.snapshot[1] if reply.snapshot is not None else None
+            yield ChunkDone(job, self._chunk(reply.results, session.outputs), snapshot)
 
     def state_to_host(self, state: _RemoteState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if state.stream is None:

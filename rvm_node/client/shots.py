@@ -8,7 +8,7 @@ from typing import Any
 from rvm_node.client.node_client import NodeClient
 from rvm_node.client.remote_backend import RemoteBackend
 from rvm_node.convert.api import convert_video
-from rvm_node.convert.pipeline import ConvertReport
+from rvm_node.convert.pipeline import ConvertReport, encoder_threads
 
 __all__ = ["matte_shot"]
 
@@ -21,9 +21,9 @@ def matte_shot(node: NodeClient | str, input_source: str | Path, **options: Any)
     written atomically, and ``resume=True`` continues a killed run.
     """
     client = NodeClient(node) if isinstance(node, str) else node
-    foreground = any(options.get(k) is not None for k in ("output_foreground", "output_composition"))
-    options.setdefault("seq_chunk", 8)  # frames in flight per round trip
-    backend = RemoteBackend(client, label=Path(str(input_source)).name, foreground=foreground)
+    options.setdefault("seq_chunk", 8)  # frames per forward pass on the node
+    options.setdefault("num_workers", encoder_threads())
+    backend = RemoteBackend(client, label=Path(str(input_source)).name)
     try:
         return convert_video(backend, input_source, **options)
     finally:

@@ -35,7 +35,8 @@ import numpy as np
 
 from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint, save_checkpoint
 from rvm_node.convert.progress import Progress
-from rvm_node.engine.session import MattingBackend, RecurrentState, check_downsample_ratio
+from rvm_node.engine.samples import OutputSpec, finest_format
+from rvm_node.engine.session import ChunkJob, MattingBackend, RecurrentState, check_downsample_ratio
 from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.io.sequence import FramePattern, FrameRange
 from rvm_node.io.sources import FrameSource, SourceFrame, open_source
@@ -52,7 +53,7 @@ from rvm_node.io.writers import (
     verify_frame,
 )
 
-__all__ = ["RESUME_WARMUP", "ConvertJob", "ConvertReport", "run_job"]
+__all__ = ["RESUME_WARMUP", "ConvertJob", "ConvertReport", "encoder_threads", "output_spec", "run_job"]
 
 # Frames fed through the network before the first missing frame on --resume.
 RESUME_WARMUP = 30
@@ -163,6 +164,19 @@ def _make_writer(
     return VideoWriter(kind, path, rate=rate, size=size, settings=settings, audio_from=audio)
 
 
+def encoder_threads() -> int:
+    """Image encoders for a shot whose model runs elsewhere (a node): one per core, up to 4."""
+    return min(4, os.cpu_count() or 1)
+
+
+def output_spec(writers: list[FrameWriter]) -> OutputSpec:
+    """What the writers need from the model: the foreground only if an output uses it, in their sample format."""
+    return OutputSpec(
+        foreground=any(w.kind != "alpha" for w in writers),
+        sample_format=finest_format([w.sample_format for w in writers]),
+    )
+
+
 class _Numbering:
     """Maps source frame numbers to output numbers (the official png_sequence counts from 0)."""
 
@@ -270,6 +284,8 @@ class _WriterThread:
     ) -> None:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=8)
         self._job, self._writers, self._numbering = job, writers, numbering
+        self._videos = [w for w in writers if not isinstance(w, SequenceWriter)]
+        self._images: list[FrameWriter] = [w for w in writers if isinstance(w, SequenceWriter)]
         self._background, self._progress = background, progress
         self._pool = ThreadPoolExecutor(job.num_workers) if job.num_workers > 0 else None
         self._pending: deque[Future[None]] = deque()
@@ -279,9 +295,14 @@ class _WriterThread:
         self._thread.start()
 
     def _write_frame(
-        self, number: int, fgr: np.ndarray, pha: np.ndarray, background: np.ndarray | None
+        self,
+        writers: list[FrameWriter],
+        number: int,
+        fgr: np.ndarray | None,
+        pha: np.ndarray,
+        background: np.ndarray | None,
     ) -> None:
-        for writer in self._writers:
+        for writer in writers:
             image = render(writer.kind, writer.settings, fgr, pha, background)
             writer.write(self._numbering(number), image)
 
@@ -300,9 +321,12 @@ class _WriterThread:
                 number, fgr, pha = item
                 background = self._background.next() if self._background is not None else None
                 if self._pool is None:
-                    self._write_frame(number, fgr, pha, background)
-                else:
-                    self._pending.append(self._pool.submit(self._write_frame, number, fgr, pha, background))
+                    self._write_frame(self._writers, number, fgr, pha, background)
+                else:  # a video's frames go in order, here; image files on the pool
+                    self._write_frame(self._videos, number, fgr, pha, background)
+                    self._pending.append(
+                        self._pool.submit(self._write_frame, self._images, number, fgr, pha, background)
+                    )
                     while len(self._pending) > 2 * self._job.num_workers:
                         self._pending.popleft().result()
                 self.written += 1
@@ -394,17 +418,17 @@ def _run_writers(
         "precision": str(model["precision"]),
     }
     plan = _plan_resume(job, writers, numbering, numbers, size, fingerprint)
-    start, done = plan.start, plan.done
+    start, done_frames = plan.start, plan.done
     if job.write_from is not None:
-        done = done | {n for n in (numbers or []) if n < job.write_from}
-    to_write = [n for n in (numbers or []) if n not in done] if numbers is not None else None
+        done_frames = done_frames | {n for n in (numbers or []) if n < job.write_from}
+    to_write = [n for n in (numbers or []) if n not in done_frames] if numbers is not None else None
     progress = Progress(len(to_write) if to_write is not None else None, job.progress)
     background = Background(job.background, size) if "composition" in job.outputs else None
     if to_write == []:
         progress.finish("done", "every frame is already written")
         return ConvertReport(
             0,
-            len(done),
+            len(done_frames),
             0,
             False,
             {k: str(w.target) for k, w in zip(job.outputs, writers, strict=True)},
@@ -412,10 +436,9 @@ def _run_writers(
             numbers[-1] if numbers else None,
         )
 
-    session = job.backend.new_session(job.downsample_ratio)
+    session = job.backend.new_session(job.downsample_ratio, output_spec(writers))
     if plan.state is not None:
         session.restore(plan.state)
-    since_checkpoint = 0
     stop = threading.Event()
     frames: queue.Queue[Any] = queue.Queue(maxsize=max(4, 2 * job.seq_chunk))
     reader = threading.Thread(
@@ -425,23 +448,33 @@ def _run_writers(
     reader.start()
     warmup = 0
     first = last = None
-    try:
+
+    def chunk_jobs() -> Iterator[ChunkJob]:
+        since_checkpoint = 0
         for chunk in _chunks(frames, job.seq_chunk):
             if job.cancel is not None and job.cancel.is_set():
                 raise JobCancelledError(f"{job.input_source}: cancelled; complete frames were kept")
-            batch = np.stack([f.pixels for f in chunk]).transpose(0, 3, 1, 2)
-            out = session.process(batch)
+            since_checkpoint += len(chunk)
+            snapshot = (
+                plan.checkpoint is not None and job.state_every > 0 and since_checkpoint >= job.state_every
+            )
+            if snapshot:
+                since_checkpoint = 0
+            yield ChunkJob(np.stack([f.pixels for f in chunk]).transpose(0, 3, 1, 2), snapshot, chunk)
+
+    try:
+        for done in session.run(chunk_jobs()):
+            chunk, out = done.job.tag, done.out
             for t, frame in enumerate(chunk):
-                if frame.number in done:
+                if frame.number in done_frames:
                     warmup += 1
                     continue
                 first = frame.number if first is None else first
                 last = frame.number
-                writer.put((frame.number, out.fgr[t].transpose(1, 2, 0), out.pha[t, 0]))
-            since_checkpoint += len(chunk)
-            if plan.checkpoint is not None and job.state_every > 0 and since_checkpoint >= job.state_every:
-                since_checkpoint = 0
-                writer.put(("state", chunk[-1].number, session.snapshot(), plan.checkpoint, fingerprint))
+                fgr = None if out.fgr is None else out.fgr[t].transpose(1, 2, 0)
+                writer.put((frame.number, fgr, out.pha[t, 0]))
+            if done.state is not None:
+                writer.put(("state", chunk[-1].number, done.state, plan.checkpoint, fingerprint))
         writer.join()
         for w in writers:
             w.close()
@@ -460,7 +493,7 @@ def _run_writers(
     progress.finish("done")
     return ConvertReport(
         writer.written,
-        len(done),
+        len(done_frames),
         warmup,
         plan.state is not None,
         {k: str(w.target) for k, w in zip(job.outputs, writers, strict=True)},

@@ -18,7 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rvm_node.engine.onnx_graph import policy_graphs
-from rvm_node.engine.session import MattingBackend, RecurrentState
+from rvm_node.engine.samples import OutputSpec
+from rvm_node.engine.session import MattingBackend, RecurrentState, convert_outputs
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, WeightsFormatError
 
 __all__ = ["OrtBackend", "OrtOptions", "choose_providers"]
@@ -148,8 +149,8 @@ class OrtBackend(MattingBackend[OrtState]):
         )
 
     def infer(
-        self, src: np.ndarray, state: OrtState | None, downsample_ratio: float
-    ) -> tuple[np.ndarray, np.ndarray, OrtState]:
+        self, src: np.ndarray, state: OrtState | None, downsample_ratio: float, outputs: OutputSpec
+    ) -> tuple[np.ndarray | None, np.ndarray, OrtState]:
         import onnxruntime as ort
 
         session = self._session(unit_ratio=downsample_ratio == 1.0)
@@ -170,16 +171,18 @@ class OrtBackend(MattingBackend[OrtState]):
             for name in _OUTPUTS[2:]:
                 binding.bind_output(name, self._ort_device, self._device_id)
             session.run_with_iobinding(binding)
-            outputs = binding.get_outputs()
-            fgr_out.append(outputs[0].numpy())
-            pha_out.append(outputs[1].numpy())
-            rec = list(outputs[2:])
+            values = binding.get_outputs()
+            fgr_out.append(values[0].numpy())
+            pha_out.append(values[1].numpy())
+            rec = list(values[2:])
         if len(fgr_out) == 1:  # one frame: a view, no copy
             fgr, pha = fgr_out[0][:, None], pha_out[0][:, None]
         else:
             fgr, pha = np.stack(fgr_out, axis=1), np.stack(pha_out, axis=1)
-        fgr, pha = fgr.astype(np.float32, copy=False), pha.astype(np.float32, copy=False)
-        return fgr, pha, (rec[0], rec[1], rec[2], rec[3])
+        fgr_samples, pha_samples = convert_outputs(
+            fgr.astype(np.float32, copy=False), pha.astype(np.float32, copy=False), outputs
+        )
+        return fgr_samples, pha_samples, (rec[0], rec[1], rec[2], rec[3])
 
     def state_to_host(self, state: OrtState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         r1, r2, r3, r4 = (np.asarray(v.numpy(), np.float32) for v in state)

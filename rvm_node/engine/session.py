@@ -12,20 +12,26 @@ and refuses a frame size it holds no state for unless it is reset.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
+from rvm_node.engine.samples import OutputSpec, to_samples
 from rvm_node.errors import InvalidInputError, ResolutionChangedError
 
 __all__ = [
+    "ChunkDone",
+    "ChunkJob",
     "MatteChunk",
     "MattingBackend",
     "MattingSession",
+    "OutputSpec",
     "RecurrentState",
     "auto_downsample_ratio",
     "check_downsample_ratio",
+    "process_batch",
 ]
 
 StateT = TypeVar("StateT")
@@ -80,10 +86,32 @@ class RecurrentState:
 
 @dataclass(frozen=True)
 class MatteChunk:
-    """One chunk's result: foreground ``[..., 3, H, W]`` and alpha ``[..., 1, H, W]``, float32 0..1."""
+    """One chunk's result: foreground ``[..., 3, H, W]`` and alpha ``[..., 1, H, W]``.
 
-    fgr: np.ndarray
+    Samples are in the session's :class:`OutputSpec` format (float32 0..1 by
+    default); ``fgr`` is None when the spec leaves the foreground out.
+    """
+
+    fgr: np.ndarray | None
     pha: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """A chunk ``[T, 3, H, W]`` for :meth:`MattingSession.run`; ``snapshot`` asks for the state after it."""
+
+    frames: Any
+    snapshot: bool = False
+    tag: Any = None
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """The result of one :class:`ChunkJob`, with the state after it when asked."""
+
+    job: ChunkJob
+    out: MatteChunk
+    state: RecurrentState | None
 
 
 class MattingBackend(abc.ABC, Generic[StateT]):
@@ -96,9 +124,14 @@ class MattingBackend(abc.ABC, Generic[StateT]):
 
     @abc.abstractmethod
     def infer(
-        self, src: np.ndarray, state: StateT | None, downsample_ratio: float
-    ) -> tuple[np.ndarray, np.ndarray, StateT]:
-        """Run ``[B, T, 3, H, W]`` float32 frames in 0..1; return fgr, pha (float32) and the next state."""
+        self, src: np.ndarray, state: StateT | None, downsample_ratio: float, outputs: OutputSpec
+    ) -> tuple[np.ndarray | None, np.ndarray, StateT]:
+        """Run ``[B, T, 3, H, W]`` frames (as :meth:`prepare` made them); return fgr, pha and the next state.
+
+        fgr and pha come back in ``outputs.sample_format``; fgr is None unless
+        ``outputs.foreground``. Backends that run on a device convert there, so
+        only what is asked for crosses to the host.
+        """
 
     @abc.abstractmethod
     def state_to_host(self, state: StateT) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -115,6 +148,39 @@ class MattingBackend(abc.ABC, Generic[StateT]):
     def release(self, state: StateT) -> None:
         """Free what a stream's state holds beyond memory (a remote stream, say)."""
 
+    def run_stream(self, session: MattingSession, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
+        """Chunks through ``session`` in order. Local backends run them one by one; a remote
+        backend keeps several in flight."""
+        for job in jobs:
+            out = session.process(job.frames)
+            yield ChunkDone(job, out, session.snapshot() if job.snapshot else None)
+
+    def stack_states(self, states: list[StateT]) -> StateT:
+        """One batch state from single-stream states of equal shape (batching across streams)."""
+        host = [self.state_to_host(s) for s in states]
+        return self._from_arrays(*(np.concatenate([h[i] for h in host]) for i in range(4)))
+
+    def split_state(self, state: StateT, count: int) -> list[StateT]:
+        """The ``count`` single-stream states of a batch state."""
+        r1, r2, r3, r4 = self.state_to_host(state)
+        return [
+            self._from_arrays(r1[i : i + 1], r2[i : i + 1], r3[i : i + 1], r4[i : i + 1])
+            for i in range(count)
+        ]
+
+    def zero_state_like(self, state: StateT) -> StateT:
+        """A state of zeros shaped like ``state`` (a fresh stream joining a batch).
+
+        Starting from full-shape zeros equals starting from no state.
+        """
+        return self._from_arrays(*(np.zeros_like(a) for a in self.state_to_host(state)))
+
+    def _from_arrays(self, *arrays: np.ndarray) -> StateT:
+        r1, r2, r3, r4 = arrays
+        return self.state_from_host(
+            RecurrentState(r1, r2, r3, r4, frame_size=(0, 0), downsample_ratio=0.0, frames=0)
+        )
+
     def describe(self) -> dict[str, Any]:
         return {
             "backend": self.name,
@@ -123,8 +189,18 @@ class MattingBackend(abc.ABC, Generic[StateT]):
             "variant": self.variant,
         }
 
-    def new_session(self, downsample_ratio: float | None = None) -> MattingSession:
-        return MattingSession(self, downsample_ratio=downsample_ratio)
+    def new_session(
+        self, downsample_ratio: float | None = None, outputs: OutputSpec | None = None
+    ) -> MattingSession:
+        return MattingSession(self, downsample_ratio=downsample_ratio, outputs=outputs)
+
+
+def convert_outputs(
+    fgr: np.ndarray, pha: np.ndarray, outputs: OutputSpec
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Host-side conversion of float results to what ``outputs`` asks for."""
+    fmt = outputs.sample_format
+    return (to_samples(fgr, fmt) if outputs.foreground else None), to_samples(pha, fmt)
 
 
 def _as_unit_float(frames: Any, where: str) -> np.ndarray:
@@ -145,12 +221,20 @@ class MattingSession:
 
     ``process(frames)`` takes ``[T, 3, H, W]`` (one stream) or
     ``[B, T, 3, H, W]`` (B streams side by side) RGB frames: uint8, uint16, or
-    float in 0..1. It returns a :class:`MatteChunk` of the same leading shape.
+    float in 0..1. It returns a :class:`MatteChunk` of the same leading shape,
+    with the planes and sample format of ``outputs`` (default: both planes,
+    float32).
     """
 
-    def __init__(self, backend: MattingBackend[Any], downsample_ratio: float | None = None) -> None:
+    def __init__(
+        self,
+        backend: MattingBackend[Any],
+        downsample_ratio: float | None = None,
+        outputs: OutputSpec | None = None,
+    ) -> None:
         self.backend = backend
         self.downsample_ratio = check_downsample_ratio(downsample_ratio)
+        self.outputs = outputs or OutputSpec()
         self._state: Any = None
         self._frame_size: tuple[int, int] | None = None
         self._batch: int | None = None
@@ -172,10 +256,10 @@ class MattingSession:
         self._ratio = None
         self.frames_processed = 0
 
-    def process(self, frames: Any) -> MatteChunk:
+    def admit(self, frames: Any) -> tuple[np.ndarray, float]:
+        """Check a chunk against this session; return it as ``[B, T, 3, H, W]`` for the backend, and its ratio."""
         src = self.backend.prepare(frames)
-        single = src.ndim == 4
-        if single:
+        if src.ndim == 4:
             src = src[None]
         if src.ndim != 5:
             raise InvalidInputError(
@@ -198,12 +282,31 @@ class MattingSession:
             raise InvalidInputError(
                 f"downsample_ratio: {ratio} makes a {width}x{height} frame smaller than one pixel"
             )
-        fgr, pha, self._state = self.backend.infer(src, self._state, ratio)
-        self._frame_size, self._batch, self._ratio = (height, width), batch, ratio
-        self.frames_processed += count
+        return src, ratio
+
+    def commit(self, state: Any, src: np.ndarray, ratio: float) -> None:
+        """Take the backend's state after ``src`` ran."""
+        self._state = state
+        self._frame_size, self._batch, self._ratio = (src.shape[3], src.shape[4]), src.shape[0], ratio
+        self.frames_processed += src.shape[1]
+
+    @property
+    def state(self) -> Any:
+        """The backend's state (None before the first frame)."""
+        return self._state
+
+    def process(self, frames: Any) -> MatteChunk:
+        single = np.ndim(frames) == 4
+        src, ratio = self.admit(frames)
+        fgr, pha, state = self.backend.infer(src, self._state, ratio, self.outputs)
+        self.commit(state, src, ratio)
         if single:
-            return MatteChunk(fgr[0], pha[0])
+            return MatteChunk(None if fgr is None else fgr[0], pha[0])
         return MatteChunk(fgr, pha)
+
+    def run(self, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
+        """Results of many chunks in order; the backend may overlap them (see :meth:`MattingBackend.run_stream`)."""
+        return self.backend.run_stream(self, jobs)
 
     def snapshot(self) -> RecurrentState | None:
         """The current state on the host, or None before the first frame."""
@@ -230,3 +333,59 @@ class MattingSession:
         self._ratio = state.downsample_ratio
         self.downsample_ratio = state.downsample_ratio
         self.frames_processed = state.frames
+
+
+def batch_key(session: MattingSession, frames: np.ndarray) -> tuple[Any, ...]:
+    """Chunks with equal keys can share one forward pass: same backend, shape, ratio, input type and outputs."""
+    height, width = frames.shape[-2:]
+    ratio = session.ratio_for(height, width)
+    return (id(session.backend), frames.shape, frames.dtype.str, ratio, session.outputs)
+
+
+def process_batch(sessions: list[MattingSession], chunks: list[Any]) -> list[MatteChunk | BaseException]:
+    """One forward pass for one ``[T, 3, H, W]`` chunk of each of several single-stream sessions.
+
+    The sessions must be distinct and their admitted chunks share a
+    :func:`batch_key`. Each session's state is stacked in and split back out,
+    so every stream continues exactly as if it ran alone. A chunk a session
+    refuses gets its own error in the result list and leaves the batch;
+    a failing forward pass raises, and no session's state changes.
+    """
+    results: list[Any] = [None] * len(sessions)
+    admitted: list[tuple[int, MattingSession, np.ndarray, float]] = []
+    for index, (session, chunk) in enumerate(zip(sessions, chunks, strict=True)):
+        try:
+            src, ratio = session.admit(chunk)
+            if src.shape[0] != 1:
+                raise InvalidInputError(f"frames: a batched chunk holds one stream, got {src.shape[0]}")
+        except InvalidInputError as exc:
+            results[index] = exc
+            continue
+        admitted.append((index, session, src, ratio))
+    if not admitted:
+        return results
+    if len(admitted) == 1:
+        index, session, src, ratio = admitted[0]
+        fgr, pha, state = session.backend.infer(src, session.state, ratio, session.outputs)
+        session.commit(state, src, ratio)
+        results[index] = MatteChunk(None if fgr is None else fgr[0], pha[0])
+        return results
+    first = admitted[0]
+    keys = {batch_key(sessions[index], np.asarray(chunks[index])) for index, *_ in admitted}
+    if len(keys) != 1:
+        raise InvalidInputError("batch: chunks of different shapes, ratios or outputs cannot share a pass")
+    backend = first[1].backend
+    started = [s.state for _, s, _, _ in admitted]
+    template = next((s for s in started if s is not None), None)
+    if template is None:
+        state = None
+    else:
+        zeros = backend.zero_state_like(template) if None in started else None
+        state = backend.stack_states([s if s is not None else zeros for s in started])
+    src = np.concatenate([a[2] for a in admitted])
+    fgr, pha, new_state = backend.infer(src, state, first[3], first[1].outputs)
+    states = backend.split_state(new_state, len(admitted))
+    for position, (index, session, one, ratio) in enumerate(admitted):
+        session.commit(states[position], one, ratio)
+        results[index] = MatteChunk(None if fgr is None else fgr[position], pha[position])
+    return results

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from rvm_node.engine.network import MattingNetwork
+from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MattingBackend, RecurrentState
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
 
@@ -20,6 +21,28 @@ __all__ = ["TorchBackend", "TorchOptions", "cpu_has_bf16", "fold_batchnorm"]
 
 TorchState = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_SAMPLE_TYPES = {
+    "uint8": torch.uint8,
+    "uint16": torch.uint16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+}
+_RAW_SCALE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+def to_samples_tensor(values: torch.Tensor, fmt: str) -> torch.Tensor:
+    """:func:`rvm_node.engine.samples.to_samples` on the tensor's own device, to the bit."""
+    unit = values.float()
+    if fmt in ("uint8", "uint16"):
+        top = 255.0 if fmt == "uint8" else 65535.0
+        scaled = torch.round(unit.clamp(0.0, 1.0) * top)  # round half to even, as numpy's rint
+        return scaled.to(torch.int32).to(_SAMPLE_TYPES[fmt])
+    return unit.to(_SAMPLE_TYPES[fmt])
+
+
+def from_samples_tensor(values: torch.Tensor, top: float) -> torch.Tensor:
+    """Integer samples to float32 0..1 on the tensor's device, as the host conversion does."""
+    return values.to(torch.float32) * torch.tensor(1.0 / top, dtype=torch.float32)
 
 
 @functools.cache
@@ -147,18 +170,41 @@ class TorchBackend(MattingBackend[TorchState]):
         fgr, pha, r1, r2, r3, r4 = self.model(src, rec[0], rec[1], rec[2], rec[3], float(downsample_ratio))
         return fgr, pha, (r1, r2, r3, r4)
 
+    def prepare(self, frames: Any) -> np.ndarray:
+        """On a GPU, integer frames travel to the device as they are and are scaled there."""
+        array = np.asarray(frames)
+        if self._device.type != "cpu" and array.dtype in _RAW_SCALE:
+            return array
+        return super().prepare(frames)
+
     def infer(
-        self, src: np.ndarray, state: TorchState | None, downsample_ratio: float
-    ) -> tuple[np.ndarray, np.ndarray, TorchState]:
+        self, src: np.ndarray, state: TorchState | None, downsample_ratio: float, outputs: OutputSpec
+    ) -> tuple[np.ndarray | None, np.ndarray, TorchState]:
         tensor = torch.from_numpy(np.ascontiguousarray(src))
         if self._device.type == "cuda":
             tensor = tensor.pin_memory()
+        top = _RAW_SCALE.get(src.dtype)
+        if top is not None:  # raw samples (a GPU): scale on the device
+            tensor = from_samples_tensor(tensor.to(self._device, non_blocking=True), top)
         fgr, pha, new_state = self.infer_tensor(tensor, state, downsample_ratio)
-        return (
-            fgr.float().cpu().numpy(),
-            pha.float().cpu().numpy(),
-            new_state,
-        )
+        fmt = outputs.sample_format
+        pha_host = to_samples_tensor(pha, fmt).cpu().numpy()
+        fgr_host = to_samples_tensor(fgr, fmt).cpu().numpy() if outputs.foreground else None
+        return fgr_host, pha_host, new_state
+
+    def stack_states(self, states: list[TorchState]) -> TorchState:
+        r1, r2, r3, r4 = (torch.cat([s[i] for s in states]) for i in range(4))
+        return r1, r2, r3, r4
+
+    def split_state(self, state: TorchState, count: int) -> list[TorchState]:
+        parts = [t.split(1) for t in state]
+        if any(len(p) != count for p in parts):
+            raise InvalidInputError(f"state: expected a batch of {count}, got {len(parts[0])}")
+        return [(parts[0][i], parts[1][i], parts[2][i], parts[3][i]) for i in range(count)]
+
+    def zero_state_like(self, state: TorchState) -> TorchState:
+        r1, r2, r3, r4 = (torch.zeros_like(t) for t in state)
+        return r1, r2, r3, r4
 
     def state_to_host(self, state: TorchState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         r1, r2, r3, r4 = (t.float().cpu().numpy() for t in state)

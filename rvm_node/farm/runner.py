@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rvm_node.client import RemoteBackend
-from rvm_node.convert.pipeline import ConvertJob, run_job
+from rvm_node.convert.pipeline import ConvertJob, encoder_threads, run_job
 from rvm_node.errors import InvalidInputError, JobCancelledError, NodeBusyError, NodeError, RvmNodeError
 from rvm_node.farm.pool import NodePool
 from rvm_node.farm.shots import Shot
@@ -130,9 +130,7 @@ def run_shots(
             events.put(FarmEvent("frame", shot.name, node.address, result, fps=counted[0] / elapsed))
 
         try:
-            backend = RemoteBackend(
-                node.client, label=shot.name, foreground=any(k != "alpha" for k in shot.outputs)
-            )
+            backend = RemoteBackend(node.client, label=shot.name)
             job = ConvertJob(
                 backend=backend,
                 input_source=shot.input,
@@ -146,6 +144,7 @@ def run_shots(
                 settings=shot.settings,
                 resume=True,
                 seq_chunk=8,
+                num_workers=encoder_threads(),
                 state_every=checkpoint_every,
                 progress="off",
                 on_frame=on_frame,

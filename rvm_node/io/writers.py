@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rvm_node.engine.samples import SampleFormat, to_samples, to_unit_float
 from rvm_node.errors import InvalidInputError
 from rvm_node.fsutil import is_temporary
 from rvm_node.io.images import read_image, write_exr, write_image
@@ -109,23 +110,31 @@ class Background:
 
 
 def _quantise(values: np.ndarray, bits: int) -> np.ndarray:
-    top = 255 if bits == 8 else 65535
-    return np.rint(np.clip(values, 0.0, 1.0) * top).astype(np.uint8 if bits == 8 else np.uint16)
+    return to_samples(values, "uint8" if bits == 8 else "uint16")
 
 
 def render(
     kind: OutputKind,
     settings: WriterSettings,
-    fgr: np.ndarray,
+    fgr: np.ndarray | None,
     pha: np.ndarray,
     background: np.ndarray | None,
 ) -> np.ndarray:
-    """The float image to write: ``HxW`` for alpha, ``HxWx4`` foreground, ``HxWx3`` composition."""
+    """The image to write: ``HxW`` for alpha, ``HxWx4`` foreground, ``HxWx3`` composition.
+
+    Alpha and a straight foreground keep their sample format (see
+    :meth:`FrameWriter.sample_format`); anything computed is float32.
+    """
     if kind == "alpha":
         return pha
+    if fgr is None:
+        raise InvalidInputError(f"{kind}: the foreground is needed but was not computed")
     if kind == "foreground":
-        rgb = fgr * pha[..., None] if settings.premultiplied else fgr
-        return np.concatenate([rgb, pha[..., None]], axis=-1)
+        if settings.premultiplied:
+            fgr, pha = to_unit_float(fgr), to_unit_float(pha)
+            return np.concatenate([fgr * pha[..., None], pha[..., None]], axis=-1)
+        return np.concatenate([fgr, pha[..., None]], axis=-1)
+    fgr, pha = to_unit_float(fgr), to_unit_float(pha)
     if settings.official_png_composition:
         return np.concatenate([fgr * (pha[..., None] > 0), pha[..., None]], axis=-1)
     if background is None:
@@ -138,6 +147,21 @@ class FrameWriter(abc.ABC):
     kind: OutputKind
     target: str
     settings: WriterSettings
+
+    @property
+    def sample_format(self) -> SampleFormat:
+        """The sample format the mattes must arrive in for this output to be exact to the bit."""
+        if (
+            self.kind == "composition"
+            or self.settings.premultiplied
+            or self.settings.official_png_composition
+        ):
+            return "float32"  # computed from the mattes
+        return self._stored_format()
+
+    @abc.abstractmethod
+    def _stored_format(self) -> SampleFormat:
+        """The sample format the file stores."""
 
     @abc.abstractmethod
     def write(self, number: int, image: np.ndarray) -> None:
@@ -167,6 +191,13 @@ class SequenceWriter(FrameWriter):
 
     def path(self, number: int) -> Path:
         return self.pattern.path(number)
+
+    def _stored_format(self) -> SampleFormat:
+        if self.ext == ".exr":
+            return "float16"
+        if self.ext in (".tif", ".tiff") or self.settings.bit_depth == 16:
+            return "uint16"
+        return "uint8"
 
     def write(self, number: int, image: np.ndarray) -> None:
         path = self.path(number)
@@ -255,6 +286,9 @@ class VideoWriter(FrameWriter):
                 self._audio_source = source
             else:
                 source.close()
+
+    def _stored_format(self) -> SampleFormat:
+        return "uint16" if self._alpha else "uint8"
 
     def write(self, number: int, image: np.ndarray) -> None:  # noqa: ARG002 - videos are numbered by position
         import av

@@ -4,6 +4,7 @@ rvm_node_active_streams            streams open now
 rvm_node_frames_total              frames matted
 rvm_node_chunk_seconds             time to matte one chunk (histogram)
 rvm_node_queue_depth               chunks waiting for the inference worker
+rvm_node_batch_size                streams per forward pass (histogram)
 rvm_node_errors_total{code}        streams ended with an error, by gRPC status code
 """
 
@@ -31,6 +32,12 @@ class NodeMetrics:
         )
         self.queue_depth = Gauge(
             "rvm_node_queue_depth", "Chunks waiting for the inference worker", registry=self.registry
+        )
+        self.batch_size = Histogram(
+            "rvm_node_batch_size",
+            "Streams per forward pass",
+            registry=self.registry,
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16),
         )
         self.errors = Counter(
             "rvm_node_errors", "Streams ended with an error", ["code"], registry=self.registry

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from rvm_node.engine.samples import SampleFormat, to_samples
 from rvm_node.engine.session import RecurrentState
 from rvm_node.errors import InvalidInputError
 from rvm_node.v1 import matting_pb2 as pb
@@ -19,48 +20,142 @@ __all__ = [
     "DTYPES",
     "FORMAT_NAMES",
     "PLANE_CHANNELS",
+    "SAMPLE_NAMES",
+    "TRANSPORTS",
     "FrameAssembler",
+    "check_transport",
     "decode_png",
     "decode_samples",
     "encode_png",
     "encode_samples",
+    "pack",
+    "packed_limit",
+    "png_size",
     "split_parts",
     "state_from_message",
     "state_to_message",
+    "transport_name",
+    "unpack",
 ]
 
-DTYPES: dict[int, np.dtype] = {
+DTYPES: dict[pb.SampleFormat, np.dtype] = {
     pb.SAMPLE_FORMAT_UINT8: np.dtype("<u1"),
     pb.SAMPLE_FORMAT_UINT16: np.dtype("<u2"),
     pb.SAMPLE_FORMAT_FLOAT16: np.dtype("<f2"),
     pb.SAMPLE_FORMAT_FLOAT32: np.dtype("<f4"),
 }
-FORMAT_NAMES = {
+FORMAT_NAMES: dict[str, pb.SampleFormat] = {
     "uint8": pb.SAMPLE_FORMAT_UINT8,
     "uint16": pb.SAMPLE_FORMAT_UINT16,
     "float16": pb.SAMPLE_FORMAT_FLOAT16,
     "float32": pb.SAMPLE_FORMAT_FLOAT32,
 }
+SAMPLE_NAMES: dict[pb.SampleFormat, SampleFormat] = {
+    pb.SAMPLE_FORMAT_UINT8: "uint8",
+    pb.SAMPLE_FORMAT_UINT16: "uint16",
+    pb.SAMPLE_FORMAT_FLOAT16: "float16",
+    pb.SAMPLE_FORMAT_FLOAT32: "float32",
+}
+TRANSPORTS: dict[str, pb.Transport] = {
+    "raw": pb.TRANSPORT_RAW,
+    "zstd": pb.TRANSPORT_ZSTD,
+    "png": pb.TRANSPORT_PNG,
+}
 PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
+_ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
 
 
-def encode_samples(values: np.ndarray, fmt: int) -> bytes:
-    """Float 0..1 values to the wire format (integers are rounded and clipped)."""
-    dtype = DTYPES[fmt]
-    if dtype.kind == "u":
-        top = np.iinfo(dtype).max
-        return np.rint(np.clip(values, 0.0, 1.0) * top).astype(dtype).tobytes()
-    return np.asarray(values, dtype).tobytes()
+def transport_name(transport: int) -> str:
+    for name, value in TRANSPORTS.items():
+        if value == transport:
+            return name
+    return "raw" if transport == pb.TRANSPORT_UNSPECIFIED else f"#{transport}"
 
 
-def decode_samples(data: bytes | bytearray, fmt: int, shape: tuple[int, ...]) -> np.ndarray:
+def check_transport(transport: pb.Transport, fmt: pb.SampleFormat, where: str) -> pb.Transport:
+    """The transport to use (unspecified is raw); InvalidInputError for one that cannot carry ``fmt``."""
+    if transport == pb.TRANSPORT_UNSPECIFIED:
+        return pb.TRANSPORT_RAW
+    if transport not in TRANSPORTS.values():
+        raise InvalidInputError(f"{where}: unknown transport {transport}; expected raw, zstd or png")
+    if transport == pb.TRANSPORT_PNG and DTYPES[fmt].kind != "u":
+        raise InvalidInputError(f"{where}: PNG transport carries uint8 or uint16 samples only")
+    return transport
+
+
+def packed_limit(transport: int, raw_bytes: int) -> int:
+    """The most bytes a packed frame of ``raw_bytes`` may declare (compressed data can grow a little)."""
+    if transport == pb.TRANSPORT_RAW:
+        return raw_bytes
+    return raw_bytes + raw_bytes // 50 + 65536
+
+
+def pack(values: np.ndarray, transport: int) -> bytes:
+    """The bytes of ``values`` (samples already in the wire format) for ``transport``."""
+    samples = np.ascontiguousarray(values)
+    if samples.dtype.byteorder == ">":
+        samples = samples.astype(samples.dtype.newbyteorder("<"))
+    if transport == pb.TRANSPORT_ZSTD:
+        import zstandard
+
+        return zstandard.ZstdCompressor(level=_ZSTD_LEVEL).compress(samples.data.cast("B"))
+    if transport == pb.TRANSPORT_PNG:
+        return encode_png(samples)
+    return samples.tobytes()
+
+
+def unpack(
+    data: bytes | bytearray | memoryview, transport: int, dtype: np.dtype, shape: tuple[int, ...], where: str
+) -> np.ndarray:
+    """Samples of ``shape`` from packed bytes; a compressed part may never inflate beyond the frame's size."""
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if transport == pb.TRANSPORT_PNG:
+        return decode_png(data, shape, where).astype(dtype, copy=False)
+    if transport == pb.TRANSPORT_ZSTD:
+        return _inflate_zstd(data, dtype, shape, expected, where)
+    if len(data) != expected:
+        raise InvalidInputError(f"{where}: {len(data)} bytes, expected {expected}")
+    return np.frombuffer(data, dtype).reshape(shape)
+
+
+def _inflate_zstd(
+    data: bytes | bytearray | memoryview, dtype: np.dtype, shape: tuple[int, ...], expected: int, where: str
+) -> np.ndarray:
+    import zstandard
+
+    out = np.empty(shape, dtype)
+    view = out.data.cast("B")
+    filled = 0
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False) as reader:
+            while filled < expected:
+                got = reader.readinto(view[filled:])
+                if got == 0:
+                    break
+                filled += got
+            extra = reader.read(1)  # one byte more than the frame holds: it inflates too far
+    except zstandard.ZstdError as exc:
+        raise InvalidInputError(f"{where}: not a readable zstd frame ({exc})") from exc
+    if filled != expected or extra:
+        raise InvalidInputError(
+            f"{where}: zstd data inflates to {'more than ' if extra else ''}{filled} bytes, expected {expected}"
+        )
+    return out
+
+
+def encode_samples(values: np.ndarray, fmt: pb.SampleFormat) -> bytes:
+    """Float 0..1 values to raw bytes of the wire format (integers are rounded and clipped)."""
+    return np.ascontiguousarray(to_samples(values, SAMPLE_NAMES[fmt]), DTYPES[fmt]).tobytes()
+
+
+def decode_samples(data: bytes | bytearray, fmt: pb.SampleFormat, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(data, DTYPES[fmt]).reshape(shape)
 
 
 def split_parts(data: bytes, limit: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, slice) pieces of at most ``limit`` bytes."""
-    if not data:
-        yield 0, b""
+    """(offset, slice) pieces of at most ``limit`` bytes; a single piece is ``data`` itself, not a copy."""
+    if len(data) <= limit:
+        yield 0, data
         return
     for offset in range(0, len(data), limit):
         yield offset, data[offset : offset + limit]
@@ -71,7 +166,7 @@ def encode_png(values: np.ndarray) -> bytes:
     import av
 
     if values.dtype.kind == "f":
-        values = np.rint(np.clip(values, 0.0, 1.0) * 65535).astype(np.uint16)
+        values = to_samples(values, "uint16")
     deep = values.dtype == np.uint16
     fmt = ("gray16be" if deep else "gray") if values.ndim == 2 else ("rgb48be" if deep else "rgb24")
     codec: Any = av.CodecContext.create("png", "w")
@@ -81,10 +176,23 @@ def encode_png(values: np.ndarray) -> bytes:
     return b"".join(bytes(p) for p in [*codec.encode(frame), *codec.encode(None)])
 
 
-def decode_png(data: bytes | bytearray, shape: tuple[int, ...], where: str) -> np.ndarray:
-    """Samples of a PNG that must have ``shape`` (``HxW`` or ``HxWx3``)."""
+def png_size(data: bytes | bytearray | memoryview) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR, read before anything is decoded; None if it is not a PNG."""
+    head = bytes(data[:24])
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def decode_png(data: bytes | bytearray | memoryview, shape: tuple[int, ...], where: str) -> np.ndarray:
+    """Samples of a PNG that must have ``shape`` (``HxW`` or ``HxWx3``); its size is checked before decoding."""
     import av
 
+    size = png_size(data)
+    if size is None:
+        raise InvalidInputError(f"{where}: not a readable PNG (no PNG header)")
+    if size != (shape[1], shape[0]):
+        raise InvalidInputError(f"{where}: PNG is {size[0]}x{size[1]}, expected {shape[1]}x{shape[0]}")
     try:
         codec: Any = av.CodecContext.create("png", "r")
         frames = [*codec.decode(av.Packet(bytes(data))), *codec.decode(None)]
@@ -115,8 +223,8 @@ class FrameAssembler:
         self._buffer: bytearray | None = None
         self._filled = 0
 
-    def add(self, number: int, offset: int, total: int, data: bytes) -> bytearray | None:
-        """Add one part; return the whole frame when it is complete."""
+    def add(self, number: int, offset: int, total: int, data: bytes) -> bytes | bytearray | None:
+        """Add one part; return the whole frame when it is complete (a frame in one part is not copied)."""
         if (total != self.expected_bytes) if self.exact else not (0 < total <= self.expected_bytes):
             bound = "" if self.exact else "at most "
             raise InvalidInputError(
@@ -127,6 +235,8 @@ class FrameAssembler:
                 raise InvalidInputError(
                     f"frame {number}: the first part must start at offset 0, got {offset}"
                 )
+            if len(data) == total:
+                return data
             self._number, self._buffer, self._filled = number, bytearray(total), 0
         elif number != self._number or offset != self._filled:
             raise InvalidInputError(

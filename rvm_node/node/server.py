@@ -18,7 +18,8 @@ from grpc_reflection.v1alpha import reflection
 from rvm_node.engine.session import MattingBackend
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
-from rvm_node.node.service import Limits, MattingServicer, Scheduler
+from rvm_node.node.scheduler import BatchPolicy, Scheduler
+from rvm_node.node.service import Limits, MattingServicer
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
@@ -88,6 +89,7 @@ class NodeServer:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
         self.scheduler.close()
+        self.servicer.close()
         if self.scheduler.metrics is not None:
             self.scheduler.metrics.close()
         self._stopped.set()
@@ -105,13 +107,21 @@ async def start_node(
     token: str | None = None,
     tls: TlsFiles | None = None,
     metrics_port: int | None = None,
+    batch: BatchPolicy | None = None,
 ) -> NodeServer:
-    """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING."""
+    """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING.
+
+    ``batch`` defaults to the device's policy (:meth:`BatchPolicy.default_for`).
+    """
     from rvm_node import __version__
 
     limits = limits or Limits()
     if limits.max_streams < 1:
         raise InvalidInputError(f"--max-streams: expected 1 or more, got {limits.max_streams}")
+    if limits.max_chunks_in_flight < 1:
+        raise InvalidInputError(
+            f"--max-chunks-in-flight: expected 1 or more, got {limits.max_chunks_in_flight}"
+        )
     options = [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
@@ -119,7 +129,7 @@ async def start_node(
     interceptors = [TokenAuthInterceptor(token)] if token else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
     metrics = NodeMetrics() if metrics_port is not None else None
-    scheduler = Scheduler(backend, metrics)
+    scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
     servicer = MattingServicer(scheduler, limits, __version__)
     pb_grpc.add_MattingServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()

@@ -1,0 +1,127 @@
+"""Mattes written through a node equal a local convert of the same shot, to the bit, for every output format,
+while the node sends only the planes and the sample format the writers need."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rvm_node.client import NodeClient, matte_shot
+from rvm_node.convert import convert_video
+from rvm_node.convert.pipeline import output_spec
+from rvm_node.engine.samples import OutputSpec
+from rvm_node.io.sequence import FramePattern, FrameRange
+from rvm_node.io.writers import SequenceWriter, VideoWriter, WriterSettings
+from rvm_node.node.service import Limits
+from tests.test_node import NodeThread, backend
+
+__all__ = ["backend"]  # the module-scoped model fixture, shared with test_node
+
+FRAMES = FrameRange(1, 6)
+# (outputs, writer settings, the sample format the stream must ask for, whether it needs the foreground)
+CASES: dict[str, tuple[dict[str, str], dict[str, Any], str, bool]] = {
+    "alpha exr rgba": ({"output_alpha": "m.####.exr"}, {}, "float16", False),
+    "alpha exr A": ({"output_alpha": "m.####.exr"}, {"exr_channels": "A"}, "float16", False),
+    "alpha png16": ({"output_alpha": "m.####.png"}, {}, "uint16", False),
+    "alpha png8": ({"output_alpha": "m.####.png"}, {"bit_depth": 8}, "uint8", False),
+    "alpha tiff": ({"output_alpha": "m.####.tif"}, {}, "uint16", False),
+    "alpha h264": ({"output_alpha": "m.mp4"}, {}, "uint8", False),
+    "foreground exr": ({"output_foreground": "f.####.exr"}, {}, "float16", True),
+    "foreground png16 premultiplied": (
+        {"output_foreground": "f.####.png"},
+        {"premultiplied": True},
+        "float32",
+        True,
+    ),
+    "foreground prores": ({"output_foreground": "f.mov"}, {}, "uint16", True),
+    "composition png8": ({"output_composition": "c.####.png"}, {"bit_depth": 8}, "float32", True),
+    "alpha exr + foreground png16": (
+        {"output_alpha": "m.####.exr", "output_foreground": "f.####.png"},
+        {},
+        "float32",
+        True,
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def node(backend) -> Iterator[NodeThread]:
+    server = NodeThread(backend, limits=Limits(max_streams=4, idle_timeout=30))
+    yield server
+    server.stop()
+
+
+def _decoded_video(path: Path) -> np.ndarray:
+    import av
+
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgba64le") for f in container.decode(video=0)])
+
+
+def _same_files(ours: Path, reference: Path) -> None:
+    names = sorted(p.name for p in reference.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == names and names
+    for name in names:
+        if name.endswith((".mp4", ".mov")):  # containers carry their own timestamps: compare the pictures
+            assert np.array_equal(_decoded_video(ours / name), _decoded_video(reference / name)), name
+        else:
+            assert (ours / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_node_mattes_equal_local_convert_to_the_bit(
+    node: NodeThread, backend, tmp_path: Path, case: str
+) -> None:
+    from rvm_node.example import example_clip
+
+    targets, settings, wire_format, foreground = CASES[case]
+    asked: list[dict[str, Any]] = []
+    client = NodeClient(node.address)
+    open_stream = client.open_stream
+
+    def recording_open_stream(**kwargs: Any) -> Any:  # the real call, with its settings noted
+        asked.append(kwargs)
+        return open_stream(**kwargs)
+
+    client.open_stream = recording_open_stream  # type: ignore[method-assign]
+    for where in ("node", "local"):
+        outputs = {k: str(tmp_path / where / v) for k, v in targets.items()}
+        options: dict[str, Any] = {
+            "downsample_ratio": 0.5,
+            "frames": FRAMES,
+            "settings": WriterSettings(**settings),
+            "progress": False,
+            "seq_chunk": 3,
+            **outputs,
+        }
+        if where == "node":
+            matte_shot(client, example_clip(), **options)
+        else:
+            convert_video(backend, example_clip(), **options)
+    client.close()
+    assert [a["output_format"] for a in asked] == [wire_format]
+    assert asked[0]["planes"] == (("alpha", "foreground") if foreground else ("alpha",))
+    _same_files(tmp_path / "node", tmp_path / "local")
+    assert node.wait_idle() == 0
+
+
+def test_output_spec_follows_the_writers(tmp_path: Path) -> None:
+    def seq(kind: str, ext: str, **settings: Any) -> SequenceWriter:
+        return SequenceWriter(kind, FramePattern(tmp_path, "m.", 4, ext), WriterSettings(**settings))  # type: ignore[arg-type]
+
+    assert output_spec([seq("alpha", ".png")]) == OutputSpec(False, "uint16")
+    assert output_spec([seq("alpha", ".png", bit_depth=8)]) == OutputSpec(False, "uint8")
+    assert output_spec([seq("alpha", ".exr"), seq("foreground", ".exr")]) == OutputSpec(True, "float16")
+    assert output_spec([seq("alpha", ".png", bit_depth=8), seq("alpha", ".tif")]) == OutputSpec(
+        False, "float32"
+    )
+    assert output_spec([seq("composition", ".exr")]) == OutputSpec(True, "float32")
+    video = VideoWriter("alpha", tmp_path / "a.mp4", rate=24, size=(64, 48), settings=WriterSettings())  # type: ignore[arg-type]
+    try:
+        assert output_spec([video]) == OutputSpec(False, "uint8")
+    finally:
+        video.abort()
