@@ -376,6 +376,26 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds a stream may sit idle")
     serve.add_argument("--max-message-mb", type=int, default=64)
     serve.add_argument(
+        "--max-chunks-in-flight",
+        type=int,
+        default=4,
+        help="chunks of one stream held at once (received, inferring, sending); bounds a stream's memory",
+    )
+    serve.add_argument(
+        "--batch",
+        default="auto",
+        help="batch chunks of several streams into one forward pass: off, auto (on for GPUs, off for CPUs) or N streams",
+    )
+    serve.add_argument(
+        "--max-batch", type=int, default=4, help="streams per forward pass when batching is on"
+    )
+    serve.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=2.0,
+        help="how long the oldest chunk waits for others to join its batch",
+    )
+    serve.add_argument(
         "--token-file", type=Path, default=None, help="require this bearer token (else $RVM_NODE_TOKEN)"
     )
     serve.add_argument("--tls-cert", type=Path, default=None)
@@ -532,6 +552,22 @@ def _serve_options(args: argparse.Namespace) -> Any:
     return options
 
 
+def _batch_policy(args: argparse.Namespace, device: str) -> Any:
+    """``--batch off|auto|N`` with ``--max-batch`` and ``--batch-delay-ms``."""
+    from rvm_node.node.scheduler import BatchPolicy
+
+    delay = args.batch_delay_ms / 1000
+    choice = str(args.batch).strip().lower()
+    if choice == "off":
+        return BatchPolicy(max_batch=1, delay=0.0)
+    if choice == "auto":
+        default = BatchPolicy.default_for(device)
+        return default if default.max_batch == 1 else BatchPolicy(max_batch=args.max_batch, delay=delay)
+    if not choice.isdigit():
+        raise InvalidInputError(f"--batch: expected off, auto or a number of streams, got {args.batch!r}")
+    return BatchPolicy(max_batch=int(choice), delay=delay)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -552,9 +588,11 @@ def _serve(args: argparse.Namespace) -> int:
         max_streams=args.max_streams,
         idle_timeout=args.idle_timeout,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
+        max_chunks_in_flight=args.max_chunks_in_flight,
     )
     token = _token(args.token_file)
     backend = _load_local(args, _serve_options(args))
+    batch = _batch_policy(args, str(backend.device))
 
     def ready(node: NodeServer) -> None:
         print(node.address, flush=True)  # the line scripts and tests wait for
@@ -568,6 +606,7 @@ def _serve(args: argparse.Namespace) -> int:
             token=token,
             tls=tls,
             metrics_port=args.metrics_port,
+            batch=batch,
         )
         await serve_forever(node, args.grace, ready)
 

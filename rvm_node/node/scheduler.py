@@ -85,6 +85,7 @@ class Scheduler:
         self._closed = False
         self.batches = 0
         self.batched_chunks = 0
+        self.longest_wait = 0.0  # seconds the oldest chunk of a batch waited before its pass began
         self._thread = threading.Thread(target=self._run, name="rvm-node-infer", daemon=True)
         self._thread.start()
 
@@ -128,6 +129,7 @@ class Scheduler:
             for item in members:
                 self._pending.remove(item)
             self._gauge()
+            self.longest_wait = max(self.longest_wait, time.monotonic() - oldest.arrived)
             return members
 
     def _members(self, oldest: _Pending) -> list[_Pending]:

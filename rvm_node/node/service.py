@@ -106,6 +106,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         self.limits = limits
         self.version = version
         self.active_streams = 0
+        self.peak_chunks_in_flight = 0  # the most chunks any one stream held at once
         self.draining = False
         self._ids = itertools.count(1)
         self.codec = ThreadPoolExecutor(
@@ -259,6 +260,10 @@ class _Stream:
         if self.session is not None:
             self.session.close()
 
+    def _hold(self) -> None:
+        self._held += 1
+        self.servicer.peak_chunks_in_flight = max(self.servicer.peak_chunks_in_flight, self._held)
+
     async def _read(self) -> pb.MatteRequest | None:
         """The next request; the idle timeout runs only while the node holds nothing of this stream."""
         while True:
@@ -367,7 +372,7 @@ class _Stream:
                 if not complete:
                     self._slots.release()
                     continue
-                self._held += 1
+                self._hold()
                 frames = await asyncio.gather(
                     *(
                         loop.run_in_executor(self.servicer.codec, self._unpack_frame, plan, number, data)
@@ -380,7 +385,7 @@ class _Stream:
                 action = request.control.WhichOneof("action")
                 if action not in ("reset", "snapshot"):
                     raise InvalidInputError("control: no action given")
-                self._held += 1
+                self._hold()
                 await self._inbox.put((action,))
             else:
                 raise _Abort(grpc.StatusCode.FAILED_PRECONDITION, "`open` may only be the first message")
