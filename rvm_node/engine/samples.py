@@ -96,7 +96,9 @@ def to_samples(values: np.ndarray, fmt: SampleFormat) -> np.ndarray:
 
 
 def to_unit_float(values: np.ndarray) -> np.ndarray:
-    """Samples as float32 0..1 (integers divided by their maximum)."""
+    """Samples as C-contiguous float32 0..1: integers times ``float32(1 / max)``, the rule frames enter the model by."""
     if values.dtype.kind == "u":
-        return values.astype(np.float32) / np.float32(np.iinfo(values.dtype).max)
-    return values.astype(np.float32, copy=False)
+        unit = values.astype(np.float32, order="C")  # one copy, scaled in place
+        unit *= np.float32(1 / np.iinfo(values.dtype).max)
+        return unit
+    return np.ascontiguousarray(values, dtype=np.float32)

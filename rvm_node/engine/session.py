@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from rvm_node.engine.samples import OutputSpec, to_samples
+from rvm_node.engine.samples import OutputSpec, to_samples, to_unit_float
 from rvm_node.errors import InvalidInputError, ResolutionChangedError
 
 __all__ = [
@@ -205,15 +205,11 @@ def convert_outputs(
 
 def _as_unit_float(frames: Any, where: str) -> np.ndarray:
     array = np.asarray(frames)
-    if array.dtype in _UNIT_SCALE:
-        unit = array.astype(np.float32, order="C")  # one C-contiguous copy, scaled in place
-        unit *= np.float32(_UNIT_SCALE[array.dtype])
-        return unit
-    if array.dtype not in _FLOATS:
+    if array.dtype not in _UNIT_SCALE and array.dtype not in _FLOATS:
         raise InvalidInputError(
             f"{where}: expected uint8, uint16, float16 or float32 frames, got {array.dtype}"
         )
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return to_unit_float(array)
 
 
 class MattingSession:
