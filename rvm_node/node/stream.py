@@ -1,0 +1,301 @@
+"""One Matte stream on the node: receive, infer and send as three tasks joined by queues.
+
+The receiver reads requests (only while the stream holds fewer than
+``max_chunks_in_flight`` chunks), reassembles frames from their parts and
+unpacks them on the codec pool. The inference task hands each chunk to the
+scheduler and handles controls in order with the frames. The sender packs
+each chunk's planes on the codec pool and writes them. A request the
+receiver waits for, or a write the sender waits on, longer than the idle
+timeout ends the stream (while the node still holds work of the stream,
+waiting for the next request is not idleness).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import numpy as np
+
+from rvm_node.engine.samples import OutputSpec
+from rvm_node.engine.session import MatteChunk, MattingSession
+from rvm_node.errors import BackendError, InvalidInputError
+from rvm_node.node.protocol import (
+    FrameAssembler,
+    pack,
+    packed_limit,
+    split_parts,
+    state_from_message,
+    state_to_message,
+    transport_name,
+    unpack,
+)
+from rvm_node.v1 import matting_pb2 as pb
+
+if TYPE_CHECKING:
+    from rvm_node.node.service import MattingServicer
+
+__all__ = ["Abort", "Stream", "StreamPlan"]
+
+log = logging.getLogger("rvm_node.node")
+_PART_HEADROOM = 64 * 1024
+_END = object()
+
+
+class Abort(Exception):
+    """End the stream with this status (raised inside the node, mapped at the service edge)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    """A stream's settings, checked and resolved."""
+
+    width: int
+    height: int
+    planes: tuple[pb.Plane, ...]
+    in_dtype: np.dtype
+    in_transport: pb.Transport
+    out_transport: pb.Transport
+    outputs: OutputSpec
+    ratio: float | None
+
+
+class Stream:
+    """One Matte call: receive, infer and send run as three tasks joined by queues."""
+
+    def __init__(
+        self,
+        servicer: MattingServicer,
+        stream_id: str,
+        requests: AsyncIterator[pb.MatteRequest],
+        context: Any,
+    ) -> None:
+        self.servicer = servicer
+        self.stream_id = stream_id
+        self.limits = servicer.limits
+        self._requests = requests
+        self._context = context
+        self._next: asyncio.Future[pb.MatteRequest] | None = None
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
+        self._slots = asyncio.Semaphore(max(1, self.limits.max_chunks_in_flight))
+        self._held = 0  # items between the receiver and the end of their sending
+        self.session: MattingSession | None = None
+        self.last_number = -1
+
+    def close(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+        if self.session is not None:
+            self.session.close()
+
+    def _hold(self) -> None:
+        self._held += 1
+        self.servicer.peak_chunks_in_flight = max(self.servicer.peak_chunks_in_flight, self._held)
+
+    async def _read(self) -> pb.MatteRequest | None:
+        """The next request; the idle timeout runs only while the node holds nothing of this stream."""
+        while True:
+            if self._next is None:
+                self._next = asyncio.ensure_future(anext(self._requests))
+            done, _ = await asyncio.wait({self._next}, timeout=self.limits.idle_timeout)
+            if done:
+                task, self._next = self._next, None
+                try:
+                    return task.result()
+                except StopAsyncIteration:
+                    return None
+            if self._held == 0:
+                raise Abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"stream idle for more than {self.limits.idle_timeout:g} s; its state was released",
+                )
+
+    async def _write(self, response: pb.MatteResponse) -> None:
+        # gRPC's write does not give way to cancellation, so it is awaited at arm's length:
+        # a cancelled stream never waits on it, and a client that stops reading times out.
+        write = asyncio.ensure_future(self._context.write(response))
+        done, _ = await asyncio.wait({write}, timeout=self.limits.idle_timeout)
+        if not done:
+            raise Abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"the client read nothing for more than {self.limits.idle_timeout:g} s; "
+                "the stream's state was released",
+            )
+        write.result()
+
+    async def run(self) -> None:
+        first = await self._read()
+        if first is None:
+            return  # an empty stream: nothing to do
+        if first.WhichOneof("kind") != "open":
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message of a stream must be `open`")
+        settings = first.open.settings
+        plan = self.servicer.check_settings(settings)
+        session = self.servicer.backend.new_session(plan.ratio, plan.outputs)
+        self.session = session
+        if first.open.HasField("restore"):
+            self.last_number, state = state_from_message(first.open.restore)
+            if state.frame_size != (plan.height, plan.width):
+                raise InvalidInputError(
+                    f"restore: the state is for {state.frame_size[1]}x{state.frame_size[0]}, "
+                    f"the stream is {plan.width}x{plan.height}"
+                )
+            session.restore(state)
+        resolved = session.ratio_for(plan.height, plan.width)
+        log.info(
+            "stream %s opened: %s %dx%d ratio %.4g, %s in, %s out",
+            self.stream_id,
+            settings.label or "-",
+            plan.width,
+            plan.height,
+            resolved,
+            transport_name(plan.in_transport),
+            transport_name(plan.out_transport),
+        )
+        await self._write(
+            pb.MatteResponse(
+                accepted=pb.StreamAccepted(
+                    settings=settings, downsample_ratio=resolved, stream_id=self.stream_id
+                )
+            )
+        )
+        tasks = [
+            asyncio.ensure_future(self._receive(plan)),
+            asyncio.ensure_future(self._infer(session)),
+            asyncio.ensure_future(self._send(plan)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                error = task.exception()
+                if error is not None:
+                    raise error
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        log.info("stream %s closed after frame %d", self.stream_id, self.last_number)
+
+    async def _receive(self, plan: StreamPlan) -> None:
+        loop = asyncio.get_running_loop()
+        raw_bytes = plan.width * plan.height * 3 * plan.in_dtype.itemsize
+        assembler = FrameAssembler(
+            packed_limit(plan.in_transport, raw_bytes), exact=plan.in_transport == pb.TRANSPORT_RAW
+        )
+        while True:
+            await self._slots.acquire()  # a free chunk slot before reading on
+            request = await self._read()
+            if request is None:
+                if assembler.pending:
+                    raise InvalidInputError("stream ended in the middle of a frame")
+                await self._inbox.put(_END)
+                return
+            kind = request.WhichOneof("kind")
+            if kind == "chunk":
+                complete = []
+                for part in request.chunk.parts:
+                    frame = assembler.add(part.number, part.offset, part.total_bytes, part.data)
+                    if frame is not None:
+                        complete.append((part.number, frame))
+                if not complete:
+                    self._slots.release()
+                    continue
+                self._hold()
+                frames = await asyncio.gather(
+                    *(
+                        loop.run_in_executor(self.servicer.codec, self._unpack_frame, plan, number, data)
+                        for number, data in complete
+                    )
+                )
+                chunk = frames[0][None] if len(frames) == 1 else np.stack(frames)
+                await self._inbox.put(("chunk", [n for n, _ in complete], chunk.transpose(0, 3, 1, 2)))
+            elif kind == "control":
+                action = request.control.WhichOneof("action")
+                if action not in ("reset", "snapshot"):
+                    raise InvalidInputError("control: no action given")
+                self._hold()
+                await self._inbox.put((action,))
+            else:
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, "`open` may only be the first message")
+
+    @staticmethod
+    def _unpack_frame(plan: StreamPlan, number: int, data: bytes | bytearray) -> np.ndarray:
+        shape = (plan.height, plan.width, 3)
+        return unpack(data, plan.in_transport, plan.in_dtype, shape, f"frame {number}")
+
+    async def _infer(self, session: MattingSession) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            item = await self._inbox.get()
+            if item is _END:
+                await self._outbox.put(_END)
+                return
+            if item[0] == "chunk":
+                _, numbers, frames = item
+                out = await self.servicer.scheduler.process(session, frames)
+                self.last_number = numbers[-1]
+                await self._outbox.put(("chunk", numbers, out))
+            elif item[0] == "reset":
+                session.reset()
+                await self._outbox.put(("message", pb.MatteResponse(reset_done=True)))
+            else:
+                snapshot = await loop.run_in_executor(self.servicer.codec, session.snapshot)
+                if snapshot is None:
+                    raise InvalidInputError("snapshot: no frame has been processed yet")
+                message = pb.MatteResponse(snapshot=state_to_message(snapshot, self.last_number))
+                await self._outbox.put(("message", message))
+
+    async def _send(self, plan: StreamPlan) -> None:
+        loop = asyncio.get_running_loop()
+        part_limit = max(1024, self.limits.max_message_bytes - _PART_HEADROOM)
+        while True:
+            item = await self._outbox.get()
+            if item is _END:
+                return
+            if item[0] == "chunk":
+                _, numbers, out = item
+                jobs = [
+                    loop.run_in_executor(self.servicer.codec, self._pack_plane, plan, out, t, plane)
+                    for t in range(len(numbers))
+                    for plane in plan.planes
+                ]
+                packed = iter(await asyncio.gather(*jobs))
+                for number in numbers:
+                    for plane in plan.planes:
+                        data = next(packed)
+                        for offset, piece in split_parts(data, part_limit):
+                            await self._write(
+                                pb.MatteResponse(
+                                    part=pb.PlanePart(
+                                        number=number,
+                                        plane=plane,
+                                        offset=offset,
+                                        total_bytes=len(data),
+                                        data=piece,
+                                    )
+                                )
+                            )
+            else:
+                await self._write(item[1])
+            self._held -= 1
+            self._slots.release()
+
+    @staticmethod
+    def _pack_plane(plan: StreamPlan, out: MatteChunk, t: int, plane: pb.Plane) -> bytes:
+        if plane == pb.PLANE_ALPHA:
+            values = out.pha[t, 0]
+        else:
+            if out.fgr is None:
+                raise BackendError("the backend returned no foreground though the stream asked for it")
+            values = out.fgr[t].transpose(1, 2, 0)
+        return pack(values, plan.out_transport)
