@@ -68,7 +68,9 @@ def test_batching_on_the_gpu_equals_each_stream_alone(clip_frames: np.ndarray) -
     async def shot() -> list[np.ndarray]:
         out: list[list[np.ndarray]] = [[] for _ in clips]
         for t in range(8):
-            results = await asyncio.gather(*(scheduler.process(s, c[t : t + 1]) for s, c in zip(sessions, clips)))
+            results = await asyncio.gather(
+                *(scheduler.process(s, c[t : t + 1]) for s, c in zip(sessions, clips, strict=True))
+            )
             for i, result in enumerate(results):
                 out[i].append(result.pha)
         return [np.concatenate(o) for o in out]
