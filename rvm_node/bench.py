@@ -10,10 +10,13 @@ backends. Ratios are against that official row at the same size.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
+import statistics
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -277,114 +280,465 @@ def _rss_mb(pid: int) -> float:
     return int(next(line for line in status.splitlines() if line.startswith("VmRSS")).split()[1]) / 1024
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> None:
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
 def _print_table(clip: str, rows: list[tuple[str, str]]) -> int:
     print(f"Machine: {_machine()}")
     print(clip)
-    print("| measurement | result |")
-    print("|---|---|")
-    for name, value in rows:
-        print(f"| {name} | {value} |")
+    _markdown(["measurement", "result"], [list(row) for row in rows])
     return 0
 
 
-def _spawn_node(*options: str, pin_core: int | None = None) -> tuple[Any, str]:
-    """An `rvm-node serve --port 0` subprocess and the address it printed once serving."""
-    import os
+def _spawn(command: list[str], what: str) -> tuple[Any, str]:
+    """A server subprocess and the address it printed on its first line once serving."""
     import subprocess
-    import sys
 
-    command = [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *options]
-    if pin_core is not None:
-        command = ["taskset", "-c", str(pin_core), *command]
     process = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy()
     )
     address = process.stdout.readline().strip() if process.stdout is not None else ""
     if not address:
         process.kill()
-        raise RvmNodeError("benchmark: the node did not start")
+        process.wait()
+        raise RvmNodeError(f"benchmark: {what} did not start ({' '.join(command[1:])})")
     return process, address
 
 
-def run_node_bench(args: argparse.Namespace) -> int:
-    """A node on loopback: one shot end to end, concurrent streams, and memory after many streams."""
-    import tempfile
+def _spawn_node(*options: str, pin_core: int | None = None) -> tuple[Any, str]:
+    """An `rvm-node serve --port 0` subprocess and the address it printed once serving."""
+    command = [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *options]
+    if pin_core is not None:
+        command = ["taskset", "-c", str(pin_core), *command]
+    return _spawn(command, "the node")
+
+
+def _spawn_standin(*options: str) -> tuple[Any, str]:
+    """A benchmark stand-in server (``python -m rvm_node.bench_standins``) and its address."""
+    return _spawn([sys.executable, "-m", "rvm_node.bench_standins", "--port", "0", *options], "a stand-in")
+
+
+def _stop(process: Any) -> None:
+    import subprocess
+
+    process.terminate()
+    try:
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+_WINDOW = 3  # packed frames a stream keeps in flight (the window in bytes MatteStream.process_chunks takes)
+_SIMULATED_BATCH = ("--max-batch", "4", "--batch-delay-ms", "2")
+_MB = 1e6
+
+
+@dataclass(frozen=True)
+class _Wire:
+    """Frames of one size, packed with one transport in both directions; a window of ``window`` bytes."""
+
+    width: int
+    height: int
+    transport: str
+    window: int
+
+
+def _parse_frame_sizes(text: str, where: str = "--sizes") -> list[tuple[int, int]]:
+    sizes = []
+    for part in text.split(","):
+        try:
+            width, height = (int(v) for v in part.strip().lower().split("x"))
+        except ValueError:
+            raise InvalidInputError(f"{where}: expected WxH, got {part.strip()!r}") from None
+        if width < 1 or height < 1:
+            raise InvalidInputError(f"{where}: expected a positive size, got {part.strip()!r}")
+        sizes.append((width, height))
+    return sizes
+
+
+def _wire_frames(width: int, height: int, count: int) -> list[np.ndarray]:
+    """``count`` frames of the example clip scaled to ``width`` x ``height``: ``HxWx3`` uint8 pictures."""
+    import av
+
+    from rvm_node.example import example_clip, read_video_frames
+
+    frames, _ = read_video_frames(example_clip(), limit=count)
+    return [
+        av.VideoFrame.from_ndarray(np.ascontiguousarray(frame.transpose(1, 2, 0)), format="rgb24")
+        .reformat(width=width, height=height)
+        .to_ndarray()
+        for frame in frames
+    ]
+
+
+def _concurrently(count: int, work: Callable[[], None]) -> float:
+    """Seconds for ``count`` threads each running ``work`` once; the first error is raised."""
     import threading
 
-    from rvm_node.client import NodeClient, RemoteBackend
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return elapsed
+
+
+def _echo_stream(channel: Any, wire: _Wire, frames: list[np.ndarray]) -> None:
+    """One echo stream, driven as MatteStream.process_chunks drives a node stream: a queue, a window of bytes."""
+    import queue
+    from collections import deque
+
+    from rvm_node.bench_standins import ECHO_METHOD
+    from rvm_node.node.protocol import TRANSPORTS, pack, unpack
+
+    transport = TRANSPORTS[wire.transport]
+    requests: queue.Queue[bytes | None] = queue.Queue()
+
+    def outgoing() -> Iterator[bytes]:
+        while (item := requests.get()) is not None:
+            yield item
+
+    settings = (("width", str(wire.width)), ("height", str(wire.height)), ("transport", wire.transport))
+    replies = iter(channel.stream_stream(ECHO_METHOD)(outgoing(), metadata=settings))
+    pending: deque[int] = deque()
+    in_flight = 0
+
+    def receive() -> None:
+        nonlocal in_flight
+        unpack(next(replies), transport, np.dtype("<u2"), (wire.height, wire.width), "echo reply")
+        in_flight -= pending.popleft()
+
+    for frame in frames:
+        data = pack(frame, transport)
+        requests.put(data)
+        pending.append(len(data))
+        in_flight += len(data)
+        while len(pending) > 1 and in_flight > wire.window:
+            receive()
+    while pending:
+        receive()
+    requests.put(None)
+    for _ in replies:
+        pass
+
+
+def _node_stream(client: Any, wire: _Wire, frames: list[np.ndarray], ratio: float = 0.25) -> None:
+    """One stream through a node: uint8 RGB in, uint16 alpha back, one frame per chunk."""
+    from rvm_node.client.node_client import StreamChunk
+
+    with client.open_stream(
+        width=wire.width,
+        height=wire.height,
+        input_format="uint8",
+        output_format="uint16",
+        planes=("alpha",),
+        downsample_ratio=ratio,
+        transport=wire.transport,
+        return_transport=wire.transport,
+    ) as stream:
+        chunks = (StreamChunk([(number, frame)]) for number, frame in enumerate(frames))
+        for _ in stream.process_chunks(chunks, window_bytes=wire.window):
+            pass
+
+
+def _spread(values: list[float], digits: int = 1) -> str:
+    """The median, and the range when there are several values."""
+    median = statistics.median(values)
+    if len(values) < 2:
+        return f"{median:.{digits}f}"
+    return f"{median:.{digits}f} ({min(values):.{digits}f}–{max(values):.{digits}f})"
+
+
+def _interleaved(
+    runs: list[Callable[[list[np.ndarray]], None]],
+    streams: int,
+    frames: list[np.ndarray],
+    rounds: int,
+    busy_file: Path,
+) -> tuple[list[list[float]], list[float]]:
+    """Aggregate frames/s of each run per round (A, B, C, A, B, C, ...) and the last run's device-busy fractions.
+
+    Each run is warmed up first (connections, the mattes of this size).
+    """
+    from rvm_node.bench_standins import read_busy
+
+    for run in runs:
+        _concurrently(streams, functools.partial(run, frames[:2]))
+    rates: list[list[float]] = [[] for _ in runs]
+    busy: list[float] = []
+    for _ in range(rounds):
+        for index, run in enumerate(runs):
+            before = read_busy(busy_file)
+            seconds = _concurrently(streams, functools.partial(run, frames))
+            rates[index].append(streams * len(frames) / seconds)
+            if index == len(runs) - 1:
+                busy.append((read_busy(busy_file) - before) / seconds)
+    return rates, busy
+
+
+def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
+    """(a) echo, (b) node over the constant stand-in, (c) the same with a simulated device; interleaved."""
+    import contextlib
+    import tempfile
+
+    import grpc
+
+    from rvm_node.bench_standins import STANDIN_NAME, echo_reply, parse_device_ms
+    from rvm_node.client import NodeClient
+    from rvm_node.node.protocol import TRANSPORTS, pack
+
+    sizes = _parse_frame_sizes(args.sizes)
+    fixed, per_stream = parse_device_ms(args.device_ms)
+    simulated = f"simulated device: a pass of N ≤ 4 streams sleeps {fixed:g} + {per_stream:g}·N ms"
+    paths = [
+        "(a) bare gRPC echo (ceiling)",
+        f"(b) node, {STANDIN_NAME}",
+        f"(c) node, {STANDIN_NAME}; {simulated}",
+    ]
+    header = [
+        "size",
+        "frames/stream",
+        "streams",
+        "transport",
+        "path",
+        "frames/s",
+        "MB/frame in",
+        "MB/frame out",
+        "(b) / (a)",
+        "device busy",
+    ]
+    rows: list[list[str]] = []
+    limit = 64 * 1024 * 1024
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    with contextlib.ExitStack() as stack:
+        busy_file = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rvm-bench-"))) / "busy"
+        servers = [
+            _spawn_standin("--standin", "echo"),
+            _spawn_standin("--standin", "constant"),
+            _spawn_standin(
+                "--standin",
+                "constant",
+                "--device-ms",
+                args.device_ms,
+                "--busy-file",
+                str(busy_file),
+                *_SIMULATED_BATCH,
+            ),
+        ]
+        for process, _ in servers:
+            stack.callback(_stop, process)
+        channel = stack.enter_context(grpc.insecure_channel(servers[0][1], options=options))
+        clients = [stack.enter_context(NodeClient(address)) for _, address in servers[1:]]
+        for width, height in sizes:
+            count = max(8, round(args.stream_frames * 1920 * 1080 / (width * height)))
+            frames = _wire_frames(width, height, count)
+            for transport in ("raw", "zstd"):
+                packed = statistics.mean(len(pack(f, TRANSPORTS[transport])) for f in frames)
+                wire = _Wire(width, height, transport, int(_WINDOW * packed))
+                out_mb = len(echo_reply(height, width, transport)) / _MB
+                for streams in (1, 4):
+                    runs: list[Callable[[list[np.ndarray]], None]] = [
+                        functools.partial(_echo_stream, channel, wire),
+                        functools.partial(_node_stream, clients[0], wire),
+                        functools.partial(_node_stream, clients[1], wire),
+                    ]
+                    rates, busy = _interleaved(runs, streams, frames, args.rounds, busy_file)
+                    echo = statistics.median(rates[0])
+                    for index, path in enumerate(paths):
+                        ratio = f"{statistics.median(rates[1]) / echo:.2f}x" if index == 1 else ""
+                        rows.append(
+                            [
+                                f"{width}x{height}",
+                                str(len(frames)),
+                                str(streams),
+                                transport,
+                                path,
+                                _spread(rates[index]),
+                                f"{packed / _MB:.2f}",
+                                f"{out_mb:.3f}",
+                                ratio,
+                                f"{statistics.median(busy):.0%}" if index == 2 else "",
+                            ]
+                        )
+                    print(
+                        f"  {width}x{height} {streams} stream(s) {transport}: "
+                        + ", ".join(f"{statistics.median(r):.1f}" for r in rates)
+                        + " frames/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return header, rows
+
+
+def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
+    """Frames/s of one shot as `rvm-node matte` runs it: decode here, matte on the node, 16-bit PNG alpha."""
+    import tempfile
+
+    from rvm_node.client import RemoteBackend
     from rvm_node.convert import ConvertJob, run_job
-    from rvm_node.engine.loader import load_model
+    from rvm_node.convert.pipeline import encoder_threads
+
+    with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
+        job = ConvertJob(
+            backend=RemoteBackend(client),
+            input_source=str(clip),
+            downsample_ratio=ratio,
+            outputs={"alpha": str(Path(tmp) / "m.####.png")},
+            seq_chunk=8,
+            num_workers=encoder_threads(),
+            progress="off",
+        )
+        start = time.perf_counter()
+        run_job(job)
+        return frames / (time.perf_counter() - start)
+
+
+def _inference_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """(d) `rvm-node serve` with onnxruntime, batching off and on, the end-to-end shot, and memory."""
+    import contextlib
+
+    from rvm_node.client import NodeClient
+    from rvm_node.engine.loader import load_model, shared_cpu_options
     from rvm_node.io.sources import open_source
 
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    ((width, height),) = _parse_frame_sizes(args.size, "--size")
     clip = _upscaled_clip(width, height, args.frames)
     frames = [f.pixels for f in open_source(clip).frames()]
     ratio = args.downsample_ratio
-    node, address = _spawn_node("--max-streams", "8")
-    rows: list[tuple[str, str]] = []
-    try:
-        tensor = _tensor_rate(load_model(backend="onnxruntime"), frames, ratio)
-        rows.append(("engine tensor throughput, in process", f"{tensor:.2f} frames/s (1.00x)"))
-        client = NodeClient(address)
-        with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
-            job = ConvertJob(
-                backend=RemoteBackend(client),
-                input_source=str(clip),
-                downsample_ratio=ratio,
-                outputs={"alpha": str(Path(tmp) / "m.####.png")},
-                seq_chunk=8,
-                progress="off",
-            )
-            start = time.perf_counter()
-            run_job(job)
-            shot = len(frames) / (time.perf_counter() - start)
+    wire = _Wire(width, height, "raw", _WINDOW * width * height * 3)
+    backend = load_model(backend="onnxruntime", options=shared_cpu_options("onnxruntime"))
+    notes: list[tuple[str, str]] = []
+    with contextlib.ExitStack() as stack:
+        clients: dict[str, Any] = {}
+        pids: dict[str, int] = {}
+        for flags in ("--batch off", "--batch 4 --batch-delay-ms 2"):
+            try:
+                process, address = _spawn_node("--max-streams", "8", *flags.split())
+            except RvmNodeError:
+                notes.append((f"`serve {flags}`", "not measured: this `rvm-node serve` does not take it"))
+                continue
+            stack.callback(_stop, process)
+            clients[flags], pids[flags] = stack.enter_context(NodeClient(address)), process.pid
+        if not clients:  # a serve without batch flags: batching is off on a CPU
+            process, address = _spawn_node("--max-streams", "8")
+            stack.callback(_stop, process)
+            clients["(no flags)"], pids["(no flags)"] = stack.enter_context(NodeClient(address)), process.pid
+        first = next(iter(clients))  # batching off: the shot and the memory rows
+        policies = {flags: client.info().max_batch for flags, client in clients.items()}
+        tensor: list[float] = []
+        shot: list[float] = []
+        streams: dict[tuple[str, int], list[float]] = {}
+        for _ in range(args.rounds):
+            tensor.append(_tensor_rate(backend, frames, ratio))
+            shot.append(_shot_rate(clients[first], clip, ratio, len(frames)))
+            for flags, client in clients.items():
+                for count in (1, 4):
+                    seconds = _concurrently(
+                        count, functools.partial(_node_stream, client, wire, frames, ratio)
+                    )
+                    streams.setdefault((flags, count), []).append(count * len(frames) / seconds)
+        reference = statistics.median(tensor)
+        rows = [
+            (
+                "engine tensor throughput, in process (the node's backend options)",
+                f"{_spread(tensor, 2)} frames/s (1.00x)",
+            ),
+            *notes,
+        ]
+        end_to_end = statistics.median(shot) / reference
+        verdict = "met" if end_to_end >= 0.85 else "not met"
         rows.append(
             (
-                "one shot end to end: decode, node, 16-bit PNG alpha",
-                f"{shot:.2f} frames/s ({shot / tensor:.2f}x)",
+                "one shot end to end (`rvm-node matte`): decode, node, 16-bit PNG alpha, seq_chunk 8",
+                f"{_spread(shot, 2)} frames/s ({end_to_end:.2f}x; goal ≥ 0.85x: {verdict})",
             )
         )
-        numbered = [(i, f) for i, f in enumerate(frames)]
-
-        def stream_once() -> None:
-            with client.open_stream(width=width, height=height, downsample_ratio=ratio) as stream:
-                for _ in stream.process(numbered):
-                    pass
-
-        for count in (1, 2, 4):
-            threads = [threading.Thread(target=stream_once) for _ in range(count)]
-            start = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            rate = count * len(frames) / (time.perf_counter() - start)
+        for (flags, count), rates in streams.items():
+            rate = statistics.median(rates)
             rows.append(
-                (f"{count} concurrent stream(s), aggregate", f"{rate:.2f} frames/s ({rate / tensor:.2f}x)")
+                (
+                    f"{count} stream(s), `serve {flags}` (node reports max batch {policies[flags]}), aggregate",
+                    f"{_spread(rates, 2)} frames/s ({rate / reference:.2f}x)",
+                )
             )
         small = [(i, np.zeros((144, 176, 3), np.uint8)) for i in range(3)]
 
         def short_stream() -> None:
-            with client.open_stream(width=176, height=144) as stream:
+            with clients[first].open_stream(width=176, height=144) as stream:
                 for _ in stream.process(small):
                     pass
 
         short_stream()
-        after_one = _rss_mb(node.pid)
+        after_one = _rss_mb(pids[first])
         for _ in range(99):
             short_stream()
-        after_hundred = _rss_mb(node.pid)
+        after_hundred = _rss_mb(pids[first])
         rows.append(
-            ("node RSS after 1 stream / after 100 streams", f"{after_one:.0f} MB / {after_hundred:.0f} MB")
+            (
+                f"node RSS (`serve {first}`) after 1 stream / after 100 streams",
+                f"{after_one:.0f} MB / {after_hundred:.0f} MB",
+            )
         )
-        client.close()
-    finally:
-        node.terminate()
-        node.wait(30)
-    return _print_table(
-        f"Clip: carphone re-encoded at {width}x{height}, {len(frames)} frames, ratio {ratio}; node and client on loopback",
-        rows,
+    return rows
+
+
+def run_node_bench(args: argparse.Namespace) -> int:
+    """The serving path against its ceiling and against real inference, in one run.
+
+    (a) a bare gRPC echo, (b) the node over a stand-in that returns a constant
+    matte, (c) the same stand-in with a simulated device, at each of
+    ``--sizes``, for 1 and 4 streams, raw and zstd; configurations interleaved
+    round by round, medians reported. (d) `rvm-node serve` with onnxruntime at
+    ``--size``: streams with batching off and on, one shot end to end against
+    the in-process tensor rate, and the node's memory after many streams.
+    """
+    from rvm_node.bench_standins import parse_device_ms
+    from rvm_node.engine.session import check_downsample_ratio
+
+    if args.rounds < 1 or args.stream_frames < 1 or args.frames < 1:
+        raise InvalidInputError("--rounds, --stream-frames and --frames must be >= 1")
+    _parse_frame_sizes(args.sizes)  # every option is checked before the first measurement
+    if len(_parse_frame_sizes(args.size, "--size")) != 1:
+        raise InvalidInputError(f"--size: expected one WxH, got {args.size!r}")
+    parse_device_ms(args.device_ms)
+    check_downsample_ratio(args.downsample_ratio, "--downsample-ratio")
+    started = time.perf_counter()
+    header, standin_rows = _standin_table(args)
+    inference_rows = _inference_rows(args)
+    print(f"Machine: {_machine()}")
+    print(
+        f"Node and client on loopback, the client's streams on threads of one process. (a)–(c): the example "
+        f"clip scaled to each size, uint8 RGB in, uint16 alpha back; {args.stream_frames} frames per stream at "
+        f"1920x1080 (fewer at larger sizes, at least 8); a window of {_WINDOW} packed frames per stream; median "
+        f"(min–max) of {args.rounds} rounds, (a), (b), (c) interleaved; MB = 10^6 bytes. Rows (b) and (c) are stand-ins: "
+        "the real node and client, but a backend that runs no network."
     )
+    _markdown(header, standin_rows)
+    print()
+    print(
+        f"(d) real inference on this CPU: the example clip re-encoded at {args.size}, {args.frames} frames, "
+        f"ratio {args.downsample_ratio}; `rvm-node serve` with onnxruntime; median (min–max) of {args.rounds} rounds."
+    )
+    _markdown(["measurement", "result"], [list(row) for row in inference_rows])
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    return 0
 
 
 def run_farm_bench(args: argparse.Namespace) -> int:

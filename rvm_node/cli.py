@@ -88,10 +88,27 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
     convert.add_argument("--formats", default="exr,png", help="alpha formats to measure")
     convert.add_argument("--num-workers", type=int, default=1)
-    node = kinds.add_parser("node", help="a node on loopback: end to end, concurrent streams, memory")
-    node.add_argument("--size", default="1280x720")
-    node.add_argument("--frames", type=int, default=40)
-    node.add_argument("--downsample-ratio", type=float, default=0.375)
+    node = kinds.add_parser(
+        "node", help="a node on loopback: serving path vs a bare gRPC echo, real inference, memory"
+    )
+    node.add_argument(
+        "--sizes", default="1920x1080,3840x2160", help="frame sizes of the echo and stand-in rows"
+    )
+    node.add_argument(
+        "--stream-frames",
+        type=int,
+        default=48,
+        help="frames per stream in the echo and stand-in rows at 1920x1080 (scaled by pixels, at least 8)",
+    )
+    node.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    node.add_argument(
+        "--device-ms", default="40,15", help="A,B: a simulated device pass of N streams takes A + N*B ms"
+    )
+    node.add_argument(
+        "--size", default="640x360", help="WxH the example clip is re-encoded at (inference rows)"
+    )
+    node.add_argument("--frames", type=int, default=40, help="frames of the clip (inference rows)")
+    node.add_argument("--downsample-ratio", type=float, default=0.5, help="inference rows")
     farm = kinds.add_parser("farm", help="nodes pinned to one core: 1 vs 2 nodes, and failover cost")
     farm.add_argument("--frames", type=int, default=20, help="frames per shot (4 shots)")
     farm.add_argument("--downsample-ratio", type=float, default=1.0)

@@ -38,7 +38,12 @@ def test_raw_frames_scaled_on_the_device_equal_the_host_scaling(dtype: type) -> 
 
 
 def test_the_rule_rounds_half_to_even_and_clips() -> None:
-    assert to_samples(np.array([0.5 / 255, 1.5 / 255, -1.0, 2.0], np.float32), "uint8").tolist() == [0, 2, 0, 255]
+    assert to_samples(np.array([0.5 / 255, 1.5 / 255, -1.0, 2.0], np.float32), "uint8").tolist() == [
+        0,
+        2,
+        0,
+        255,
+    ]
     assert to_samples(np.array([0.25], np.float32), "float16").dtype == np.float16
     with pytest.raises(InvalidInputError, match="cannot convert uint8 samples to uint16"):
         to_samples(np.zeros(2, np.uint8), "uint16")

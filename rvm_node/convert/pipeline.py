@@ -449,11 +449,14 @@ def _run_writers(
     warmup = 0
     first = last = None
 
+    def check_cancel() -> None:
+        if job.cancel is not None and job.cancel.is_set():
+            raise JobCancelledError(f"{job.input_source}: cancelled; complete frames were kept")
+
     def chunk_jobs() -> Iterator[ChunkJob]:
         since_checkpoint = 0
         for chunk in _chunks(frames, job.seq_chunk):
-            if job.cancel is not None and job.cancel.is_set():
-                raise JobCancelledError(f"{job.input_source}: cancelled; complete frames were kept")
+            check_cancel()
             since_checkpoint += len(chunk)
             snapshot = (
                 plan.checkpoint is not None and job.state_every > 0 and since_checkpoint >= job.state_every
@@ -475,6 +478,7 @@ def _run_writers(
                 writer.put((frame.number, fgr, out.pha[t, 0]))
             if done.state is not None:
                 writer.put(("state", chunk[-1].number, done.state, plan.checkpoint, fingerprint))
+            check_cancel()  # chunks still in flight on a node are dropped, not written
         writer.join()
         for w in writers:
             w.close()

@@ -25,9 +25,7 @@ __all__ = [
     "FrameAssembler",
     "check_transport",
     "decode_png",
-    "decode_samples",
     "encode_png",
-    "encode_samples",
     "pack",
     "packed_limit",
     "png_size",
@@ -141,15 +139,6 @@ def _inflate_zstd(
             f"{where}: zstd data inflates to {'more than ' if extra else ''}{filled} bytes, expected {expected}"
         )
     return out
-
-
-def encode_samples(values: np.ndarray, fmt: pb.SampleFormat) -> bytes:
-    """Float 0..1 values to raw bytes of the wire format (integers are rounded and clipped)."""
-    return np.ascontiguousarray(to_samples(values, SAMPLE_NAMES[fmt]), DTYPES[fmt]).tobytes()
-
-
-def decode_samples(data: bytes | bytearray, fmt: pb.SampleFormat, shape: tuple[int, ...]) -> np.ndarray:
-    return np.frombuffer(data, DTYPES[fmt]).reshape(shape)
 
 
 def split_parts(data: bytes, limit: int) -> Iterator[tuple[int, bytes]]:

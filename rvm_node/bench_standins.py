@@ -1,0 +1,245 @@
+"""Stand-ins for ``rvm-node bench node``; ``rvm-node serve`` never serves them.
+
+``python -m rvm_node.bench_standins --standin constant --port 0`` serves the
+real node (service, scheduler, wire formats) over :class:`ConstantMatteBackend`,
+which runs no network: every frame gets one precomputed matte, already in the
+sample format asked for, as a GPU backend that converts on the device returns
+it. ``--device-ms A,B`` makes each forward pass of N streams sleep A + N*B ms
+with the GIL released, a simulated device; ``--busy-file PATH`` keeps the
+seconds it slept in PATH (a little-endian double, rewritten after each pass).
+
+``--standin echo`` serves a bare ``grpc.aio`` bidirectional stream instead:
+each request (a packed frame) gets one reply carrying the bytes the node would
+return for it, the packed matte. It is the ceiling of the serving path.
+
+Both print their address on stdout once serving, like ``rvm-node serve``,
+and stop on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import struct
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvm_node.engine.samples import OutputSpec, SampleFormat, to_samples
+from rvm_node.engine.session import MattingBackend, RecurrentState
+from rvm_node.errors import InvalidInputError
+
+__all__ = [
+    "ECHO_METHOD",
+    "STANDIN_NAME",
+    "ConstantMatteBackend",
+    "bench_matte",
+    "echo_reply",
+    "main",
+    "parse_device_ms",
+    "read_busy",
+]
+
+STANDIN_NAME = "stand-in: constant matte, no inference"
+ECHO_METHOD = "/rvm_node.bench.Echo/Frames"
+_MAX_MESSAGE = 64 * 1024 * 1024
+
+
+def bench_matte(height: int, width: int) -> np.ndarray:
+    """A head-and-shoulders matte, float32 0..1, ``height`` x ``width``.
+
+    Its edge ramps over 1/12 of the frame height with a little grain, like a
+    real matte of the example clip scaled up: at 1920x1080 it compresses with
+    zstd to within 1% of the size of one the network made.
+    """
+    y = np.arange(height, dtype=np.float32)[:, None]
+    x = np.arange(width, dtype=np.float32)[None, :]
+    ramp = height / 12
+    alpha = np.zeros((height, width), np.float32)
+    for cy, cx, ry, rx in ((0.36, 0.5, 0.2, 0.15), (1.1, 0.5, 0.55, 0.42)):
+        ry_px, rx_px = ry * height, rx * height
+        radius = np.sqrt(((y - cy * height) / ry_px) ** 2 + ((x - cx * width) / rx_px) ** 2)
+        np.maximum(alpha, np.clip(0.5 - (radius - 1) * min(ry_px, rx_px) / ramp, 0, 1), out=alpha)
+    edge = (alpha > 0) & (alpha < 1)
+    grain = np.random.default_rng(0).normal(0, 0.01, int(edge.sum()))
+    alpha[edge] += grain.astype(np.float32)
+    return np.clip(alpha, 0, 1, out=alpha)
+
+
+def echo_reply(height: int, width: int, transport: str) -> bytes:
+    """What the node returns for one frame of a uint16 alpha stream: the packed :func:`bench_matte`."""
+    from rvm_node.node.protocol import TRANSPORTS, pack
+
+    if transport not in TRANSPORTS:
+        raise InvalidInputError(f"transport: expected one of {', '.join(TRANSPORTS)}, got {transport!r}")
+    return pack(to_samples(bench_matte(height, width), "uint16"), TRANSPORTS[transport])
+
+
+def parse_device_ms(text: str) -> tuple[float, float]:
+    """``A,B``: a forward pass of N streams takes A + N*B milliseconds."""
+    try:
+        fixed, per_stream = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidInputError(f"--device-ms: expected A,B in milliseconds, got {text!r}") from None
+    if fixed < 0 or per_stream < 0:
+        raise InvalidInputError(f"--device-ms: expected times of 0 or more, got {text!r}")
+    return fixed, per_stream
+
+
+def read_busy(path: Path) -> float:
+    """Seconds a stand-in's simulated device has been busy (0 before its first pass)."""
+    data = path.read_bytes() if path.is_file() else b""
+    return struct.unpack("<d", data[:8])[0] if len(data) >= 8 else 0.0
+
+
+class ConstantMatteBackend(MattingBackend[int]):
+    """Returns one precomputed matte per frame size and format; its state is the batch size.
+
+    Frames stay as they arrived (``prepare`` converts nothing), like a device
+    backend that converts on the device. With ``device_ms`` each call sleeps
+    ``A + N*B`` ms, N streams in the batch, and adds the time to ``busy``.
+    """
+
+    name = STANDIN_NAME
+    device = "cpu"
+    precision = "none"
+    variant = "mobilenetv3"
+
+    def __init__(self, device_ms: tuple[float, float] | None = None, busy_file: Path | None = None) -> None:
+        self.device_ms = device_ms
+        self.busy = 0.0
+        self._mattes: dict[tuple[int, int, SampleFormat], np.ndarray] = {}
+        self._busy_fd = os.open(busy_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if busy_file else None
+
+    def _matte(self, height: int, width: int, fmt: SampleFormat) -> np.ndarray:
+        key = (height, width, fmt)
+        if key not in self._mattes:
+            self._mattes[key] = to_samples(bench_matte(height, width), fmt)
+        return self._mattes[key]
+
+    def prepare(self, frames: Any) -> np.ndarray:
+        return np.asarray(frames)
+
+    def infer(
+        self,
+        src: np.ndarray,
+        state: int | None,  # noqa: ARG002 - every frame gets the same matte
+        downsample_ratio: float,  # noqa: ARG002
+        outputs: OutputSpec,
+    ) -> tuple[np.ndarray | None, np.ndarray, int]:
+        batch, count, _, height, width = src.shape
+        if self.device_ms is not None:
+            started = time.perf_counter()
+            time.sleep((self.device_ms[0] + self.device_ms[1] * batch) / 1000)
+            self.busy += time.perf_counter() - started
+            if self._busy_fd is not None:
+                os.pwrite(self._busy_fd, struct.pack("<d", self.busy), 0)
+        pha = np.broadcast_to(
+            self._matte(height, width, outputs.sample_format), (batch, count, 1, height, width)
+        )
+        fgr = None
+        if outputs.foreground:
+            grey = to_samples(np.full((3, 1, 1), 0.5, np.float32), outputs.sample_format)
+            fgr = np.broadcast_to(grey, (batch, count, 3, height, width))
+        return fgr, pha, batch
+
+    def state_to_host(self, state: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        zeros = np.zeros((state, 1, 1, 1), np.float32)
+        return zeros, zeros, zeros, zeros
+
+    def state_from_host(self, state: RecurrentState) -> int:
+        return int(state.r1.shape[0])
+
+    def stack_states(self, states: list[int]) -> int:
+        return sum(states)
+
+    def split_state(self, state: int, count: int) -> list[int]:  # noqa: ARG002
+        return [1] * count
+
+    def zero_state_like(self, state: int) -> int:
+        return state
+
+
+async def _serve_constant(args: argparse.Namespace) -> None:
+    from rvm_node.node.scheduler import BatchPolicy
+    from rvm_node.node.server import NodeServer, serve_forever, start_node
+    from rvm_node.node.service import Limits
+
+    backend = ConstantMatteBackend(args.device_ms, args.busy_file)
+    node = await start_node(
+        backend,
+        host=args.host,
+        port=args.port,
+        limits=Limits(max_streams=args.max_streams),
+        batch=BatchPolicy(max_batch=args.max_batch, delay=args.batch_delay_ms / 1000),
+    )
+
+    def ready(served: NodeServer) -> None:
+        print(served.address, flush=True)
+
+    await serve_forever(node, 1.0, ready)
+
+
+async def _serve_echo(args: argparse.Namespace) -> None:
+    import grpc
+
+    replies: dict[tuple[int, int, str], bytes] = {}
+
+    async def frames(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
+        settings = dict(context.invocation_metadata())
+        key = (int(settings["height"]), int(settings["width"]), str(settings["transport"]))
+        if key not in replies:
+            replies[key] = echo_reply(*key)
+        async for _ in requests:
+            yield replies[key]
+
+    service, method = ECHO_METHOD.strip("/").split("/")
+    handler = grpc.method_handlers_generic_handler(
+        service, {method: grpc.stream_stream_rpc_method_handler(frames)}
+    )
+    options = [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ("grpc.max_send_message_length", _MAX_MESSAGE),
+    ]
+    server = grpc.aio.server(options=options)
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port(f"{args.host}:{args.port}")
+    if port == 0:
+        raise InvalidInputError(f"--port: cannot bind {args.host}:{args.port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"{args.host}:{port}", flush=True)
+    await stop.wait()
+    await server.stop(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m rvm_node.bench_standins", description="benchmark stand-ins for `rvm-node bench node`"
+    )
+    parser.add_argument("--standin", choices=["constant", "echo"], required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-streams", type=int, default=8)
+    parser.add_argument(
+        "--device-ms", type=parse_device_ms, default=None, help="A,B: a pass of N streams sleeps A + N*B ms"
+    )
+    parser.add_argument("--busy-file", type=Path, default=None, help="keep the simulated busy seconds here")
+    parser.add_argument("--max-batch", type=int, default=1)
+    parser.add_argument("--batch-delay-ms", type=float, default=0.0)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve_echo(args) if args.standin == "echo" else _serve_constant(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
