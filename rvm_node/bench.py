@@ -44,12 +44,15 @@ class _Size:
 def _parse_sizes(text: str) -> list[_Size]:
     sizes = []
     for part in text.split(","):
+        dims, at, ratio = part.strip().partition("@")
         try:
-            dims, ratio = part.strip().split("@")
-            width, height = dims.lower().split("x")
-            sizes.append(_Size(int(width), int(height), float(ratio)))
+            value = float(ratio)
         except ValueError:
-            raise InvalidInputError(f"--sizes: expected WxH@ratio, got {part.strip()!r}") from None
+            value = -1.0
+        if not at or value <= 0:
+            raise InvalidInputError(f"--sizes: expected WxH@ratio, got {part.strip()!r}")
+        width, height = _parse_one_size(dims, "--sizes")
+        sizes.append(_Size(width, height, value))
     return sizes
 
 
@@ -211,7 +214,7 @@ def run_convert_bench(args: argparse.Namespace) -> int:
     from rvm_node.io.sources import open_source
     from rvm_node.io.writers import SequenceWriter, WriterSettings, render
 
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = _parse_one_size(args.size, "--size")
     clip = _upscaled_clip(width, height, args.frames)
     backend = load_model(backend=args.backend, options=shared_cpu_options(args.backend))
     ratio = args.downsample_ratio
@@ -359,6 +362,13 @@ def _parse_frame_sizes(text: str, where: str = "--sizes") -> list[tuple[int, int
             raise InvalidInputError(f"{where}: expected a positive size, got {part.strip()!r}")
         sizes.append((width, height))
     return sizes
+
+
+def _parse_one_size(text: str, where: str) -> tuple[int, int]:
+    sizes = _parse_frame_sizes(text, where)
+    if len(sizes) != 1:
+        raise InvalidInputError(f"{where}: expected one WxH, got {text!r}")
+    return sizes[0]
 
 
 def _wire_frames(width: int, height: int, count: int) -> list[np.ndarray]:
@@ -618,7 +628,7 @@ def _inference_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
     from rvm_node.engine.loader import load_model, shared_cpu_options
     from rvm_node.io.sources import open_source
 
-    ((width, height),) = _parse_frame_sizes(args.size, "--size")
+    width, height = _parse_one_size(args.size, "--size")
     clip = _upscaled_clip(width, height, args.frames)
     frames = [f.pixels for f in open_source(clip).frames()]
     ratio = args.downsample_ratio
@@ -715,8 +725,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
     if args.rounds < 1 or args.stream_frames < 1 or args.frames < 1:
         raise InvalidInputError("--rounds, --stream-frames and --frames must be >= 1")
     _parse_frame_sizes(args.sizes)  # every option is checked before the first measurement
-    if len(_parse_frame_sizes(args.size, "--size")) != 1:
-        raise InvalidInputError(f"--size: expected one WxH, got {args.size!r}")
+    _parse_one_size(args.size, "--size")
     parse_device_ms(args.device_ms)
     check_downsample_ratio(args.downsample_ratio, "--downsample-ratio")
     started = time.perf_counter()

@@ -106,6 +106,15 @@ def test_error_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     )
     assert f"{tmp_path / 'missing.pth'}: no such weights file" in capsys.readouterr().err
     assert main(["bench", "engine", "--sizes", "big"]) == EXIT_INPUT
+    for argv, message in (
+        (["bench", "engine", "--sizes", "64x48"], "--sizes: expected WxH@ratio, got '64x48'"),
+        (["bench", "engine", "--sizes", "64xq@0.5"], "--sizes: expected WxH, got '64xq'"),
+        (["bench", "node", "--size", "64x48,32x24"], "--size: expected one WxH, got '64x48,32x24'"),
+        (["bench", "node", "--sizes", "0x48"], "--sizes: expected a positive size, got '0x48'"),
+    ):
+        capsys.readouterr()
+        assert main(argv) == EXIT_INPUT  # refused before anything is measured
+        assert message in capsys.readouterr().err
     assert main(["example", "--downsample-ratio", "fast"]) == EXIT_USAGE
     assert not (tmp_path / "x").exists()
 

@@ -120,6 +120,9 @@ def test_output_spec_follows_the_writers(tmp_path: Path) -> None:
         False, "float32"
     )
     assert output_spec([seq("composition", ".exr")]) == OutputSpec(True, "float32")
+    # premultiplying computes with the foreground only: alpha beside it keeps its format
+    assert output_spec([seq("alpha", ".png", premultiplied=True)]) == OutputSpec(False, "uint16")
+    assert output_spec([seq("foreground", ".png", premultiplied=True)]) == OutputSpec(True, "float32")
     video = VideoWriter("alpha", tmp_path / "a.mp4", rate=24, size=(64, 48), settings=WriterSettings())  # type: ignore[arg-type]
     try:
         assert output_spec([video]) == OutputSpec(False, "uint8")

@@ -39,6 +39,7 @@ from rvm_node.node.protocol import (
     DTYPES,
     FORMAT_NAMES,
     PLANE_CHANNELS,
+    SAMPLE_NAMES,
     TRANSPORTS,
     check_transport,
     pack,
@@ -173,7 +174,6 @@ class NodeClient:
         except grpc.RpcError as exc:
             raise map_rpc_error(exc, self.address) from exc
         limits = reply.limits
-        formats = {v: k for k, v in FORMAT_NAMES.items()}
         return NodeInfo(
             reply.version,
             reply.device,
@@ -189,7 +189,7 @@ class NodeClient:
             limits.max_batch,
             limits.batch_delay_seconds,
             tuple(transport_name(t) for t in reply.transports),
-            tuple(formats.get(f, str(f)) for f in reply.sample_formats),
+            tuple(SAMPLE_NAMES.get(f, str(f)) for f in reply.sample_formats),
         )
 
     def open_stream(

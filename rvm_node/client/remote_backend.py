@@ -148,28 +148,27 @@ class RemoteBackend(MattingBackend[_RemoteState]):
     def run_stream(self, session: MattingSession, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
         """Chunks through the stream with a window of bytes in flight; snapshots in order with the frames."""
         iterator = iter(jobs)
-        first = next(iterator, None)
-        if first is None:
+        job = next(iterator, None)
+        if job is None:
             return
-        src, ratio = session.admit(first.frames)
+        src, ratio = session.admit(job.frames)  # the first chunk opens the stream
         state, stream = self._stream_for(src, session.state, ratio, session.outputs)
-        admitted: dict[int, np.ndarray] = {}
 
         def chunks() -> Iterator[StreamChunk]:
-            job: ChunkJob | None = first
+            nonlocal job, src
             while job is not None:
-                one, _ = session.admit(job.frames)
-                frames = self._numbered(one, state.next_number)
+                frames = self._numbered(src, state.next_number)
                 state.next_number += len(frames)
-                admitted[id(job)] = one
-                yield StreamChunk(frames, snapshot=job.snapshot, tag=job)
+                yield StreamChunk(frames, snapshot=job.snapshot, tag=(job, src))
                 job = next(iterator, None)
+                if job is not None:
+                    src, _ = session.admit(job.frames)
 
         for reply in stream.process_chunks(chunks(), window_bytes=self.window_bytes):
-            job = reply.tag
-            session.commit(state, admitted.pop(id(job)), ratio)
+            done_job, done_src = reply.tag
+            session.commit(state, done_src, ratio)
             snapshot = reply.snapshot[1] if reply.snapshot is not None else None
-            yield ChunkDone(job, self._chunk(reply.results, session.outputs), snapshot)
+            yield ChunkDone(done_job, self._chunk(reply.results, session.outputs), snapshot)
 
     def state_to_host(self, state: _RemoteState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if state.stream is None:

@@ -18,8 +18,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rvm_node.engine.onnx_graph import policy_graphs
-from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import MattingBackend, RecurrentState, convert_outputs
+from rvm_node.engine.samples import OutputSpec, convert_outputs
+from rvm_node.engine.session import MattingBackend, RecurrentState
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, WeightsFormatError
 
 __all__ = ["OrtBackend", "OrtOptions", "choose_providers"]

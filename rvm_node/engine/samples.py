@@ -25,6 +25,7 @@ __all__ = [
     "SAMPLE_DTYPES",
     "OutputSpec",
     "SampleFormat",
+    "convert_outputs",
     "finest_format",
     "sample_format_of",
     "to_samples",
@@ -102,3 +103,11 @@ def to_unit_float(values: np.ndarray) -> np.ndarray:
         unit *= np.float32(1 / np.iinfo(values.dtype).max)
         return unit
     return np.ascontiguousarray(values, dtype=np.float32)
+
+
+def convert_outputs(
+    fgr: np.ndarray, pha: np.ndarray, outputs: OutputSpec
+) -> tuple[np.ndarray | None, np.ndarray]:
+    """Float results as ``outputs`` asks for them, converted on the host."""
+    fmt = outputs.sample_format
+    return (to_samples(fgr, fmt) if outputs.foreground else None), to_samples(pha, fmt)

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from rvm_node.engine.samples import OutputSpec, to_samples, to_unit_float
+from rvm_node.engine.samples import SAMPLE_DTYPES, OutputSpec, to_unit_float
 from rvm_node.errors import InvalidInputError, ResolutionChangedError
 
 __all__ = [
@@ -35,9 +35,6 @@ __all__ = [
 ]
 
 StateT = TypeVar("StateT")
-
-_UNIT_SCALE = {np.dtype(np.uint8): 1 / 255, np.dtype(np.uint16): 1 / 65535}
-_FLOATS = (np.dtype(np.float16), np.dtype(np.float32))
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:
@@ -195,17 +192,9 @@ class MattingBackend(abc.ABC, Generic[StateT]):
         return MattingSession(self, downsample_ratio=downsample_ratio, outputs=outputs)
 
 
-def convert_outputs(
-    fgr: np.ndarray, pha: np.ndarray, outputs: OutputSpec
-) -> tuple[np.ndarray | None, np.ndarray]:
-    """Host-side conversion of float results to what ``outputs`` asks for."""
-    fmt = outputs.sample_format
-    return (to_samples(fgr, fmt) if outputs.foreground else None), to_samples(pha, fmt)
-
-
 def _as_unit_float(frames: Any, where: str) -> np.ndarray:
     array = np.asarray(frames)
-    if array.dtype not in _UNIT_SCALE and array.dtype not in _FLOATS:
+    if array.dtype not in SAMPLE_DTYPES.values():
         raise InvalidInputError(
             f"{where}: expected uint8, uint16, float16 or float32 frames, got {array.dtype}"
         )
@@ -292,12 +281,16 @@ class MattingSession:
         return self._state
 
     def process(self, frames: Any) -> MatteChunk:
-        single = np.ndim(frames) == 4
         src, ratio = self.admit(frames)
+        out = self.run_admitted(src, ratio)
+        if np.ndim(frames) == 4:
+            return MatteChunk(None if out.fgr is None else out.fgr[0], out.pha[0])
+        return out
+
+    def run_admitted(self, src: np.ndarray, ratio: float) -> MatteChunk:
+        """Run a chunk :meth:`admit` returned and take the state after it; ``[B, T, ...]`` results."""
         fgr, pha, state = self.backend.infer(src, self._state, ratio, self.outputs)
         self.commit(state, src, ratio)
-        if single:
-            return MatteChunk(None if fgr is None else fgr[0], pha[0])
         return MatteChunk(fgr, pha)
 
     def run(self, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
@@ -362,9 +355,8 @@ def process_batch(sessions: list[MattingSession], chunks: list[Any]) -> list[Mat
         return results
     if len(admitted) == 1:
         index, session, src, ratio = admitted[0]
-        fgr, pha, state = session.backend.infer(src, session.state, ratio, session.outputs)
-        session.commit(state, src, ratio)
-        results[index] = MatteChunk(None if fgr is None else fgr[0], pha[0])
+        out = session.run_admitted(src, ratio)
+        results[index] = MatteChunk(None if out.fgr is None else out.fgr[0], out.pha[0])
         return results
     first = admitted[0]
     keys = {batch_key(sessions[index], np.asarray(chunks[index])) for index, *_ in admitted}

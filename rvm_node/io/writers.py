@@ -109,10 +109,6 @@ class Background:
         return self._colour if self._colour is not None else np.zeros(3, np.float32)
 
 
-def _quantise(values: np.ndarray, bits: int) -> np.ndarray:
-    return to_samples(values, "uint8" if bits == 8 else "uint16")
-
-
 def render(
     kind: OutputKind,
     settings: WriterSettings,
@@ -151,12 +147,8 @@ class FrameWriter(abc.ABC):
     @property
     def sample_format(self) -> SampleFormat:
         """The sample format the mattes must arrive in for this output to be exact to the bit."""
-        if (
-            self.kind == "composition"
-            or self.settings.premultiplied
-            or self.settings.official_png_composition
-        ):
-            return "float32"  # computed from the mattes
+        if self.kind == "composition" or (self.kind == "foreground" and self.settings.premultiplied):
+            return "float32"  # computed from the mattes (see render)
         return self._stored_format()
 
     @abc.abstractmethod
@@ -208,7 +200,7 @@ class SequenceWriter(FrameWriter):
                 write_exr(path, image, "RGBA" if image.shape[-1] == 4 else "RGB")
         else:
             bits = 16 if self.ext in (".tif", ".tiff") else self.settings.bit_depth
-            write_image(path, _quantise(image, bits))
+            write_image(path, to_samples(image, "uint16" if bits == 16 else "uint8"))
 
     def remove_stale_temporaries(self, numbers: list[int]) -> None:
         """Delete temporary files a killed run left for these frames (others may be in flight elsewhere)."""
@@ -298,9 +290,9 @@ class VideoWriter(FrameWriter):
         if not self._alpha and image.shape[-1] == 4:
             image = image[..., :3]
         if self._alpha:
-            frame = av.VideoFrame.from_ndarray(_quantise(image, 16), format="rgba64le")
+            frame = av.VideoFrame.from_ndarray(to_samples(image, "uint16"), format="rgba64le")
         else:
-            frame = av.VideoFrame.from_ndarray(_quantise(image, 8), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(to_samples(image, "uint8"), format="rgb24")
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 

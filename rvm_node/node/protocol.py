@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.engine.samples import SampleFormat, to_samples
+from rvm_node.engine.samples import SAMPLE_DTYPES, SampleFormat, to_samples
 from rvm_node.engine.session import RecurrentState
 from rvm_node.errors import InvalidInputError
 from rvm_node.v1 import matting_pb2 as pb
@@ -36,23 +36,16 @@ __all__ = [
     "unpack",
 ]
 
-DTYPES: dict[pb.SampleFormat, np.dtype] = {
-    pb.SAMPLE_FORMAT_UINT8: np.dtype("<u1"),
-    pb.SAMPLE_FORMAT_UINT16: np.dtype("<u2"),
-    pb.SAMPLE_FORMAT_FLOAT16: np.dtype("<f2"),
-    pb.SAMPLE_FORMAT_FLOAT32: np.dtype("<f4"),
-}
-FORMAT_NAMES: dict[str, pb.SampleFormat] = {
-    "uint8": pb.SAMPLE_FORMAT_UINT8,
-    "uint16": pb.SAMPLE_FORMAT_UINT16,
-    "float16": pb.SAMPLE_FORMAT_FLOAT16,
-    "float32": pb.SAMPLE_FORMAT_FLOAT32,
-}
 SAMPLE_NAMES: dict[pb.SampleFormat, SampleFormat] = {
     pb.SAMPLE_FORMAT_UINT8: "uint8",
     pb.SAMPLE_FORMAT_UINT16: "uint16",
     pb.SAMPLE_FORMAT_FLOAT16: "float16",
     pb.SAMPLE_FORMAT_FLOAT32: "float32",
+}
+FORMAT_NAMES: dict[str, pb.SampleFormat] = {name: fmt for fmt, name in SAMPLE_NAMES.items()}
+# Samples on the wire are little endian.
+DTYPES: dict[pb.SampleFormat, np.dtype] = {
+    fmt: SAMPLE_DTYPES[name].newbyteorder("<") for fmt, name in SAMPLE_NAMES.items()
 }
 TRANSPORTS: dict[str, pb.Transport] = {
     "raw": pb.TRANSPORT_RAW,

@@ -174,17 +174,9 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         if settings.variant and settings.variant != variant:
             raise InvalidInputError(f"settings: this node runs {variant}, not {settings.variant}")
         in_transport = check_transport(settings.transport, settings.input_format, "settings.transport")
-        out_transport = (
-            in_transport
-            if settings.return_transport == pb.TRANSPORT_UNSPECIFIED
-            else check_transport(
-                settings.return_transport, settings.output_format, "settings.return_transport"
-            )
+        out_transport = check_transport(  # unspecified: the same as the frames sent
+            settings.return_transport or in_transport, settings.output_format, "settings.return_transport"
         )
-        if out_transport == pb.TRANSPORT_PNG and DTYPES[settings.output_format].kind != "u":
-            raise InvalidInputError(
-                "settings.return_transport: PNG transport carries uint8 or uint16 samples only"
-            )
         ratio = None if settings.downsample_ratio == 0 else float(settings.downsample_ratio)
         planes = tuple(dict.fromkeys(settings.planes)) or (pb.PLANE_ALPHA,)
         return StreamPlan(
