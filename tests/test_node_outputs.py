@@ -3,7 +3,6 @@ while the node sends only the planes and the sample format the writers need."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,10 +15,9 @@ from rvm_node.convert.pipeline import output_spec
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.io.sequence import FramePattern, FrameRange
 from rvm_node.io.writers import SequenceWriter, VideoWriter, WriterSettings
-from rvm_node.node.service import Limits
-from tests.test_node import NodeThread, backend
+from tests.test_node import NodeThread, backend, node
 
-__all__ = ["backend"]  # the module-scoped model fixture, shared with test_node
+__all__ = ["backend", "node"]  # the module-scoped model and node fixtures, shared with test_node
 
 FRAMES = FrameRange(1, 6)
 # (outputs, writer settings, the sample format the stream must ask for, whether it needs the foreground)
@@ -46,13 +44,6 @@ CASES: dict[str, tuple[dict[str, str], dict[str, Any], str, bool]] = {
         True,
     ),
 }
-
-
-@pytest.fixture(scope="module")
-def node(backend) -> Iterator[NodeThread]:
-    server = NodeThread(backend, limits=Limits(max_streams=4, idle_timeout=30))
-    yield server
-    server.stop()
 
 
 def _decoded_video(path: Path) -> np.ndarray:
