@@ -25,7 +25,6 @@ from tests.test_node import (
 __all__ = ["backend", "node"]  # the module-scoped model and node fixtures, shared with test_node
 
 WIDTH, HEIGHT = 176, 144
-FRAME_BYTES = WIDTH * HEIGHT * 3
 
 
 def local(
