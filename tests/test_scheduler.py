@@ -109,7 +109,7 @@ def test_streams_of_different_sizes_or_outputs_are_never_mixed(ort, clip_frames:
 
 
 def test_a_stream_alone_waits_at_most_the_batch_delay(ort, clip_frames: np.ndarray) -> None:
-    delay = 0.4
+    delay = 1.0
     scheduler = Scheduler(ort, policy=BatchPolicy(max_batch=4, delay=delay))
     session = ort.new_session(RATIO)
 
@@ -127,7 +127,7 @@ def test_a_stream_alone_waits_at_most_the_batch_delay(ort, clip_frames: np.ndarr
         scheduler.close()
     # Alone, each chunk waits out the delay for company, then leaves: never later than the delay.
     assert all(delay <= w for w in waits)
-    assert delay <= scheduler.longest_wait <= delay + 0.25
+    assert delay <= scheduler.longest_wait < 1.5 * delay  # waiting twice the delay would fail here
     assert scheduler.batches == 3 and scheduler.batched_chunks == 3
 
 
