@@ -54,20 +54,34 @@ def _decoded_video(path: Path) -> np.ndarray:
 
 
 def _same_files(ours: Path, reference: Path) -> None:
+    """Image files equal to the byte. A video's pictures went to the encoder identical (checked where they
+    are written); what the encoder makes of them is its own, so its decoded pictures need only agree closely."""
     names = sorted(p.name for p in reference.iterdir())
     assert sorted(p.name for p in ours.iterdir()) == names and names
     for name in names:
-        if name.endswith((".mp4", ".mov")):  # containers carry their own timestamps: compare the pictures
-            assert np.array_equal(_decoded_video(ours / name), _decoded_video(reference / name)), name
+        if name.endswith((".mp4", ".mov")):
+            a, b = _decoded_video(ours / name), _decoded_video(reference / name)
+            assert a.shape == b.shape, name
+            difference = np.abs(a.astype(np.int32) - b.astype(np.int32)) / 257  # in 8-bit levels
+            assert difference.mean() < 0.5 and difference.max() <= 16, name
         else:
             assert (ours / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_node_mattes_equal_local_convert_to_the_bit(
-    node: NodeThread, backend, tmp_path: Path, case: str
+    node: NodeThread, backend, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rvm_node.example import example_clip
+
+    encoded: dict[str, list[tuple[int, np.ndarray]]] = {"node": [], "local": []}
+    write = VideoWriter.write
+
+    def recording_write(self: VideoWriter, number: int, image: np.ndarray) -> None:  # the real write, noted
+        encoded[self.path.parent.name].append((number, image.copy()))
+        write(self, number, image)
+
+    monkeypatch.setattr(VideoWriter, "write", recording_write)
 
     targets, settings, wire_format, foreground = CASES[case]
     asked: list[dict[str, Any]] = []
@@ -96,6 +110,9 @@ def test_node_mattes_equal_local_convert_to_the_bit(
     client.close()
     assert [a["output_format"] for a in asked] == [wire_format]
     assert asked[0]["planes"] == (("alpha", "foreground") if foreground else ("alpha",))
+    assert len(encoded["node"]) == len(encoded["local"])
+    for (n_ours, ours), (n_ref, ref) in zip(encoded["node"], encoded["local"], strict=True):
+        assert n_ours == n_ref and ours.dtype == ref.dtype and np.array_equal(ours, ref), n_ours
     _same_files(tmp_path / "node", tmp_path / "local")
     assert node.wait_idle() == 0
 
