@@ -50,13 +50,19 @@ def test_gpu_matches_cpu_fp32(
     assert diff <= tolerance
 
 
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("fmt", ["uint8", "uint16", "float16"])
-def test_device_side_conversion_equals_the_host_rule(clip_frames: np.ndarray, fmt: str) -> None:
-    gpu = load_model(backend="torch", device=DEVICE)
+def test_device_side_conversion_equals_the_host_rule(clip_frames: np.ndarray, backend: str, fmt: str) -> None:
+    gpu = load_model(backend=backend, device=DEVICE)
     assert gpu.prepare(clip_frames[:1]).dtype == np.uint8  # frames go to the device as they arrived
     on_device = alpha_of(gpu, clip_frames[:4], OutputSpec(foreground=False, sample_format=fmt))  # type: ignore[arg-type]
     on_host = to_samples(alpha_of(gpu, clip_frames[:4]), fmt)  # type: ignore[arg-type]
-    assert on_device.dtype == np.dtype(fmt) and np.array_equal(on_device, on_host)
+    assert on_device.dtype == np.dtype(fmt)
+    if backend == "torch":  # one model: the same numbers to the bit
+        assert np.array_equal(on_device, on_host)
+    else:  # two onnxruntime sessions may pick different convolution algorithms: one step at most
+        step = 1.0 if fmt != "float16" else 1e-3
+        assert float(np.abs(on_device.astype(np.float64) - on_host.astype(np.float64)).max()) <= step
 
 
 def test_batching_on_the_gpu_equals_each_stream_alone(clip_frames: np.ndarray) -> None:

@@ -19,7 +19,15 @@ from typing import Any
 
 from rvm_node.errors import WeightsFormatError
 
-__all__ = ["POLICY_KEY", "POLICY_VALUE", "has_policy", "policy_graphs", "skip_refiner_at_unit_ratio"]
+__all__ = [
+    "POLICY_KEY",
+    "POLICY_VALUE",
+    "has_policy",
+    "policy_graphs",
+    "prune",
+    "rename_value",
+    "skip_refiner_at_unit_ratio",
+]
 
 POLICY_KEY = "rvm_node.unit_ratio"
 POLICY_VALUE = "skip_refiner"
@@ -58,7 +66,7 @@ def _src_type(graph: Any) -> int:
     return int(next(i.type.tensor_type.elem_type for i in graph.input if i.name == "src"))
 
 
-def _rename_value(graph: Any, old: str, new: str) -> None:
+def rename_value(graph: Any, old: str, new: str) -> None:
     for node in graph.node:
         for i, value in enumerate(node.output):
             if value == old:
@@ -97,7 +105,7 @@ def skip_refiner_at_unit_ratio(model: Any, where: str = "model") -> Any:
     fgr_residual, pha_coarse = _coarse_outputs(graph, where)
     elem_type = _src_type(graph)
     for name, refined in _REFINED.items():
-        _rename_value(graph, name, refined)
+        rename_value(graph, name, refined)
 
     def branch(name: str, nodes: list[Any], fgr: str, pha: str) -> Any:
         outputs = [helper.make_tensor_value_info(v, elem_type, None) for v in (fgr, pha)]
@@ -135,7 +143,7 @@ def skip_refiner_at_unit_ratio(model: Any, where: str = "model") -> Any:
     return model
 
 
-def _prune(model: Any) -> None:
+def prune(model: Any) -> None:
     """Drop nodes and initializers that no graph output depends on."""
     graph = model.graph
     needed = {o.name for o in graph.output}
@@ -164,7 +172,7 @@ def policy_graphs(model: Any, where: str = "model") -> tuple[Any, Any]:
         del graph.node[:]
         graph.node.extend(keep)
         for name, value in _REFINED.items():
-            _rename_value(graph, value, name)
+            rename_value(graph, value, name)
         props = [p for p in refined.metadata_props if p.key != POLICY_KEY]
         del refined.metadata_props[:]
         refined.metadata_props.extend(props)
@@ -176,5 +184,5 @@ def policy_graphs(model: Any, where: str = "model") -> tuple[Any, Any]:
     del graph.node[:]
     graph.node.extend(keep)
     graph.node.extend(_unrefined_nodes(fgr_residual, pha_coarse, _src_type(graph), "fgr", "pha"))
-    _prune(unrefined)
+    prune(unrefined)
     return refined, unrefined

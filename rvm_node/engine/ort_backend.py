@@ -1,16 +1,19 @@
 """The onnxruntime backend, with I/O binding.
 
 The recurrent state stays on the device between calls (as ``OrtValue``s
-bound as inputs); only fgr and pha cross to the host. The model's ``src`` and
-state type follows the model (fp32 or fp16); ``downsample_ratio`` is always
-fp32. Every graph is run with our refiner policy (see ``onnx_graph``): the
-backend holds one session that always refines and, from the first call at
-ratio 1, one without the refiner.
+bound as inputs). The model's state type follows the model (fp32 or fp16);
+``downsample_ratio`` is always fp32. Every graph is run with our refiner
+policy (see ``onnx_graph``) and, by default, with the sample conversions in
+the graph (see ``onnx_samples``): frames are bound as they arrived and only
+the planes a stream asked for come back, in its sample format. Each
+combination of ratio rule, input format and outputs gets its own session,
+made on first use and kept in a small LRU cache.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +21,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rvm_node.engine.onnx_graph import policy_graphs
-from rvm_node.engine.samples import OutputSpec, convert_outputs
+from rvm_node.engine.onnx_samples import with_samples
+from rvm_node.engine.samples import OutputSpec, SampleFormat, convert_outputs, sample_format_of
 from rvm_node.engine.session import MattingBackend, RecurrentState
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, WeightsFormatError
 
@@ -39,6 +43,13 @@ class OrtOptions:
     ``tensorrt``: put TensorRT ahead of CUDA where it is available.
     ``spin``: let idle worker threads spin; faster alone, but it takes CPU from
     decoding and encoding threads running beside the model.
+    ``samples_in_graph``: convert frames and mattes inside the graph (on the
+    device), not on the host. None: yes, except for an fp16 model on the CPU,
+    where onnxruntime runs fp16 through float32 and folds the graph's casts
+    away, so the numbers would drift from the host rule. For fp32 they are
+    the same either way, and the graph path is faster even on a CPU.
+    ``max_sessions``: how many sessions (one per ratio rule, input format and
+    outputs) are kept.
     """
 
     intra_op_threads: int = 0
@@ -46,6 +57,8 @@ class OrtOptions:
     graph_optimization: Literal["disable", "basic", "extended", "all"] = "all"
     tensorrt: bool = False
     spin: bool = True
+    samples_in_graph: bool | None = None
+    max_sessions: int = 8
 
 
 def choose_providers(device: str, tensorrt: bool = False) -> list[str]:
@@ -101,7 +114,7 @@ class OrtBackend(MattingBackend[OrtState]):
                 f"got {names_in} and {names_out}"
             )
         self._graphs = policy_graphs(proto, where)
-        self._sessions: dict[bool, Any] = {}
+        self._sessions: OrderedDict[tuple[bool, str, OutputSpec], Any] = OrderedDict()
         self._lock = threading.Lock()
         settings = ort.SessionOptions()
         settings.intra_op_num_threads = self.options.intra_op_threads
@@ -117,28 +130,51 @@ class OrtBackend(MattingBackend[OrtState]):
         }[self.options.graph_optimization]
         self.providers = choose_providers(device, self.options.tensorrt)
         self._settings = settings
-        self.session = self._session(unit_ratio=False)
-        src_type = self.session.get_inputs()[0].type
-        self._np_dtype = np.float16 if src_type == "tensor(float16)" else np.float32
+        src_type = next(i.type.tensor_type.elem_type for i in proto.graph.input if i.name == "src")
+        self._np_dtype = np.float16 if src_type == onnx.TensorProto.FLOAT16 else np.float32
         self.precision = "fp16" if self._np_dtype == np.float16 else "fp32"
+        self._model_format: SampleFormat = "float16" if self._np_dtype == np.float16 else "float32"
+        in_graph = self.options.samples_in_graph
+        self.samples_in_graph = (
+            in_graph if in_graph is not None else not (self.precision == "fp16" and device == "cpu")
+        )
+        self.session = self._session(False, self._model_format, OutputSpec(True, self._model_format))
         self._ort_device = "cuda" if device.startswith("cuda") else "cpu"
         self._device_id = int(device.split(":", 1)[1]) if ":" in device else 0
 
-    def _session(self, unit_ratio: bool) -> Any:
-        """The session for ratio 1 (no refiner) or below 1 (refiner), created on first use."""
+    def _session(self, unit_ratio: bool, src_format: SampleFormat, outputs: OutputSpec) -> Any:
+        """The session for ratio 1 (no refiner) or below 1 (refiner), taking ``src_format`` frames and
+        giving ``outputs``; created on first use, the least recently used dropped past ``max_sessions``."""
         import onnxruntime as ort
 
+        key = (unit_ratio, src_format, outputs)
         with self._lock:
-            if unit_ratio not in self._sessions:
+            session = self._sessions.get(key)
+            if session is None:
                 graph = self._graphs[1 if unit_ratio else 0]
-                self._sessions[unit_ratio] = ort.InferenceSession(
+                if (src_format, outputs) != (self._model_format, OutputSpec(True, self._model_format)):
+                    graph = with_samples(graph, src_format, outputs)
+                session = ort.InferenceSession(
                     graph.SerializeToString(), sess_options=self._settings, providers=self.providers
                 )
-            return self._sessions[unit_ratio]
+                self._sessions[key] = session
+                while len(self._sessions) > max(1, self.options.max_sessions):
+                    self._sessions.popitem(last=False)
+            self._sessions.move_to_end(key)
+            return session
+
+    def prepare(self, frames: Any) -> np.ndarray:
+        """With the conversions in the graph, frames are bound as they arrived."""
+        if not self.samples_in_graph:
+            return super().prepare(frames)
+        array = np.asarray(frames)
+        sample_format_of(array.dtype)  # InvalidInputError for any other dtype
+        return array
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["providers"] = self.session.get_providers()
+        info["samples_in_graph"] = self.samples_in_graph
         return info
 
     def _zeros(self) -> Any:
@@ -153,34 +189,44 @@ class OrtBackend(MattingBackend[OrtState]):
     ) -> tuple[np.ndarray | None, np.ndarray, OrtState]:
         import onnxruntime as ort
 
-        session = self._session(unit_ratio=downsample_ratio == 1.0)
+        in_graph = self.samples_in_graph
+        if in_graph:
+            src_format, asked = sample_format_of(src.dtype), outputs
+        else:
+            src, src_format = src.astype(self._np_dtype, copy=False), self._model_format
+            asked = OutputSpec(True, self._model_format)
+        session = self._session(downsample_ratio == 1.0, src_format, asked)
+        planes = ("fgr", "pha") if asked.foreground else ("pha",)
         binding = session.io_binding()
         ratio = ort.OrtValue.ortvalue_from_numpy(
             np.asarray([downsample_ratio], np.float32), self._ort_device, self._device_id
         )
         rec: list[Any] = list(state) if state is not None else [self._zeros()] * 4
-        frames = src.astype(self._np_dtype, copy=False)
-        fgr_out, pha_out = [], []
-        for t in range(frames.shape[1]):
-            binding.bind_cpu_input("src", np.ascontiguousarray(frames[:, t]))
+        results: dict[str, list[np.ndarray]] = {name: [] for name in planes}
+        for t in range(src.shape[1]):
+            binding.bind_cpu_input("src", np.ascontiguousarray(src[:, t]))
             for name, value in zip(_INPUTS[1:5], rec, strict=True):
                 binding.bind_ortvalue_input(name, value)
             binding.bind_ortvalue_input("downsample_ratio", ratio)
-            binding.bind_output("fgr", "cpu")
-            binding.bind_output("pha", "cpu")
+            for name in planes:
+                binding.bind_output(name, "cpu")
             for name in _OUTPUTS[2:]:
                 binding.bind_output(name, self._ort_device, self._device_id)
             session.run_with_iobinding(binding)
             values = binding.get_outputs()
-            fgr_out.append(values[0].numpy())
-            pha_out.append(values[1].numpy())
-            rec = list(values[2:])
-        if len(fgr_out) == 1:  # one frame: a view, no copy
-            fgr, pha = fgr_out[0][:, None], pha_out[0][:, None]
-        else:
-            fgr, pha = np.stack(fgr_out, axis=1), np.stack(pha_out, axis=1)
+            for name, value in zip(planes, values, strict=False):
+                results[name].append(value.numpy())
+            rec = list(values[len(planes) :])
+        stacked = {
+            name: (frames[0][:, None] if len(frames) == 1 else np.stack(frames, axis=1))  # one frame: a view
+            for name, frames in results.items()
+        }
+        if in_graph:
+            return stacked.get("fgr"), stacked["pha"], (rec[0], rec[1], rec[2], rec[3])
         fgr_samples, pha_samples = convert_outputs(
-            fgr.astype(np.float32, copy=False), pha.astype(np.float32, copy=False), outputs
+            stacked["fgr"].astype(np.float32, copy=False),
+            stacked["pha"].astype(np.float32, copy=False),
+            outputs,
         )
         return fgr_samples, pha_samples, (rec[0], rec[1], rec[2], rec[3])
 
