@@ -193,9 +193,10 @@ def _upscaled_clip(width: int, height: int, limit: int) -> Path:
     return target
 
 
-def _tensor_rate(backend: Any, frames: list[np.ndarray], ratio: float) -> float:
-    """Frames/s of a session over ``HxWx3`` frames already in memory (after one warm-up frame)."""
-    session = backend.new_session(ratio)
+def _tensor_rate(backend: Any, frames: list[np.ndarray], ratio: float, outputs: Any = None) -> float:
+    """Frames/s of a session over ``HxWx3`` frames already in memory (after one warm-up frame),
+    returning ``outputs`` (an ``OutputSpec``; default both planes, float32)."""
+    session = backend.new_session(ratio, outputs)
     session.process(frames[0].transpose(2, 0, 1)[None])
     session.reset()
     start = time.perf_counter()
@@ -210,6 +211,7 @@ def run_convert_bench(args: argparse.Namespace) -> int:
 
     from rvm_node.convert import ConvertJob, run_job
     from rvm_node.engine.loader import load_model, shared_cpu_options
+    from rvm_node.engine.samples import OutputSpec
     from rvm_node.io.sequence import FramePattern
     from rvm_node.io.sources import open_source
     from rvm_node.io.writers import SequenceWriter, WriterSettings, render
@@ -222,8 +224,8 @@ def run_convert_bench(args: argparse.Namespace) -> int:
     frames = [f.pixels for f in source.frames()]
     rows: list[tuple[str, float]] = []
 
-    tensor = _tensor_rate(backend, frames, ratio)
-    rows.append(("engine tensor throughput (decoded frames in memory)", tensor))
+    tensor = _tensor_rate(backend, frames, ratio, OutputSpec(foreground=False, sample_format="uint16"))
+    rows.append(("engine tensor throughput (decoded frames in memory, uint16 alpha)", tensor))
 
     for ext in args.formats.split(","):
         with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
@@ -620,12 +622,29 @@ def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
         return frames / (time.perf_counter() - start)
 
 
-def _inference_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
-    """(d) `rvm-node serve` with onnxruntime, batching off and on, the end-to-end shot, and memory."""
+def _long_stream(client: Any, pid: int, frames: int) -> tuple[float, float]:
+    """The node's RSS (MB) after the first tenth of one ``frames``-long 176x144 stream and at its end."""
+    from rvm_node.client.node_client import StreamChunk
+
+    pixels = np.zeros((144, 176, 3), np.uint8)
+    early = 0.0
+    with client.open_stream(width=176, height=144, output_format="uint16", planes=("alpha",)) as stream:
+        chunks = (
+            StreamChunk([(i, pixels) for i in range(n, min(n + 8, frames))]) for n in range(0, frames, 8)
+        )
+        for reply in stream.process_chunks(chunks, window_bytes=4 * 8 * pixels.nbytes):
+            if not early and reply.results[-1].number >= frames // 10:
+                early = _rss_mb(pid)
+    return early, _rss_mb(pid)
+
+
+def _inference_rows(args: argparse.Namespace, backend: Any) -> list[tuple[str, str]]:
+    """(d) `rvm-node serve`, batching off and on, the end-to-end shot, and memory; ``backend`` is the
+    in-process model of the same kind the nodes load."""
     import contextlib
 
     from rvm_node.client import NodeClient
-    from rvm_node.engine.loader import load_model, shared_cpu_options
+    from rvm_node.engine.samples import OutputSpec
     from rvm_node.io.sources import open_source
 
     width, height = _parse_one_size(args.size, "--size")
@@ -633,21 +652,22 @@ def _inference_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
     frames = [f.pixels for f in open_source(clip).frames()]
     ratio = args.downsample_ratio
     wire = _Wire(width, height, "raw", _WINDOW * width * height * 3)
-    backend = load_model(backend="onnxruntime", options=shared_cpu_options("onnxruntime"))
+    model = ("--backend", args.backend, "--device", args.device)
+    shot_outputs = OutputSpec(foreground=False, sample_format="uint16")  # what the shot's 16-bit PNGs need
     notes: list[tuple[str, str]] = []
     with contextlib.ExitStack() as stack:
         clients: dict[str, Any] = {}
         pids: dict[str, int] = {}
         for flags in ("--batch off", "--batch 4 --batch-delay-ms 2"):
             try:
-                process, address = _spawn_node("--max-streams", "8", *flags.split())
+                process, address = _spawn_node("--max-streams", "8", *model, *flags.split())
             except RvmNodeError:
                 notes.append((f"`serve {flags}`", "not measured: this `rvm-node serve` does not take it"))
                 continue
             stack.callback(_stop, process)
             clients[flags], pids[flags] = stack.enter_context(NodeClient(address)), process.pid
         if not clients:  # a serve without batch flags: batching is off on a CPU
-            process, address = _spawn_node("--max-streams", "8")
+            process, address = _spawn_node("--max-streams", "8", *model)
             stack.callback(_stop, process)
             clients["(no flags)"], pids["(no flags)"] = stack.enter_context(NodeClient(address)), process.pid
         first = next(iter(clients))  # batching off: the shot and the memory rows
@@ -656,7 +676,7 @@ def _inference_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
         shot: list[float] = []
         streams: dict[tuple[str, int], list[float]] = {}
         for _ in range(args.rounds):
-            tensor.append(_tensor_rate(backend, frames, ratio))
+            tensor.append(_tensor_rate(backend, frames, ratio, shot_outputs))
             shot.append(_shot_rate(clients[first], clip, ratio, len(frames)))
             for flags, client in clients.items():
                 for count in (1, 4):
@@ -667,7 +687,8 @@ def _inference_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
         reference = statistics.median(tensor)
         rows = [
             (
-                "engine tensor throughput, in process (the node's backend options)",
+                f"engine tensor throughput, in process ({backend.name} on {args.device}, the node's options, "
+                "uint16 alpha)",
                 f"{_spread(tensor, 2)} frames/s (1.00x)",
             ),
             *notes,
@@ -706,6 +727,16 @@ def _inference_rows(args: argparse.Namespace) -> list[tuple[str, str]]:
                 f"{after_one:.0f} MB / {after_hundred:.0f} MB",
             )
         )
+        if args.long_stream_frames > 0:
+            batching = list(clients)[-1]
+            early, late = _long_stream(clients[batching], pids[batching], args.long_stream_frames)
+            rows.append(
+                (
+                    f"node RSS (`serve {batching}`) over one {args.long_stream_frames}-frame 176x144 stream: "
+                    "after its first tenth / at its end",
+                    f"{early:.0f} MB / {late:.0f} MB",
+                )
+            )
     return rows
 
 
@@ -724,13 +755,22 @@ def run_node_bench(args: argparse.Namespace) -> int:
 
     if args.rounds < 1 or args.stream_frames < 1 or args.frames < 1:
         raise InvalidInputError("--rounds, --stream-frames and --frames must be >= 1")
+    if args.long_stream_frames < 0:
+        raise InvalidInputError(f"--long-stream-frames: expected 0 or more, got {args.long_stream_frames}")
     _parse_frame_sizes(args.sizes)  # every option is checked before the first measurement
     _parse_one_size(args.size, "--size")
     parse_device_ms(args.device_ms)
     check_downsample_ratio(args.downsample_ratio, "--downsample-ratio")
+    from rvm_node.engine.loader import load_model, shared_cpu_options
+
+    backend = load_model(  # an unusable device is refused here, before the first measurement
+        backend=args.backend,
+        device=args.device,
+        options=shared_cpu_options(args.backend) if args.device == "cpu" else None,
+    )
     started = time.perf_counter()
     header, standin_rows = _standin_table(args)
-    inference_rows = _inference_rows(args)
+    inference_rows = _inference_rows(args, backend)
     print(f"Machine: {_machine()}")
     print(
         f"Node and client on loopback, the client's streams on threads of one process. (a)–(c): the example "

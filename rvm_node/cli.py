@@ -109,6 +109,16 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     node.add_argument("--frames", type=int, default=40, help="frames of the clip (inference rows)")
     node.add_argument("--downsample-ratio", type=float, default=0.5, help="inference rows")
+    node.add_argument(
+        "--backend", choices=["torch", "onnxruntime"], default="onnxruntime", help="inference rows"
+    )
+    node.add_argument("--device", default="cpu", help="inference rows: cpu, cuda, cuda:N")
+    node.add_argument(
+        "--long-stream-frames",
+        type=int,
+        default=10_000,
+        help="frames of the one long stream whose node memory is reported (0: skip it)",
+    )
     farm = kinds.add_parser("farm", help="nodes pinned to one core: 1 vs 2 nodes, and failover cost")
     farm.add_argument("--frames", type=int, default=20, help="frames per shot (4 shots)")
     farm.add_argument("--downsample-ratio", type=float, default=1.0)

@@ -111,6 +111,7 @@ def test_error_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         (["bench", "engine", "--sizes", "64xq@0.5"], "--sizes: expected WxH, got '64xq'"),
         (["bench", "node", "--size", "64x48,32x24"], "--size: expected one WxH, got '64x48,32x24'"),
         (["bench", "node", "--sizes", "0x48"], "--sizes: expected a positive size, got '0x48'"),
+        (["bench", "node", "--long-stream-frames", "-1"], "--long-stream-frames: expected 0 or more, got -1"),
     ):
         capsys.readouterr()
         assert main(argv) == EXIT_INPUT  # refused before anything is measured
