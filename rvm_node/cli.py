@@ -440,8 +440,17 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
+class _Parser(argparse.ArgumentParser):
+    """No abbreviated long options: ``--max-str`` is an error, not ``--max-streams``, so which flags were
+    given is plain from the command line (flags > environment > config file). Subcommands inherit it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rvm-node", description=__doc__.splitlines()[0])
+    parser: argparse.ArgumentParser = _Parser(prog="rvm-node", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_weights(sub)
     _add_export(sub)
@@ -622,6 +631,8 @@ def _serve(args: argparse.Namespace) -> int:
     batch = _batch_policy(args, str(backend.device))
 
     def ready(node: NodeServer) -> None:
+        if node.metrics_port is not None:
+            print(f"metrics: http://{args.host}:{node.metrics_port}/metrics", file=sys.stderr, flush=True)
         print(node.address, flush=True)  # the line scripts and tests wait for
 
     async def main_async() -> None:

@@ -13,7 +13,9 @@ The tree::
     │   ├── WeightsFormatError       a file of an unknown or unsupported kind
     │   └── WeightsFetchError        the fetch through pip failed
     ├── InvalidInputError            (+ ValueError) bad frames, shapes, dtypes or settings
-    │   └── ResolutionChangedError   a session saw a new frame size without a reset
+    │   ├── ResolutionChangedError   a session saw a new frame size without a reset
+    │   ├── NonFiniteSamplesError    float frames holding NaN or infinity
+    │   └── StateMismatchError       a recurrent state that does not fit the model, size or ratio
     ├── BackendError                 a backend cannot run as asked
     │   ├── BackendUnavailableError  (+ ImportError) its package or device is missing
     │   └── UnsupportedPrecisionError the device cannot run that precision
@@ -24,10 +26,15 @@ The tree::
         ├── NodeBusyError            the node has no free stream slot (RESOURCE_EXHAUSTED)
         ├── NodeAuthError            missing or wrong token, TLS refused (UNAUTHENTICATED)
         ├── NodeTimeoutError         a deadline or the idle timeout passed (DEADLINE_EXCEEDED)
-        └── NodeProtocolError        the node rejected the stream or answered out of protocol
+        ├── NodeRejectedError        the node refused the request itself (INVALID_ARGUMENT,
+        │                            FAILED_PRECONDITION): another node would refuse it too
+        └── NodeProtocolError        the node failed (INTERNAL) or answered out of protocol
 
 Messages are one line and name the file, frame or field at fault together with
-what was expected.
+what was expected. :class:`InvalidInputError` may also say so in fields
+(``reason``, ``field``, ``frame``), which the render node sends to its
+clients as machine-readable error details, and :class:`NodeError` carries
+back what the node sent (``reason``, ``metadata``).
 """
 
 from __future__ import annotations
@@ -42,10 +49,13 @@ __all__ = [
     "NodeBusyError",
     "NodeError",
     "NodeProtocolError",
+    "NodeRejectedError",
     "NodeTimeoutError",
     "NodeUnavailableError",
+    "NonFiniteSamplesError",
     "ResolutionChangedError",
     "RvmNodeError",
+    "StateMismatchError",
     "UnsupportedPrecisionError",
     "WeightsError",
     "WeightsFetchError",
@@ -80,11 +90,40 @@ class WeightsFetchError(WeightsError):
 
 
 class InvalidInputError(RvmNodeError, ValueError):
-    """Frames, shapes, dtypes or settings that the engine cannot accept."""
+    """Frames, shapes, dtypes or settings that the engine cannot accept.
+
+    ``reason`` is a stable name for the fault (see the node protocol's
+    ``ErrorReason``), ``field`` the setting and ``frame`` the frame number at
+    fault, where known.
+    """
+
+    default_reason = "INPUT_INVALID"
+
+    def __init__(
+        self, message: str, *, reason: str | None = None, field: str | None = None, frame: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason or self.default_reason
+        self.field = field
+        self.frame = frame
 
 
 class ResolutionChangedError(InvalidInputError):
     """A session received frames of a new size while holding state for another."""
+
+    default_reason = "FRAME_SIZE_MISMATCH"
+
+
+class NonFiniteSamplesError(InvalidInputError):
+    """Float frames hold NaN or infinity, which would poison the recurrent state."""
+
+    default_reason = "SAMPLES_NOT_FINITE"
+
+
+class StateMismatchError(InvalidInputError):
+    """A recurrent state that does not fit the model variant, frame size or ratio it is used with."""
+
+    default_reason = "RESTORE_STATE_INVALID"
 
 
 class BackendError(RvmNodeError):
@@ -104,7 +143,16 @@ class ExportError(RvmNodeError):
 
 
 class NodeError(RvmNodeError):
-    """Talking to a render node failed."""
+    """Talking to a render node failed.
+
+    ``reason`` and ``metadata`` are the node's error details (empty when it
+    sent none, or the fault is on this side).
+    """
+
+    def __init__(self, message: str, *, reason: str = "", metadata: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.metadata = dict(metadata or {})
 
 
 class NodeUnavailableError(NodeError):
@@ -123,8 +171,15 @@ class NodeTimeoutError(NodeError):
     """A deadline or the node's idle timeout passed."""
 
 
+class NodeRejectedError(NodeError):
+    """The node refused the request itself (settings, frames, restore state, order of messages).
+
+    Retrying it, here or on another node, gives the same answer.
+    """
+
+
 class NodeProtocolError(NodeError):
-    """The node rejected the stream's settings or frames, or answered out of protocol."""
+    """The node failed while serving the stream, or answered out of protocol."""
 
 
 class JobCancelledError(RvmNodeError):

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -94,3 +95,17 @@ def assert_same_mattes(ours: Path, reference: Path, numbers: range, name: str, e
     for n in numbers:
         a, b = alpha(ours / f"{name}.{n:04d}.{ext}"), alpha(reference / f"ref.{n:04d}.{ext}")
         assert np.abs(a - b).max() <= 1e-3, f"frame {n}"
+
+
+def error_info(error: Any) -> tuple[str, dict[str, str]]:
+    """The (reason, metadata) of the ErrorInfo a node sent with a failed call; ("", {}) if none."""
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            assert info.domain == "rvm-node.v1"
+            return info.reason, dict(info.metadata)
+    return "", {}

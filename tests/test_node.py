@@ -32,7 +32,7 @@ from rvm_node.node.server import NodeServer, TlsFiles, start_node
 from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
-from tests.helpers import spawn_node
+from tests.helpers import error_info, spawn_node
 
 RATIO = 0.5
 ROOT = Path(__file__).resolve().parent.parent
@@ -230,57 +230,85 @@ def test_empty_stream(node: NodeThread) -> None:
 
 
 @pytest.mark.parametrize(
-    "requests, code, message",
+    "requests, code, reason, message",
     [
         (
             [chunk_request(1, b"\0" * 10)],
             grpc.StatusCode.FAILED_PRECONDITION,
+            "OPEN_REQUIRED",
             "first message of a stream must be `open`",
         ),
         (
             [open_request(), chunk_request(1, b"\0" * 100)],
             grpc.StatusCode.INVALID_ARGUMENT,
+            "FRAME_SIZE_MISMATCH",
             "declared 100 bytes, expected 9216",
         ),
         (
             [open_request(), chunk_request(1, b"\0" * 10, total=9216, offset=5)],
             grpc.StatusCode.INVALID_ARGUMENT,
+            "FRAME_PARTS_INVALID",
             "offset 0",
         ),
         (
             [open_request(), chunk_request(1, b"\0" * 9217, total=9216)],
             grpc.StatusCode.INVALID_ARGUMENT,
+            "FRAME_PARTS_INVALID",
             "overruns",
         ),
         (
             [open_request(width=100_000, height=100_000)],
             grpc.StatusCode.INVALID_ARGUMENT,
+            "FRAME_TOO_LARGE",
             "exceeds this node's limits",
         ),
-        ([open_request(width=0)], grpc.StatusCode.INVALID_ARGUMENT, "must be positive"),
-        ([open_request(input_format=0)], grpc.StatusCode.INVALID_ARGUMENT, "input_format"),
-        ([open_request(downsample_ratio=1.5)], grpc.StatusCode.INVALID_ARGUMENT, "downsample_ratio"),
-        ([open_request(variant="resnet50")], grpc.StatusCode.INVALID_ARGUMENT, "runs mobilenetv3"),
-        ([open_request(), open_request()], grpc.StatusCode.FAILED_PRECONDITION, "only be the first"),
+        ([open_request(width=0)], grpc.StatusCode.INVALID_ARGUMENT, "SETTINGS_INVALID", "must be positive"),
         (
-            [open_request(), pb.MatteRequest(control=pb.Control(snapshot=True))],
+            [open_request(input_format=0)],
             grpc.StatusCode.INVALID_ARGUMENT,
+            "SETTINGS_INVALID",
+            "input_format",
+        ),
+        (
+            [open_request(downsample_ratio=1.5)],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "SETTINGS_INVALID",
+            "downsample_ratio",
+        ),
+        (
+            [open_request(variant="resnet50")],
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "VARIANT_UNAVAILABLE",
+            "runs mobilenetv3",
+        ),
+        (
+            [open_request(), open_request()],
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "OPEN_REPEATED",
+            "only be the first",
+        ),
+        (
+            [open_request(), pb.MatteRequest(control=pb.Control(snapshot=pb.Control.Snapshot()))],
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "NOTHING_TO_SNAPSHOT",
             "no frame",
         ),
         (
             [open_request(), chunk_request(1, b"\0" * 100, total=9216)],
             grpc.StatusCode.INVALID_ARGUMENT,
+            "FRAME_PARTS_INVALID",
             "middle of a frame",
         ),
     ],
 )
 def test_protocol_errors(
-    node: NodeThread, requests: list[pb.MatteRequest], code: grpc.StatusCode, message: str
+    node: NodeThread, requests: list[pb.MatteRequest], code: grpc.StatusCode, reason: str, message: str
 ) -> None:
     with pytest.raises(grpc.RpcError) as info:
         raw_stream(node.address, requests)
     assert info.value.code() == code
     assert message in (info.value.details() or "")
+    assert error_info(info.value)[0] == reason
     assert node.wait_idle() == 0
 
 
@@ -459,7 +487,7 @@ def test_sigterm_drains(clip_frames: np.ndarray) -> None:
         with pytest.raises((NodeUnavailableError, NodeProtocolError)):
             client.open_stream(width=176, height=144)
         # the running stream finishes within the grace period
-        assert len(list(stream.process(frames_of(clip_frames, 3)))) == 3
+        assert len(list(stream.process(frames_of(clip_frames, 5)[2:]))) == 3
         stream.close()
         assert process.wait(timeout=30) == 0
         client.close()
@@ -572,7 +600,7 @@ def test_metrics_endpoint(backend, clip_frames: np.ndarray) -> None:
         server.stop()
     assert "rvm_node_frames_total 3.0" in text
     assert "rvm_node_active_streams 0.0" in text
-    assert 'rvm_node_errors_total{code="FAILED_PRECONDITION"} 1.0' in text
+    assert 'rvm_node_errors_total{code="FAILED_PRECONDITION",reason="OPEN_REQUIRED"} 1.0' in text
     assert "rvm_node_chunk_seconds_count 3.0" in text and "rvm_node_queue_depth 0.0" in text
 
 

@@ -28,9 +28,9 @@ def test_controls_stay_in_order_with_frames_sent_ahead(backend, clip_frames: np.
         open_request(176, 144),
         chunk_request(1, frames[0].tobytes()),
         chunk_request(2, frames[1].tobytes()),
-        control(control=pb.Control(snapshot=True)),
+        control(control=pb.Control(snapshot=pb.Control.Snapshot())),
         chunk_request(3, frames[2].tobytes()),
-        control(control=pb.Control(reset=True)),
+        control(control=pb.Control(reset=pb.Control.Reset())),
         chunk_request(4, frames[3].tobytes()),
     ]
     try:

@@ -163,8 +163,11 @@ def test_a_failing_pass_fails_only_its_batch(ort, clip_frames: np.ndarray) -> No
     state.process(clip_frames[0:1])
     snap = state.snapshot()
     assert snap is not None
-    # a state whose first tensor has the wrong channel count: the forward pass cannot run
-    broken.restore(RecurrentState(snap.r1[:, :5], snap.r2, snap.r3, snap.r4, snap.frame_size, RATIO, 1))
+    # a state whose first tensor has the wrong channel count: the forward pass cannot run. restore()
+    # refuses such a state, so it is put in place behind the check, as a fault inside the node would.
+    broken.restore(snap)
+    bad = RecurrentState(snap.r1[:, :5], snap.r2, snap.r3, snap.r4, snap.frame_size, RATIO, 1)
+    broken._state = ort.state_from_host(bad)
     partner.restore(snap)
 
     async def go() -> list[Any]:

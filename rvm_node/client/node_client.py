@@ -32,6 +32,7 @@ from rvm_node.errors import (
     NodeBusyError,
     NodeError,
     NodeProtocolError,
+    NodeRejectedError,
     NodeTimeoutError,
     NodeUnavailableError,
 )
@@ -43,6 +44,7 @@ from rvm_node.node.protocol import (
     TRANSPORTS,
     check_transport,
     pack,
+    packed_limit,
     split_parts,
     state_from_message,
     state_to_message,
@@ -68,20 +70,37 @@ _MESSAGE_HEADROOM = 64 * 1024
 DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
 
 
+def _details(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
+    """The ErrorInfo reason and metadata a node sent with a status (empty when none)."""
+    try:
+        from google.rpc import error_details_pb2
+        from grpc_status import rpc_status
+
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except (ImportError, ValueError, AttributeError):
+        return "", {}
+    for detail in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    return "", {}
+
+
 def map_rpc_error(error: grpc.RpcError, address: str) -> NodeError:
-    """The rvm-node exception for a gRPC status."""
+    """The rvm-node exception for a gRPC status, with the node's reason and metadata."""
     code = error.code() if hasattr(error, "code") else None
     details = (error.details() if hasattr(error, "details") else None) or str(code)
     text = f"node {address}: {details}"
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return NodeUnavailableError(text)
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-        return NodeBusyError(text)
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return NodeAuthError(text)
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return NodeTimeoutError(text)
-    return NodeProtocolError(text)
+    reason, metadata = _details(error)
+    kind: type[NodeError] = {
+        grpc.StatusCode.UNAVAILABLE: NodeUnavailableError,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: NodeBusyError,
+        grpc.StatusCode.UNAUTHENTICATED: NodeAuthError,
+        grpc.StatusCode.DEADLINE_EXCEEDED: NodeTimeoutError,
+        grpc.StatusCode.INVALID_ARGUMENT: NodeRejectedError,
+        grpc.StatusCode.FAILED_PRECONDITION: NodeRejectedError,
+    }.get(code, NodeProtocolError)  # type: ignore[arg-type]
+    return kind(text, reason=reason, metadata=metadata)
 
 
 @dataclass(frozen=True)
@@ -184,10 +203,10 @@ class NodeClient:
             limits.max_streams,
             limits.max_message_bytes,
             limits.max_frame_pixels,
-            limits.idle_timeout_seconds,
+            limits.idle_timeout.ToNanoseconds() / 1e9,
             limits.max_chunks_in_flight,
             limits.max_batch,
-            limits.batch_delay_seconds,
+            limits.batch_delay.ToNanoseconds() / 1e9,
             tuple(transport_name(t) for t in reply.transports),
             tuple(SAMPLE_NAMES.get(f, str(f)) for f in reply.sample_formats),
         )
@@ -278,6 +297,18 @@ class MatteStream:
         self._in_transport = self._settings.transport or pb.TRANSPORT_RAW
         self._out_transport = self._settings.return_transport or self._in_transport
         self.closed = False
+        resolved = first.accepted.settings
+        if (resolved.width, resolved.height, resolved.output_format, list(resolved.planes)) != (
+            self._settings.width,
+            self._settings.height,
+            self._settings.output_format,
+            self._planes,
+        ):
+            self.cancel()
+            raise NodeProtocolError(
+                f"node {client.address}: accepted the stream with other settings than asked "
+                f"({resolved.width}x{resolved.height}, planes {list(resolved.planes)})"
+            )
 
     def _request_iter(self) -> Iterator[pb.MatteRequest]:
         while True:
@@ -320,42 +351,67 @@ class MatteStream:
         if parts:
             self._requests.put(pb.MatteRequest(chunk=pb.FrameChunk(parts=parts)))
         if chunk.snapshot:
-            self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=True)))
+            self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=pb.Control.Snapshot())))
         return sent
 
-    def _receive_frame(self) -> MatteResult:
+    def _protocol_error(self, message: str) -> NodeProtocolError:
+        return NodeProtocolError(f"node {self._client.address}: {message}")
+
+    def _receive_plane(self, number: int, plane: int, limit: int) -> bytes | bytearray:
+        """The packed bytes of one plane of frame ``number``, each part checked against the stream."""
+        buffer: bytearray | None = None
+        filled = 0
+        exact = self._out_transport == pb.TRANSPORT_RAW
+        while True:
+            response = self._next()
+            kind = response.WhichOneof("kind")
+            if kind != "part":
+                raise self._protocol_error(f"expected frame {number}, got {kind}")
+            part = response.part
+            if part.number != number or part.plane != plane:
+                raise self._protocol_error(
+                    f"expected plane {plane} of frame {number}, got plane {part.plane} of frame {part.number}"
+                )
+            total = part.total_bytes
+            if (total != limit) if exact else not (0 < total <= limit):
+                raise self._protocol_error(
+                    f"frame {number}: plane of {total} bytes, expected {'' if exact else 'at most '}{limit}"
+                )
+            if buffer is not None and total != len(buffer):
+                raise self._protocol_error(f"frame {number}: the plane's parts disagree on its size")
+            if part.offset != filled or filled + len(part.data) > total:
+                raise self._protocol_error(
+                    f"frame {number}: part at offset {part.offset} does not continue the plane at {filled}"
+                )
+            if buffer is None and len(part.data) == total:
+                return part.data  # the whole plane in one part: no copy
+            if buffer is None:
+                buffer = bytearray(total)
+            buffer[filled : filled + len(part.data)] = part.data
+            filled += len(part.data)
+            if filled == total:
+                return buffer
+
+    def _receive_frame(self, number: int) -> MatteResult:
         width, height = self._settings.width, self._settings.height
         planes: dict[int, np.ndarray] = {}
-        number = None
-        buffers: dict[int, bytearray] = {}
-        while len(planes) < len(self._planes):
-            response = self._next()
-            if response.WhichOneof("kind") != "part":
-                raise NodeProtocolError(
-                    f"node {self._client.address}: expected a frame, got {response.WhichOneof('kind')}"
-                )
-            part = response.part
-            number = part.number if number is None else number
-            if part.offset == 0 and len(part.data) == part.total_bytes:
-                data: bytes | bytearray = part.data  # the whole plane in one part: no copy
-            else:
-                buffer = buffers.setdefault(part.plane, bytearray(part.total_bytes))
-                buffer[part.offset : part.offset + len(part.data)] = part.data
-                if part.offset + len(part.data) != part.total_bytes:
-                    continue
-                data = buffer
-            channels = PLANE_CHANNELS[part.plane]
+        for plane in self._planes:
+            channels = PLANE_CHANNELS[plane]
             shape = (height, width) if channels == 1 else (height, width, channels)
-            where = f"node {self._client.address}: frame {part.number}"
-            planes[part.plane] = unpack(data, self._out_transport, self._out_dtype, shape, where)
+            raw_bytes = width * height * channels * self._out_dtype.itemsize
+            data = self._receive_plane(number, plane, packed_limit(self._out_transport, raw_bytes))
+            try:
+                planes[plane] = unpack(data, self._out_transport, self._out_dtype, shape, f"frame {number}")
+            except InvalidInputError as exc:
+                raise self._protocol_error(str(exc)) from None
         return MatteResult(
-            int(number or 0),
+            number,
             planes[pb.PLANE_ALPHA] if pb.PLANE_ALPHA in planes else np.empty(0, self._out_dtype),
             planes.get(pb.PLANE_FOREGROUND),
         )
 
     def _receive_chunk(self, chunk: StreamChunk) -> ChunkReply:
-        results = [self._receive_frame() for _ in chunk.frames]
+        results = [self._receive_frame(number) for number, _ in chunk.frames]
         return ChunkReply(chunk.tag, results, self._receive_snapshot() if chunk.snapshot else None)
 
     def process_chunks(
@@ -389,21 +445,22 @@ class MatteStream:
     def _receive_snapshot(self) -> tuple[int, RecurrentState]:
         response = self._next()
         if response.WhichOneof("kind") != "snapshot":
-            raise NodeProtocolError(
-                f"node {self._client.address}: expected a snapshot, got {response.WhichOneof('kind')}"
-            )
-        return state_from_message(response.snapshot)
+            raise self._protocol_error(f"expected a snapshot, got {response.WhichOneof('kind')}")
+        try:
+            return state_from_message(response.snapshot)
+        except InvalidInputError as exc:
+            raise self._protocol_error(str(exc)) from None
 
     def snapshot(self) -> tuple[int, RecurrentState]:
         """The state after the last frame sent, with that frame's number."""
-        self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=True)))
+        self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=pb.Control.Snapshot())))
         return self._receive_snapshot()
 
     def reset(self) -> None:
-        self._requests.put(pb.MatteRequest(control=pb.Control(reset=True)))
+        self._requests.put(pb.MatteRequest(control=pb.Control(reset=pb.Control.Reset())))
         response = self._next()
         if response.WhichOneof("kind") != "reset_done":
-            raise NodeProtocolError(f"node {self._client.address}: expected reset_done")
+            raise self._protocol_error(f"expected reset_done, got {response.WhichOneof('kind')}")
 
     def close(self) -> None:
         """End the stream cleanly."""

@@ -42,6 +42,7 @@ def save_checkpoint(path: Path, state: RecurrentState, number: int, fingerprint:
         "frame_size": list(state.frame_size),
         "downsample_ratio": state.downsample_ratio,
         "frames": state.frames,
+        "variant": state.variant,
     }
     np.savez(buffer, r1=state.r1, r2=state.r2, r3=state.r3, r4=state.r4, meta=np.array(json.dumps(meta)))
     atomic_write_bytes(path, buffer.getvalue())
@@ -69,5 +70,6 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> tuple[int, Recur
         frame_size=(int(height), int(width)),
         downsample_ratio=float(meta["downsample_ratio"]),
         frames=int(meta["frames"]),
+        variant=str(meta.get("variant", "")),
     )
     return int(meta["number"]), state

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from rvm_node.engine.samples import SAMPLE_DTYPES, OutputSpec, to_unit_float
-from rvm_node.errors import InvalidInputError, ResolutionChangedError
+from rvm_node.errors import InvalidInputError, NonFiniteSamplesError, ResolutionChangedError
 
 __all__ = [
     "ChunkDone",
@@ -76,6 +76,7 @@ class RecurrentState:
     frame_size: tuple[int, int]
     downsample_ratio: float
     frames: int
+    variant: str = ""  # the model variant; empty when unknown (older checkpoints)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (self.r1, self.r2, self.r3, self.r4)
@@ -257,6 +258,10 @@ class MattingSession:
             raise InvalidInputError(f"frames: expected 3 RGB channels, got {channels}")
         if height < 1 or width < 1:
             raise InvalidInputError(f"frames: expected a non-empty frame, got {height}x{width}")
+        if src.dtype.kind == "f" and not np.isfinite(src).all():  # NaN would poison every later frame
+            raise NonFiniteSamplesError(
+                "frames: NaN or infinite samples; float frames must be finite (display-referred 0..1)"
+            )
         if self._frame_size is not None and (self._frame_size != (height, width) or self._batch != batch):
             raise ResolutionChangedError(
                 f"frames: this session holds state for {self._batch} x {self._frame_size[1]}x"
@@ -302,18 +307,21 @@ class MattingSession:
         if self._state is None or self._frame_size is None or self._ratio is None:
             return None
         r1, r2, r3, r4 = self.backend.state_to_host(self._state)
-        return RecurrentState(r1, r2, r3, r4, self._frame_size, self._ratio, self.frames_processed)
+        return RecurrentState(
+            r1, r2, r3, r4, self._frame_size, self._ratio, self.frames_processed, self.backend.variant
+        )
 
     def close(self) -> None:
         """End the stream: same as :meth:`reset`, for use at the end of a shot."""
         self.reset()
 
-    def restore(self, state: RecurrentState) -> None:
-        """Continue from a snapshot (of this or another session, on any backend)."""
-        arrays = state.arrays()
-        batch = arrays[0].shape[0]
-        if any(a.ndim != 4 or a.shape[0] != batch for a in arrays):
-            raise InvalidInputError("state: expected four [B, C, h, w] arrays with one batch size")
+    def restore(self, state: RecurrentState, where: str = "state") -> None:
+        """Continue from a snapshot (of this or another session, on any backend), once it is checked
+        against this model (:func:`~rvm_node.engine.states.check_state`)."""
+        from rvm_node.engine.states import check_state
+
+        check_state(state, self.backend.variant, where)
+        batch = state.r1.shape[0]
         if self._state is not None:
             self.backend.release(self._state)
         self._state = self.backend.state_from_host(state)

@@ -26,7 +26,14 @@ from typing import Any
 
 from rvm_node.client import RemoteBackend
 from rvm_node.convert.pipeline import ConvertJob, encoder_threads, run_job
-from rvm_node.errors import InvalidInputError, JobCancelledError, NodeBusyError, NodeError, RvmNodeError
+from rvm_node.errors import (
+    InvalidInputError,
+    JobCancelledError,
+    NodeBusyError,
+    NodeError,
+    NodeRejectedError,
+    RvmNodeError,
+)
 from rvm_node.farm.pool import NodePool
 from rvm_node.farm.shots import Shot
 
@@ -152,6 +159,11 @@ def run_shots(
                 cancel=cancel,
             )
             report = run_job(job)
+        except NodeRejectedError as exc:  # the shot is at fault, not the node: no retry, no blame
+            pool.release(node)
+            result.seconds += time.monotonic() - started
+            end(shot, "failed", str(exc), node.address)
+            return
         except NodeError as exc:
             pool.release(node, failed=not isinstance(exc, NodeBusyError))
             result.seconds += time.monotonic() - started

@@ -1,15 +1,22 @@
-"""Prometheus metrics of a node, served on an optional port.
+"""Prometheus metrics of a node, served on an optional port at ``/metrics`` (any other path is 404).
 
+rvm_node_build_info{version,backend,device,precision,variant}   1, with what the node runs
+rvm_node_streams_started_total     streams accepted
 rvm_node_active_streams            streams open now
 rvm_node_frames_total              frames matted
 rvm_node_chunk_seconds             time to matte one chunk (histogram)
 rvm_node_queue_depth               chunks waiting for the inference worker
 rvm_node_batch_size                streams per forward pass (histogram)
-rvm_node_errors_total{code}        streams ended with an error, by gRPC status code
+rvm_node_errors_total{code,reason} calls refused or ended with an error (refusals for a full node or
+                                   a draining one included), by gRPC status code and error reason
+
+No ``_created`` series are exported.
 """
 
 from __future__ import annotations
 
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 __all__ = ["NodeMetrics"]
@@ -18,10 +25,15 @@ __all__ = ["NodeMetrics"]
 class NodeMetrics:
     """One registry per node, so several nodes can live in one process (tests)."""
 
-    def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    def __init__(self, build: dict[str, str] | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+        disable_created_metrics()
         self.registry = CollectorRegistry()
+        build = build or {}
+        info = Gauge("rvm_node_build_info", "What the node runs", sorted(build), registry=self.registry)
+        (info.labels(**build) if build else info).set(1)
+        self.streams = Counter("rvm_node_streams_started", "Streams accepted", registry=self.registry)
         self.active_streams = Gauge("rvm_node_active_streams", "Streams open now", registry=self.registry)
         self.frames = Counter("rvm_node_frames", "Frames matted", registry=self.registry)
         self.chunk_seconds = Histogram(
@@ -40,18 +52,41 @@ class NodeMetrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16),
         )
         self.errors = Counter(
-            "rvm_node_errors", "Streams ended with an error", ["code"], registry=self.registry
+            "rvm_node_errors",
+            "Calls refused or ended with an error",
+            ["code", "reason"],
+            registry=self.registry,
         )
-        self._server: Any = None
+        self._server: ThreadingHTTPServer | None = None
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve ``/metrics`` over HTTP; returns the bound port."""
-        from prometheus_client import start_http_server
+        """Serve ``/metrics`` over HTTP on a daemon thread; returns the bound port."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        self._server, _thread = start_http_server(port, addr=host, registry=self.registry)
-        return int(self._server.server_port)
+        registry = self.registry
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path.split("?", 1)[0] != "/metrics":
+                    self.send_error(404, "metrics are served at /metrics")
+                    return
+                body = generate_latest(registry)
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:  # scrapes are not worth a log line each
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="rvm-node-metrics", daemon=True).start()
+        return int(self._server.server_address[1])
 
     def close(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None

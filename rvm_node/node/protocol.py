@@ -6,6 +6,7 @@ checked against the stream's settings and the node's limits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +14,8 @@ import numpy as np
 
 from rvm_node.engine.samples import SAMPLE_DTYPES, SampleFormat, to_samples
 from rvm_node.engine.session import RecurrentState
-from rvm_node.errors import InvalidInputError
+from rvm_node.engine.states import check_state, check_state_shapes
+from rvm_node.errors import InvalidInputError, StateMismatchError
 from rvm_node.v1 import matting_pb2 as pb
 
 __all__ = [
@@ -68,9 +70,17 @@ def check_transport(transport: pb.Transport, fmt: pb.SampleFormat, where: str) -
     if transport == pb.TRANSPORT_UNSPECIFIED:
         return pb.TRANSPORT_RAW
     if transport not in TRANSPORTS.values():
-        raise InvalidInputError(f"{where}: unknown transport {transport}; expected raw, zstd or png")
+        raise InvalidInputError(
+            f"{where}: unknown transport {transport}; expected raw, zstd or png",
+            reason="TRANSPORT_UNSUPPORTED",
+            field=where,
+        )
     if transport == pb.TRANSPORT_PNG and DTYPES[fmt].kind != "u":
-        raise InvalidInputError(f"{where}: PNG transport carries uint8 or uint16 samples only")
+        raise InvalidInputError(
+            f"{where}: PNG transport carries uint8 or uint16 samples only",
+            reason="TRANSPORT_UNSUPPORTED",
+            field=where,
+        )
     return transport
 
 
@@ -105,7 +115,9 @@ def unpack(
     if transport == pb.TRANSPORT_ZSTD:
         return _inflate_zstd(data, dtype, shape, expected, where)
     if len(data) != expected:
-        raise InvalidInputError(f"{where}: {len(data)} bytes, expected {expected}")
+        raise InvalidInputError(
+            f"{where}: {len(data)} bytes, expected {expected}", reason="FRAME_SIZE_MISMATCH"
+        )
     return np.frombuffer(data, dtype).reshape(shape)
 
 
@@ -126,10 +138,13 @@ def _inflate_zstd(
                 filled += got
             extra = reader.read(1)  # one byte more than the frame holds: it inflates too far
     except zstandard.ZstdError as exc:
-        raise InvalidInputError(f"{where}: not a readable zstd frame ({exc})") from exc
+        raise InvalidInputError(
+            f"{where}: not a readable zstd frame ({exc})", reason="FRAME_UNDECODABLE"
+        ) from exc
     if filled != expected or extra:
         raise InvalidInputError(
-            f"{where}: zstd data inflates to {'more than ' if extra else ''}{filled} bytes, expected {expected}"
+            f"{where}: zstd data inflates to {'more than ' if extra else ''}{filled} bytes, expected {expected}",
+            reason="FRAME_SIZE_MISMATCH" if filled < expected and not extra else "FRAME_UNDECODABLE",
         )
     return out
 
@@ -172,22 +187,27 @@ def decode_png(data: bytes | bytearray | memoryview, shape: tuple[int, ...], whe
 
     size = png_size(data)
     if size is None:
-        raise InvalidInputError(f"{where}: not a readable PNG (no PNG header)")
+        raise InvalidInputError(f"{where}: not a readable PNG (no PNG header)", reason="FRAME_UNDECODABLE")
     if size != (shape[1], shape[0]):
-        raise InvalidInputError(f"{where}: PNG is {size[0]}x{size[1]}, expected {shape[1]}x{shape[0]}")
+        raise InvalidInputError(
+            f"{where}: PNG is {size[0]}x{size[1]}, expected {shape[1]}x{shape[0]}",
+            reason="FRAME_SIZE_MISMATCH",
+        )
     try:
         codec: Any = av.CodecContext.create("png", "r")
         frames = [*codec.decode(av.Packet(bytes(data))), *codec.decode(None)]
     except (av.error.FFmpegError, ValueError) as exc:
-        raise InvalidInputError(f"{where}: not a readable PNG ({exc})") from exc
+        raise InvalidInputError(f"{where}: not a readable PNG ({exc})", reason="FRAME_UNDECODABLE") from exc
     if not frames:
-        raise InvalidInputError(f"{where}: not a readable PNG")
+        raise InvalidInputError(f"{where}: not a readable PNG", reason="FRAME_UNDECODABLE")
     frame = frames[0]
     deep = max((c.bits for c in frame.format.components), default=8) > 8
     fmt = ("gray16le" if deep else "gray") if len(shape) == 2 else ("rgb48le" if deep else "rgb24")
     values = frame.to_ndarray(format=fmt)
     if values.shape != shape:
-        raise InvalidInputError(f"{where}: PNG is {list(values.shape)}, expected {list(shape)}")
+        raise InvalidInputError(
+            f"{where}: PNG is {list(values.shape)}, expected {list(shape)}", reason="FRAME_SIZE_MISMATCH"
+        )
     return values
 
 
@@ -210,22 +230,32 @@ class FrameAssembler:
         if (total != self.expected_bytes) if self.exact else not (0 < total <= self.expected_bytes):
             bound = "" if self.exact else "at most "
             raise InvalidInputError(
-                f"frame {number}: declared {total} bytes, expected {bound}{self.expected_bytes} for the stream's size and format"
+                f"frame {number}: declared {total} bytes, expected {bound}{self.expected_bytes} for the stream's size and format",
+                reason="FRAME_SIZE_MISMATCH",
+                frame=number,
             )
         if self._buffer is None:
             if offset != 0:
                 raise InvalidInputError(
-                    f"frame {number}: the first part must start at offset 0, got {offset}"
+                    f"frame {number}: the first part must start at offset 0, got {offset}",
+                    reason="FRAME_PARTS_INVALID",
+                    frame=number,
                 )
             if len(data) == total:
                 return data
             self._number, self._buffer, self._filled = number, bytearray(total), 0
         elif number != self._number or offset != self._filled:
             raise InvalidInputError(
-                f"frame {number}: part at offset {offset} does not continue frame {self._number} at {self._filled}"
+                f"frame {number}: part at offset {offset} does not continue frame {self._number} at {self._filled}",
+                reason="FRAME_PARTS_INVALID",
+                frame=number,
             )
         if offset + len(data) > total:
-            raise InvalidInputError(f"frame {number}: part overruns the declared {total} bytes")
+            raise InvalidInputError(
+                f"frame {number}: part overruns the declared {total} bytes",
+                reason="FRAME_PARTS_INVALID",
+                frame=number,
+            )
         self._buffer[offset : offset + len(data)] = data
         self._filled += len(data)
         if self._filled < total:
@@ -250,28 +280,37 @@ def state_to_message(state: RecurrentState, after_frame: int) -> pb.StateSnapsho
             pb.Tensor(shape=list(t.shape), data=np.ascontiguousarray(t, "<f4").tobytes())
             for t in state.arrays()
         ],
+        variant=state.variant,
     )
 
 
-def state_from_message(message: pb.StateSnapshot) -> tuple[int, RecurrentState]:
+def state_from_message(message: pb.StateSnapshot, variant: str | None = None) -> tuple[int, RecurrentState]:
+    """The snapshot's (after_frame, state), checked in full against ``variant`` (default: the one it
+    names) before any tensor is copied."""
+    variant = message.variant if variant is None else variant
+    if message.variant != variant or not variant:
+        raise StateMismatchError(
+            f"restore: the state is for {message.variant or 'an unnamed variant'}, this model is {variant}",
+            field="open.restore.variant",
+        )
     if len(message.tensors) != 4:
-        raise InvalidInputError(f"restore: expected 4 state tensors, got {len(message.tensors)}")
+        raise StateMismatchError(
+            f"restore: expected 4 state tensors, got {len(message.tensors)}", field="open.restore.tensors"
+        )
+    ratio = float(message.downsample_ratio)
+    frame_size = (message.height, message.width)
+    shapes = [tuple(int(d) for d in tensor.shape) for tensor in message.tensors]
+    check_state_shapes(variant, frame_size, ratio, shapes, batch=1, where="restore")  # before any copy
     arrays = []
-    for index, tensor in enumerate(message.tensors):
-        shape = tuple(int(d) for d in tensor.shape)
-        if len(shape) != 4 or any(d < 1 for d in shape) or int(np.prod(shape)) * 4 != len(tensor.data):
-            raise InvalidInputError(
-                f"restore: state tensor r{index + 1} has shape {list(shape)} and {len(tensor.data)} bytes"
+    for index, (tensor, shape) in enumerate(zip(message.tensors, shapes, strict=True)):
+        if math.prod(shape) * 4 != len(tensor.data):
+            raise StateMismatchError(
+                f"restore: state tensor r{index + 1} of shape {list(shape)} needs {math.prod(shape) * 4} bytes, "
+                f"got {len(tensor.data)}",
+                field=f"open.restore.tensors[{index}].data",
             )
         arrays.append(np.frombuffer(tensor.data, "<f4").reshape(shape).astype(np.float32))
     r1, r2, r3, r4 = arrays
-    state = RecurrentState(
-        r1,
-        r2,
-        r3,
-        r4,
-        frame_size=(message.height, message.width),
-        downsample_ratio=float(message.downsample_ratio),
-        frames=int(message.frames),
-    )
+    state = RecurrentState(r1, r2, r3, r4, frame_size, ratio, int(message.frames), variant)
+    check_state(state, variant, "restore", batch=1)
     return int(message.after_frame), state

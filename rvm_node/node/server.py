@@ -20,6 +20,7 @@ from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
 from rvm_node.node.service import Limits, MattingServicer
+from rvm_node.node.status import abort, failure
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
@@ -60,7 +61,7 @@ class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
 def _refusal(handler: Any) -> Any:
     async def deny(_request: Any, context: Any) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        await abort(context, failure("TOKEN_INVALID", "missing or wrong bearer token"))
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(deny)
@@ -128,7 +129,12 @@ async def start_node(
     ]
     interceptors = [TokenAuthInterceptor(token)] if token else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
-    metrics = NodeMetrics() if metrics_port is not None else None
+    described = backend.describe()
+    build = {
+        "version": __version__,
+        **{k: str(described[k]) for k in ("backend", "device", "precision", "variant")},
+    }
+    metrics = NodeMetrics(build) if metrics_port is not None else None
     scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
     servicer = MattingServicer(scheduler, limits, __version__)
     pb_grpc.add_MattingServiceServicer_to_server(servicer, server)

@@ -9,17 +9,11 @@ for the idle timeout ends the stream. Unpacking and packing samples (copies,
 zstd, PNG) run on a small thread pool, never on the event loop; inference
 runs on the scheduler's worker thread.
 
-Domain errors become status codes here, at the service edge, and nowhere else:
-
-=================================  ==================================================
-INVALID_ARGUMENT                   bad settings, transports, frame sizes, byte counts, restore state
-FAILED_PRECONDITION                the first message was not ``open``; a frame size change
-RESOURCE_EXHAUSTED                 every stream slot is taken
-UNAVAILABLE                        the node is draining for shutdown
-DEADLINE_EXCEEDED                  the stream sat idle, or its client stopped reading, longer than the idle timeout
-UNAUTHENTICATED                    (auth interceptor) missing or wrong bearer token
-INTERNAL                           anything else (a bug: please report it)
-=================================  ==================================================
+Exceptions become statuses here, at the service edge, and nowhere else
+(:mod:`rvm_node.node.status` has the table of reasons and codes): refusals
+of the request are logged as one line at INFO; anything else is the node's
+own failure, logged once with its traceback and sent as INTERNAL naming the
+stream. Every failure is counted in ``rvm_node_errors_total{code,reason}``.
 """
 
 from __future__ import annotations
@@ -32,11 +26,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import grpc
-
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MattingBackend, check_downsample_ratio
-from rvm_node.errors import BackendError, InvalidInputError, ResolutionChangedError
+from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.protocol import (
     DTYPES,
@@ -46,15 +38,14 @@ from rvm_node.node.protocol import (
     check_transport,
 )
 from rvm_node.node.scheduler import Scheduler
-from rvm_node.node.stream import Abort, Stream, StreamPlan
+from rvm_node.node.status import Failure, abort, failure, failure_of, printable
+from rvm_node.node.stream import Stream, StreamPlan
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
 __all__ = ["Limits", "MattingServicer", "Scheduler"]
 
 log = logging.getLogger("rvm_node.node")
-_PART_HEADROOM = 64 * 1024
-_END = object()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,45 +98,56 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 max_streams=limits.max_streams,
                 max_width=limits.max_width,
                 max_height=limits.max_height,
-                idle_timeout_seconds=limits.idle_timeout,
+                idle_timeout=_duration(limits.idle_timeout),
                 max_chunks_in_flight=limits.max_chunks_in_flight,
                 max_batch=policy.max_batch,
-                batch_delay_seconds=policy.delay,
+                batch_delay=_duration(policy.delay),
             ),
             transports=list(TRANSPORTS.values()),
             sample_formats=list(DTYPES),
         )
 
     async def Matte(self, request_iterator: AsyncIterator[pb.MatteRequest], context: Any) -> None:
+        refusal = None
         if self.draining:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "the node is shutting down; use another node")
-        if self.active_streams >= self.limits.max_streams:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            refusal = failure("NODE_DRAINING", "the node is shutting down; use another node")
+        elif self.active_streams >= self.limits.max_streams:
+            refusal = failure(
+                "STREAM_SLOTS_FULL",
                 f"all {self.limits.max_streams} stream slots are taken; retry later or use another node",
             )
+        if refusal is not None:
+            self._count(refusal)
+            await abort(context, refusal)
         self._set_active(+1)
+        if self.metrics is not None:
+            self.metrics.streams.inc()
         stream = Stream(self, f"s{next(self._ids)}", request_iterator, context)
-        failure: tuple[grpc.StatusCode, str] | None = None
+        failed: Failure | None = None
         try:
             await stream.run()
-        except Abort as exc:
-            failure = (exc.code, exc.details)
-        except ResolutionChangedError as exc:
-            failure = (grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except InvalidInputError as exc:
-            failure = (grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except BackendError as exc:
-            log.exception("stream %s: backend failure", stream.stream_id)
-            failure = (grpc.StatusCode.INTERNAL, str(exc))
+        except Exception as exc:  # the service edge: every exception becomes a status
+            failed = failure_of(exc, stream.stream_id)
+            if failed.expected:
+                log.info(
+                    "stream %s ended: %s %s: %s",
+                    stream.stream_id,
+                    failed.code.name,
+                    failed.reason,
+                    failed.message,
+                )
+            else:
+                log.exception("stream %s: %s", stream.stream_id, failed.message)
         finally:
             stream.close()
             self._set_active(-1)
-        if failure is not None:
-            log.info("stream %s ended: %s %s", stream.stream_id, failure[0].name, failure[1])
-            if self.metrics is not None:
-                self.metrics.errors.labels(code=failure[0].name).inc()
-            await context.abort(*failure)
+        if failed is not None:
+            self._count(failed)
+            await abort(context, failed)
+
+    def _count(self, failed: Failure) -> None:
+        if self.metrics is not None:
+            self.metrics.errors.labels(code=failed.code.name, reason=failed.reason).inc()
 
     @property
     def metrics(self) -> NodeMetrics | None:
@@ -160,24 +162,52 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         limits = self.limits
         width, height = settings.width, settings.height
         if width < 1 or height < 1:
-            raise InvalidInputError(f"settings: width and height must be positive, got {width}x{height}")
+            raise InvalidInputError(
+                f"settings: width and height must be positive, got {width}x{height}",
+                reason="SETTINGS_INVALID",
+                field="open.settings.width" if width < 1 else "open.settings.height",
+            )
         if width > limits.max_width or height > limits.max_height or width * height > limits.max_frame_pixels:
             raise InvalidInputError(
                 f"settings: {width}x{height} exceeds this node's limits ({limits.max_width}x{limits.max_height}, "
-                f"{limits.max_frame_pixels} pixels)"
+                f"{limits.max_frame_pixels} pixels)",
+                reason="FRAME_TOO_LARGE",
+                field="open.settings.width",
             )
-        if settings.input_format not in DTYPES or settings.output_format not in DTYPES:
-            raise InvalidInputError("settings: input_format and output_format must be set")
-        if any(plane not in PLANE_CHANNELS for plane in settings.planes):
-            raise InvalidInputError("settings: unknown plane requested")
+        for name in ("input_format", "output_format"):
+            if getattr(settings, name) not in DTYPES:
+                raise InvalidInputError(
+                    f"settings.{name}: expected uint8, uint16, float16 or float32, got {getattr(settings, name)}",
+                    reason="SETTINGS_INVALID",
+                    field=f"open.settings.{name}",
+                )
+        unknown = [plane for plane in settings.planes if plane not in PLANE_CHANNELS]
+        if unknown:
+            raise InvalidInputError(
+                f"settings.planes: unknown plane {unknown[0]}; expected alpha (1) or foreground (2)",
+                reason="SETTINGS_INVALID",
+                field="open.settings.planes",
+            )
         variant = str(self.backend.describe()["variant"])
         if settings.variant and settings.variant != variant:
-            raise InvalidInputError(f"settings: this node runs {variant}, not {settings.variant}")
-        in_transport = check_transport(settings.transport, settings.input_format, "settings.transport")
+            raise InvalidInputError(
+                f"settings.variant: this node runs {variant}, not {printable(settings.variant, 64)}",
+                reason="VARIANT_UNAVAILABLE",
+                field="open.settings.variant",
+            )
+        in_transport = check_transport(settings.transport, settings.input_format, "open.settings.transport")
         out_transport = check_transport(  # unspecified: the same as the frames sent
-            settings.return_transport or in_transport, settings.output_format, "settings.return_transport"
+            settings.return_transport or in_transport,
+            settings.output_format,
+            "open.settings.return_transport",
         )
         ratio = None if settings.downsample_ratio == 0 else float(settings.downsample_ratio)
+        try:
+            ratio = check_downsample_ratio(ratio, "settings.downsample_ratio")
+        except InvalidInputError as exc:
+            raise InvalidInputError(
+                str(exc), reason="SETTINGS_INVALID", field="open.settings.downsample_ratio"
+            ) from None
         planes = tuple(dict.fromkeys(settings.planes)) or (pb.PLANE_ALPHA,)
         return StreamPlan(
             width=width,
@@ -189,5 +219,15 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
             outputs=OutputSpec(
                 foreground=pb.PLANE_FOREGROUND in planes, sample_format=SAMPLE_NAMES[settings.output_format]
             ),
-            ratio=check_downsample_ratio(ratio, "settings.downsample_ratio"),
+            ratio=ratio,
+            variant=variant,
+            label=printable(settings.label),
         )
+
+
+def _duration(seconds: float) -> Any:
+    from google.protobuf import duration_pb2
+
+    value = duration_pb2.Duration()
+    value.FromNanoseconds(round(seconds * 1e9))
+    return value

@@ -18,12 +18,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MatteChunk, MattingSession
-from rvm_node.errors import BackendError, InvalidInputError
+from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.protocol import (
     FrameAssembler,
     pack,
@@ -34,25 +34,17 @@ from rvm_node.node.protocol import (
     transport_name,
     unpack,
 )
+from rvm_node.node.status import StreamRefused
 from rvm_node.v1 import matting_pb2 as pb
 
 if TYPE_CHECKING:
     from rvm_node.node.service import MattingServicer
 
-__all__ = ["Abort", "Stream", "StreamPlan"]
+__all__ = ["Stream", "StreamPlan"]
 
 log = logging.getLogger("rvm_node.node")
 _PART_HEADROOM = 64 * 1024
 _END = object()
-
-
-class Abort(Exception):
-    """End the stream with this status (raised inside the node, mapped at the service edge)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code = code
-        self.details = details
 
 
 @dataclass(frozen=True)
@@ -67,6 +59,8 @@ class StreamPlan:
     out_transport: pb.Transport
     outputs: OutputSpec
     ratio: float | None
+    variant: str
+    label: str  # printable, bounded: safe for logs
 
 
 class Stream:
@@ -90,7 +84,8 @@ class Stream:
         self._slots = asyncio.Semaphore(max(1, self.limits.max_chunks_in_flight))
         self._held = 0  # items between the receiver and the end of their sending
         self.session: MattingSession | None = None
-        self.last_number = -1
+        self.last_number = -1  # the last frame inferred
+        self._last_received = -1  # the last frame received: numbers must increase
 
     def close(self) -> None:
         if self._next is not None:
@@ -114,9 +109,13 @@ class Stream:
                     return task.result()
                 except StopAsyncIteration:
                     return None
+                except DecodeError as exc:
+                    raise InvalidInputError(
+                        f"request: not a MatteRequest message ({exc})", reason="MESSAGE_INVALID"
+                    ) from None
             if self._held == 0:
-                raise Abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                raise StreamRefused(
+                    "STREAM_IDLE",
                     f"stream idle for more than {self.limits.idle_timeout:g} s; its state was released",
                 )
 
@@ -126,8 +125,8 @@ class Stream:
         write = asyncio.ensure_future(self._context.write(response))
         done, _ = await asyncio.wait({write}, timeout=self.limits.idle_timeout)
         if not done:
-            raise Abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+            raise StreamRefused(
+                "CLIENT_NOT_READING",
                 f"the client read nothing for more than {self.limits.idle_timeout:g} s; "
                 "the stream's state was released",
             )
@@ -137,35 +136,62 @@ class Stream:
         first = await self._read()
         if first is None:
             return  # an empty stream: nothing to do
-        if first.WhichOneof("kind") != "open":
-            raise Abort(grpc.StatusCode.FAILED_PRECONDITION, "the first message of a stream must be `open`")
+        kind = first.WhichOneof("kind")
+        if kind is None:
+            raise _empty_request()
+        if kind != "open":
+            raise StreamRefused("OPEN_REQUIRED", "the first message of a stream must be `open`")
+        if not first.open.HasField("settings"):
+            raise InvalidInputError(
+                "open: settings are required", reason="SETTINGS_INVALID", field="open.settings"
+            )
         settings = first.open.settings
         plan = self.servicer.check_settings(settings)
         session = self.servicer.backend.new_session(plan.ratio, plan.outputs)
         self.session = session
         if first.open.HasField("restore"):
-            self.last_number, state = state_from_message(first.open.restore)
+            after, state = state_from_message(first.open.restore, plan.variant)
             if state.frame_size != (plan.height, plan.width):
-                raise InvalidInputError(
+                raise StateMismatchError(
                     f"restore: the state is for {state.frame_size[1]}x{state.frame_size[0]}, "
-                    f"the stream is {plan.width}x{plan.height}"
+                    f"the stream is {plan.width}x{plan.height}",
+                    field="open.restore.width",
                 )
-            session.restore(state)
+            if plan.ratio is not None and np.float32(plan.ratio) != np.float32(state.downsample_ratio):
+                raise StateMismatchError(
+                    f"restore: the state is at ratio {state.downsample_ratio:g}, the stream asks for {plan.ratio:g}",
+                    field="open.restore.downsample_ratio",
+                )
+            if after < -1:
+                raise StateMismatchError(
+                    f"restore: after_frame must be -1 or more, got {after}", field="open.restore.after_frame"
+                )
+            session.restore(state, "restore")
+            self.last_number = self._last_received = after
         resolved = session.ratio_for(plan.height, plan.width)
         log.info(
             "stream %s opened: %s %dx%d ratio %.4g, %s in, %s out",
             self.stream_id,
-            settings.label or "-",
+            plan.label or "-",
             plan.width,
             plan.height,
             resolved,
             transport_name(plan.in_transport),
             transport_name(plan.out_transport),
         )
+        accepted = pb.StreamSettings()
+        accepted.CopyFrom(settings)
+        accepted.variant = plan.variant
+        accepted.downsample_ratio = resolved
+        accepted.label = plan.label
+        del accepted.planes[:]
+        accepted.planes.extend(plan.planes)
+        accepted.transport = plan.in_transport
+        accepted.return_transport = plan.out_transport
         await self._write(
             pb.MatteResponse(
                 accepted=pb.StreamAccepted(
-                    settings=settings, downsample_ratio=resolved, stream_id=self.stream_id
+                    settings=accepted, downsample_ratio=resolved, stream_id=self.stream_id
                 )
             )
         )
@@ -197,7 +223,9 @@ class Stream:
             request = await self._read()
             if request is None:
                 if assembler.pending:
-                    raise InvalidInputError("stream ended in the middle of a frame")
+                    raise InvalidInputError(
+                        "stream ended in the middle of a frame", reason="FRAME_PARTS_INVALID"
+                    )
                 await self._inbox.put(_END)
                 return
             kind = request.WhichOneof("kind")
@@ -206,6 +234,7 @@ class Stream:
                 for part in request.chunk.parts:
                     frame = assembler.add(part.number, part.offset, part.total_bytes, part.data)
                     if frame is not None:
+                        self._check_number(part.number)
                         complete.append((part.number, frame))
                 if not complete:
                     self._slots.release()
@@ -221,17 +250,41 @@ class Stream:
                 await self._inbox.put(("chunk", [n for n, _ in complete], chunk.transpose(0, 3, 1, 2)))
             elif kind == "control":
                 action = request.control.WhichOneof("action")
-                if action not in ("reset", "snapshot"):
-                    raise InvalidInputError("control: no action given")
+                if action is None:
+                    raise InvalidInputError(
+                        "control: no action given; expected reset or snapshot", reason="MESSAGE_INVALID"
+                    )
                 self._hold()
                 await self._inbox.put((action,))
+            elif kind == "open":
+                raise StreamRefused("OPEN_REPEATED", "`open` may only be the first message of a stream")
             else:
-                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, "`open` may only be the first message")
+                raise _empty_request()
+
+    def _check_number(self, number: int) -> None:
+        if number < 0 or number <= self._last_received:
+            raise InvalidInputError(
+                f"frame {number}: frame numbers must be 0 or more and increase along the stream; "
+                f"the last was {self._last_received}",
+                reason="FRAME_NUMBER_OUT_OF_ORDER",
+                frame=number,
+            )
+        self._last_received = number
 
     @staticmethod
     def _unpack_frame(plan: StreamPlan, number: int, data: bytes | bytearray) -> np.ndarray:
         shape = (plan.height, plan.width, 3)
-        return unpack(data, plan.in_transport, plan.in_dtype, shape, f"frame {number}")
+        try:
+            frame = unpack(data, plan.in_transport, plan.in_dtype, shape, f"frame {number}")
+        except InvalidInputError as exc:
+            exc.frame = number
+            raise
+        if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+            raise NonFiniteSamplesError(
+                f"frame {number}: NaN or infinite samples; float samples must be finite (display-referred 0..1)",
+                frame=number,
+            )
+        return frame
 
     async def _infer(self, session: MattingSession) -> None:
         loop = asyncio.get_running_loop()
@@ -247,11 +300,11 @@ class Stream:
                 await self._outbox.put(("chunk", numbers, out))
             elif item[0] == "reset":
                 session.reset()
-                await self._outbox.put(("message", pb.MatteResponse(reset_done=True)))
+                await self._outbox.put(("message", pb.MatteResponse(reset_done=pb.ResetDone())))
             else:
                 snapshot = await loop.run_in_executor(self.servicer.codec, session.snapshot)
                 if snapshot is None:
-                    raise InvalidInputError("snapshot: no frame has been processed yet")
+                    raise StreamRefused("NOTHING_TO_SNAPSHOT", "snapshot: no frame has been processed yet")
                 message = pb.MatteResponse(snapshot=state_to_message(snapshot, self.last_number))
                 await self._outbox.put(("message", message))
 
@@ -299,3 +352,9 @@ class Stream:
                 raise BackendError("the backend returned no foreground though the stream asked for it")
             values = out.fgr[t].transpose(1, 2, 0)
         return pack(values, plan.out_transport)
+
+
+def _empty_request() -> InvalidInputError:
+    return InvalidInputError(
+        "request: holds nothing; expected one of open, chunk or control", reason="MESSAGE_INVALID"
+    )
