@@ -403,6 +403,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--idle-timeout", type=float, default=60.0, help="seconds a stream may sit idle")
     serve.add_argument("--max-message-mb", type=int, default=64)
     serve.add_argument(
+        "--max-frame-pixels", type=int, default=8192 * 4320, help="the most pixels a stream's frames may have"
+    )
+    serve.add_argument(
         "--max-chunks-in-flight",
         type=int,
         default=4,
@@ -625,6 +628,7 @@ def _serve(args: argparse.Namespace) -> int:
         idle_timeout=args.idle_timeout,
         max_message_bytes=args.max_message_mb * 1024 * 1024,
         max_chunks_in_flight=args.max_chunks_in_flight,
+        max_frame_pixels=args.max_frame_pixels,
     )
     token = _token(args.token_file)
     backend = _load_local(args, _serve_options(args))
@@ -806,7 +810,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from rvm_node.node.config import apply_sources, given_on_command_line
 
             serve_parser = args.serve_parser
-            given = given_on_command_line(serve_parser, list(argv if argv is not None else sys.argv[1:]))
+            words = list(argv if argv is not None else sys.argv[1:])
+            given = given_on_command_line(serve_parser, words[words.index("serve") + 1 :])
             apply_sources(args, serve_parser, given, os.environ, args.config)
             return _run(args)
         with _stop_on_sigterm():

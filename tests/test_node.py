@@ -213,7 +213,10 @@ def open_request(width: int = 64, height: int = 48, **overrides: Any) -> pb.Matt
         downsample_ratio=RATIO,
     )
     for key, value in overrides.items():
-        setattr(settings, key, value)
+        if isinstance(value, list):  # a repeated field
+            getattr(settings, key).extend(value)
+        else:
+            setattr(settings, key, value)
     return pb.MatteRequest(open=pb.OpenStream(settings=settings))
 
 
@@ -615,13 +618,21 @@ def test_serve_settings_precedence(tmp_path: Path) -> None:
     argv = ["serve", "--port", "7000", "--config", str(config)]
     args = build_parser().parse_args(argv)
     serve = args.serve_parser
-    apply_sources(args, serve, given_on_command_line(serve, argv), {"RVM_NODE_MAX_STREAMS": "3"}, config)
+    apply_sources(args, serve, given_on_command_line(serve, argv[1:]), {"RVM_NODE_MAX_STREAMS": "3"}, config)
     assert (args.port, args.max_streams, args.idle_timeout, args.backend) == (7000, 3, 12.5, "torch")
+    # a flag beats the environment; an abbreviated flag is no flag at all
+    flagged = build_parser().parse_args(["serve", "--max-streams", "2"])
+    assert given_on_command_line(serve, ["--max-streams", "2"]) == {"max_streams"}
+    apply_sources(flagged, serve, {"max_streams"}, {"RVM_NODE_MAX_STREAMS": "8"}, None)
+    assert flagged.max_streams == 2
+    from rvm_node.cli import EXIT_USAGE, main
+
+    assert main(["serve", "--max-str", "2"]) == EXIT_USAGE
     for text, message in (
-        ('[node]\nmax_streams = "many"\n', "max_streams: expected int"),
+        ('[node]\nmax_streams = "many"\n', "max_streams: argument --max-streams: invalid int value: 'many'"),
         ("[node]\nspeed = 3\n", r"unknown settings in \[node\]: speed"),
         ("[node\n", "not valid TOML"),
-        ('[node]\nbackend = "tpu"\n', "expected one of torch, onnxruntime"),
+        ('[node]\nbackend = "tpu"\n', "invalid choice: 'tpu'"),
     ):
         config.write_text(text)
         with pytest.raises(InvalidInputError, match=message):
@@ -764,6 +775,7 @@ def test_serve_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--token-file", str(tmp_path / "missing")], "cannot read the token file"),
         (["--token-file", str(cert.with_name("empty"))], "the token file is empty"),
         (["--max-streams", "0"], "--max-streams: expected 1 or more"),
+        (["--max-frame-pixels", "0"], "--max-frame-pixels: expected 1 or more"),
     ):
         assert main(["serve", "--port", "0", *args]) == EXIT_INPUT
         assert message in capsys.readouterr().err

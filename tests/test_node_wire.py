@@ -11,6 +11,7 @@ from rvm_node.engine.samples import OutputSpec
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.protocol import pack
 from rvm_node.v1 import matting_pb2 as pb
+from tests.helpers import error_info
 from tests.test_node import (
     RATIO,
     NodeThread,
@@ -111,48 +112,76 @@ def _png(width: int, height: int) -> bytes:
     return pack(np.zeros((height, width, 3), np.uint8), pb.TRANSPORT_PNG)
 
 
+def _png_header(width: int, height: int) -> bytes:
+    """The first bytes of a PNG declaring ``width`` x ``height``: a 31-byte decompression bomb's header."""
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + len(ihdr).to_bytes(4, "big") + b"IHDR" + ihdr + b"\0\0\0\0"
+
+
 @pytest.mark.parametrize(
-    ("requests", "message"),
+    ("requests", "reason", "message"),
     [
-        ([open_request(transport=7)], "unknown transport 7"),
-        ([open_request(return_transport=9)], "unknown transport 9"),
+        ([open_request(transport=7)], "TRANSPORT_UNSUPPORTED", "unknown transport 7"),
+        ([open_request(return_transport=9)], "TRANSPORT_UNSUPPORTED", "unknown transport 9"),
         (
             [open_request(transport=pb.TRANSPORT_PNG, input_format=pb.SAMPLE_FORMAT_FLOAT32)],
+            "TRANSPORT_UNSUPPORTED",
             "PNG transport carries uint8 or uint16",
         ),
-        ([open_request(return_transport=pb.TRANSPORT_PNG)], "PNG transport carries uint8 or uint16"),
+        (
+            [open_request(return_transport=pb.TRANSPORT_PNG)],
+            "TRANSPORT_UNSUPPORTED",
+            "PNG transport carries uint8 or uint16",
+        ),
         (
             [open_request(transport=pb.TRANSPORT_PNG, return_transport=1), chunk_request(1, b"not a png")],
+            "FRAME_UNDECODABLE",
             "not a readable PNG",
         ),
         (
             [open_request(transport=pb.TRANSPORT_PNG, return_transport=1), chunk_request(1, _png(32, 24))],
+            "FRAME_SIZE_MISMATCH",
             "PNG is 32x24, expected 64x48",
         ),
         (
+            [
+                open_request(transport=pb.TRANSPORT_PNG, return_transport=1),
+                chunk_request(1, _png_header(16000, 16000)),
+            ],
+            "FRAME_SIZE_MISMATCH",
+            "PNG is 16000x16000, expected 64x48",  # read from the header: nothing is decoded
+        ),
+        (
             [open_request(transport=pb.TRANSPORT_ZSTD), chunk_request(1, b"\0" * 64)],
+            "FRAME_UNDECODABLE",
             "not a readable zstd frame",
         ),
         (
             [open_request(transport=pb.TRANSPORT_ZSTD), chunk_request(1, _zstd(b"\0" * 100))],
+            "FRAME_SIZE_MISMATCH",
             "inflates to 100 bytes, expected 9216",
         ),
         (
             [open_request(transport=pb.TRANSPORT_ZSTD), chunk_request(1, _zstd(b"\0" * 50_000_000))],
+            "FRAME_UNDECODABLE",
             "inflates to more than 9216 bytes",
         ),
         (
             [open_request(transport=pb.TRANSPORT_ZSTD), chunk_request(1, b"\0" * 100, total=10**9)],
+            "FRAME_SIZE_MISMATCH",
             "declared 1000000000 bytes, expected at most",
         ),
     ],
 )
-def test_transport_errors(node: NodeThread, requests: list[pb.MatteRequest], message: str) -> None:
+def test_transport_errors(
+    node: NodeThread, requests: list[pb.MatteRequest], reason: str, message: str
+) -> None:
     with pytest.raises(grpc.RpcError) as info:
         responses = raw_stream(node.address, requests)
         assert not responses
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (info.value.details() or "")
+    assert error_info(info.value)[0] == reason
     assert node.wait_idle() == 0
 
 

@@ -8,6 +8,8 @@ environment variable ``RVM_NODE_SOME_OPTION`` or as ``some_option`` in the
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,39 +19,37 @@ from rvm_node.tomlfile import load_toml
 
 __all__ = ["apply_sources", "given_on_command_line"]
 
+_NOT_SETTINGS = ("config", "serve_parser", "command")
+_UNSET = object()
+
+
+def _settings(parser: argparse.ArgumentParser) -> list[str]:
+    """The destinations of the parser's options (read by parsing no arguments)."""
+    return [dest for dest in vars(parser.parse_args([])) if dest not in _NOT_SETTINGS]
+
 
 def given_on_command_line(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """The destinations of the options that appear in ``argv``."""
-    given = set()
-    for token in argv:
-        option = token.split("=", 1)[0]
-        action = parser._option_string_actions.get(option)
-        if action is not None:
-            given.add(action.dest)
-    return given
+    """The destinations of the options that appear in ``argv`` (the arguments after the command).
+
+    The parser fills only what ``argv`` sets into a namespace already holding
+    every destination, so what still holds the marker was not given.
+    """
+    probe = argparse.Namespace(**dict.fromkeys(_settings(parser), _UNSET))
+    parser.parse_args(list(argv), namespace=probe)
+    return {dest for dest, value in vars(probe).items() if value is not _UNSET and dest not in _NOT_SETTINGS}
 
 
-def _convert(action: argparse.Action, raw: Any, where: str) -> Any:
-    if isinstance(action, argparse._StoreTrueAction):
-        if isinstance(raw, bool):
-            return raw
-        if str(raw).lower() in ("1", "true", "yes", "on"):
-            return True
-        if str(raw).lower() in ("0", "false", "no", "off"):
-            return False
-        raise InvalidInputError(f"{where}: expected true or false, got {raw!r}")
-    kind = action.type or str
+def _convert(parser: argparse.ArgumentParser, dest: str, raw: Any, where: str) -> Any:
+    """``raw`` as the option ``dest`` takes it, converted and checked by the parser itself."""
+    option = "--" + dest.replace("_", "-")
+    errors = io.StringIO()
     try:
-        value = kind(raw)  # type: ignore[operator]
-    except (TypeError, ValueError):
-        raise InvalidInputError(
-            f"{where}: expected {getattr(kind, '__name__', 'a value')}, got {raw!r}"
-        ) from None
-    if action.choices is not None and value not in action.choices:
-        raise InvalidInputError(
-            f"{where}: expected one of {', '.join(map(str, action.choices))}, got {raw!r}"
-        )
-    return value
+        with contextlib.redirect_stderr(errors):
+            return getattr(parser.parse_args([option, str(raw)]), dest)
+    except SystemExit:
+        lines = errors.getvalue().strip().splitlines() or ["not a valid value"]
+        detail = lines[-1].split("error: ", 1)[-1]
+        raise InvalidInputError(f"{where}: {detail}") from None
 
 
 def apply_sources(
@@ -61,15 +61,15 @@ def apply_sources(
 ) -> None:
     """Fill every option not given as a flag from the environment, then from the TOML file."""
     table: dict[str, Any] = load_toml(config, "the config file").get("node", {}) if config is not None else {}
-    known = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", "config")}
+    known = _settings(parser)
     unknown = sorted(set(table) - set(known))
     if unknown:
         raise InvalidInputError(f"{config}: unknown settings in [node]: {', '.join(unknown)}")
-    for dest, action in known.items():
+    for dest in known:
         if dest in given:
             continue
         env_name = "RVM_NODE_" + dest.upper()
         if env_name in environ:
-            setattr(args, dest, _convert(action, environ[env_name], env_name))
+            setattr(args, dest, _convert(parser, dest, environ[env_name], env_name))
         elif dest in table:
-            setattr(args, dest, _convert(action, table[dest], f"{config}: {dest}"))
+            setattr(args, dest, _convert(parser, dest, table[dest], f"{config}: {dest}"))

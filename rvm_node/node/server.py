@@ -119,6 +119,8 @@ async def start_node(
     limits = limits or Limits()
     if limits.max_streams < 1:
         raise InvalidInputError(f"--max-streams: expected 1 or more, got {limits.max_streams}")
+    if limits.max_frame_pixels < 1:
+        raise InvalidInputError(f"--max-frame-pixels: expected 1 or more, got {limits.max_frame_pixels}")
     if limits.max_chunks_in_flight < 1:
         raise InvalidInputError(
             f"--max-chunks-in-flight: expected 1 or more, got {limits.max_chunks_in_flight}"

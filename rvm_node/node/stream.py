@@ -8,6 +8,10 @@ each chunk's planes on the codec pool and writes them. A request the
 receiver waits for, or a write the sender waits on, longer than the idle
 timeout ends the stream (while the node still holds work of the stream,
 waiting for the next request is not idleness).
+
+Errors keep the order too: a bad request, or a chunk whose forward pass
+fails, travels down the queues behind the work before it, so every frame
+received before the fault is answered, and then the stream ends with it.
 """
 
 from __future__ import annotations
@@ -213,6 +217,13 @@ class Stream:
         log.info("stream %s closed after frame %d", self.stream_id, self.last_number)
 
     async def _receive(self, plan: StreamPlan) -> None:
+        """Read and unpack; a bad request travels behind the chunks before it, so they are answered first."""
+        try:
+            await self._receive_chunks(plan)
+        except Exception as exc:
+            await self._inbox.put(("error", exc))
+
+    async def _receive_chunks(self, plan: StreamPlan) -> None:
         loop = asyncio.get_running_loop()
         raw_bytes = plan.width * plan.height * 3 * plan.in_dtype.itemsize
         assembler = FrameAssembler(
@@ -287,11 +298,21 @@ class Stream:
         return frame
 
     async def _infer(self, session: MattingSession) -> None:
+        """Run chunks and controls in order; a failure travels behind the results before it."""
+        try:
+            await self._infer_items(session)
+        except Exception as exc:
+            await self._outbox.put(("error", exc))
+
+    async def _infer_items(self, session: MattingSession) -> None:
         loop = asyncio.get_running_loop()
         while True:
             item = await self._inbox.get()
             if item is _END:
                 await self._outbox.put(_END)
+                return
+            if item[0] == "error":
+                await self._outbox.put(item)
                 return
             if item[0] == "chunk":
                 _, numbers, frames = item
@@ -315,6 +336,8 @@ class Stream:
             item = await self._outbox.get()
             if item is _END:
                 return
+            if item[0] == "error":  # everything before it is sent: now the stream ends with it
+                raise item[1]
             if item[0] == "chunk":
                 _, numbers, out = item
                 jobs = [
