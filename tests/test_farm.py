@@ -307,3 +307,35 @@ def test_farm_cli_without_a_shot_list(three_nodes: list[Node], clip: Path, tmp_p
     assert sorted(p.name for p in (tmp_path / "mattes" / "plate_a").iterdir()) == [
         f"plate_a_matte.{n:04d}.png" for n in (1, 2, 3)
     ]
+
+
+def test_a_shot_the_nodes_refuse_fails_alone_and_blames_no_node(clip: Path, tmp_path: Path) -> None:
+    """A plate beyond the nodes' limits is the shot's fault: it fails once, with the node's reason; the nodes
+    stay in the pool and the next shot runs."""
+    from rvm_node.io.images import write_image
+
+    plates = tmp_path / "small"
+    plates.mkdir()
+    for n in range(1, 5):
+        write_image(plates / f"p.{n:04d}.png", np.full((48, 64, 3), 40 * n, np.uint8))
+    shots_file = tmp_path / "s.toml"
+    shots_file.write_text(
+        f'[[shot]]\nname = "big"\ninput = "{clip}"\nframes = "1-4"\noutput_alpha = "{tmp_path}/out/big/m.####.png"\n'
+        f'[[shot]]\nname = "small"\ninput = "{plates}/p.####.png"\noutput_alpha = "{tmp_path}/out/small/m.####.png"\n'
+    )
+    nodes = [Node("--max-frame-pixels", "20000") for _ in range(2)]  # 176x144 is 25,344 pixels
+    pool = NodePool([n.address for n in nodes])
+    try:
+        finals = {
+            e.shot: e for e in run_shots(load_shot_list(shots_file), pool) if e.kind in ("done", "failed")
+        }
+        assert all(node.down_until == 0.0 for node in pool.nodes)  # no node was marked down
+    finally:
+        pool.close()
+        for node in nodes:
+            node.kill()
+    assert finals["big"].kind == "failed" and finals["big"].result.retries == 0
+    assert len(finals["big"].result.nodes) == 1
+    assert "exceeds this node's limits" in finals["big"].result.reason
+    assert finals["small"].kind == "done"
+    assert len(list((tmp_path / "out" / "small").glob("m.*.png"))) == 4

@@ -132,7 +132,17 @@ def test_node_info_health_and_reflection(node: NodeThread) -> None:
             stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         )
         names = {s.name for s in reply.list_services_response.service}
+        # v1 is the same protocol under a new name: v1alpha's messages serve to call it
+        v1 = channel.stream_stream(
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol="rvm_node.v1.MattingService")
+        described = next(v1(iter([request]), timeout=10)).file_descriptor_response.file_descriptor_proto
     assert "rvm_node.v1.MattingService" in names and "grpc.health.v1.Health" in names
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= names
+    assert any(b"rvm_node/v1/matting.proto" in d for d in described)
 
 
 def test_concurrent_streams_at_mixed_sizes_equal_each_alone(

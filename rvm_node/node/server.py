@@ -72,6 +72,33 @@ def _refusal(handler: Any) -> Any:
     return grpc.unary_unary_rpc_method_handler(deny)
 
 
+_REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
+
+
+def _add_reflection(server: Any, services: tuple[str, ...]) -> None:
+    """Server reflection as grpc.reflection.v1alpha and grpc.reflection.v1.
+
+    grpcio-reflection ships only v1alpha; v1 is the same protocol (the same
+    messages, field for field) under a new name, so the one servicer answers
+    both.
+    """
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    servicer = reflection.aio.ReflectionServicer((*services, reflection.SERVICE_NAME, _REFLECTION_V1))
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.method_handlers_generic_handler(
+        _REFLECTION_V1,
+        {
+            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+                servicer.ServerReflectionInfo,
+                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+            )
+        },
+    )
+    server.add_generic_rpc_handlers((v1,))
+
+
 @dataclass(kw_only=True)
 class NodeServer:
     server: Any
@@ -142,7 +169,7 @@ async def start_node(
     pb_grpc.add_MattingServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    _add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)
