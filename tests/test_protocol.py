@@ -127,7 +127,7 @@ def test_buf_breaking_would_catch_a_wire_change(tmp_path: Path) -> None:
 def test_the_proto_lists_exactly_the_reasons_the_node_sends() -> None:
     listed = {
         name.removeprefix("ERROR_REASON_")
-        for name in pb.ErrorReason.keys()
+        for name in pb.ErrorReason.DESCRIPTOR.values_by_name
         if name != "ERROR_REASON_UNSPECIFIED"
     }
     assert listed == set(REASON_CODES)
