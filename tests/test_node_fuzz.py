@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -117,11 +117,10 @@ def _stream(draw: Any) -> list[pb.MatteRequest]:
     return requests
 
 
-def _outcome(call: Any) -> str:
+def _outcome(call: Callable[[], Any]) -> str:
     """'OK' or the status and reason of a finished call; fails on anything undocumented."""
     try:
-        for _ in call:
-            pass
+        call()
     except grpc.RpcError as error:
         reason, _ = error_info(error)
         code = error.code()
@@ -160,16 +159,31 @@ def test_fuzzed_streams_and_bytes_get_documented_answers(
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(requests=_stream())
     def streams(requests: list[pb.MatteRequest]) -> None:
-        outcomes[_outcome(matte(iter([r.SerializeToString() for r in requests]), timeout=30))] += 1
+        messages = [r.SerializeToString() for r in requests]
+        outcomes[_outcome(lambda: list(matte(iter(messages), timeout=30)))] += 1
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
     @given(messages=st.lists(st.binary(max_size=200), min_size=1, max_size=4))
     def raw_bytes(messages: list[bytes]) -> None:
-        outcomes[_outcome(matte(iter(messages), timeout=30))] += 1
+        outcomes[_outcome(lambda: list(matte(iter(messages), timeout=30)))] += 1
+
+    info = channel.unary_unary(
+        "/rvm_node.v1.MattingService/GetNodeInfo",
+        request_serializer=lambda data: data,
+        response_deserializer=pb.GetNodeInfoResponse.FromString,
+    )
+
+    @settings(
+        max_examples=EXAMPLES // 3, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+    )
+    @given(message=st.binary(max_size=64))
+    def info_bytes(message: bytes) -> None:
+        outcomes["GetNodeInfo " + _outcome(lambda: info(message, timeout=10))] += 1
 
     try:
         streams()
         raw_bytes()
+        info_bytes()
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
     finally:
         channel.close()

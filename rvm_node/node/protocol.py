@@ -25,9 +25,11 @@ __all__ = [
     "SAMPLE_NAMES",
     "TRANSPORTS",
     "FrameAssembler",
+    "Undecodable",
     "check_transport",
     "decode_png",
     "encode_png",
+    "lenient_parser",
     "pack",
     "packed_limit",
     "png_size",
@@ -56,6 +58,26 @@ TRANSPORTS: dict[str, pb.Transport] = {
 }
 PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
 _ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
+
+
+class Undecodable:
+    """What a request that does not parse as its message becomes, so the service refuses it itself."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def lenient_parser(message_type: Any) -> Any:
+    """A request deserializer for gRPC that gives :class:`Undecodable` instead of raising."""
+    from google.protobuf.message import DecodeError
+
+    def parse(data: bytes) -> Any:
+        try:
+            return message_type.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return parse
 
 
 def transport_name(transport: int) -> str:

@@ -19,10 +19,9 @@ from rvm_node.engine.session import MattingBackend
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
-from rvm_node.node.service import Limits, MattingServicer
+from rvm_node.node.service import Limits, MattingServicer, add_matting_service
 from rvm_node.node.status import abort, failure
 from rvm_node.v1 import matting_pb2 as pb
-from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
 __all__ = ["NodeServer", "TlsFiles", "TokenAuthInterceptor", "start_node"]
 
@@ -166,7 +165,7 @@ async def start_node(
     metrics = NodeMetrics(build) if metrics_port is not None else None
     scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
     servicer = MattingServicer(scheduler, limits, __version__)
-    pb_grpc.add_MattingServiceServicer_to_server(servicer, server)
+    add_matting_service(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))

@@ -35,7 +35,9 @@ from rvm_node.node.protocol import (
     PLANE_CHANNELS,
     SAMPLE_NAMES,
     TRANSPORTS,
+    Undecodable,
     check_transport,
+    lenient_parser,
 )
 from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.status import Failure, abort, failure, failure_of, printable
@@ -43,7 +45,7 @@ from rvm_node.node.stream import Stream, StreamPlan
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
-__all__ = ["Limits", "MattingServicer", "Scheduler"]
+__all__ = ["Limits", "MattingServicer", "Scheduler", "add_matting_service"]
 
 log = logging.getLogger("rvm_node.node")
 
@@ -81,7 +83,15 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
     def close(self) -> None:
         self.codec.shutdown(wait=False, cancel_futures=True)
 
-    async def GetNodeInfo(self, request: pb.GetNodeInfoRequest, context: Any) -> pb.GetNodeInfoResponse:  # noqa: ARG002
+    async def GetNodeInfo(
+        self, request: pb.GetNodeInfoRequest | Undecodable, context: Any
+    ) -> pb.GetNodeInfoResponse:
+        if isinstance(request, Undecodable):
+            refusal = failure(
+                "MESSAGE_INVALID", f"request: not a GetNodeInfoRequest message ({request.problem})"
+            )
+            self._count(refusal)
+            await abort(context, refusal)
         info = self.backend.describe()
         limits = self.limits
         policy = self.scheduler.policy
@@ -231,3 +241,24 @@ def _duration(seconds: float) -> Any:
     value = duration_pb2.Duration()
     value.FromNanoseconds(round(seconds * 1e9))
     return value
+
+
+def add_matting_service(servicer: MattingServicer, server: Any) -> None:
+    """Register the service with request parsers that never raise: a request that does not decode
+    reaches the servicer, which refuses it with INVALID_ARGUMENT (gRPC itself would answer UNKNOWN)."""
+    import grpc
+
+    handlers = {
+        "Matte": grpc.stream_stream_rpc_method_handler(
+            servicer.Matte,
+            request_deserializer=lenient_parser(pb.MatteRequest),
+            response_serializer=pb.MatteResponse.SerializeToString,
+        ),
+        "GetNodeInfo": grpc.unary_unary_rpc_method_handler(
+            servicer.GetNodeInfo,
+            request_deserializer=lenient_parser(pb.GetNodeInfoRequest),
+            response_serializer=pb.GetNodeInfoResponse.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["MattingService"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))

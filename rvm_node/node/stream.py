@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from google.protobuf.message import DecodeError
 
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MatteChunk, MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.protocol import (
     FrameAssembler,
+    Undecodable,
     pack,
     packed_limit,
     split_parts,
@@ -110,13 +110,14 @@ class Stream:
             if done:
                 task, self._next = self._next, None
                 try:
-                    return task.result()
+                    request = task.result()
                 except StopAsyncIteration:
                     return None
-                except DecodeError as exc:
+                if isinstance(request, Undecodable):
                     raise InvalidInputError(
-                        f"request: not a MatteRequest message ({exc})", reason="MESSAGE_INVALID"
-                    ) from None
+                        f"request: not a MatteRequest message ({request.problem})", reason="MESSAGE_INVALID"
+                    )
+                return request
             if self._held == 0:
                 raise StreamRefused(
                     "STREAM_IDLE",
