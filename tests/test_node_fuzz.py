@@ -195,7 +195,8 @@ def test_fuzzed_streams_and_bytes_get_documented_answers(
     with capsys.disabled():
         total = sum(outcomes.values())
         print(
-            f"\nfuzz: {total} calls ({EXAMPLES} generated streams, {EXAMPLES} of raw bytes), RSS +{grown:.0f} MB"
+            f"\nfuzz: {total} calls ({EXAMPLES} generated streams, {EXAMPLES} of raw bytes, "
+            f"{EXAMPLES // 3} GetNodeInfo of raw bytes), RSS {grown:+.0f} MB"
         )
         for outcome, count in outcomes.most_common():
             print(f"  {count:4d}  {outcome}")
