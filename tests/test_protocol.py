@@ -93,16 +93,21 @@ def test_buf_lint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_buf_finds_no_breaking_change_against_the_v1_baseline() -> None:
-    _tools()
+def _buf_breaking(module_root: Path) -> subprocess.CompletedProcess[str]:
+    """`buf breaking` of the protos under ``module_root`` against the committed v1 baseline."""
     baseline = ROOT / "protos" / "baseline" / "rvm_node.v1.binpb"
-    result = subprocess.run(
+    return subprocess.run(
         [str(BUF), "breaking", "--against", str(baseline)],
-        cwd=ROOT,
+        cwd=module_root,
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_buf_finds_no_breaking_change_against_the_v1_baseline() -> None:
+    _tools()
+    result = _buf_breaking(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -113,14 +118,7 @@ def test_buf_breaking_would_catch_a_wire_change(tmp_path: Path) -> None:
     proto = changed / "rvm_node" / "v1" / "matting.proto"
     proto.write_text(proto.read_text().replace("uint32 width = 6;", "uint64 width = 6;"))
     (tmp_path / "buf.yaml").write_text((ROOT / "buf.yaml").read_text())
-    baseline = ROOT / "protos" / "baseline" / "rvm_node.v1.binpb"
-    result = subprocess.run(
-        [str(BUF), "breaking", "--against", str(baseline)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = _buf_breaking(tmp_path)
     assert result.returncode != 0 and "width" in result.stdout
 
 
