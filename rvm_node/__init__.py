@@ -13,23 +13,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from rvm_node.errors import (
-    BackendError,
-    BackendUnavailableError,
-    ExportError,
-    InvalidInputError,
-    JobCancelledError,
-    ResolutionChangedError,
-    RvmNodeError,
-    UnsupportedPrecisionError,
-    WeightsError,
-    WeightsFetchError,
-    WeightsFormatError,
-    WeightsIntegrityError,
-    WeightsNotFoundError,
-)
-
-__version__ = "0.1.0"
+from rvm_node import errors as _errors
+from rvm_node.errors import *  # noqa: F403 - every error of the tree, as listed in errors.__all__
+from rvm_node.version import __version__
 
 # Loaded on first use: the client and the plugins import rvm_node without torch.
 _LAZY = {
@@ -47,23 +33,7 @@ _LAZY = {
     "convert_video": "rvm_node.convert",
 }
 
-__all__ = [
-    "BackendError",
-    "BackendUnavailableError",
-    "ExportError",
-    "InvalidInputError",
-    "JobCancelledError",
-    "ResolutionChangedError",
-    "RvmNodeError",
-    "UnsupportedPrecisionError",
-    "WeightsError",
-    "WeightsFetchError",
-    "WeightsFormatError",
-    "WeightsIntegrityError",
-    "WeightsNotFoundError",
-    "__version__",
-    *_LAZY,
-]
+__all__ = [*_errors.__all__, "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -148,7 +148,7 @@ def _exported_onnx(net: MattingNetwork, source: Path | None, precision: str) -> 
         digest = hashlib.sha256(b"".join(t.numpy().tobytes() for t in net.state_dict().values())).hexdigest()
     else:
         digest = sha256_file(source)
-    from rvm_node import __version__
+    from rvm_node.version import __version__
 
     name = (
         f"{net.variant}-{net.refiner_name}-{digest[:16]}-{precision}-opset{DEFAULT_OPSET}-v{__version__}.onnx"

@@ -7,7 +7,7 @@ import hmac
 import logging
 import signal
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,6 @@ class NodeServer:
     port: int
     address: str
     scheduler: Scheduler
-    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
-
     metrics_port: int | None = None
 
     async def drain(self, grace: float) -> None:
@@ -119,10 +117,6 @@ class NodeServer:
         self.servicer.close()
         if self.scheduler.metrics is not None:
             self.scheduler.metrics.close()
-        self._stopped.set()
-
-    async def wait(self) -> None:
-        await self.server.wait_for_termination()
 
 
 async def start_node(
@@ -140,7 +134,7 @@ async def start_node(
 
     ``batch`` defaults to the device's policy (:meth:`BatchPolicy.default_for`).
     """
-    from rvm_node import __version__
+    from rvm_node.version import __version__
 
     limits = limits or Limits()
     if limits.max_streams < 1:
