@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ def convert_video(
             outputs[kind] = str(target)  # type: ignore[index]
     base = settings or WriterSettings()
     if output_video_mbps is not None:
-        base = WriterSettings(**{**base.__dict__, "video_mbps": float(output_video_mbps)})
+        base = dataclasses.replace(base, video_mbps=float(output_video_mbps))
     job = ConvertJob(
         backend=_backend_for(model, device, dtype),
         input_source=str(input_source),

@@ -61,12 +61,8 @@ def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> tuple[int, Recur
     if meta.get("fingerprint") != fingerprint:
         return None
     height, width = meta["frame_size"]
-    r1, r2, r3, r4 = arrays
-    state = RecurrentState(
-        r1,
-        r2,
-        r3,
-        r4,
+    state = RecurrentState.from_arrays(
+        arrays,
         frame_size=(int(height), int(width)),
         downsample_ratio=float(meta["downsample_ratio"]),
         frames=int(meta["frames"]),

@@ -20,6 +20,7 @@ on a few edge pixels), so checkpoints are the normal path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import queue
 import threading
@@ -146,7 +147,7 @@ def _make_writer(
     if pattern is None and job.output_type == "png_sequence" and path.suffix.lower() not in VIDEO_EXTS:
         # The official form: a directory of 0000.png, 0001.png, ... 8-bit.
         pattern = FramePattern(path, "", 4, ".png")
-        settings = WriterSettings(**{**settings.__dict__, "bit_depth": 8, "official_png_composition": True})
+        settings = dataclasses.replace(settings, bit_depth=8, official_png_composition=True)
     if pattern is not None:
         _check_writable(pattern.directory)
         return SequenceWriter(kind, pattern, settings)

@@ -12,7 +12,7 @@ and refuses a frame size it holds no state for unless it is reset.
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -80,6 +80,19 @@ class RecurrentState:
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (self.r1, self.r2, self.r3, self.r4)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Sequence[np.ndarray],
+        frame_size: tuple[int, int] = (0, 0),
+        downsample_ratio: float = 0.0,
+        frames: int = 0,
+        variant: str = "",
+    ) -> RecurrentState:
+        """A state from its four tensors (r1..r4) and what it belongs to."""
+        r1, r2, r3, r4 = arrays
+        return cls(r1, r2, r3, r4, frame_size, downsample_ratio, frames, variant)
 
 
 @dataclass(frozen=True)
@@ -174,10 +187,7 @@ class MattingBackend(abc.ABC, Generic[StateT]):
         return self._from_arrays(*(np.zeros_like(a) for a in self.state_to_host(state)))
 
     def _from_arrays(self, *arrays: np.ndarray) -> StateT:
-        r1, r2, r3, r4 = arrays
-        return self.state_from_host(
-            RecurrentState(r1, r2, r3, r4, frame_size=(0, 0), downsample_ratio=0.0, frames=0)
-        )
+        return self.state_from_host(RecurrentState.from_arrays(arrays))
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -306,9 +316,12 @@ class MattingSession:
         """The current state on the host, or None before the first frame."""
         if self._state is None or self._frame_size is None or self._ratio is None:
             return None
-        r1, r2, r3, r4 = self.backend.state_to_host(self._state)
-        return RecurrentState(
-            r1, r2, r3, r4, self._frame_size, self._ratio, self.frames_processed, self.backend.variant
+        return RecurrentState.from_arrays(
+            self.backend.state_to_host(self._state),
+            self._frame_size,
+            self._ratio,
+            self.frames_processed,
+            self.backend.variant,
         )
 
     def close(self) -> None:

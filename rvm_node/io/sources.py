@@ -22,6 +22,7 @@ from rvm_node.errors import InvalidInputError
 from rvm_node.fsutil import is_temporary
 from rvm_node.io.colour import ColourTransform
 from rvm_node.io.images import IMAGE_EXTS, read_image
+from rvm_node.io.resize import resize_image
 from rvm_node.io.sequence import FramePattern, FrameRange, natural_key
 
 __all__ = ["FrameSource", "ImageSequenceSource", "SourceFrame", "VideoSource", "open_source"]
@@ -56,19 +57,7 @@ class FrameSource(abc.ABC):
 
 
 def _resize(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    if size is None or (pixels.shape[1], pixels.shape[0]) == size:
-        return pixels
-    import torch
-    from torch.nn import functional as F
-
-    width, height = size
-    tensor = torch.from_numpy(pixels.astype(np.float32)).permute(2, 0, 1)[None]
-    out = F.interpolate(tensor, size=(height, width), mode="bilinear", align_corners=False, antialias=True)
-    resized = out[0].permute(1, 2, 0).numpy()
-    if pixels.dtype.kind == "u":
-        top = np.iinfo(pixels.dtype).max
-        return np.clip(np.rint(resized), 0, top).astype(pixels.dtype)
-    return resized
+    return pixels if size is None else resize_image(pixels, size)
 
 
 def _check_resize(size: tuple[int, int] | None) -> tuple[int, int] | None:

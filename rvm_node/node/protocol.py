@@ -332,7 +332,6 @@ def state_from_message(message: pb.StateSnapshot, variant: str | None = None) ->
                 field=f"open.restore.tensors[{index}].data",
             )
         arrays.append(np.frombuffer(tensor.data, "<f4").reshape(shape).astype(np.float32))
-    r1, r2, r3, r4 = arrays
-    state = RecurrentState(r1, r2, r3, r4, frame_size, ratio, int(message.frames), variant)
+    state = RecurrentState.from_arrays(arrays, frame_size, ratio, int(message.frames), variant)
     check_state(state, variant, "restore", batch=1)
     return int(message.after_frame), state
