@@ -257,7 +257,6 @@ def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _farm(args: argparse.Namespace) -> int:
-    import json
     import time
 
     from rvm_node.farm import (
@@ -297,22 +296,7 @@ def _farm(args: argparse.Namespace) -> int:
         ):
             results[event.shot] = event.result
             if args.progress_json:
-                print(
-                    json.dumps(
-                        {
-                            "event": event.kind,
-                            "shot": event.shot,
-                            "node": event.node,
-                            "frames": event.result.frames,
-                            "total": event.result.total,
-                            "fps": round(event.fps, 3),
-                            "eta": event.eta,
-                            "retries": event.result.retries,
-                            "message": event.message,
-                        }
-                    ),
-                    flush=True,
-                )
+                print(event.progress().to_json(), flush=True)
             elif event.kind != "frame" or time.monotonic() - last_line > 2:
                 last_line = time.monotonic()
                 done = sum(r.status == "done" for r in results.values())

@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "blende
 from rvm_blender import command, process, shots
 from rvm_blender.shots import FrameMap, PluginError, ShotRequest
 
+from rvm_node.events import KINDS, ProgressEvent
 from rvm_node.farm import load_shot_list
 
 
@@ -206,25 +207,35 @@ def _script(tmp_path: Path, body: str) -> list[str]:
     return [sys.executable, str(path)]
 
 
+def _printing(tmp_path: Path, events: list[ProgressEvent], code: int = 0) -> list[str]:
+    """A stand-in for rvm-node that prints these events in the real schema, then exits with ``code``."""
+    lines = [event.to_json() for event in events]
+    return _script(tmp_path, f"import sys\nprint({chr(10).join(lines)!r})\nsys.exit({code})\n")
+
+
 def test_progress_lines_from_matte_and_farm(tmp_path: Path) -> None:
-    matte = _script(
+    matte = _printing(
         tmp_path,
-        "import json\n"
-        "for i in range(1, 4):\n"
-        "    print(json.dumps({'frame': i, 'done': i, 'total': 3, 'fps': 2.0, 'eta': 1, 'state': 'running'}))\n"
-        "print(json.dumps({'frame': None, 'done': 3, 'total': 3, 'fps': 2.0, 'state': 'done'}))\n",
+        [
+            ProgressEvent("started", total=3),
+            *(ProgressEvent("frame", frame=i, done=i, total=3, fps=2.0, eta=1.0) for i in range(1, 4)),
+            ProgressEvent("done", done=3, total=3, fps=2.0, eta=0.0),
+        ],
     )
     run = process.MatteProcess(matte, dict(os.environ), tmp_path / "a", {"sh": 5})
     run.start()
     assert run.wait() == 0 and run.ok
     assert run.shots["sh"].done == 5 and run.fps == 2.0  # 2 frames were already on disk (total 3 of 5)
-    farm = _script(
+    farm = _printing(
         tmp_path,
-        "import json, sys\n"
-        "print(json.dumps({'event': 'frame', 'shot': 'a', 'node': 'n1', 'frames': 2, 'total': 4}))\n"
-        "print(json.dumps({'event': 'done', 'shot': 'a', 'node': 'n2', 'frames': 3, 'total': 3}))\n"
-        "print(json.dumps({'event': 'failed', 'shot': 'b', 'node': 'n1', 'frames': 1, 'message': 'node lost'}))\n"
-        "sys.exit(4)\n",
+        [
+            ProgressEvent("started", shot="a", node="n1", total=4),
+            ProgressEvent("frame", shot="a", node="n1", done=2, total=4, fps=1.0),
+            ProgressEvent("retry", shot="a", node="n1", done=2, total=4, retries=1, message="node lost"),
+            ProgressEvent("done", shot="a", node="n2", done=3, total=3, retries=1),
+            ProgressEvent("failed", shot="b", node="n1", done=1, total=4, message="node lost"),
+        ],
+        code=4,
     )
     run = process.MatteProcess(farm, dict(os.environ), tmp_path / "b", {"a": 4, "b": 4})
     run.start()
@@ -234,6 +245,24 @@ def test_progress_lines_from_matte_and_farm(tmp_path: Path) -> None:
     assert run.shots["a"].state == "done" and run.shots["a"].nodes == ["n1", "n2"]
     assert run.shots["b"].state == "failed" and run.error_line() == "node lost"
     assert run.done == 5 and "5/8 frames" in run.status_text()
+
+
+def test_the_add_on_knows_every_kind_of_event() -> None:
+    assert process._KINDS == KINDS  # the add-on cannot import rvm-node: its copy must stay equal
+
+
+def test_lines_of_another_schema_are_ignored(tmp_path: Path) -> None:
+    other = _script(
+        tmp_path,
+        "import sys\n"
+        'print(\'{"v": 2, "kind": "done", "shot": null, "done": 3, "total": 3}\')\n'
+        'print(\'{"v": 1, "kind": "finished", "shot": null, "done": 3, "total": 3}\')\n'
+        "print('[1, 2]')\nsys.exit(4)\n",
+    )
+    run = process.MatteProcess(other, dict(os.environ), tmp_path / "g", {"sh": 3})
+    run.start()
+    assert run.wait() == 4
+    assert run.shots["sh"].done == 0 and run.shots["sh"].state == "failed"  # nothing read from them
 
 
 def test_error_line_is_rvm_nodes_own(tmp_path: Path) -> None:
@@ -261,12 +290,12 @@ def test_cancel_interrupts_and_partial_lines_wait(tmp_path: Path) -> None:
         "import json, signal, sys, time\n"
         "def stop(*args):\n    raise KeyboardInterrupt\n"
         "signal.signal(signal.SIGTERM, stop)\n"
-        "sys.stdout.write(json.dumps({'done': 1, 'total': 9, 'state': 'running'}) + '\\n' + '{\"do')\n"
+        f"sys.stdout.write({ProgressEvent('frame', frame=1, done=1, total=9).to_json()!r} + '\\n' + '{{\"v')\n"
         "sys.stdout.flush()\n"
         "try:\n    time.sleep(60)\n"
         "except KeyboardInterrupt:\n"
-        "    print('ne\": 1}')\n"
-        "    print(json.dumps({'done': 1, 'total': 9, 'state': 'interrupted', 'message': 'stop'}))\n"
+        "    print('\": 1}')\n"
+        f"    print({ProgressEvent('cancelled', done=1, total=9, message='stop').to_json()!r})\n"
         "    sys.exit(130)\n",
     )
     run = process.MatteProcess(slow, dict(os.environ), tmp_path / "f", {"sh": 9})

@@ -19,6 +19,7 @@ import pytest
 from rvm_node import InvalidInputError, load_model
 from rvm_node.cli import EXIT_INPUT, EXIT_USAGE, main
 from rvm_node.convert import RESUME_WARMUP, convert_video
+from rvm_node.events import ProgressEvent
 from rvm_node.fsutil import is_temporary
 from rvm_node.io.colour import ColourTransform
 from rvm_node.io.images import read_image, write_exr, write_image
@@ -362,10 +363,10 @@ def test_progress_json_lines(tmp_path: Path, clip: Path) -> None:
         str(tmp_path / "m.####.png"),
         "--progress-json",
     )
-    records = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [r["frame"] for r in records[:3]] == [1, 2, 3]
-    assert records[0]["total"] == 3 and records[-1]["state"] == "done"
-    assert {"frame", "total", "fps", "eta", "state"} <= set(records[0])
+    events = [ProgressEvent.from_json(line) for line in result.stdout.splitlines()]
+    assert [e.kind for e in events] == ["started", "frame", "frame", "frame", "done"]
+    assert [e.frame for e in events[1:4]] == [1, 2, 3] and [e.done for e in events[1:]] == [1, 2, 3, 3]
+    assert all(e.total == 3 and e.shot is None and e.node is None for e in events)
 
 
 def test_existing_output_is_never_overwritten_without_asking(tmp_path: Path, clip: Path) -> None:

@@ -18,6 +18,7 @@ from rvm_node import InvalidInputError, load_model
 from rvm_node.client import NodeClient
 from rvm_node.convert import convert_video
 from rvm_node.errors import NodeError
+from rvm_node.events import ProgressEvent
 from rvm_node.farm import NodePool, load_shot_list, parse_nodes, run_shots
 from rvm_node.io.images import read_image
 from rvm_node.io.sequence import parse_frame_range
@@ -194,8 +195,9 @@ def test_farm_client_killed_and_rerun_redoes_nothing(
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*/m.*.png")}
     assert 0 < len(before) < 120
     records = [json.loads(line) for line in progress.read_text().splitlines() if line.strip()]
-    frames = [r for r in records if r["event"] == "frame"]
-    assert frames and frames[-1]["total"] == 60 and {"fps", "eta", "node", "shot"} <= set(frames[-1])
+    assert all(r["v"] == 1 for r in records)
+    frames = [ProgressEvent.from_json(json.dumps(r)) for r in records if r["kind"] == "frame"]
+    assert frames and frames[-1].total == 60 and frames[-1].node and frames[-1].shot in ("a", "b")
     result = subprocess.run(command, capture_output=True, text=True, env=os.environ.copy(), timeout=300)
     assert result.returncode == 0, result.stderr
     for path, mtime in before.items():

@@ -487,7 +487,8 @@ def _run_writers(
         stop.set()
         writer.stop()
         progress.finish(
-            "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed", str(exc) or type(exc).__name__
+            "cancelled" if isinstance(exc, (KeyboardInterrupt, JobCancelledError)) else "failed",
+            str(exc) or type(exc).__name__,
         )
         raise
     finally:

@@ -1,21 +1,25 @@
-"""Progress reporting: a one-line bar on a terminal, or JSON lines for plugins."""
+"""Progress reporting: a one-line bar on a terminal, or progress events as JSON lines for plugins."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from typing import TextIO
+from typing import Literal, TextIO
+
+from rvm_node.events import ProgressEvent, eta_of
 
 __all__ = ["Progress"]
+
+EndState = Literal["done", "failed", "cancelled"]
 
 
 class Progress:
     """Counts frames written and reports frames/s and ETA.
 
-    ``mode``: ``"bar"`` (a single updating line on stderr, only on a terminal),
-    ``"json"`` (one JSON object per line on stdout: frame, done, total, fps,
-    eta, state) or ``"off"``.
+    ``mode``: ``"bar"`` (a single updating line on stderr, only on a
+    terminal), ``"json"`` (one :class:`~rvm_node.events.ProgressEvent` per
+    line on stdout: ``started``, a ``frame`` per frame written, then ``done``,
+    ``failed`` or ``cancelled``) or ``"off"``.
     """
 
     def __init__(self, total: int | None, mode: str = "bar", stream: TextIO | None = None) -> None:
@@ -27,28 +31,21 @@ class Progress:
         self._stream = stream
         self._start = time.monotonic()
         self._last_print = 0.0
+        if mode == "json":
+            self._emit(ProgressEvent("started", total=total))
 
-    def _rate(self) -> tuple[float, float | None]:
-        elapsed = max(time.monotonic() - self._start, 1e-9)
-        fps = self.done / elapsed
-        eta = (self.total - self.done) / fps if self.total is not None and fps > 0 else None
-        return fps, eta
+    def _fps(self) -> float:
+        return self.done / max(time.monotonic() - self._start, 1e-9)
 
     def frame(self, number: int) -> None:
         self.done += 1
         if self.mode == "off":
             return
-        fps, eta = self._rate()
+        fps = self._fps()
+        eta = eta_of(self.done, self.total, fps)
         if self.mode == "json":
-            self._json(
-                {
-                    "frame": number,
-                    "done": self.done,
-                    "total": self.total,
-                    "fps": round(fps, 3),
-                    "eta": None if eta is None else round(eta, 1),
-                    "state": "running",
-                }
+            self._emit(
+                ProgressEvent("frame", frame=number, done=self.done, total=self.total, fps=fps, eta=eta)
             )
             return
         now = time.monotonic()
@@ -61,24 +58,22 @@ class Progress:
         stream.write(f"\rframe {number}  {self.done}{total}  {fps:5.1f} frames/s{eta_text}   ")
         stream.flush()
 
-    def finish(self, state: str = "done", message: str | None = None) -> None:
-        fps, _ = self._rate()
+    def finish(self, state: EndState = "done", message: str | None = None) -> None:
         if self.mode == "json":
-            self._json(
-                {
-                    "frame": None,
-                    "done": self.done,
-                    "total": self.total,
-                    "fps": round(fps, 3),
-                    "eta": 0 if state == "done" else None,
-                    "state": state,
-                    "message": message,
-                }
+            self._emit(
+                ProgressEvent(
+                    state,
+                    done=self.done,
+                    total=self.total,
+                    fps=self._fps(),
+                    eta=0.0 if state == "done" else None,
+                    message=message or "",
+                )
             )
         elif self.mode == "bar":
             (self._stream or sys.stderr).write("\n")
 
-    def _json(self, record: dict[str, object]) -> None:
+    def _emit(self, event: ProgressEvent) -> None:
         stream = self._stream or sys.stdout
-        stream.write(json.dumps(record) + "\n")
+        stream.write(event.to_json() + "\n")
         stream.flush()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from rvm_node.client import NodeClient
@@ -77,7 +77,6 @@ class FarmNode:
     capacity: int = 0
     running: int = 0
     down_until: float = 0.0
-    failures: int = field(default=0)
 
     @property
     def up(self) -> bool:
@@ -142,7 +141,6 @@ class NodePool:
         with self._lock:
             node.running -= 1
             if failed:
-                node.failures += 1
                 node.down_until = time.monotonic() + self.cooldown
                 node.capacity = 0
             self._lock.notify_all()

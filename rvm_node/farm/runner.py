@@ -34,7 +34,8 @@ from rvm_node.errors import (
     NodeRejectedError,
     RvmNodeError,
 )
-from rvm_node.farm.pool import NodePool
+from rvm_node.events import EventKind, ProgressEvent, eta_of
+from rvm_node.farm.pool import FarmNode, NodePool
 from rvm_node.farm.shots import Shot
 
 __all__ = ["FarmEvent", "ShotResult", "run_shots"]
@@ -56,7 +57,7 @@ class ShotResult:
 class FarmEvent:
     """``kind``: started, frame, retry, done, failed or cancelled; ``result`` is the shot's state after it."""
 
-    kind: str
+    kind: EventKind
     shot: str
     node: str | None
     result: ShotResult
@@ -66,9 +67,21 @@ class FarmEvent:
     @property
     def eta(self) -> float | None:
         """Seconds left for this shot at the current rate, when its length is known."""
-        if self.result.total is None or self.fps <= 0:
-            return None
-        return max(0.0, (self.result.total - self.result.frames) / self.fps)
+        return eta_of(self.result.frames, self.result.total, self.fps)
+
+    def progress(self) -> ProgressEvent:
+        """The event in the one progress-event schema (what ``farm run --progress-json`` prints)."""
+        return ProgressEvent(
+            self.kind,
+            shot=self.shot,
+            node=self.node,
+            done=self.result.frames,
+            total=self.result.total,
+            fps=self.fps,
+            eta=self.eta,
+            retries=self.result.retries,
+            message=self.message,
+        )
 
 
 _END = object()
@@ -84,137 +97,167 @@ def run_shots(
     wait_for_node: float = 60.0,
     cancel: threading.Event | None = None,
 ) -> Iterator[FarmEvent]:
-    """Run every shot; yield progress events; every shot ends ``done`` or ``failed`` with a reason."""
+    """Run every shot; yield progress events; every shot ends ``done``, ``failed`` or ``cancelled``."""
     if retries < 0 or checkpoint_every < 1:
         raise InvalidInputError("--retries must be >= 0 and --checkpoint-every >= 1")
     pool.refresh()
     if pool.all_down():
         raise NodeError("farm: no node of the pool answered: " + ", ".join(n.address for n in pool.nodes))
-    results = {shot.name: ShotResult(shot.name) for shot in shots}
-    work: queue.Queue[tuple[Shot, int, set[str]]] = queue.Queue()
-    for shot in shots:
-        work.put((shot, 0, set()))
-    events: queue.Queue[Any] = queue.Queue()
-    remaining = [len(shots)]
-    lock = threading.Lock()
+    run = _FarmRun(shots, pool, retries, backoff, checkpoint_every, wait_for_node, cancel)
+    return run.events()
 
-    def finish_one() -> None:
-        with lock:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                events.put(_END)
 
-    def end(shot: Shot, status: str, reason: str, node: str | None) -> None:
+@dataclass(frozen=True)
+class _Attempt:
+    shot: Shot
+    tries: int
+    avoid: frozenset[str]
+
+
+class _FarmRun:
+    """One farm run: a queue of attempts, worker threads taking them, and the events they post."""
+
+    def __init__(
+        self,
+        shots: list[Shot],
+        pool: NodePool,
+        retries: int,
+        backoff: float,
+        checkpoint_every: int,
+        wait_for_node: float,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.shots, self.pool = shots, pool
+        self.retries, self.backoff = retries, backoff
+        self.checkpoint_every, self.wait_for_node = checkpoint_every, wait_for_node
+        self.cancel = cancel
+        self.results = {shot.name: ShotResult(shot.name) for shot in shots}
+        self.work: queue.Queue[_Attempt] = queue.Queue()
+        for shot in shots:
+            self.work.put(_Attempt(shot, 0, frozenset()))
+        self.queue: queue.Queue[Any] = queue.Queue()
+        self.remaining = len(shots)
+        self._lock = threading.Lock()
+
+    def events(self) -> Iterator[FarmEvent]:
+        slots = max(1, sum(n.capacity for n in self.pool.nodes))
+        threads = [
+            threading.Thread(target=self._worker, name=f"rvm-farm-{i}", daemon=True)
+            for i in range(min(slots, len(self.shots)))
+        ]
+        for thread in threads:
+            thread.start()
+        while (event := self.queue.get()) is not _END:
+            yield event
+        for thread in threads:
+            thread.join(timeout=5)
+
+    def _worker(self) -> None:
+        while True:
+            with self._lock:
+                if self.remaining == 0:
+                    return
+            try:
+                attempt = self.work.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._attempt(attempt)
+            except BaseException as exc:  # a bug: report it as the shot's failure, keep the farm going
+                self._end(attempt.shot, "failed", f"{type(exc).__name__}: {exc}", None)
+
+    def _post(self, kind: EventKind, shot: Shot, node: str | None, **extra: Any) -> None:
+        self.queue.put(FarmEvent(kind, shot.name, node, self.results[shot.name], **extra))
+
+    def _end(self, shot: Shot, status: EventKind, reason: str, node: str | None) -> None:
         """The shot's last event: done, failed or cancelled."""
-        result = results[shot.name]
+        result = self.results[shot.name]
         result.status, result.reason = status, reason
-        events.put(FarmEvent(status, shot.name, node, result, message=reason))
-        finish_one()
+        self._post(status, shot, node, message=reason)
+        with self._lock:
+            self.remaining -= 1
+            if self.remaining == 0:
+                self.queue.put(_END)
 
-    def attempt(shot: Shot, tries: int, avoid: set[str]) -> None:
-        result = results[shot.name]
-        if cancel is not None and cancel.is_set():
-            end(shot, "cancelled", "cancelled before it started", None)
+    def _attempt(self, attempt: _Attempt) -> None:
+        shot = attempt.shot
+        if self.cancel is not None and self.cancel.is_set():
+            self._end(shot, "cancelled", "cancelled before it started", None)
             return
-        node = pool.acquire(avoid, timeout=wait_for_node)
+        node = self.pool.acquire(set(attempt.avoid), timeout=self.wait_for_node)
         if node is None:
-            end(shot, "failed", f"no node had a free slot within {wait_for_node:g} s", None)
+            self._end(shot, "failed", f"no node had a free slot within {self.wait_for_node:g} s", None)
             return
+        result = self.results[shot.name]
+        result.status = "running"
+        result.nodes.append(node.address)
+        self._post("started", shot, node.address)
         started = time.monotonic()
+        node_failed = False
+        again: _Attempt | None = None
+        try:
+            report = run_job(self._job(shot, node, started))
+        except NodeRejectedError as exc:  # the shot is at fault, not the node: no retry, no blame
+            self._end(shot, "failed", str(exc), node.address)
+        except NodeError as exc:
+            node_failed = not isinstance(exc, NodeBusyError)
+            again = self._retry(attempt, node, exc)
+        except JobCancelledError as exc:
+            self._end(shot, "cancelled", str(exc), node.address)
+        except RvmNodeError as exc:
+            self._end(shot, "failed", str(exc), node.address)
+        else:
+            result.total = report.frames_written + report.frames_skipped
+            self._end(shot, "done", "", node.address)
+        finally:
+            result.seconds += time.monotonic() - started
+            self.pool.release(node, failed=node_failed)
+        if again is not None:  # after the release: the failed node is marked down while the shot waits
+            time.sleep(self.backoff * (2**attempt.tries))
+            self.work.put(again)
+
+    def _job(self, shot: Shot, node: FarmNode, started: float) -> ConvertJob:
+        result = self.results[shot.name]
         if result.total is None and shot.frames is not None:
             result.total = len(shot.frames) - (
                 max(0, shot.write_from - shot.frames.first) if shot.write_from is not None else 0
             )
-        result.status = "running"
-        result.nodes.append(node.address)
-        events.put(FarmEvent("started", shot.name, node.address, result))
-        counted = [0]
+        written = [0]
 
         def on_frame(_number: int) -> None:
-            counted[0] += 1
+            written[0] += 1
             result.frames += 1
-            elapsed = max(time.monotonic() - started, 1e-9)
-            events.put(FarmEvent("frame", shot.name, node.address, result, fps=counted[0] / elapsed))
+            fps = written[0] / max(time.monotonic() - started, 1e-9)
+            self._post("frame", shot, node.address, fps=fps)
 
-        try:
-            backend = RemoteBackend(node.client, label=shot.name)
-            job = ConvertJob(
-                backend=backend,
-                input_source=shot.input,
-                outputs=dict(shot.outputs),  # type: ignore[arg-type]
-                downsample_ratio=shot.downsample_ratio,
-                frames=shot.frames,
-                start_frame=shot.start_frame,
-                input_colorspace=shot.input_colorspace,
-                allow_gaps=shot.allow_gaps,
-                background=shot.background,
-                settings=shot.settings,
-                resume=True,
-                seq_chunk=8,
-                num_workers=encoder_threads(),
-                state_every=checkpoint_every,
-                progress="off",
-                on_frame=on_frame,
-                write_from=shot.write_from,
-                cancel=cancel,
-            )
-            report = run_job(job)
-        except NodeRejectedError as exc:  # the shot is at fault, not the node: no retry, no blame
-            pool.release(node)
-            result.seconds += time.monotonic() - started
-            end(shot, "failed", str(exc), node.address)
-            return
-        except NodeError as exc:
-            pool.release(node, failed=not isinstance(exc, NodeBusyError))
-            result.seconds += time.monotonic() - started
-            if tries >= retries:
-                end(shot, "failed", str(exc), node.address)
-                return
-            result.retries += 1
-            events.put(FarmEvent("retry", shot.name, node.address, result, message=str(exc)))
-            time.sleep(backoff * (2**tries))
-            work.put((shot, tries + 1, avoid | {node.address}))
-            return
-        except JobCancelledError as exc:
-            pool.release(node)
-            result.seconds += time.monotonic() - started
-            end(shot, "cancelled", str(exc), node.address)
-            return
-        except RvmNodeError as exc:
-            pool.release(node)
-            result.seconds += time.monotonic() - started
-            end(shot, "failed", str(exc), node.address)
-            return
-        pool.release(node)
-        result.seconds += time.monotonic() - started
-        result.total = report.frames_written + report.frames_skipped
-        end(shot, "done", "", node.address)
+        return ConvertJob(
+            backend=RemoteBackend(node.client, label=shot.name),
+            input_source=shot.input,
+            outputs=dict(shot.outputs),  # type: ignore[arg-type]
+            downsample_ratio=shot.downsample_ratio,
+            frames=shot.frames,
+            start_frame=shot.start_frame,
+            input_colorspace=shot.input_colorspace,
+            allow_gaps=shot.allow_gaps,
+            background=shot.background,
+            settings=shot.settings,
+            resume=True,
+            seq_chunk=8,
+            num_workers=encoder_threads(),
+            state_every=self.checkpoint_every,
+            progress="off",
+            on_frame=on_frame,
+            write_from=shot.write_from,
+            cancel=self.cancel,
+        )
 
-    def worker() -> None:
-        while True:
-            with lock:
-                if remaining[0] == 0:
-                    return
-            try:
-                shot, tries, avoid = work.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            try:
-                attempt(shot, tries, avoid)
-            except BaseException as exc:  # a bug: report it as the shot's failure, keep the farm going
-                end(shot, "failed", f"{type(exc).__name__}: {exc}", None)
-
-    slots = max(1, sum(n.capacity for n in pool.nodes))
-    threads = [
-        threading.Thread(target=worker, name=f"rvm-farm-{i}", daemon=True)
-        for i in range(min(slots, len(shots)))
-    ]
-    for thread in threads:
-        thread.start()
-    while True:
-        event = events.get()
-        if event is _END:
-            break
-        yield event
-    for thread in threads:
-        thread.join(timeout=5)
+    def _retry(self, attempt: _Attempt, node: FarmNode, exc: NodeError) -> _Attempt | None:
+        """After a node failed the shot: the attempt to queue, away from that node, or None (and the shot
+        failed) past the retries."""
+        shot = attempt.shot
+        if attempt.tries >= self.retries:
+            self._end(shot, "failed", str(exc), node.address)
+            return None
+        self.results[shot.name].retries += 1
+        self._post("retry", shot, node.address, message=str(exc))
+        return _Attempt(shot, attempt.tries + 1, attempt.avoid | {node.address})

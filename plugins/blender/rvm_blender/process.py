@@ -24,6 +24,7 @@ from .command import last_error
 
 __all__ = ["MatteProcess", "ShotProgress", "remove_temporaries"]
 
+_KINDS = ("started", "frame", "retry", "done", "failed", "cancelled")  # of rvm-node's progress events, v1
 _TEMPORARY_MARK = ".rvmtmp"  # rvm-node's atomic writes use this in their temporary names
 
 
@@ -174,33 +175,26 @@ class MatteProcess:
                 self._apply(event)
 
     def _apply(self, event: dict[str, Any]) -> None:
-        if "event" in event:  # farm run: one shot's event
-            shot = self.shots.get(str(event.get("shot")))
-            if shot is None:
-                return
-            shot.done = int(
-                event.get("frames") or 0
-            )  # written in this run: frames kept from before are not counted
-            kind = event["event"]
-            if kind in ("done", "failed", "cancelled"):
-                shot.state = kind
-            if kind == "done":
-                shot.done = shot.total
-            shot.message = str(event.get("message") or "")
-            node = event.get("node")
-            if node and node not in shot.nodes:
-                shot.nodes.append(str(node))
-        else:  # matte: the single shot's progress
-            shot = next(iter(self.shots.values()))
-            state = event.get("state")
-            if state == "running":
-                shot.done = int(event.get("done") or 0) + (shot.total - int(event.get("total") or shot.total))
-            elif state == "done":
-                shot.done = shot.total
-                shot.state = "done"
-            elif state in ("failed", "interrupted"):
-                shot.state = "failed" if state == "failed" else "cancelled"
-                shot.message = str(event.get("message") or "")
+        """Apply one line of rvm-node's progress-event schema (version 1; see its README)."""
+        kind = event.get("kind")
+        if event.get("v") != 1 or kind not in _KINDS:
+            return
+        name = event.get("shot")  # null: the one shot of a matte
+        shot = next(iter(self.shots.values())) if name is None else self.shots.get(str(name))
+        if shot is None:
+            return
+        total = event.get("total")
+        done = int(event.get("done") or 0)
+        # `done` counts this run's frames; frames kept on disk from an earlier run are the rest of the shot
+        shot.done = done + (shot.total - int(total)) if total is not None else done
+        if kind == "done":
+            shot.done = shot.total
+        if kind in ("done", "failed", "cancelled"):
+            shot.state = str(kind)
+        shot.message = str(event.get("message") or "")
+        node = event.get("node")
+        if node and node not in shot.nodes:
+            shot.nodes.append(str(node))
         elapsed = max(time.monotonic() - self._started, 1e-6)
         self.fps = float(event.get("fps") or 0.0) if len(self.shots) == 1 else self.done / elapsed
         left = self.total - self.done

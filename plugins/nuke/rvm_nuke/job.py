@@ -78,10 +78,11 @@ def _run(
         written = 0
         for event in run_shots([shot for _, shot in jobs], pool, cancel=cancel):
             results[event.shot] = event.result
-            if event.kind == "frame":
+            progress = event.progress()  # the one progress-event schema
+            if progress.kind == "frame":
                 written += 1
                 task.setProgress(int(100 * written / max(total, 1)))
-                task.setMessage(f"{event.shot} on {event.node}: {event.fps:.1f} frames/s")
+                task.setMessage(f"{progress.shot} on {progress.node}: {progress.fps:.1f} frames/s")
             if task.isCancelled():
                 cancel.set()
     except (RvmNodeError, SettingsError) as exc:
