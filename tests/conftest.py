@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rvm_node.engine.weights import CACHE_ENV, fetch_official
+from tests.standin import StandInBackend
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -44,3 +45,9 @@ def clip_frames(weights_cache: Path) -> np.ndarray:
 def clip_frames_2x(clip_frames: np.ndarray) -> np.ndarray:
     """The same frames at 352x288 (pixel-doubled), for ratios that need more pixels."""
     return np.repeat(np.repeat(clip_frames, 2, axis=2), 2, axis=3)
+
+
+@pytest.fixture(scope="session")
+def standin() -> StandInBackend:
+    """The fast tier's stand-in model (``tests/standin.py``): no weights, no inference."""
+    return StandInBackend()

@@ -1,8 +1,8 @@
 """The node's edge: every bad input is refused with a documented status and reason; nothing is lost or leaked.
 
-Real nodes on 127.0.0.1 with the real model. Two stand-ins are named as such: a backend whose forward
-pass raises (to drive the node's own-failure path) and a misbehaving node (to drive the client's checks
-of what a node sends).
+Real nodes on 127.0.0.1, on the stand-in model (``tests/standin.py``): the protocol is under test, not
+the mattes. Two more stand-ins are named as such: a backend whose forward pass raises (to drive the
+node's own-failure path) and a misbehaving node (to drive the client's checks of what a node sends).
 """
 
 from __future__ import annotations
@@ -28,9 +28,22 @@ from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from tests.helpers import error_info
-from tests.test_node import NodeThread, backend, frames_of, node, open_request, raw_stream
+from tests.standin import StandInBackend
+from tests.test_node import NodeThread, frames_of, open_request, raw_stream
 
-__all__ = ["backend", "node"]  # the module-scoped model and node fixtures, shared with test_node
+
+@pytest.fixture(scope="module")
+def backend(standin: StandInBackend) -> StandInBackend:
+    """The stand-in model: these tests are about the protocol, not the mattes."""
+    return standin
+
+
+@pytest.fixture(scope="module")
+def node(backend: StandInBackend) -> Iterator[NodeThread]:
+    server = NodeThread(backend, limits=Limits(max_streams=8, idle_timeout=30))
+    yield server
+    server.stop()
+
 
 WIDTH, HEIGHT = 176, 144
 
@@ -421,10 +434,10 @@ def test_refusals_carry_retry_info_and_are_counted(backend: Any, clip_frames: np
     assert 'rvm_node_errors_total{code="RESOURCE_EXHAUSTED",reason="STREAM_SLOTS_FULL"} 2.0' in text
     assert 'rvm_node_errors_total{code="UNAVAILABLE",reason="NODE_DRAINING"} 1.0' in text
     assert "rvm_node_streams_started_total 1.0" in text
-    assert (
-        'rvm_node_build_info{backend="onnxruntime",device="cpu",precision="fp32",variant="mobilenetv3",version='
-        in text
+    build = (
+        f'rvm_node_build_info{{backend="{backend.name}",device="cpu",precision="fp32",variant="mobilenetv3"'
     )
+    assert build in text
     assert "_created" not in text
     assert missing.value.code == 404
 

@@ -17,12 +17,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rvm_node import load_model
 from rvm_node.client import NodeClient
 from rvm_node.node.service import Limits
 from rvm_node.node.status import REASON_CODES
 from rvm_node.v1 import matting_pb2 as pb
 from tests.helpers import error_info
+from tests.standin import StandInBackend
 from tests.test_node import NodeThread, frames_of
 
 EXAMPLES = 300
@@ -30,9 +30,9 @@ _ITEM = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4}  # bytes per sample of each SampleFormat 
 
 
 @pytest.fixture(scope="module")
-def fuzz_node() -> Iterator[NodeThread]:
+def fuzz_node(standin: StandInBackend) -> Iterator[NodeThread]:
     server = NodeThread(
-        load_model(backend="onnxruntime"),
+        standin,  # the stand-in model: the protocol is fuzzed, not the network
         limits=Limits(max_streams=4, idle_timeout=10, max_width=96, max_height=96, max_frame_pixels=96 * 96),
     )
     yield server

@@ -15,9 +15,14 @@ from rvm_node.client import NodeClient
 from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
-from tests.test_node import RATIO, NodeThread, backend, chunk_request, open_request, raw_stream
+from tests.standin import StandInBackend
+from tests.test_node import RATIO, NodeThread, chunk_request, open_request, raw_stream
 
-__all__ = ["backend"]  # the module-scoped model fixture, shared with test_node
+
+@pytest.fixture(scope="module")
+def backend(standin: StandInBackend) -> StandInBackend:
+    """The stand-in model: these tests are about the serving path, not the mattes."""
+    return standin
 
 
 def test_controls_stay_in_order_with_frames_sent_ahead(backend, clip_frames: np.ndarray) -> None:
@@ -80,12 +85,19 @@ def test_info_and_health_answer_while_streams_run(backend, clip_frames: np.ndarr
     ]
     stop = threading.Event()
 
+    def endless() -> Iterator[tuple[int, np.ndarray]]:  # one long stream, until the test is done
+        number = 0
+        while not stop.is_set():
+            yield number, frames[number % len(frames)][1]
+            number += 1
+
     def stream() -> None:
-        with NodeClient(node.address) as client:
-            while not stop.is_set():
-                with client.open_stream(width=352, height=288, downsample_ratio=RATIO) as s:
-                    for _ in s.process(frames, window=4):
-                        pass
+        with (
+            NodeClient(node.address) as client,
+            client.open_stream(width=352, height=288, downsample_ratio=RATIO) as s,
+        ):
+            for _ in s.process(endless(), window=4):
+                pass
 
     workers = [threading.Thread(target=stream) for _ in range(2)]
     for worker in workers:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 import numpy as np
 import pytest
@@ -10,20 +12,25 @@ from rvm_node.client import NodeClient
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.protocol import pack
+from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from tests.helpers import error_info
-from tests.test_node import (
-    RATIO,
-    NodeThread,
-    backend,
-    chunk_request,
-    frames_of,
-    node,
-    open_request,
-    raw_stream,
-)
+from tests.standin import StandInBackend
+from tests.test_node import RATIO, NodeThread, chunk_request, frames_of, open_request, raw_stream
 
-__all__ = ["backend", "node"]  # the module-scoped model and node fixtures, shared with test_node
+
+@pytest.fixture(scope="module")
+def backend(standin: StandInBackend) -> StandInBackend:
+    """The stand-in model: these tests are about the protocol, not the mattes."""
+    return standin
+
+
+@pytest.fixture(scope="module")
+def node(backend: StandInBackend) -> Iterator[NodeThread]:
+    server = NodeThread(backend, limits=Limits(max_streams=8, idle_timeout=30))
+    yield server
+    server.stop()
+
 
 WIDTH, HEIGHT = 176, 144
 

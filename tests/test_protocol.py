@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -14,9 +15,17 @@ import pytest
 from rvm_node.client import NodeClient
 from rvm_node.node.status import REASON_CODES
 from rvm_node.v1 import matting_pb2 as pb
-from tests.test_node import NodeThread, backend, frames_of, node
+from tests.standin import StandInBackend
+from tests.test_node import NodeThread, frames_of
 
-__all__ = ["backend", "node"]  # the module-scoped model and node fixtures, shared with test_node
+
+@pytest.fixture(scope="module")
+def node(standin: StandInBackend) -> Iterator[NodeThread]:
+    """A node on the stand-in model: the contract is under test, not the mattes."""
+    server = NodeThread(standin)
+    yield server
+    server.stop()
+
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / "tests" / "node_client"
