@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rvm_node.errors import InvalidInputError, RvmNodeError
+from rvm_node.node.launch import spawn_node, spawn_server, stop_process
 
 __all__ = ["run_engine_bench"]
 
@@ -299,43 +300,11 @@ def _print_table(clip: str, rows: list[tuple[str, str]]) -> int:
     return 0
 
 
-def _spawn(command: list[str], what: str) -> tuple[Any, str]:
-    """A server subprocess and the address it printed on its first line once serving."""
-    import subprocess
-
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=os.environ.copy()
-    )
-    address = process.stdout.readline().strip() if process.stdout is not None else ""
-    if not address:
-        process.kill()
-        process.wait()
-        raise RvmNodeError(f"benchmark: {what} did not start ({' '.join(command[1:])})")
-    return process, address
-
-
-def _spawn_node(*options: str, pin_core: int | None = None) -> tuple[Any, str]:
-    """An `rvm-node serve --port 0` subprocess and the address it printed once serving."""
-    command = [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *options]
-    if pin_core is not None:
-        command = ["taskset", "-c", str(pin_core), *command]
-    return _spawn(command, "the node")
-
-
 def _spawn_standin(*options: str) -> tuple[Any, str]:
     """A benchmark stand-in server (``python -m rvm_node.bench_standins``) and its address."""
-    return _spawn([sys.executable, "-m", "rvm_node.bench_standins", "--port", "0", *options], "a stand-in")
-
-
-def _stop(process: Any) -> None:
-    import subprocess
-
-    process.terminate()
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    return spawn_server(
+        [sys.executable, "-m", "rvm_node.bench_standins", "--port", "0", *options], "a stand-in"
+    )
 
 
 _WINDOW = 3  # packed frames a stream keeps in flight (the window in bytes MatteStream.process_chunks takes)
@@ -555,7 +524,7 @@ def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
             ),
         ]
         for process, _ in servers:
-            stack.callback(_stop, process)
+            stack.callback(stop_process, process)
         channel = stack.enter_context(grpc.insecure_channel(servers[0][1], options=options))
         clients = [stack.enter_context(NodeClient(address)) for _, address in servers[1:]]
         for width, height in sizes:
@@ -660,15 +629,15 @@ def _inference_rows(args: argparse.Namespace, backend: Any) -> list[tuple[str, s
         pids: dict[str, int] = {}
         for flags in ("--batch off", "--batch 4 --batch-delay-ms 2"):
             try:
-                process, address = _spawn_node("--max-streams", "8", *model, *flags.split())
+                process, address = spawn_node("--max-streams", "8", *model, *flags.split())
             except RvmNodeError:
                 notes.append((f"`serve {flags}`", "not measured: this `rvm-node serve` does not take it"))
                 continue
-            stack.callback(_stop, process)
+            stack.callback(stop_process, process)
             clients[flags], pids[flags] = stack.enter_context(NodeClient(address)), process.pid
         if not clients:  # a serve without batch flags: batching is off on a CPU
-            process, address = _spawn_node("--max-streams", "8", *model)
-            stack.callback(_stop, process)
+            process, address = spawn_node("--max-streams", "8", *model)
+            stack.callback(stop_process, process)
             clients["(no flags)"], pids["(no flags)"] = stack.enter_context(NodeClient(address)), process.pid
         first = next(iter(clients))  # batching off: the shot and the memory rows
         policies = {flags: client.info().max_batch for flags, client in clients.items()}
@@ -800,7 +769,7 @@ def run_farm_bench(args: argparse.Namespace) -> int:
     clip = _upscaled_clip(352, 288, 120)
 
     def start(core: int) -> tuple[Any, str]:
-        return _spawn_node("--threads", "1", "--max-streams", "2", pin_core=core)
+        return spawn_node("--threads", "1", "--max-streams", "2", pin_core=core)
 
     def shots(root: Path, count: int, length: int) -> list[Shot]:
         return [

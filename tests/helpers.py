@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 
 from rvm_node.engine.session import MattingBackend
 from rvm_node.io.images import read_image
+from rvm_node.node import launch
 
 
 def run_frames(
@@ -34,18 +34,25 @@ def per_frame_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def spawn_node(*options: str) -> tuple[subprocess.Popen[str], str]:
     """A real `rvm-node serve --port 0` subprocess and the address it printed once SERVING."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", *options],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+    return launch.spawn_node(*options)
+
+
+def run_rvm_node(
+    *args: str, check: bool = True, timeout: float = 600, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``rvm-node ARGS...`` to completion, output captured as text; with ``check``, it must exit 0."""
+    result = subprocess.run(
+        launch.rvm_node_command(*args),
+        capture_output=True,
         text=True,
-        env=os.environ.copy(),
+        timeout=timeout,
+        env=kwargs.pop("env", os.environ.copy()),
+        check=False,
+        **kwargs,
     )
-    address = process.stdout.readline().strip() if process.stdout is not None else ""
-    if not address.startswith("127.0.0.1:"):
-        process.kill()
-        raise RuntimeError(f"rvm-node serve did not start: {address!r}")
-    return process, address
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
 
 
 def direct_matte(
@@ -53,10 +60,7 @@ def direct_matte(
 ) -> None:
     """The reference: rvm-node matte from the command line, same node, same frames."""
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rvm_node",
+        launch.rvm_node_command(
             "matte",
             "--input-source",
             str(source),
@@ -68,7 +72,7 @@ def direct_matte(
             str(out),
             "--quiet",
             *extra,
-        ],
+        ),
         check=True,
         capture_output=True,
         env=env,

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,18 +13,13 @@ import pytest
 
 from rvm_node.cli import EXIT_BACKEND, EXIT_INPUT, EXIT_USAGE, main
 from rvm_node.engine import weights
-from tests.helpers import spawn_node
+from tests.helpers import run_rvm_node, spawn_node
+
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
 
 def rvm_node(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rvm_node", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        check=False,
-        timeout=600,
-    )
+    return run_rvm_node(*args, check=False)
 
 
 def test_weights_fetch_prints_the_verified_path_last(official_onnx: Path) -> None:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +24,10 @@ from rvm_node.io.colour import ColourTransform
 from rvm_node.io.images import read_image, write_exr, write_image
 from rvm_node.io.sequence import FramePattern, parse_frame_range
 from rvm_node.io.writers import WriterSettings
+from rvm_node.node.launch import rvm_node_command
+from tests.helpers import run_rvm_node
+
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
 RATIO = 0.5
 
@@ -56,17 +59,7 @@ def read_exr(path: Path) -> dict[str, np.ndarray]:
 
 
 def rvm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "rvm_node", *args],
-        capture_output=True,
-        text=True,
-        env=os.environ.copy(),
-        timeout=600,
-        check=False,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr
-    return result
+    return run_rvm_node(*args, check=check)
 
 
 def test_sequence_frame_numbers_are_preserved(backend, plate_png: Path, tmp_path: Path) -> None:
@@ -406,7 +399,7 @@ def test_resume_after_sigkill(tmp_path: Path, clip: Path, backend) -> None:
         str(out),
         "--quiet",
     ]
-    process = subprocess.Popen([sys.executable, "-m", "rvm_node", *args], env=os.environ.copy())
+    process = subprocess.Popen(rvm_node_command(*args), env=os.environ.copy())
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(tmp_path.glob("m.*.exr"))) < 40:
         time.sleep(0.05)
@@ -684,10 +677,7 @@ def test_composition_over_a_background_video(backend, clip: Path, tmp_path: Path
 def test_interrupt_exits_130_and_keeps_complete_frames(tmp_path: Path, clip: Path, stop: int) -> None:
     """Ctrl-C, or SIGTERM as plugins send to cancel."""
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rvm_node",
+        rvm_node_command(
             "convert",
             "--input-source",
             str(clip),
@@ -696,7 +686,7 @@ def test_interrupt_exits_130_and_keeps_complete_frames(tmp_path: Path, clip: Pat
             "--output-alpha",
             str(tmp_path / "m.####.exr"),
             "--quiet",
-        ],
+        ),
         env=os.environ.copy(),
         stderr=subprocess.PIPE,
         text=True,
@@ -719,10 +709,7 @@ def test_memory_stays_flat_over_a_long_shot(tmp_path: Path) -> None:
     source = tmp_path / "long.mp4"
     make_av_clip(source, frames=10_000, audio=False, size=(32, 32))
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rvm_node",
+        rvm_node_command(
             "convert",
             "--input-source",
             str(source),
@@ -731,7 +718,7 @@ def test_memory_stays_flat_over_a_long_shot(tmp_path: Path) -> None:
             "--output-alpha",
             str(tmp_path / "alpha.mp4"),
             "--progress-json",
-        ],
+        ),
         env=os.environ.copy(),
         stdout=subprocess.PIPE,
         text=True,

@@ -24,6 +24,8 @@ from rvm_node.engine.torch_backend import cpu_has_bf16
 from tests.helpers import per_frame_max, run_frames
 from tests.test_parity import BOUND, official_reference
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 RATIO = 0.5
 
 

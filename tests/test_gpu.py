@@ -20,6 +20,7 @@ from rvm_node.node.scheduler import BatchPolicy, Scheduler
 DEVICE = os.environ.get("RVM_NODE_TEST_DEVICE", "cpu")
 pytestmark = [
     pytest.mark.gpu,
+    pytest.mark.slow,
     pytest.mark.skipif(
         not DEVICE.startswith("cuda"), reason="needs a CUDA device: run with RVM_NODE_TEST_DEVICE=cuda"
     ),

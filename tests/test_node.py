@@ -28,11 +28,14 @@ from rvm_node.errors import (
     NodeTimeoutError,
     NodeUnavailableError,
 )
+from rvm_node.node.launch import rvm_node_command
 from rvm_node.node.server import NodeServer, TlsFiles, start_node
 from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from tests.helpers import error_info, spawn_node
+
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
 RATIO = 0.5
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +62,10 @@ class NodeThread:
         while self.active and time.monotonic() < deadline:
             time.sleep(0.02)
         return self.active
+
+    def kill(self) -> None:
+        """Stop serving at once, as a crashed node would: streams are cut, not drained."""
+        asyncio.run_coroutine_threadsafe(self.node.server.stop(0), self.loop).result(30)
 
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self.node.drain(1), self.loop).result(30)
@@ -539,16 +546,13 @@ def test_matte_cli_equals_convert(node: NodeThread, tmp_path: Path) -> None:
     for command, out in (("matte", "node"), ("convert", "local")):
         extra = ["--node", node.address] if command == "matte" else []
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rvm_node",
+            rvm_node_command(
                 command,
                 *common,
                 *extra,
                 "--output-alpha",
                 str(tmp_path / out / "m.####.png"),
-            ],
+            ),
             capture_output=True,
             text=True,
             env=os.environ.copy(),
@@ -671,10 +675,7 @@ def test_matte_killed_then_resumed_equals_an_uninterrupted_run(node: NodeThread,
     )
     run = tmp_path / "run"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rvm_node",
+        rvm_node_command(
             "matte",
             "--node",
             node.address,
@@ -687,7 +688,7 @@ def test_matte_killed_then_resumed_equals_an_uninterrupted_run(node: NodeThread,
             "--output-alpha",
             str(run / "m.####.png"),
             "--quiet",
-        ],
+        ),
         env=os.environ.copy(),
     )
     deadline = time.monotonic() + 120
@@ -753,7 +754,7 @@ def test_structured_logs(clip_frames: np.ndarray) -> None:
     import json
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", "--log-format", "json"],
+        rvm_node_command("serve", "--port", "0", "--log-format", "json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import pytest
 
 from rvm_node.client import NodeClient
 from rvm_node.errors import NodeBusyError, NodeProtocolError, NodeRejectedError, NonFiniteSamplesError
+from rvm_node.node.launch import rvm_node_command
 from rvm_node.node.protocol import state_to_message
 from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
@@ -444,7 +444,7 @@ def test_refusals_carry_retry_info_and_are_counted(backend: Any, clip_frames: np
 
 def test_serve_prints_the_metrics_port_it_bound() -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "rvm_node", "serve", "--port", "0", "--metrics-port", "0"],
+        rvm_node_command("serve", "--port", "0", "--metrics-port", "0"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

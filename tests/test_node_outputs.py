@@ -17,6 +17,8 @@ from rvm_node.io.sequence import FramePattern, FrameRange
 from rvm_node.io.writers import SequenceWriter, VideoWriter, WriterSettings
 from tests.test_node import NodeThread, backend, node
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 __all__ = ["backend", "node"]  # the module-scoped model and node fixtures, shared with test_node
 
 FRAMES = FrameRange(1, 6)

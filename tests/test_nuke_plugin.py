@@ -23,6 +23,8 @@ from rvm_node.io.images import read_image, write_image  # noqa: E402
 from rvm_node.io.sequence import parse_frame_range  # noqa: E402
 from tests.helpers import spawn_node  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 
 @pytest.fixture(scope="module")
 def node_address() -> Iterator[str]:

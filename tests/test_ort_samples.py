@@ -15,6 +15,8 @@ from rvm_node.engine.samples import OutputSpec, to_samples, to_unit_float
 from rvm_node.errors import InvalidInputError
 from tests.test_samples import FORMATS, edge_values
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 
 def _run_nodes(nodes: list[Any], source: np.ndarray, source_type: int, target_type: int) -> np.ndarray:
     """A graph of just ``nodes`` (reading ``src``, writing ``out``), run in onnxruntime on the CPU."""

@@ -16,6 +16,8 @@ import pytest
 from rvm_node.engine.loader import load_model
 from tests.helpers import per_frame_max, run_frames
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 BOUND = 2e-4
 RATIOS = (0.4, 0.75)
 

@@ -53,6 +53,7 @@ def test_the_rule_rounds_half_to_even_and_clips() -> None:
     assert finest_format(["uint8", "uint16"]) == "float32"
 
 
+@pytest.mark.slow  # the real model
 @pytest.mark.parametrize("backend_name", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_backends_return_what_the_spec_asks_for(backend_name: str, fmt: str, clip_frames: np.ndarray) -> None:
@@ -68,6 +69,7 @@ def test_backends_return_what_the_spec_asks_for(backend_name: str, fmt: str, cli
         assert out.fgr is None
 
 
+@pytest.mark.slow  # the real model
 def test_torch_raw_input_path_equals_host_float_input(clip_frames: np.ndarray) -> None:
     """A GPU backend takes uint8 frames and scales them on the device; on the CPU the same code runs here."""
     backend = load_model(backend="torch")
@@ -78,6 +80,7 @@ def test_torch_raw_input_path_equals_host_float_input(clip_frames: np.ndarray) -
     assert np.array_equal(pha_a, pha_b) and np.array_equal(fgr_a, fgr_b)
 
 
+@pytest.mark.slow  # the real model
 def test_torch_state_stacking_equals_the_host_default(clip_frames: np.ndarray) -> None:
     from rvm_node.engine.session import MattingBackend
 

@@ -15,6 +15,8 @@ from rvm_node.engine.session import MattingBackend, RecurrentState
 from rvm_node.errors import InvalidInputError, ResolutionChangedError
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 RATIO = 0.5
 
 

@@ -14,6 +14,8 @@ from rvm_node import (
 from rvm_node.engine.session import check_downsample_ratio
 from tests.helpers import per_frame_max, run_frames
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 RATIO = 0.5
 
 

@@ -16,6 +16,8 @@ from rvm_node.engine.session import RecurrentState
 from rvm_node.engine.states import check_state, state_shapes
 from rvm_node.errors import StateMismatchError
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 
 @pytest.fixture(scope="module")
 def backend() -> Any:

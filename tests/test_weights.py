@@ -23,6 +23,8 @@ from rvm_node.engine import weights
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.onnx_import import SEGMENTATION_KEYS, state_dict_from_onnx
 
+pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
+
 DATA = Path(__file__).parent / "data"
 
 

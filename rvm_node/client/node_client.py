@@ -148,7 +148,13 @@ class ChunkReply:
 
 
 class NodeClient:
-    """One node at ``address`` (host:port), optionally with a bearer token and TLS."""
+    """One node at ``address`` (host:port), optionally with a bearer token and TLS.
+
+    ``channel``: a ``grpc.Channel`` to use instead of one the client makes
+    (an intercepted channel, one with custom options or credentials, a test
+    double); ``address`` then only names the node in messages, and TLS and
+    message-size options are the channel's own.
+    """
 
     def __init__(
         self,
@@ -160,13 +166,16 @@ class NodeClient:
         max_message_bytes: int = 64 * 1024 * 1024,
         retries: int = 3,
         backoff: float = 0.5,
+        channel: grpc.Channel | None = None,
     ) -> None:
         self.address = address
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        if root_certificates is not None or client_certificate is not None:
+        if channel is not None:
+            self._channel = channel
+        elif root_certificates is not None or client_certificate is not None:
             key, chain = client_certificate or (None, None)
             credentials = grpc.ssl_channel_credentials(root_certificates, key, chain)
             self._channel = grpc.secure_channel(address, credentials, options=options)

@@ -34,7 +34,7 @@ from rvm_node.errors import (
     NodeRejectedError,
     RvmNodeError,
 )
-from rvm_node.events import EventKind, ProgressEvent, eta_of
+from rvm_node.events import ENDS, EventKind, ProgressEvent, eta_of
 from rvm_node.farm.pool import FarmNode, NodePool
 from rvm_node.farm.shots import Shot
 
@@ -68,6 +68,11 @@ class FarmEvent:
     def eta(self) -> float | None:
         """Seconds left for this shot at the current rate, when its length is known."""
         return eta_of(self.result.frames, self.result.total, self.fps)
+
+    @property
+    def final(self) -> bool:
+        """True for the shot's last event (done, failed or cancelled)."""
+        return self.kind in ENDS
 
     def progress(self) -> ProgressEvent:
         """The event in the one progress-event schema (what ``farm run --progress-json`` prints)."""

@@ -1,0 +1,209 @@
+"""Converter, client and farm logic on the stand-in model (``tests/standin.py``): no weights, no inference.
+
+The real example clip, real PyAV decoding, real writers and real nodes on 127.0.0.1; only the network is
+a stand-in, so these run in seconds. What they check is bookkeeping: frame order and numbering, the state
+carried from chunk to chunk and across a resume, a shot moved between nodes, a rejected shot.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from rvm_node.client import NodeClient, RemoteBackend, matte_shot
+from rvm_node.convert import ConvertJob, convert_video, run_job
+from rvm_node.engine.samples import to_samples
+from rvm_node.errors import JobCancelledError
+from rvm_node.farm import NodePool, load_shot_list, run_shots
+from rvm_node.io.images import read_image
+from rvm_node.io.sequence import FrameRange
+from rvm_node.node.service import Limits
+from tests.standin import StandInBackend, expected_alpha
+from tests.test_node import NodeThread
+
+
+@pytest.fixture(scope="module")
+def clip(weights_cache: Path) -> Path:
+    from rvm_node.example import example_clip
+
+    return example_clip()
+
+
+@pytest.fixture(scope="module")
+def nodes(standin: StandInBackend) -> Iterator[list[NodeThread]]:
+    servers = [NodeThread(standin, limits=Limits(max_streams=2)) for _ in range(2)]
+    yield servers
+    for server in servers:
+        server.stop()
+
+
+def _pngs(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("*.png"))}
+
+
+def test_the_converter_writes_every_frame_in_order_with_the_state_carried(
+    standin: StandInBackend, clip: Path, clip_frames: np.ndarray, tmp_path: Path
+) -> None:
+    convert_video(
+        standin,
+        clip,
+        output_alpha=tmp_path / "m.####.png",
+        frames=FrameRange(1, 12),
+        seq_chunk=5,
+        progress=False,
+    )
+    frames = clip_frames[:12].astype(np.float32) * np.float32(1 / 255)  # frames 1..12: the clip counts from 1
+    expected = to_samples(expected_alpha(frames), "uint16")[:, 0]
+    written = np.stack([read_image(tmp_path / f"m.{n:04d}.png").pixels for n in range(1, 13)])
+    assert written.shape == (12, 144, 176, 3)  # alpha PNGs are RGB
+    assert np.array_equal(written[..., 0], expected)
+
+
+def test_a_cancelled_convert_resumed_from_its_checkpoint_equals_one_run(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    options: dict[str, Any] = {"frames": FrameRange(1, 30), "seq_chunk": 4, "progress": False}
+    convert_video(standin, clip, output_alpha=tmp_path / "one" / "m.####.png", **options)
+    cancel = threading.Event()
+    job = ConvertJob(
+        backend=standin,
+        input_source=str(clip),
+        outputs={"alpha": str(tmp_path / "two" / "m.####.png")},
+        frames=FrameRange(1, 30),
+        seq_chunk=4,
+        state_every=5,
+        progress="off",
+        cancel=cancel,
+        on_frame=lambda n: cancel.set() if n == 17 else None,
+    )
+    with pytest.raises(JobCancelledError):
+        run_job(job)
+    assert 17 <= len(_pngs(tmp_path / "two")) < 30
+    report = convert_video(
+        standin, clip, output_alpha=tmp_path / "two" / "m.####.png", resume=True, **options
+    )
+    assert report.resumed_from_checkpoint  # continued from the checkpoint, not from a warm-up
+    assert _pngs(tmp_path / "two") == _pngs(tmp_path / "one")
+
+
+def test_a_shot_on_a_node_equals_the_local_convert(
+    nodes: list[NodeThread], standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    options: dict[str, Any] = {"frames": FrameRange(3, 20), "seq_chunk": 3, "progress": False}
+    convert_video(standin, clip, output_alpha=tmp_path / "local" / "m.####.exr", **options)
+    with NodeClient(nodes[0].address) as client:
+        matte_shot(client, clip, output_alpha=tmp_path / "node" / "m.####.exr", **options)
+    local = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()}
+    assert local and local == {p.name: p.read_bytes() for p in (tmp_path / "node").iterdir()}
+
+
+class _Recorder(grpc.UnaryUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):  # type: ignore[misc]
+    """Notes every call that goes through the channel it is installed on."""
+
+    def __init__(self) -> None:
+        self.methods: list[str] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.methods.append(details.method)
+        return continuation(details, request)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        self.methods.append(details.method)
+        return continuation(details, requests)
+
+
+def test_the_client_uses_the_channel_it_is_given(nodes: list[NodeThread], clip_frames: np.ndarray) -> None:
+    recorder = _Recorder()
+    channel = grpc.intercept_channel(grpc.insecure_channel(nodes[0].address), recorder)
+    with NodeClient("the-node", channel=channel) as client:
+        assert client.info().backend == "stand-in"
+        backend = RemoteBackend(client)
+        out = backend.new_session(0.5).process(clip_frames[:2])
+    assert out.pha.shape == (2, 1, 144, 176)
+    assert recorder.methods[0] == "/rvm_node.v1.MattingService/GetNodeInfo"
+    assert recorder.methods.count("/rvm_node.v1.MattingService/Matte") == 1  # the stream went through it too
+
+
+def _shot_list(path: Path, clip: Path, out: Path, shots: dict[str, str]) -> Path:
+    lines = [
+        "[defaults]",
+        f'input = "{clip}"',
+        "downsample_ratio = 0.5",
+        f'output_alpha = "{out}/{{shot}}/m.####.png"',
+    ]
+    for name, frames in shots.items():
+        lines += ["[[shot]]", f'name = "{name}"', f'frames = "{frames}"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_shots_spread_over_nodes_and_one_moved_off_a_dying_node_has_no_seam(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    shots = {"a": "1-36", "b": "37-48", "c": "49-60"}
+    servers = [NodeThread(standin, limits=Limits(max_streams=1)) for _ in range(2)]
+    pool = NodePool([s.address for s in servers], cooldown=60)
+    killed: list[str] = []
+    try:
+        events = []
+        for event in run_shots(
+            load_shot_list(_shot_list(tmp_path / "s.toml", clip, tmp_path / "out", shots)),
+            pool,
+            backoff=0.05,
+            checkpoint_every=5,
+        ):
+            events.append(event)
+            if event.shot == "a" and event.kind == "frame" and event.result.frames == 12 and not killed:
+                victim = next(s for s in servers if s.address == event.node)
+                victim.kill()
+                killed.append(victim.address)
+    finally:
+        pool.close()
+        for server in servers:
+            server.stop()
+    finals = {e.shot: e for e in events if e.final}
+    assert {name: e.kind for name, e in finals.items()} == dict.fromkeys(shots, "done")
+    assert finals["a"].result.retries == 1 and finals["a"].result.nodes[0] == killed[0]
+    kinds = [e.kind for e in events if e.shot == "a"]
+    assert kinds[0] == "started" and "retry" in kinds and kinds[-1] == "done"
+    for name, frames in shots.items():
+        first, last = (int(x) for x in frames.split("-"))
+        convert_video(
+            standin,
+            clip,
+            output_alpha=tmp_path / "ref" / name / "m.####.png",
+            frames=FrameRange(first, last),
+            downsample_ratio=0.5,
+            progress=False,
+        )
+        assert _pngs(tmp_path / "out" / name) == _pngs(tmp_path / "ref" / name), name
+
+
+def test_a_shot_the_nodes_refuse_fails_once_and_the_nodes_stay_up(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    servers = [
+        NodeThread(standin, limits=Limits(max_frame_pixels=20_000)) for _ in range(2)
+    ]  # 176x144 > 20,000
+    pool = NodePool([s.address for s in servers])
+    try:
+        finals = [
+            e
+            for e in run_shots(
+                load_shot_list(_shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {"big": "1-4"})), pool
+            )
+            if e.final
+        ]
+        assert all(node.down_until == 0.0 for node in pool.nodes)
+    finally:
+        pool.close()
+        for server in servers:
+            server.stop()
+    assert [(e.kind, e.result.retries, len(e.result.nodes)) for e in finals] == [("failed", 0, 1)]
+    assert "exceeds this node's limits" in finals[0].message
