@@ -1,6 +1,6 @@
 """Stand-ins for ``rvm-node bench node``; ``rvm-node serve`` never serves them.
 
-``python -m rvm_node.bench_standins --standin constant --port 0`` serves the
+``python -m rvm_node.bench.standins --standin constant --port 0`` serves the
 real node (service, scheduler, wire formats) over :class:`ConstantMatteBackend`,
 which runs no network: every frame gets one precomputed matte, already in the
 sample format asked for, as a GPU backend that converts on the device returns
@@ -224,7 +224,7 @@ async def _serve_echo(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m rvm_node.bench_standins", description="benchmark stand-ins for `rvm-node bench node`"
+        prog="python -m rvm_node.bench.standins", description="benchmark stand-ins for `rvm-node bench node`"
     )
     parser.add_argument("--standin", choices=["constant", "echo"], required=True)
     parser.add_argument("--host", default="127.0.0.1")

@@ -1,0 +1,446 @@
+"""``rvm-node bench node``: the render node's serving path against a bare gRPC echo, and real inference.
+
+Rows (b) and (c) use benchmark-only stand-ins (:mod:`rvm_node.bench.standins`), never reachable from
+``rvm-node serve``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rvm_node.bench.common import (
+    concurrently,
+    machine,
+    markdown,
+    parse_frame_sizes,
+    parse_one_size,
+    rss_mb,
+    spread,
+    tensor_rate,
+    upscaled_clip,
+)
+from rvm_node.errors import InvalidInputError, RvmNodeError
+from rvm_node.node.launch import spawn_node, spawn_server, stop_process
+
+__all__ = ["run_node_bench"]
+
+
+def _spawn_standin(*options: str) -> tuple[Any, str]:
+    """A benchmark stand-in server (``python -m rvm_node.bench.standins``) and its address."""
+    return spawn_server(
+        [sys.executable, "-m", "rvm_node.bench.standins", "--port", "0", *options], "a stand-in"
+    )
+
+
+_WINDOW = 3  # packed frames a stream keeps in flight (the window in bytes MatteStream.process_chunks takes)
+
+
+_SIMULATED_BATCH = ("--max-batch", "4", "--batch-delay-ms", "2")
+
+
+_MB = 1e6
+
+
+@dataclass(frozen=True)
+class _Wire:
+    """Frames of one size, packed with one transport in both directions; a window of ``window`` bytes."""
+
+    width: int
+    height: int
+    transport: str
+    window: int
+
+
+def _wire_frames(width: int, height: int, count: int) -> list[np.ndarray]:
+    """``count`` frames of the example clip scaled to ``width`` x ``height``: ``HxWx3`` uint8 pictures."""
+    import av
+
+    from rvm_node.example import example_clip, read_video_frames
+
+    frames, _ = read_video_frames(example_clip(), limit=count)
+    return [
+        av.VideoFrame.from_ndarray(np.ascontiguousarray(frame.transpose(1, 2, 0)), format="rgb24")
+        .reformat(width=width, height=height)
+        .to_ndarray()
+        for frame in frames
+    ]
+
+
+def _echo_stream(channel: Any, wire: _Wire, frames: list[np.ndarray]) -> None:
+    """One echo stream, driven as MatteStream.process_chunks drives a node stream: a queue, a window of bytes."""
+    import queue
+    from collections import deque
+
+    from rvm_node.bench.standins import ECHO_METHOD
+    from rvm_node.node.protocol import TRANSPORTS, pack, unpack
+
+    transport = TRANSPORTS[wire.transport]
+    requests: queue.Queue[bytes | None] = queue.Queue()
+
+    def outgoing() -> Iterator[bytes]:
+        while (item := requests.get()) is not None:
+            yield item
+
+    settings = (("width", str(wire.width)), ("height", str(wire.height)), ("transport", wire.transport))
+    replies = iter(channel.stream_stream(ECHO_METHOD)(outgoing(), metadata=settings))
+    pending: deque[int] = deque()
+    in_flight = 0
+
+    def receive() -> None:
+        nonlocal in_flight
+        unpack(next(replies), transport, np.dtype("<u2"), (wire.height, wire.width), "echo reply")
+        in_flight -= pending.popleft()
+
+    for frame in frames:
+        data = pack(frame, transport)
+        requests.put(data)
+        pending.append(len(data))
+        in_flight += len(data)
+        while len(pending) > 1 and in_flight > wire.window:
+            receive()
+    while pending:
+        receive()
+    requests.put(None)
+    for _ in replies:
+        pass
+
+
+def _node_stream(client: Any, wire: _Wire, frames: list[np.ndarray], ratio: float = 0.25) -> None:
+    """One stream through a node: uint8 RGB in, uint16 alpha back, one frame per chunk."""
+    from rvm_node.client.node_client import StreamChunk
+
+    with client.open_stream(
+        width=wire.width,
+        height=wire.height,
+        input_format="uint8",
+        output_format="uint16",
+        planes=("alpha",),
+        downsample_ratio=ratio,
+        transport=wire.transport,
+        return_transport=wire.transport,
+    ) as stream:
+        chunks = (StreamChunk([(number, frame)]) for number, frame in enumerate(frames))
+        for _ in stream.process_chunks(chunks, window_bytes=wire.window):
+            pass
+
+
+def _interleaved(
+    runs: list[Callable[[list[np.ndarray]], None]],
+    streams: int,
+    frames: list[np.ndarray],
+    rounds: int,
+    busy_file: Path,
+) -> tuple[list[list[float]], list[float]]:
+    """Aggregate frames/s of each run per round (A, B, C, A, B, C, ...) and the last run's device-busy fractions.
+
+    Each run is warmed up first (connections, the mattes of this size).
+    """
+    from rvm_node.bench.standins import read_busy
+
+    for run in runs:
+        concurrently(streams, functools.partial(run, frames[:2]))
+    rates: list[list[float]] = [[] for _ in runs]
+    busy: list[float] = []
+    for _ in range(rounds):
+        for index, run in enumerate(runs):
+            before = read_busy(busy_file)
+            seconds = concurrently(streams, functools.partial(run, frames))
+            rates[index].append(streams * len(frames) / seconds)
+            if index == len(runs) - 1:
+                busy.append((read_busy(busy_file) - before) / seconds)
+    return rates, busy
+
+
+def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
+    """(a) echo, (b) node over the constant stand-in, (c) the same with a simulated device; interleaved."""
+    import contextlib
+    import tempfile
+
+    import grpc
+
+    from rvm_node.bench.standins import STANDIN_NAME, echo_reply, parse_device_ms
+    from rvm_node.client import NodeClient
+    from rvm_node.node.protocol import TRANSPORTS, pack
+
+    sizes = parse_frame_sizes(args.sizes)
+    fixed, per_stream = parse_device_ms(args.device_ms)
+    simulated = f"simulated device: a pass of N ≤ 4 streams sleeps {fixed:g} + {per_stream:g}·N ms"
+    paths = [
+        "(a) bare gRPC echo (ceiling)",
+        f"(b) node, {STANDIN_NAME}",
+        f"(c) node, {STANDIN_NAME}; {simulated}",
+    ]
+    header = [
+        "size",
+        "frames/stream",
+        "streams",
+        "transport",
+        "path",
+        "frames/s",
+        "MB/frame in",
+        "MB/frame out",
+        "(b) / (a)",
+        "device busy",
+    ]
+    rows: list[list[str]] = []
+    limit = 64 * 1024 * 1024
+    options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+    with contextlib.ExitStack() as stack:
+        busy_file = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rvm-bench-"))) / "busy"
+        servers = [
+            _spawn_standin("--standin", "echo"),
+            _spawn_standin("--standin", "constant"),
+            _spawn_standin(
+                "--standin",
+                "constant",
+                "--device-ms",
+                args.device_ms,
+                "--busy-file",
+                str(busy_file),
+                *_SIMULATED_BATCH,
+            ),
+        ]
+        for process, _ in servers:
+            stack.callback(stop_process, process)
+        channel = stack.enter_context(grpc.insecure_channel(servers[0][1], options=options))
+        clients = [stack.enter_context(NodeClient(address)) for _, address in servers[1:]]
+        for width, height in sizes:
+            count = max(8, round(args.stream_frames * 1920 * 1080 / (width * height)))
+            frames = _wire_frames(width, height, count)
+            for transport in ("raw", "zstd"):
+                packed = statistics.mean(len(pack(f, TRANSPORTS[transport])) for f in frames)
+                wire = _Wire(width, height, transport, int(_WINDOW * packed))
+                out_mb = len(echo_reply(height, width, transport)) / _MB
+                for streams in (1, 4):
+                    runs: list[Callable[[list[np.ndarray]], None]] = [
+                        functools.partial(_echo_stream, channel, wire),
+                        functools.partial(_node_stream, clients[0], wire),
+                        functools.partial(_node_stream, clients[1], wire),
+                    ]
+                    rates, busy = _interleaved(runs, streams, frames, args.rounds, busy_file)
+                    echo = statistics.median(rates[0])
+                    for index, path in enumerate(paths):
+                        ratio = f"{statistics.median(rates[1]) / echo:.2f}x" if index == 1 else ""
+                        rows.append(
+                            [
+                                f"{width}x{height}",
+                                str(len(frames)),
+                                str(streams),
+                                transport,
+                                path,
+                                spread(rates[index]),
+                                f"{packed / _MB:.2f}",
+                                f"{out_mb:.3f}",
+                                ratio,
+                                f"{statistics.median(busy):.0%}" if index == 2 else "",
+                            ]
+                        )
+                    print(
+                        f"  {width}x{height} {streams} stream(s) {transport}: "
+                        + ", ".join(f"{statistics.median(r):.1f}" for r in rates)
+                        + " frames/s",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    return header, rows
+
+
+def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
+    """Frames/s of one shot as `rvm-node matte` runs it: decode here, matte on the node, 16-bit PNG alpha."""
+    import tempfile
+
+    from rvm_node.client import RemoteBackend
+    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert.pipeline import encoder_threads
+
+    with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
+        job = ConvertJob(
+            backend=RemoteBackend(client),
+            input_source=str(clip),
+            downsample_ratio=ratio,
+            outputs={"alpha": str(Path(tmp) / "m.####.png")},
+            seq_chunk=8,
+            num_workers=encoder_threads(),
+            progress="off",
+        )
+        start = time.perf_counter()
+        run_job(job)
+        return frames / (time.perf_counter() - start)
+
+
+def _long_stream(client: Any, pid: int, frames: int) -> tuple[float, float]:
+    """The node's RSS (MB) after the first tenth of one ``frames``-long 176x144 stream and at its end."""
+    from rvm_node.client.node_client import StreamChunk
+
+    pixels = np.zeros((144, 176, 3), np.uint8)
+    early = 0.0
+    with client.open_stream(width=176, height=144, output_format="uint16", planes=("alpha",)) as stream:
+        chunks = (
+            StreamChunk([(i, pixels) for i in range(n, min(n + 8, frames))]) for n in range(0, frames, 8)
+        )
+        for reply in stream.process_chunks(chunks, window_bytes=4 * 8 * pixels.nbytes):
+            if not early and reply.results[-1].number >= frames // 10:
+                early = rss_mb(pid)
+    return early, rss_mb(pid)
+
+
+def _inference_rows(args: argparse.Namespace, backend: Any) -> list[tuple[str, str]]:
+    """(d) `rvm-node serve`, batching off and on, the end-to-end shot, and memory; ``backend`` is the
+    in-process model of the same kind the nodes load."""
+    import contextlib
+
+    from rvm_node.client import NodeClient
+    from rvm_node.engine.samples import OutputSpec
+    from rvm_node.io.sources import open_source
+
+    width, height = parse_one_size(args.size, "--size")
+    clip = upscaled_clip(width, height, args.frames)
+    frames = [f.pixels for f in open_source(clip).frames()]
+    ratio = args.downsample_ratio
+    wire = _Wire(width, height, "raw", _WINDOW * width * height * 3)
+    model = ("--backend", args.backend, "--device", args.device)
+    shot_outputs = OutputSpec(foreground=False, sample_format="uint16")  # what the shot's 16-bit PNGs need
+    notes: list[tuple[str, str]] = []
+    with contextlib.ExitStack() as stack:
+        clients: dict[str, Any] = {}
+        pids: dict[str, int] = {}
+        for flags in ("--batch off", "--batch 4 --batch-delay-ms 2"):
+            try:
+                process, address = spawn_node("--max-streams", "8", *model, *flags.split())
+            except RvmNodeError:
+                notes.append((f"`serve {flags}`", "not measured: this `rvm-node serve` does not take it"))
+                continue
+            stack.callback(stop_process, process)
+            clients[flags], pids[flags] = stack.enter_context(NodeClient(address)), process.pid
+        if not clients:  # a serve without batch flags: batching is off on a CPU
+            process, address = spawn_node("--max-streams", "8", *model)
+            stack.callback(stop_process, process)
+            clients["(no flags)"], pids["(no flags)"] = stack.enter_context(NodeClient(address)), process.pid
+        first = next(iter(clients))  # batching off: the shot and the memory rows
+        policies = {flags: client.info().max_batch for flags, client in clients.items()}
+        tensor: list[float] = []
+        shot: list[float] = []
+        streams: dict[tuple[str, int], list[float]] = {}
+        for _ in range(args.rounds):
+            tensor.append(tensor_rate(backend, frames, ratio, shot_outputs))
+            shot.append(_shot_rate(clients[first], clip, ratio, len(frames)))
+            for flags, client in clients.items():
+                for count in (1, 4):
+                    seconds = concurrently(
+                        count, functools.partial(_node_stream, client, wire, frames, ratio)
+                    )
+                    streams.setdefault((flags, count), []).append(count * len(frames) / seconds)
+        reference = statistics.median(tensor)
+        rows = [
+            (
+                f"engine tensor throughput, in process ({backend.name} on {args.device}, the node's options, "
+                "uint16 alpha)",
+                f"{spread(tensor, 2)} frames/s (1.00x)",
+            ),
+            *notes,
+        ]
+        end_to_end = statistics.median(shot) / reference
+        verdict = "met" if end_to_end >= 0.85 else "not met"
+        rows.append(
+            (
+                "one shot end to end (`rvm-node matte`): decode, node, 16-bit PNG alpha, seq_chunk 8",
+                f"{spread(shot, 2)} frames/s ({end_to_end:.2f}x; goal ≥ 0.85x: {verdict})",
+            )
+        )
+        for (flags, count), rates in streams.items():
+            rate = statistics.median(rates)
+            rows.append(
+                (
+                    f"{count} stream(s), `serve {flags}` (node reports max batch {policies[flags]}), aggregate",
+                    f"{spread(rates, 2)} frames/s ({rate / reference:.2f}x)",
+                )
+            )
+        small = [(i, np.zeros((144, 176, 3), np.uint8)) for i in range(3)]
+
+        def short_stream() -> None:
+            with clients[first].open_stream(width=176, height=144) as stream:
+                for _ in stream.process(small):
+                    pass
+
+        short_stream()
+        after_one = rss_mb(pids[first])
+        for _ in range(99):
+            short_stream()
+        after_hundred = rss_mb(pids[first])
+        rows.append(
+            (
+                f"node RSS (`serve {first}`) after 1 stream / after 100 streams",
+                f"{after_one:.0f} MB / {after_hundred:.0f} MB",
+            )
+        )
+        if args.long_stream_frames > 0:
+            batching = list(clients)[-1]
+            early, late = _long_stream(clients[batching], pids[batching], args.long_stream_frames)
+            rows.append(
+                (
+                    f"node RSS (`serve {batching}`) over one {args.long_stream_frames}-frame 176x144 stream: "
+                    "after its first tenth / at its end",
+                    f"{early:.0f} MB / {late:.0f} MB",
+                )
+            )
+    return rows
+
+
+def run_node_bench(args: argparse.Namespace) -> int:
+    """The serving path against its ceiling and against real inference, in one run.
+
+    (a) a bare gRPC echo, (b) the node over a stand-in that returns a constant
+    matte, (c) the same stand-in with a simulated device, at each of
+    ``--sizes``, for 1 and 4 streams, raw and zstd; configurations interleaved
+    round by round, medians reported. (d) `rvm-node serve` with onnxruntime at
+    ``--size``: streams with batching off and on, one shot end to end against
+    the in-process tensor rate, and the node's memory after many streams.
+    """
+    from rvm_node.bench.standins import parse_device_ms
+    from rvm_node.engine.session import check_downsample_ratio
+
+    if args.rounds < 1 or args.stream_frames < 1 or args.frames < 1:
+        raise InvalidInputError("--rounds, --stream-frames and --frames must be >= 1")
+    if args.long_stream_frames < 0:
+        raise InvalidInputError(f"--long-stream-frames: expected 0 or more, got {args.long_stream_frames}")
+    parse_frame_sizes(args.sizes)  # every option is checked before the first measurement
+    parse_one_size(args.size, "--size")
+    parse_device_ms(args.device_ms)
+    check_downsample_ratio(args.downsample_ratio, "--downsample-ratio")
+    from rvm_node.engine.loader import load_model, shared_cpu_options
+
+    backend = load_model(  # an unusable device is refused here, before the first measurement
+        backend=args.backend,
+        device=args.device,
+        options=shared_cpu_options(args.backend) if args.device == "cpu" else None,
+    )
+    started = time.perf_counter()
+    header, standin_rows = _standin_table(args)
+    inference_rows = _inference_rows(args, backend)
+    print(f"Machine: {machine()}")
+    print(
+        f"Node and client on loopback, the client's streams on threads of one process. (a)–(c): the example "
+        f"clip scaled to each size, uint8 RGB in, uint16 alpha back; {args.stream_frames} frames per stream at "
+        f"1920x1080 (fewer at larger sizes, at least 8); a window of {_WINDOW} packed frames per stream; median "
+        f"(min–max) of {args.rounds} rounds, (a), (b), (c) interleaved; MB = 10^6 bytes. Rows (b) and (c) are stand-ins: "
+        "the real node and client, but a backend that runs no network."
+    )
+    markdown(header, standin_rows)
+    print()
+    print(
+        f"(d) real inference on this CPU: the example clip re-encoded at {args.size}, {args.frames} frames, "
+        f"ratio {args.downsample_ratio}; `rvm-node serve` with onnxruntime; median (min–max) of {args.rounds} rounds."
+    )
+    markdown(["measurement", "result"], [list(row) for row in inference_rows])
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    return 0
