@@ -1,6 +1,13 @@
 """Atomic file writes: a temporary file in the same directory, fsync, then rename.
 
 A crashed or killed job never leaves a partial file under its final name.
+
+The temporary-file contract, which the converter, the node's clients and the
+plugins share: a temporary of ``<stem><ext>`` is named
+``.<stem>.<token><TEMPORARY_MARK><ext>`` beside it (the token has no dots).
+:func:`temporary_owner` reads the final name back from a temporary's name,
+and :func:`remove_temporaries` deletes only the temporaries of the files a
+caller owns, never those another job may be writing in the same folder.
 """
 
 from __future__ import annotations
@@ -10,14 +17,54 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["atomic_write", "atomic_write_bytes", "is_temporary"]
+__all__ = [
+    "TEMPORARY_MARK",
+    "atomic_write",
+    "atomic_write_bytes",
+    "is_temporary",
+    "remove_temporaries",
+    "temporary_owner",
+    "temporary_path",
+]
 
-_TMP_MARK = ".rvmtmp"
+TEMPORARY_MARK = ".rvmtmp"
 
 
 def is_temporary(path: Path) -> bool:
-    """True for the temporary files :func:`atomic_write` creates (left behind only by a crash)."""
-    return _TMP_MARK in path.name
+    """True for the temporary files rvm-node writes (left behind only by a crash)."""
+    return temporary_owner(path.name) is not None
+
+
+def temporary_path(path: Path, token: str) -> Path:
+    """The temporary name for ``path`` with ``token`` (no dots), beside it."""
+    return path.with_name(f".{path.stem}.{token}{TEMPORARY_MARK}{path.suffix}")
+
+
+def temporary_owner(name: str) -> str | None:
+    """The final file name a temporary's ``name`` stands for, or None if it is no temporary of ours."""
+    if not name.startswith(".") or TEMPORARY_MARK not in name:
+        return None
+    head, _, ext = name[1:].rpartition(TEMPORARY_MARK)
+    stem, dot, _token = head.rpartition(".")
+    return f"{stem}{ext}" if dot and stem else None
+
+
+def remove_temporaries(directory: Path, owned: Callable[[str], bool]) -> int:
+    """Delete the temporaries in ``directory`` of the final names ``owned`` accepts; how many went."""
+    removed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        final = temporary_owner(entry.name)
+        if final is not None and owned(final):
+            try:
+                entry.unlink()
+                removed += 1
+            except OSError:
+                pass
+    return removed
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -27,7 +74,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     (EXR, PNG, video muxers) see the right one.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f"{_TMP_MARK}{path.suffix}", dir=path.parent)
+    fd, name = tempfile.mkstemp(
+        prefix=f".{path.stem}.", suffix=f"{TEMPORARY_MARK}{path.suffix}", dir=path.parent
+    )
     os.close(fd)
     tmp = Path(name)
     try:

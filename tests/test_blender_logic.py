@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "blende
 from rvm_blender import command, process, shots
 from rvm_blender.shots import FrameMap, PluginError, ShotRequest
 
-from rvm_node.events import KINDS, ProgressEvent
+from rvm_node.events import ProgressEvent
 from rvm_node.farm import load_shot_list
 
 
@@ -247,10 +247,6 @@ def test_progress_lines_from_matte_and_farm(tmp_path: Path) -> None:
     assert run.done == 5 and "5/8 frames" in run.status_text()
 
 
-def test_the_add_on_knows_every_kind_of_event() -> None:
-    assert process._KINDS == KINDS  # the add-on cannot import rvm-node: its copy must stay equal
-
-
 def test_lines_of_another_schema_are_ignored(tmp_path: Path) -> None:
     other = _script(
         tmp_path,
@@ -313,6 +309,12 @@ def test_cancel_interrupts_and_partial_lines_wait(tmp_path: Path) -> None:
 
 def test_leftover_temporaries_are_removed(tmp_path: Path) -> None:
     (tmp_path / "m.0001.exr").write_bytes(b"x")
-    (tmp_path / ".m.0002.abc.rvmtmp.exr").write_bytes(b"x")
+    (tmp_path / ".m.0002.abc.rvmtmp.exr").write_bytes(b"x")  # a killed run's
+    (tmp_path / ".other.0002.abc.rvmtmp.exr").write_bytes(b"x")  # another job's, in the same folder
+    (tmp_path / ".m.video.rvmtmp.mp4").write_bytes(b"x")  # not one of this pattern's frames
     assert process.remove_temporaries([str(tmp_path / "m.####.exr")]) == 1
-    assert [p.name for p in tmp_path.iterdir()] == ["m.0001.exr"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".m.video.rvmtmp.mp4",
+        ".other.0002.abc.rvmtmp.exr",
+        "m.0001.exr",
+    ]

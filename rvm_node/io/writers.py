@@ -24,7 +24,7 @@ import numpy as np
 
 from rvm_node.engine.samples import SampleFormat, to_samples, to_unit_float
 from rvm_node.errors import InvalidInputError
-from rvm_node.fsutil import is_temporary
+from rvm_node.fsutil import remove_temporaries, temporary_path
 from rvm_node.io.images import read_image, write_exr, write_image
 from rvm_node.io.sequence import FramePattern
 
@@ -204,13 +204,8 @@ class SequenceWriter(FrameWriter):
 
     def remove_stale_temporaries(self, numbers: list[int]) -> None:
         """Delete temporary files a killed run left for these frames (others may be in flight elsewhere)."""
-        if not self.pattern.directory.is_dir():
-            return
-        stems = {self.path(n).stem for n in numbers}
-        for entry in self.pattern.directory.iterdir():
-            # atomic_write names them ".<final stem>.<random>.rvmtmp<ext>"
-            if is_temporary(entry) and entry.name[1:].rsplit(".", 3)[0] in stems:
-                entry.unlink(missing_ok=True)
+        names = {self.path(n).name for n in numbers}
+        remove_temporaries(self.pattern.directory, names.__contains__)
 
 
 def verify_frame(path: Path, size: tuple[int, int]) -> bool:
@@ -247,7 +242,7 @@ class VideoWriter(FrameWriter):
         self.kind, self.path, self.target, self.settings = kind, path, str(path), settings
         self.codec = codec
         self.size = size
-        self._tmp = path.with_name(f".{path.stem}.rvmtmp{path.suffix}")
+        self._tmp = temporary_path(path, "video")
         path.parent.mkdir(parents=True, exist_ok=True)
         self._container: Any = av.open(str(self._tmp), "w")
         if codec == "prores4444":

@@ -11,21 +11,22 @@ frames remain whatever happens; temporaries of a killed run are removed.
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
+
+from rvm_node import fsutil
+from rvm_node.errors import InvalidInputError
+from rvm_node.events import ProgressEvent
 
 from .command import last_error
 
 __all__ = ["MatteProcess", "ShotProgress", "remove_temporaries"]
-
-_KINDS = ("started", "frame", "retry", "done", "failed", "cancelled")  # of rvm-node's progress events, v1
-_TEMPORARY_MARK = ".rvmtmp"  # rvm-node's atomic writes use this in their temporary names
 
 
 @dataclass
@@ -168,35 +169,28 @@ class MatteProcess:
         *lines, self._partial = data.split(b"\n")
         for line in lines:
             try:
-                event = json.loads(line)
-            except ValueError:
+                event = ProgressEvent.from_json(line)
+            except InvalidInputError:  # not a progress event of the schema this add-on reads
                 continue
-            if isinstance(event, dict):
-                self._apply(event)
+            self._apply(event)
 
-    def _apply(self, event: dict[str, Any]) -> None:
-        """Apply one line of rvm-node's progress-event schema (version 1; see its README)."""
-        kind = event.get("kind")
-        if event.get("v") != 1 or kind not in _KINDS:
-            return
-        name = event.get("shot")  # null: the one shot of a matte
-        shot = next(iter(self.shots.values())) if name is None else self.shots.get(str(name))
+    def _apply(self, event: ProgressEvent) -> None:
+        """Apply one event of rvm-node's progress-event schema."""
+        # null shot: the one shot of a matte
+        shot = next(iter(self.shots.values())) if event.shot is None else self.shots.get(event.shot)
         if shot is None:
             return
-        total = event.get("total")
-        done = int(event.get("done") or 0)
         # `done` counts this run's frames; frames kept on disk from an earlier run are the rest of the shot
-        shot.done = done + (shot.total - int(total)) if total is not None else done
-        if kind == "done":
+        shot.done = event.done + (shot.total - event.total) if event.total is not None else event.done
+        if event.kind == "done":
             shot.done = shot.total
-        if kind in ("done", "failed", "cancelled"):
-            shot.state = str(kind)
-        shot.message = str(event.get("message") or "")
-        node = event.get("node")
-        if node and node not in shot.nodes:
-            shot.nodes.append(str(node))
+        if event.final:
+            shot.state = event.kind
+        shot.message = event.message
+        if event.node and event.node not in shot.nodes:
+            shot.nodes.append(event.node)
         elapsed = max(time.monotonic() - self._started, 1e-6)
-        self.fps = float(event.get("fps") or 0.0) if len(self.shots) == 1 else self.done / elapsed
+        self.fps = event.fps if len(self.shots) == 1 else self.done / elapsed
         left = self.total - self.done
         self.eta = left / self.fps if self.fps > 0 else None
 
@@ -214,19 +208,20 @@ class MatteProcess:
         return self.returncode == 0 and all(s.state == "done" for s in self.shots.values())
 
 
+def _frames_of(name: str) -> Callable[[str], bool]:
+    """Whether a file name is one of the frames an output pattern such as ``m.####.exr`` names."""
+    prefix, hashes, rest = name.partition("#")
+    frame = re.compile(re.escape(prefix) + (r"-?\d+" + re.escape(rest.lstrip("#")) if hashes else "") + "$")
+    return lambda final: frame.match(final) is not None
+
+
 def remove_temporaries(patterns: Sequence[str]) -> int:
-    """Delete rvm-node's temporary files beside these output patterns (left only by a killed run)."""
+    """Delete rvm-node's temporaries of these output patterns' frames (left only by a killed run).
+
+    Only temporaries of files the patterns name go: another job's in the same folder stay.
+    """
     removed = 0
-    for directory in {os.path.dirname(p) for p in patterns}:
-        try:
-            names = os.listdir(directory)
-        except OSError:
-            continue
-        for name in names:
-            if _TEMPORARY_MARK in name:
-                try:
-                    os.remove(os.path.join(directory, name))
-                    removed += 1
-                except OSError:
-                    pass
+    for pattern in patterns:
+        directory, name = os.path.split(pattern)
+        removed += fsutil.remove_temporaries(Path(directory or "."), _frames_of(name))
     return removed
