@@ -24,6 +24,7 @@ _LAZY = {
     "MattingBackend": "rvm_node.engine",
     "MattingNetwork": "rvm_node.engine",
     "MattingSession": "rvm_node.engine",
+    "OpenVinoOptions": "rvm_node.engine",
     "OrtOptions": "rvm_node.engine",
     "RecurrentState": "rvm_node.engine",
     "TorchOptions": "rvm_node.engine",

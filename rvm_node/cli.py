@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from rvm_node.engine.session import BACKENDS
 from rvm_node.errors import BackendError, InvalidInputError, NodeError, RvmNodeError, WeightsError
 
 __all__ = ["EXIT_BACKEND", "EXIT_ERROR", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
@@ -85,7 +86,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--size", default="1280x720", help="WxH the example clip is re-encoded at")
     convert.add_argument("--frames", type=int, default=60)
     convert.add_argument("--downsample-ratio", type=float, default=0.375)
-    convert.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    convert.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     convert.add_argument("--formats", default="exr,png", help="alpha formats to measure")
     convert.add_argument("--num-workers", type=int, default=1)
     node = kinds.add_parser(
@@ -109,9 +110,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     node.add_argument("--frames", type=int, default=40, help="frames of the clip (inference rows)")
     node.add_argument("--downsample-ratio", type=float, default=0.5, help="inference rows")
-    node.add_argument(
-        "--backend", choices=["torch", "onnxruntime"], default="onnxruntime", help="inference rows"
-    )
+    node.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime", help="inference rows")
     node.add_argument("--device", default="cpu", help="inference rows: cpu, cuda, cuda:N")
     node.add_argument(
         "--long-stream-frames",
@@ -152,7 +151,7 @@ def _add_shot_options(convert: argparse.ArgumentParser) -> None:
     )
     official.add_argument("--disable-progress", action="store_true")
     ours = convert.add_argument_group("rvm-node options")
-    ours.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    ours.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     ours.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     ours.add_argument("--frames", default=None, help="frame range FIRST-LAST, e.g. 1001-1100")
     ours.add_argument(
@@ -376,7 +375,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     serve.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
     serve.add_argument("--device", default="cpu")
-    serve.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    serve.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     serve.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     serve.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
     serve.add_argument("--checkpoint", type=Path, default=None)
@@ -448,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     example = sub.add_parser("example", help="fetch the example clip and matte it")
     example.add_argument("--output-dir", type=Path, default=Path("example-output"))
-    example.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    example.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
     example.add_argument("--downsample-ratio", type=_ratio, default=None)
     example.add_argument("--overwrite", action="store_true")
     example.add_argument("--node", default=None, help="HOST:PORT of a render node to matte on")
@@ -566,6 +565,10 @@ def _serve_options(args: argparse.Namespace) -> Any:
     if args.threads < 0:
         raise InvalidInputError(f"--threads: expected 0 or more, got {args.threads}")
     options = shared_cpu_options(args.backend)
+    if args.threads and args.backend == "openvino":
+        from rvm_node.engine.openvino_backend import OpenVinoOptions
+
+        return OpenVinoOptions(threads=args.threads)
     if args.threads and options is not None:
         return replace(options, intra_op_threads=args.threads)
     if args.threads:

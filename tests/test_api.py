@@ -32,6 +32,7 @@ def test_exported_names_are_pinned() -> None:
             "NodeTimeoutError",
             "NodeUnavailableError",
             "NonFiniteSamplesError",
+            "OpenVinoOptions",
             "OrtOptions",
             "RecurrentState",
             "ResolutionChangedError",

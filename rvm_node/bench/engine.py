@@ -9,6 +9,8 @@ backends. Ratios are against that official row at the same size.
 
 from __future__ import annotations
 
+import importlib.util
+
 import argparse
 import time
 from collections.abc import Callable
@@ -115,6 +117,13 @@ def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
             ),
         ),
     ]
+    if importlib.util.find_spec("openvino") is not None:
+        configs.append(
+            (
+                "OpenVINO fp32 (static shapes, ratio frozen)",
+                _session_runner(lambda: load_model(backend="openvino"), size),
+            )
+        )
     if cpu_has_bf16():
         configs += [
             (

@@ -10,10 +10,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BACKENDS": "rvm_node.engine.loader",
+    "BACKENDS": "rvm_node.engine.session",
     "load_model": "rvm_node.engine.loader",
     "load_network": "rvm_node.engine.loader",
     "MattingNetwork": "rvm_node.engine.network",
+    "OpenVinoOptions": "rvm_node.engine.openvino_backend",
     "OrtOptions": "rvm_node.engine.ort_backend",
     "TorchOptions": "rvm_node.engine.torch_backend",
     "MatteChunk": "rvm_node.engine.session",

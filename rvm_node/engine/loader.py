@@ -18,7 +18,7 @@ import torch
 
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.onnx_import import SEGMENTATION_KEYS, state_dict_from_onnx
-from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.session import BACKENDS, MattingBackend
 from rvm_node.engine.weights import (
     IMPORTED_PTH_NAME,
     OFFICIAL_ONNX_MOBILENETV3,
@@ -37,7 +37,6 @@ from rvm_node.fsutil import atomic_write_bytes
 
 __all__ = ["BACKENDS", "load_model", "load_network", "read_state_dict", "shared_cpu_options"]
 
-BACKENDS = ("torch", "onnxruntime")
 _PTH = (".pth", ".pt", ".ckpt")
 _TORCHSCRIPT = (".torchscript", ".ts", ".jit")
 
@@ -185,11 +184,13 @@ def load_model(
 ) -> MattingBackend[Any]:
     """Load RVM on a backend and device; ``.new_session()`` on the result starts a stream.
 
-    ``backend``: ``"torch"`` or ``"onnxruntime"``. ``precision``: fp32, fp16
-    (cuda, mps, or onnxruntime), bf16 (torch on a CPU with bf16 units, or
-    cuda). ``options``: a :class:`TorchOptions` or :class:`OrtOptions`.
-    With ``backend="onnxruntime"`` and an ``.onnx`` weights file, that file is
-    run as it is; otherwise our own export of the weights is run.
+    ``backend``: ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (CPU; the
+    ``openvino`` extra). ``precision``: fp32, fp16 (cuda, mps, or
+    onnxruntime), bf16 (torch or openvino on a CPU with bf16 units, or cuda).
+    ``options``: a :class:`TorchOptions`, :class:`OrtOptions` or
+    :class:`OpenVinoOptions`. With ``backend="onnxruntime"`` or
+    ``"openvino"`` and an ``.onnx`` weights file, that file is run as it is;
+    otherwise our own export of the weights is run.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -199,24 +200,39 @@ def load_model(
         net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
         return TorchBackend(net, variant=variant, device=device, precision=precision, options=options)
 
+    if backend == "openvino":
+        from rvm_node.engine.openvino_backend import OpenVinoBackend
+
+        model = _onnx_file(variant, weights, refiner, random_weights, "fp32")
+        return OpenVinoBackend(
+            model, variant=variant, device=device, precision=precision, options=options, where=str(model)
+        )
+
     from rvm_node.engine.ort_backend import OrtBackend
 
     if precision not in ("fp32", "fp16"):
         raise InvalidInputError(f"precision: onnxruntime runs fp32 or fp16, got {precision!r}")
+    model = _onnx_file(variant, weights, refiner, random_weights, precision)
+    ort_backend = OrtBackend(model, variant=variant, device=device, options=options, where=str(model))
+    if ort_backend.precision != precision:
+        raise InvalidInputError(
+            f"precision: {model} is an {ort_backend.precision} model, but {precision} was asked for"
+        )
+    return ort_backend
+
+
+def _onnx_file(
+    variant: str, weights: str | Path | None, refiner: str, random_weights: bool, precision: str
+) -> Path:
+    """The ONNX file to run: an ``.onnx`` weights file as it is, else our export of the weights."""
     if weights is not None and Path(weights).suffix.lower() == ".onnx":
         path = Path(weights)
         if not path.is_file():
             raise WeightsNotFoundError(f"{path}: no such weights file")
         _check_known(path)
-        ort_backend = OrtBackend(path, variant=variant, device=device, options=options, where=str(path))
-        if ort_backend.precision != precision:
-            raise InvalidInputError(
-                f"precision: {path} is an {ort_backend.precision} model, but {precision} was asked for"
-            )
-        return ort_backend
+        return path
     net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
     source = (
         None if weights is None and random_weights else Path(weights) if weights else _imported_official()
     )
-    exported = _exported_onnx(net, source, precision)
-    return OrtBackend(exported, variant=variant, device=device, options=options, where=str(exported))
+    return _exported_onnx(net, source, precision)

@@ -22,6 +22,7 @@ from rvm_node.errors import WeightsFormatError
 __all__ = [
     "POLICY_KEY",
     "POLICY_VALUE",
+    "freeze_ratio",
     "has_policy",
     "policy_graphs",
     "prune",
@@ -186,3 +187,18 @@ def policy_graphs(model: Any, where: str = "model") -> tuple[Any, Any]:
     graph.node.extend(_unrefined_nodes(fgr_residual, pha_coarse, _src_type(graph), "fgr", "pha"))
     prune(unrefined)
     return refined, unrefined
+
+
+def freeze_ratio(model: Any, ratio: float) -> Any:
+    """A copy of ``model`` with ``downsample_ratio`` a constant, so runtimes with static shapes can fold
+    the resize and everything sized from it."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    frozen = copy.deepcopy(model)
+    graph = frozen.graph
+    inputs = [i for i in graph.input if i.name != "downsample_ratio"]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    graph.initializer.append(numpy_helper.from_array(np.asarray([ratio], np.float32), "downsample_ratio"))
+    return frozen

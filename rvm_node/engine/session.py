@@ -22,6 +22,7 @@ from rvm_node.engine.samples import SAMPLE_DTYPES, OutputSpec, to_unit_float
 from rvm_node.errors import InvalidInputError, NonFiniteSamplesError, ResolutionChangedError
 
 __all__ = [
+    "BACKENDS",
     "ChunkDone",
     "ChunkJob",
     "MatteChunk",
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 StateT = TypeVar("StateT")
+
+
+BACKENDS = ("torch", "onnxruntime", "openvino")  # the names load_model takes
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:

@@ -1,0 +1,148 @@
+"""The OpenVINO backend against the official ONNX model: parity, its compiled-model cache, snapshots that
+move between backends, a node serving it, and its errors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rvm_node import load_model
+from rvm_node.client import NodeClient
+from rvm_node.engine.openvino_backend import OpenVinoBackend, OpenVinoOptions
+from rvm_node.engine.samples import OutputSpec
+from rvm_node.errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    ResolutionChangedError,
+    UnsupportedPrecisionError,
+)
+from tests.test_node import NodeThread, frames_of
+
+pytestmark = pytest.mark.slow  # the real model
+
+TOLERANCE = 2e-4  # fp32 against the official ONNX in onnxruntime
+
+
+@pytest.fixture(scope="module")
+def openvino(official_onnx: Path) -> Any:
+    return load_model(backend="openvino", weights=official_onnx, options=OpenVinoOptions(max_compiled=8))
+
+
+@pytest.fixture(scope="module")
+def official(official_onnx: Path) -> Any:
+    return load_model(backend="onnxruntime", weights=official_onnx)
+
+
+def _run(backend: Any, frames: np.ndarray, ratio: float, chunk: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    session = backend.new_session(ratio)
+    outs = [session.process(frames[t : t + chunk]) for t in range(0, len(frames), chunk)]
+    return np.concatenate([o.fgr for o in outs]), np.concatenate([o.pha for o in outs])
+
+
+@pytest.mark.parametrize("ratio", [0.5, 0.37, 1.0])  # two ratios below 1, and 1 (the refiner rule)
+def test_openvino_equals_the_official_onnx(
+    openvino: Any, official: Any, clip_frames: np.ndarray, ratio: float
+) -> None:
+    fgr, pha = _run(openvino, clip_frames[:30], ratio)
+    ref_fgr, ref_pha = _run(official, clip_frames[:30], ratio)
+    worst = max(float(np.abs(pha - ref_pha).max()), float(np.abs(fgr - ref_fgr).max()))
+    print(f"\nopenvino fp32 vs official ONNX at ratio {ratio}, 30 frames: max-abs {worst:.2e}")
+    assert worst <= TOLERANCE
+
+
+def test_streams_of_different_sizes_share_the_backend(
+    openvino: Any, clip_frames: np.ndarray, clip_frames_2x: np.ndarray
+) -> None:
+    alone_small = _run(openvino, clip_frames[:6], 0.5)[1]
+    alone_large = _run(openvino, clip_frames_2x[:6], 0.25)[1]
+    small, large = openvino.new_session(0.5), openvino.new_session(0.25)
+    mixed_small, mixed_large = [], []
+    for t in range(0, 6, 2):  # interleaved on one backend
+        mixed_small.append(small.process(clip_frames[t : t + 2]).pha)
+        mixed_large.append(large.process(clip_frames_2x[t : t + 2]).pha)
+    assert np.array_equal(np.concatenate(mixed_small), alone_small)
+    assert np.array_equal(np.concatenate(mixed_large), alone_large)
+    keys = list(openvino._compiled)
+    assert {(k[0][2], k[0][3], k[1]) for k in keys} >= {(144, 176, 0.5), (288, 352, 0.25)}
+
+
+def test_the_compiled_model_cache_is_bounded(official_onnx: Path, clip_frames: np.ndarray) -> None:
+    backend = load_model(backend="openvino", weights=official_onnx, options=OpenVinoOptions(max_compiled=2))
+    for ratio in (0.5, 0.4, 0.3):
+        backend.new_session(ratio).process(clip_frames[:1])
+    assert [key[1] for key in backend._compiled] == [0.4, 0.3] and len(backend.compile_seconds) == 3
+
+
+@pytest.mark.parametrize(("first", "second"), [("openvino", "onnxruntime"), ("onnxruntime", "openvino")])
+def test_a_snapshot_moves_between_backends(
+    openvino: Any, official: Any, clip_frames: np.ndarray, first: str, second: str
+) -> None:
+    backends = {"openvino": openvino, "onnxruntime": official}
+    whole = _run(official, clip_frames[:12], 0.5)[1]
+    head = backends[first].new_session(0.5)
+    before = head.process(clip_frames[:6]).pha
+    tail = backends[second].new_session()
+    tail.restore(head.snapshot())
+    after = tail.process(clip_frames[6:12]).pha
+    assert float(np.abs(np.concatenate([before, after]) - whole).max()) <= TOLERANCE
+
+
+def test_a_node_serving_openvino_equals_the_backend_alone(openvino: Any, clip_frames: np.ndarray) -> None:
+    node = NodeThread(openvino)
+    try:
+        frames = frames_of(clip_frames, 6)
+        with NodeClient(node.address) as client:
+            assert client.info().backend == "openvino"
+            with client.open_stream(width=176, height=144, downsample_ratio=0.5, output_format="uint16") as s:
+                served = np.stack([r.alpha for r in s.process(frames)])
+        expected = openvino.new_session(0.5, OutputSpec(False, "uint16")).process(clip_frames[:6]).pha[:, 0]
+        assert np.array_equal(served, expected)
+    finally:
+        node.stop()
+
+
+def test_openvino_and_onnxruntime_live_in_one_environment(openvino: Any, official: Any) -> None:
+    import onnxruntime
+    import openvino as ov
+
+    assert "CPUExecutionProvider" in onnxruntime.get_available_providers()
+    assert "CPU" in ov.Core().available_devices
+    assert openvino.describe()["backend"] == "openvino" and official.describe()["backend"] == "onnxruntime"
+
+
+def test_bad_input(
+    openvino: Any,
+    official_onnx: Path,
+    clip_frames: np.ndarray,
+    clip_frames_2x: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    session = openvino.new_session(0.5)
+    session.process(clip_frames[:1])
+    with pytest.raises(ResolutionChangedError, match="call reset"):
+        session.process(clip_frames_2x[:1])
+    with pytest.raises(InvalidInputError, match="openvino runs fp32 or bf16"):
+        load_model(backend="openvino", weights=official_onnx, precision="fp16")
+    with pytest.raises(BackendUnavailableError, match="runs on cpu"):
+        load_model(backend="openvino", weights=official_onnx, device="cuda")
+    with pytest.raises(InvalidInputError, match="hint: expected LATENCY or THROUGHPUT"):
+        OpenVinoOptions(hint="FAST")  # type: ignore[arg-type]
+
+    import openvino as ov
+
+    class NoBf16Core(ov.Core):  # a stand-in for a CPU without bf16 units, which this machine may have
+        def get_property(self, device: str, name: str) -> Any:
+            if name == "OPTIMIZATION_CAPABILITIES":
+                return ["FP32", "INT8"]
+            return super().get_property(device, name)
+
+    monkeypatch.setattr(ov, "Core", NoBf16Core)
+    with pytest.raises(UnsupportedPrecisionError, match="this CPU has no bf16 units"):
+        OpenVinoBackend(official_onnx, variant="mobilenetv3", precision="bf16")
+    monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
+    with pytest.raises(BackendUnavailableError, match=r"pip install rvm-node\[openvino\]"):
+        OpenVinoBackend(official_onnx, variant="mobilenetv3")
