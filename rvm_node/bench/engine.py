@@ -9,9 +9,8 @@ backends. Ratios are against that official row at the same size.
 
 from __future__ import annotations
 
-import importlib.util
-
 import argparse
+import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
