@@ -146,3 +146,19 @@ def test_bad_input(
     monkeypatch.setitem(sys.modules, "openvino", None)  # not installed
     with pytest.raises(BackendUnavailableError, match=r"pip install rvm-node\[openvino\]"):
         OpenVinoBackend(official_onnx, variant="mobilenetv3")
+
+
+def test_convert_runs_on_openvino_from_the_command_line(tmp_path: Path) -> None:
+    from rvm_node.example import example_clip
+    from rvm_node.io.images import read_image
+    from tests.helpers import run_rvm_node
+
+    for backend in ("openvino", "onnxruntime"):
+        run_rvm_node(
+            "convert", "--backend", backend, "--input-source", str(example_clip()), "--frames", "1-4",
+            "--downsample-ratio", "0.5", "--output-alpha", str(tmp_path / backend / "m.####.png"), "--quiet",
+        )  # fmt: skip
+    for n in range(1, 5):
+        ours = read_image(tmp_path / "openvino" / f"m.{n:04d}.png").pixels.astype(np.int32)
+        reference = read_image(tmp_path / "onnxruntime" / f"m.{n:04d}.png").pixels.astype(np.int32)
+        assert np.abs(ours - reference).max() <= 1  # 16-bit levels: within the 2e-4 of parity
