@@ -92,6 +92,24 @@ def test_a_cancelled_convert_resumed_from_its_checkpoint_equals_one_run(
     assert _pngs(tmp_path / "two") == _pngs(tmp_path / "one")
 
 
+def test_a_run_killed_before_its_first_checkpoint_resumes_exactly(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    """Frames 1..32 on disk and no checkpoint (a kill between a chunk's frames and its checkpoint):
+    resume replays from the first frame, so frame 33 on equals one run."""
+    options: dict[str, Any] = {"frames": FrameRange(1, 40), "seq_chunk": 8, "progress": False}
+    convert_video(standin, clip, output_alpha=tmp_path / "one" / "m.####.png", **options)
+    (tmp_path / "two").mkdir()
+    for n in range(1, 33):
+        name = f"m.{n:04d}.png"
+        (tmp_path / "two" / name).write_bytes((tmp_path / "one" / name).read_bytes())
+    report = convert_video(
+        standin, clip, output_alpha=tmp_path / "two" / "m.####.png", resume=True, **options
+    )
+    assert report.frames_written == 8 and not report.resumed_from_checkpoint
+    assert _pngs(tmp_path / "two") == _pngs(tmp_path / "one")
+
+
 def test_a_shot_on_a_node_equals_the_local_convert(
     nodes: list[NodeThread], standin: StandInBackend, clip: Path, tmp_path: Path
 ) -> None:

@@ -235,8 +235,12 @@ def _plan_resume(
     if saved is not None and saved[0] in numbers and numbers.index(saved[0]) < missing[0]:
         plan.state = saved[1]
         plan.start = numbers[numbers.index(saved[0]) + 1]
+    elif missing[0] <= max(job.resume_warmup, job.state_every + job.seq_chunk if job.state_every > 0 else 0):
+        # Before the first checkpoint (or a kill between a chunk's frames and its checkpoint): the
+        # frames from the first one are few, so replaying all of them is exact and costs little.
+        plan.start = numbers[0]
     else:
-        plan.start = numbers[max(0, missing[0] - job.resume_warmup)]
+        plan.start = numbers[missing[0] - job.resume_warmup]
     return plan
 
 
