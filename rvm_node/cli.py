@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from rvm_node.engine.session import BACKENDS
+from rvm_node.engine.session import BACKENDS, fastest_parity_backend
 from rvm_node.errors import BackendError, InvalidInputError, NodeError, RvmNodeError, WeightsError
 
 __all__ = ["EXIT_BACKEND", "EXIT_ERROR", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
@@ -86,7 +86,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--size", default="1280x720", help="WxH the example clip is re-encoded at")
     convert.add_argument("--frames", type=int, default=60)
     convert.add_argument("--downsample-ratio", type=float, default=0.375)
-    convert.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    convert.add_argument("--backend", choices=["auto", *BACKENDS], default="onnxruntime")
     convert.add_argument("--formats", default="exr,png", help="alpha formats to measure")
     convert.add_argument("--num-workers", type=int, default=1)
     node = kinds.add_parser(
@@ -110,7 +110,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     node.add_argument("--frames", type=int, default=40, help="frames of the clip (inference rows)")
     node.add_argument("--downsample-ratio", type=float, default=0.5, help="inference rows")
-    node.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime", help="inference rows")
+    node.add_argument("--backend", choices=["auto", *BACKENDS], default="onnxruntime", help="inference rows")
     node.add_argument("--device", default="cpu", help="inference rows: cpu, cuda, cuda:N")
     node.add_argument(
         "--long-stream-frames",
@@ -151,7 +151,7 @@ def _add_shot_options(convert: argparse.ArgumentParser) -> None:
     )
     official.add_argument("--disable-progress", action="store_true")
     ours = convert.add_argument_group("rvm-node options")
-    ours.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    ours.add_argument("--backend", choices=["auto", *BACKENDS], default="onnxruntime")
     ours.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     ours.add_argument("--frames", default=None, help="frame range FIRST-LAST, e.g. 1001-1100")
     ours.add_argument(
@@ -375,7 +375,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: localhost only)")
     serve.add_argument("--port", type=int, default=50051, help="port (0: any free port)")
     serve.add_argument("--device", default="cpu")
-    serve.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    serve.add_argument("--backend", choices=["auto", *BACKENDS], default="onnxruntime")
     serve.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default="fp32")
     serve.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
     serve.add_argument("--checkpoint", type=Path, default=None)
@@ -447,7 +447,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_info(sub)
     example = sub.add_parser("example", help="fetch the example clip and matte it")
     example.add_argument("--output-dir", type=Path, default=Path("example-output"))
-    example.add_argument("--backend", choices=list(BACKENDS), default="onnxruntime")
+    example.add_argument("--backend", choices=["auto", *BACKENDS], default="onnxruntime")
     example.add_argument("--downsample-ratio", type=_ratio, default=None)
     example.add_argument("--overwrite", action="store_true")
     example.add_argument("--node", default=None, help="HOST:PORT of a render node to matte on")
@@ -790,6 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if getattr(args, "backend", None) == "auto":
+        args.backend = fastest_parity_backend(getattr(args, "device", "cpu"))
     try:
         if args.command == "serve":
             import os

@@ -162,3 +162,19 @@ def test_convert_runs_on_openvino_from_the_command_line(tmp_path: Path) -> None:
         ours = read_image(tmp_path / "openvino" / f"m.{n:04d}.png").pixels.astype(np.int32)
         reference = read_image(tmp_path / "onnxruntime" / f"m.{n:04d}.png").pixels.astype(np.int32)
         assert np.abs(ours - reference).max() <= 1  # 16-bit levels: within the 2e-4 of parity
+
+
+def test_auto_picks_the_fastest_parity_backend_present(
+    official_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert load_model(backend="auto", weights=official_onnx).name == "openvino"
+    assert (
+        load_model(backend="auto", weights=official_onnx, precision="fp32").precision == "fp32"
+    )  # never bf16
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
+    )
+    assert load_model(backend="auto", weights=official_onnx).name == "onnxruntime"  # without the extra

@@ -18,7 +18,7 @@ import torch
 
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.onnx_import import SEGMENTATION_KEYS, state_dict_from_onnx
-from rvm_node.engine.session import BACKENDS, MattingBackend
+from rvm_node.engine.session import BACKENDS, MattingBackend, fastest_parity_backend
 from rvm_node.engine.weights import (
     IMPORTED_PTH_NAME,
     OFFICIAL_ONNX_MOBILENETV3,
@@ -35,7 +35,13 @@ from rvm_node.errors import (
 )
 from rvm_node.fsutil import atomic_write_bytes
 
-__all__ = ["BACKENDS", "load_model", "load_network", "read_state_dict", "shared_cpu_options"]
+__all__ = [
+    "BACKENDS",
+    "load_model",
+    "load_network",
+    "read_state_dict",
+    "shared_cpu_options",
+]
 
 _PTH = (".pth", ".pt", ".ckpt")
 _TORCHSCRIPT = (".torchscript", ".ts", ".jit")
@@ -184,16 +190,18 @@ def load_model(
 ) -> MattingBackend[Any]:
     """Load RVM on a backend and device; ``.new_session()`` on the result starts a stream.
 
-    ``backend``: ``"torch"``, ``"onnxruntime"`` or ``"openvino"`` (CPU; the
-    ``openvino`` extra). ``precision``: fp32, fp16 (cuda, mps, or
+    ``backend``: ``"torch"``, ``"onnxruntime"``, ``"openvino"`` (CPU; the
+    ``openvino`` extra) or ``"auto"`` (:func:`fastest_parity_backend`). ``precision``: fp32, fp16 (cuda, mps, or
     onnxruntime), bf16 (torch or openvino on a CPU with bf16 units, or cuda).
     ``options``: a :class:`TorchOptions`, :class:`OrtOptions` or
     :class:`OpenVinoOptions`. With ``backend="onnxruntime"`` or
     ``"openvino"`` and an ``.onnx`` weights file, that file is run as it is;
     otherwise our own export of the weights is run.
     """
+    if backend == "auto":
+        backend = fastest_parity_backend(device)
     if backend not in BACKENDS:
-        raise InvalidInputError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        raise InvalidInputError(f"backend: expected auto or one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         from rvm_node.engine.torch_backend import TorchBackend
 

@@ -32,13 +32,24 @@ __all__ = [
     "RecurrentState",
     "auto_downsample_ratio",
     "check_downsample_ratio",
+    "fastest_parity_backend",
     "process_batch",
 ]
 
 StateT = TypeVar("StateT")
 
 
-BACKENDS = ("torch", "onnxruntime", "openvino")  # the names load_model takes
+BACKENDS = ("torch", "onnxruntime", "openvino")  # the names load_model takes, besides "auto"
+
+
+def fastest_parity_backend(device: str) -> str:
+    """The fastest backend present that matches the official model (fp32; never bf16), by measurement
+    (``rvm-node bench engine``; see the README): OpenVINO on a CPU when it is installed, else onnxruntime."""
+    import importlib.util
+
+    if device == "cpu" and importlib.util.find_spec("openvino") is not None:
+        return "openvino"
+    return "onnxruntime"
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:
