@@ -1,7 +1,10 @@
 """``rvm-node bench engine``: tensor throughput, side by side, in one run.
 
-Each configuration runs the same frames through a fresh session, one frame
-per call with the state carried, after a few warm-up frames. The official
+Each configuration runs the same frames through its own session, one frame
+per call with the state carried, after a few warm-up frames; the
+configurations take turns, round after round (A, B, C, A, B, C, ...), and the
+median of the rounds is reported, so the machine's noise falls on every row
+alike. The official
 ONNX runs in a plain ``onnxruntime.InferenceSession`` with default settings,
 as the official inference code runs it; the other rows run through our
 backends. Ratios are against that official row at the same size.
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -142,28 +146,34 @@ def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
     return configs
 
 
-def _measure(make: Callable[[], Runner], frames: np.ndarray, warmup: int) -> float:
-    run = make()
-    for frame in frames[:warmup]:
-        run(frame)
+def _timed(run: Runner, frames: np.ndarray) -> float:
     start = time.perf_counter()
-    for frame in frames[warmup:]:
+    for frame in frames:
         run(frame)
-    return (len(frames) - warmup) / (time.perf_counter() - start)
+    return len(frames) / (time.perf_counter() - start)
 
 
 def run_engine_bench(args: argparse.Namespace) -> int:
-    if args.frames < 1 or args.warmup < 0:
-        raise InvalidInputError("--frames must be >= 1 and --warmup >= 0")
+    if args.frames < 1 or args.warmup < 0 or args.rounds < 1:
+        raise InvalidInputError("--frames and --rounds must be >= 1 and --warmup >= 0")
     sizes = _parse_sizes(args.sizes)
     rng = np.random.default_rng(0)
     results: dict[str, dict[str, float]] = {}
     for size in sizes:
         frames = rng.random((args.warmup + args.frames, 1, 3, size.height, size.width), dtype=np.float32)
-        for name, make in _configs(size):
-            fps = _measure(make, frames, args.warmup)
+        runners: dict[str, Runner] = {}
+        for name, make in _configs(size):  # each made and warmed up once, before any timing
+            runners[name] = make()
+            for frame in frames[: args.warmup]:
+                runners[name](frame)
+        rates: dict[str, list[float]] = {name: [] for name in runners}
+        for _ in range(args.rounds):  # A, B, C, ..., A, B, C: the machine's noise falls on every row
+            for name, run in runners.items():
+                rates[name].append(_timed(run, frames[args.warmup :]))
+        for name, values in rates.items():
+            fps = statistics.median(values)
             results.setdefault(name, {})[size.label] = fps
-            print(f"  {size.label:22} {name:40} {fps:7.2f} frames/s", flush=True)
+            print(f"  {size.label:22} {name:44} {fps:7.2f} frames/s (median of {args.rounds})", flush=True)
     reference = results["official ONNX, onnxruntime (reference)"]
     print()
     print(f"Machine: {machine()}")

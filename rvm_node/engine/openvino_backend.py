@@ -39,6 +39,8 @@ log = logging.getLogger("rvm_node.engine")
 OvState = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _HINTS = ("LATENCY", "THROUGHPUT")
 _PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+_STATE_INPUTS = ("r1i", "r2i", "r3i", "r4i")
+_STATE_OUTPUTS = ("r1o", "r2o", "r3o", "r4o")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +111,7 @@ class OpenVinoBackend(MattingBackend[OvState]):
             raise InvalidInputError(f"{where}: the openvino backend takes an fp32 ONNX model")
         self._graphs = policy_graphs(proto, where)
         self._compiled: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._requests: dict[tuple[Any, ...], list[Any]] = {}
         self._lock = threading.Lock()
         self.compile_seconds: list[float] = []
 
@@ -131,14 +134,14 @@ class OpenVinoBackend(MattingBackend[OvState]):
 
     def _model_for(
         self, shape: tuple[int, ...], ratio: float, src_format: SampleFormat, outputs: OutputSpec
-    ) -> Any:
-        """The compiled model for ``[B, 3, H, W]`` frames at ``ratio``; compiled on first use."""
+    ) -> tuple[Any, tuple[Any, ...]]:
+        """The compiled model for ``[B, 3, H, W]`` frames at ``ratio``, and its key; compiled on first use."""
         key = (shape, ratio, src_format, outputs)
         with self._lock:
             compiled = self._compiled.get(key)
             if compiled is not None:
                 self._compiled.move_to_end(key)
-                return compiled
+                return compiled, key
         batch, _, height, width = shape
         started = time.perf_counter()
         graph = with_samples(freeze_ratio(self._graphs[1 if ratio == 1.0 else 0], ratio), src_format, outputs)
@@ -155,8 +158,22 @@ class OpenVinoBackend(MattingBackend[OvState]):
         with self._lock:
             self._compiled[key] = compiled
             while len(self._compiled) > self.options.max_compiled:
-                self._compiled.popitem(last=False)
-        return compiled
+                dropped, _ = self._compiled.popitem(last=False)
+                self._requests.pop(dropped, None)
+        return compiled, key
+
+    def _request(self, compiled: Any, key: tuple[Any, ...]) -> Any:
+        """An idle infer request of ``compiled`` (made once, then reused: making one costs milliseconds)."""
+        with self._lock:
+            idle = self._requests.setdefault(key, [])
+            if idle:
+                return idle.pop()
+        return compiled.create_infer_request()
+
+    def _release(self, key: tuple[Any, ...], request: Any) -> None:
+        with self._lock:
+            if key in self._compiled:
+                self._requests.setdefault(key, []).append(request)
 
     def prepare(self, frames: Any) -> np.ndarray:
         """Frames are given to the graph as they arrived; it converts them."""
@@ -168,10 +185,9 @@ class OpenVinoBackend(MattingBackend[OvState]):
         self, src: np.ndarray, state: OvState | None, downsample_ratio: float, outputs: OutputSpec
     ) -> tuple[np.ndarray | None, np.ndarray, OvState]:
         batch, frames, channels, height, width = src.shape
-        compiled = self._model_for(
+        compiled, key = self._model_for(
             (batch, channels, height, width), downsample_ratio, sample_format_of(src.dtype), outputs
         )
-        request = compiled.create_infer_request()
         if state is None:  # full-shape zeros equal no state
             states = state_shapes(self.variant, (height, width), downsample_ratio, batch)[0]
             rec = [np.zeros(s, np.float32) for s in states]
@@ -179,20 +195,20 @@ class OpenVinoBackend(MattingBackend[OvState]):
             rec = list(state)
         planes = ("fgr", "pha") if outputs.foreground else ("pha",)
         results: dict[str, list[np.ndarray]] = {name: [] for name in planes}
-        for t in range(frames):
-            feed = {
-                "src": np.ascontiguousarray(src[:, t]),
-                "r1i": rec[0],
-                "r2i": rec[1],
-                "r3i": rec[2],
-                "r4i": rec[3],
-            }
-            out = request.infer(feed)
-            named = {port.get_any_name(): value for port, value in out.items()}
-            for name in planes:
-                results[name].append(np.array(named[name]))
-            rec = [np.array(named[f"r{i}o"]) for i in range(1, 5)]
-        stacked = {name: np.stack(values, axis=1) for name, values in results.items()}
+        request = self._request(compiled, key)
+        try:
+            for t in range(frames):
+                feed = {"src": np.ascontiguousarray(src[:, t]), **dict(zip(_STATE_INPUTS, rec, strict=True))}
+                request.infer(feed, share_inputs=True)
+                for name in planes:
+                    results[name].append(request.get_tensor(name).data.copy())
+                rec = [request.get_tensor(name).data.copy() for name in _STATE_OUTPUTS]
+        finally:
+            self._release(key, request)
+        stacked = {
+            name: values[0][:, None] if len(values) == 1 else np.stack(values, axis=1)
+            for name, values in results.items()
+        }
         return stacked.get("fgr"), stacked["pha"], (rec[0], rec[1], rec[2], rec[3])
 
     def state_to_host(self, state: OvState) -> OvState:
