@@ -78,6 +78,11 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     engine = kinds.add_parser("engine", help="tensor throughput per backend, precision and resolution")
     engine.add_argument("--frames", type=int, default=20, help="timed frames per configuration and round")
     engine.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    engine.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated words: only the rows whose name has one (and the reference)",
+    )
     engine.add_argument("--warmup", type=int, default=3)
     engine.add_argument(
         "--sizes", default="640x360@0.8,1280x720@0.375,1920x1080@0.25", help="comma-separated WxH@ratio"

@@ -164,17 +164,6 @@ def test_convert_runs_on_openvino_from_the_command_line(tmp_path: Path) -> None:
         assert np.abs(ours - reference).max() <= 1  # 16-bit levels: within the 2e-4 of parity
 
 
-def test_auto_picks_the_fastest_parity_backend_present(
-    official_onnx: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    assert load_model(backend="auto", weights=official_onnx).name == "openvino"
-    assert (
-        load_model(backend="auto", weights=official_onnx, precision="fp32").precision == "fp32"
-    )  # never bf16
-    import importlib.util
-
-    real = importlib.util.find_spec
-    monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a)
-    )
-    assert load_model(backend="auto", weights=official_onnx).name == "onnxruntime"  # without the extra
+def test_auto_picks_the_fastest_parity_backend(official_onnx: Path) -> None:
+    backend = load_model(backend="auto", weights=official_onnx)
+    assert backend.name == "onnxruntime" and backend.precision == "fp32"  # measured fastest; never bf16

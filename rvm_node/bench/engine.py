@@ -7,7 +7,8 @@ median of the rounds is reported, so the machine's noise falls on every row
 alike. The official
 ONNX runs in a plain ``onnxruntime.InferenceSession`` with default settings,
 as the official inference code runs it; the other rows run through our
-backends. Ratios are against that official row at the same size.
+backends. Ratios are against that official row at the same size (with ``--only``
+leaving it out, against the first row kept).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = ["run_engine_bench"]
 
 
 Runner = Callable[[np.ndarray], None]
+REFERENCE = "official ONNX, onnxruntime (reference)"
 
 
 @dataclass(frozen=True)
@@ -100,12 +102,18 @@ def _session_runner(factory: Callable[[], object], size: _Size) -> Callable[[], 
 
 
 def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
-    from rvm_node.engine.loader import load_model
+    from rvm_node.engine.loader import load_model, shared_cpu_options
     from rvm_node.engine.torch_backend import TorchOptions, cpu_has_bf16
 
     configs: list[tuple[str, Callable[[], Runner]]] = [
-        ("official ONNX, onnxruntime (reference)", lambda: _official_runner(size)),
+        (REFERENCE, lambda: _official_runner(size)),
         ("our ONNX export, onnxruntime", _session_runner(lambda: load_model(backend="onnxruntime"), size)),
+        (
+            "our ONNX export, onnxruntime, no spinning (node and converter options)",
+            _session_runner(
+                lambda: load_model(backend="onnxruntime", options=shared_cpu_options("onnxruntime")), size
+            ),
+        ),
         ("torch eager fp32", _session_runner(lambda: load_model(backend="torch"), size)),
         (
             "torch eager fp32 channels_last",
@@ -157,12 +165,14 @@ def run_engine_bench(args: argparse.Namespace) -> int:
     if args.frames < 1 or args.warmup < 0 or args.rounds < 1:
         raise InvalidInputError("--frames and --rounds must be >= 1 and --warmup >= 0")
     sizes = _parse_sizes(args.sizes)
+    only = [word.strip() for word in (args.only or "").split(",") if word.strip()]
     rng = np.random.default_rng(0)
     results: dict[str, dict[str, float]] = {}
     for size in sizes:
         frames = rng.random((args.warmup + args.frames, 1, 3, size.height, size.width), dtype=np.float32)
         runners: dict[str, Runner] = {}
-        for name, make in _configs(size):  # each made and warmed up once, before any timing
+        chosen = [(n, m) for n, m in _configs(size) if not only or any(w in n for w in only)]
+        for name, make in chosen:  # each made and warmed up once, before any timing
             runners[name] = make()
             for frame in frames[: args.warmup]:
                 runners[name](frame)
@@ -174,7 +184,8 @@ def run_engine_bench(args: argparse.Namespace) -> int:
             fps = statistics.median(values)
             results.setdefault(name, {})[size.label] = fps
             print(f"  {size.label:22} {name:44} {fps:7.2f} frames/s (median of {args.rounds})", flush=True)
-    reference = results["official ONNX, onnxruntime (reference)"]
+    base = REFERENCE if REFERENCE in results else next(iter(results))  # ratios against the first row kept
+    reference = results[base]
     print()
     print(f"Machine: {machine()}")
     header = ["configuration"] + [s.label for s in sizes]
