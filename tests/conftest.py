@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,3 +52,14 @@ def clip_frames_2x(clip_frames: np.ndarray) -> np.ndarray:
 def standin() -> StandInBackend:
     """The fast tier's stand-in model (``tests/standin.py``): no weights, no inference."""
     return StandInBackend()
+
+
+@pytest.fixture(scope="module")
+def standin_node(standin: StandInBackend) -> Iterator[Any]:
+    """A real node on 127.0.0.1 serving the stand-in model (8 streams, a 30 s idle timeout)."""
+    from rvm_node.node.service import Limits
+    from tests.test_node import NodeThread
+
+    server = NodeThread(standin, limits=Limits(max_streams=8, idle_timeout=30))
+    yield server
+    server.stop()

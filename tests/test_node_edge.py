@@ -39,10 +39,8 @@ def backend(standin: StandInBackend) -> StandInBackend:
 
 
 @pytest.fixture(scope="module")
-def node(backend: StandInBackend) -> Iterator[NodeThread]:
-    server = NodeThread(backend, limits=Limits(max_streams=8, idle_timeout=30))
-    yield server
-    server.stop()
+def node(standin_node: NodeThread) -> NodeThread:
+    return standin_node
 
 
 WIDTH, HEIGHT = 176, 144

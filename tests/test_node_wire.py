@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import grpc
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ from rvm_node.client import NodeClient
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.protocol import pack
-from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from tests.helpers import error_info
 from tests.standin import StandInBackend
@@ -26,10 +23,8 @@ def backend(standin: StandInBackend) -> StandInBackend:
 
 
 @pytest.fixture(scope="module")
-def node(backend: StandInBackend) -> Iterator[NodeThread]:
-    server = NodeThread(backend, limits=Limits(max_streams=8, idle_timeout=30))
-    yield server
-    server.stop()
+def node(standin_node: NodeThread) -> NodeThread:
+    return standin_node
 
 
 WIDTH, HEIGHT = 176, 144
