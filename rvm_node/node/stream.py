@@ -137,10 +137,8 @@ class Stream:
             )
         write.result()
 
-    async def run(self) -> None:
-        first = await self._read()
-        if first is None:
-            return  # an empty stream: nothing to do
+    async def _open(self, first: pb.MatteRequest) -> tuple[StreamPlan, MattingSession]:
+        """Check the first request, restore the state it carries, and answer `accepted`."""
         kind = first.WhichOneof("kind")
         if kind is None:
             raise _empty_request()
@@ -200,6 +198,13 @@ class Stream:
                 )
             )
         )
+        return plan, session
+
+    async def run(self) -> None:
+        first = await self._read()
+        if first is None:
+            return  # an empty stream: nothing to do
+        plan, session = await self._open(first)
         tasks = [
             asyncio.ensure_future(self._receive(plan)),
             asyncio.ensure_future(self._infer(session)),
