@@ -9,12 +9,13 @@ carried, reset or restored; the foreground is the frame itself. The states have 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rvm_node.engine.samples import OutputSpec, convert_outputs
 from rvm_node.engine.session import MattingBackend, RecurrentState
 from rvm_node.engine.states import state_shapes
 
-__all__ = ["StandInBackend", "expected_alpha"]
+__all__ = ["StandInBackend", "expected_alpha", "standin_as_backend", "standin_node_as_node"]
 
 StandInState = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 _STEP = 0.05
@@ -68,3 +69,15 @@ class StandInBackend(MattingBackend[StandInState]):
     def state_from_host(self, state: RecurrentState) -> StandInState:
         r1, r2, r3, r4 = (np.array(a, np.float32) for a in state.arrays())
         return r1, r2, r3, r4
+
+
+@pytest.fixture(scope="module", name="backend")
+def standin_as_backend(standin: StandInBackend) -> StandInBackend:
+    """``backend`` for modules about the protocol, not the mattes: the stand-in model."""
+    return standin
+
+
+@pytest.fixture(scope="module", name="node")
+def standin_node_as_node(standin_node: object) -> object:
+    """``node`` for the same modules: a real node on 127.0.0.1 serving the stand-in model."""
+    return standin_node

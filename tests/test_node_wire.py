@@ -12,19 +12,10 @@ from rvm_node.errors import InvalidInputError
 from rvm_node.node.protocol import pack
 from rvm_node.v1 import matting_pb2 as pb
 from tests.helpers import error_info
-from tests.standin import StandInBackend
+from tests.standin import standin_as_backend, standin_node_as_node
 from tests.test_node import RATIO, NodeThread, chunk_request, frames_of, open_request, raw_stream
 
-
-@pytest.fixture(scope="module")
-def backend(standin: StandInBackend) -> StandInBackend:
-    """The stand-in model: these tests are about the protocol, not the mattes."""
-    return standin
-
-
-@pytest.fixture(scope="module")
-def node(standin_node: NodeThread) -> NodeThread:
-    return standin_node
+__all__ = ["standin_as_backend", "standin_node_as_node"]  # the fixtures `backend` and `node`: the stand-in
 
 
 WIDTH, HEIGHT = 176, 144

@@ -33,8 +33,8 @@ BUF = TOOLS / "node_modules" / ".bin" / "buf"
 
 
 def _tools() -> None:
-    if shutil.which("node") is None:
-        pytest.skip("needs Node.js (node) on PATH")
+    if shutil.which("node") is None:  # the protocol's tools are part of the test run, not optional
+        pytest.fail("Node.js (node) is not on PATH: install Node.js 18+, then run scripts/setup-node-tools")
     if not (TOOLS / "node_modules" / "@grpc" / "grpc-js").is_dir() or not BUF.exists():
         pytest.fail("the Node.js tools are not installed: run scripts/setup-node-tools")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -206,8 +206,8 @@ class Stream:
             return  # an empty stream: nothing to do
         plan, session = await self._open(first)
         tasks = [
-            asyncio.ensure_future(self._receive(plan)),
-            asyncio.ensure_future(self._infer(session)),
+            asyncio.ensure_future(self._errors_behind(self._receive(plan), self._inbox)),
+            asyncio.ensure_future(self._errors_behind(self._infer(session), self._outbox)),
             asyncio.ensure_future(self._send(plan)),
         ]
         try:
@@ -222,14 +222,16 @@ class Stream:
             await asyncio.gather(*tasks, return_exceptions=True)
         log.info("stream %s closed after frame %d", self.stream_id, self.last_number)
 
-    async def _receive(self, plan: StreamPlan) -> None:
-        """Read and unpack; a bad request travels behind the chunks before it, so they are answered first."""
+    @staticmethod
+    async def _errors_behind(work: Awaitable[None], downstream: asyncio.Queue[Any]) -> None:
+        """Run ``work``; its failure goes down the queue behind what it already put there, so the
+        frames before a bad request or a failed pass are answered first."""
         try:
-            await self._receive_chunks(plan)
+            await work
         except Exception as exc:
-            await self._inbox.put(("error", exc))
+            await downstream.put(("error", exc))
 
-    async def _receive_chunks(self, plan: StreamPlan) -> None:
+    async def _receive(self, plan: StreamPlan) -> None:
         loop = asyncio.get_running_loop()
         raw_bytes = plan.width * plan.height * 3 * plan.in_dtype.itemsize
         assembler = FrameAssembler(
@@ -304,13 +306,6 @@ class Stream:
         return frame
 
     async def _infer(self, session: MattingSession) -> None:
-        """Run chunks and controls in order; a failure travels behind the results before it."""
-        try:
-            await self._infer_items(session)
-        except Exception as exc:
-            await self._outbox.put(("error", exc))
-
-    async def _infer_items(self, session: MattingSession) -> None:
         loop = asyncio.get_running_loop()
         while True:
             item = await self._inbox.get()
