@@ -230,61 +230,157 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     )
 
 
-def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    farm = sub.add_parser("farm", help="spread many shots over a pool of render nodes")
-    actions = farm.add_subparsers(dest="action", required=True)
-    run = actions.add_parser("run", help="matte a shot list (TOML) or inputs on the pool, with failover")
-    run.add_argument("targets", nargs="+", help="a shots.toml file, or input files/patterns")
-    run.add_argument("--nodes", required=True, help="HOST:PORT,HOST:PORT, dns:///NAME:PORT, or nodes.toml")
-    run.add_argument("--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)")
-    run.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
-    run.add_argument("--output-alpha", default=None, help="e.g. 'mattes/{shot}/{shot}_matte.####.exr'")
-    run.add_argument("--output-foreground", default=None)
-    run.add_argument("--output-composition", default=None)
-    run.add_argument("--downsample-ratio", type=_ratio, default=None)
-    run.add_argument("--frames", default=None)
-    run.add_argument("--start-frame", type=int, default=None)
-    run.add_argument("--input-colorspace", default=None)
-    run.add_argument("--exr-channels", choices=["RGBA", "A"], default=None)
-    run.add_argument("--bit-depth", type=int, choices=[8, 16], default=None)
-    run.add_argument("--premultiplied", action="store_true", default=None)
-    run.add_argument("--background", default=None)
-    run.add_argument("--allow-gaps", action="store_true", default=None)
-    run.add_argument("--retries", type=int, default=3, help="attempts per shot after the first")
-    run.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
-    run.add_argument("--checkpoint-every", type=int, default=25, help="frames between state checkpoints")
-    run.add_argument("--wait-for-node", type=float, default=60.0, help="seconds a shot waits for a free node")
-    run.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
-    run.add_argument("--split", type=int, default=1, help="run each shot as N segments in parallel")
-    run.add_argument(
+def _optional_path(text: str) -> Path | None:
+    """A path, or none for an empty value (as a job template passes an unset file)."""
+    return Path(text) if text else None
+
+
+def _add_pool_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", required=True, help="HOST:PORT,HOST:PORT, dns:///NAME:PORT, or nodes.toml")
+    parser.add_argument(
+        "--token-file", type=_optional_path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)"
+    )
+    parser.add_argument(
+        "--ca-file", type=_optional_path, default=None, help="CA certificate: connect with TLS"
+    )
+
+
+def _add_farm_shots(parser: argparse.ArgumentParser) -> None:
+    """The options of ``farm run`` and ``farm bundle`` that make the shots and reach the pool."""
+    parser.add_argument("targets", nargs="+", help="a shots.toml file, or input files/patterns")
+    _add_pool_options(parser)
+    parser.add_argument("--output-alpha", default=None, help="e.g. 'mattes/{shot}/{shot}_matte.####.exr'")
+    parser.add_argument("--output-foreground", default=None)
+    parser.add_argument("--output-composition", default=None)
+    parser.add_argument("--downsample-ratio", type=_ratio, default=None)
+    parser.add_argument("--frames", default=None)
+    parser.add_argument("--start-frame", type=int, default=None)
+    parser.add_argument("--input-colorspace", default=None)
+    parser.add_argument("--exr-channels", choices=["RGBA", "A"], default=None)
+    parser.add_argument("--bit-depth", type=int, choices=[8, 16], default=None)
+    parser.add_argument("--premultiplied", action="store_true", default=None)
+    parser.add_argument("--background", default=None)
+    parser.add_argument("--allow-gaps", action="store_true", default=None)
+    parser.add_argument("--retries", type=int, default=3, help="attempts per shot after the first")
+    parser.add_argument("--checkpoint-every", type=int, default=25, help="frames between state checkpoints")
+    parser.add_argument(
+        "--wait-for-node", type=float, default=60.0, help="seconds a shot waits for a free node"
+    )
+    parser.add_argument(
+        "--name", default=None, help="the shot's name, with one input (default: its file stem)"
+    )
+    parser.add_argument(
+        "--shot-settings",
+        default=None,
+        help='shot-list keys as a JSON object, e.g. \'{"frames": "1001-1100"}\' (what job bundles pass)',
+    )
+    parser.add_argument("--split", type=int, default=1, help="run each shot as N segments in parallel")
+    parser.add_argument(
         "--preroll", type=int, default=None, help="frames each split segment runs before writing"
     )
 
 
-def _farm(args: argparse.Namespace) -> int:
-    import time
-
-    from rvm_node.farm import (
-        DEFAULT_PREROLL,
-        NodePool,
-        load_shot_list,
-        make_shots,
-        parse_nodes,
-        run_shots,
-        split_shot,
+def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    farm = sub.add_parser("farm", help="spread many shots over a pool of render nodes")
+    actions = farm.add_subparsers(dest="action", required=True)
+    run = actions.add_parser("run", help="matte a shot list (TOML) or inputs on the pool, with failover")
+    _add_farm_shots(run)
+    run.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
+    progress = run.add_mutually_exclusive_group()
+    progress.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
+    progress.add_argument(
+        "--progress-openjd",
+        action="store_true",
+        help="openjd_progress/openjd_status lines on stdout, for an Open Job Description task",
     )
-    from rvm_node.farm.shots import SHOT_KEYS
+    run.add_argument(
+        "--segment", type=int, default=None, help="with --split N: run only segment K (1..N) of each shot"
+    )
+    bundle = actions.add_parser(
+        "bundle",
+        help="write the job of `farm run` for a render farm manager (Open Job Description or OpenCue)",
+        description="Write a job that a farm manager runs: one task per shot (or per segment with --split), "
+        "each running `rvm-node farm run` for its shot on the pool, resuming when retried.",
+    )
+    _add_farm_shots(bundle)
+    bundle.add_argument("--output", type=Path, required=True, help="the bundle folder to write")
+    bundle.add_argument(
+        "--format",
+        default="openjd",
+        help="openjd (Open Job Description: Deadline Cloud, openjd run; default) or opencue",
+    )
+    bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    bundle.add_argument("--job-name", default=None, help="default: rvm-node mattes and the first shot")
+    bundle.add_argument(
+        "--rvm-node",
+        default="rvm-node",
+        help="the rvm-node command on the workers (default: rvm-node on PATH)",
+    )
+    bundle.add_argument(
+        "--shared-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="storage the workers mount; every input and output must lie under one (repeatable)",
+    )
+    bundle.add_argument("--submit-command", default=None, help="run this after writing, {bundle} the folder")
+    bundle.add_argument(
+        "--cuebot", default=None, help="opencue: submit the spec to this Cuebot (HOST[:PORT])"
+    )
+    bundle.add_argument("--show", default="rvm", help="opencue: the show the job belongs to")
+
+
+def _farm_shots(args: argparse.Namespace, split_now: bool) -> list[Any]:
+    """The shots ``farm run``/``farm bundle`` were given; with ``split_now``, split into segments."""
+    from rvm_node.farm import DEFAULT_PREROLL, load_shot_list, make_shots, split_shot
+    from rvm_node.farm.shots import SHOT_KEYS, parse_shot_settings
 
     options = {k: getattr(args, k) for k in SHOT_KEYS if getattr(args, k, None) is not None}
+    if args.shot_settings:
+        for key, value in parse_shot_settings(args.shot_settings, "--shot-settings").items():
+            if key in options and options[key] != value:
+                raise InvalidInputError(f"--shot-settings: {key} is also given as an option")
+            options[key] = value
     if len(args.targets) == 1 and args.targets[0].endswith(".toml"):
         if options:
-            raise InvalidInputError("farm run: with a shot list, put the settings in its [defaults] table")
+            raise InvalidInputError(
+                f"farm {args.action}: with a shot list, put the settings in its [defaults] table"
+            )
         shots = load_shot_list(Path(args.targets[0]))
     else:
+        if args.name is not None and len(args.targets) > 1:
+            raise InvalidInputError(f"--name names one shot, but {len(args.targets)} inputs were given")
         shots = make_shots(args.targets, options)
-    if args.split != 1 or args.preroll is not None:
+    segment = getattr(args, "segment", None)
+    if segment is not None and not 1 <= segment <= args.split:
+        raise InvalidInputError(f"--segment: expected 1 to {args.split} (the --split count), got {segment}")
+    if split_now and (args.split != 1 or args.preroll is not None):
         preroll = DEFAULT_PREROLL if args.preroll is None else args.preroll
-        shots = [segment for shot in shots for segment in split_shot(shot, args.split, preroll)]
+        segments = [split_shot(shot, args.split, preroll) for shot in shots]
+        if segment is not None:
+            return [parts[segment - 1] for parts in segments if len(parts) >= segment]
+        return [part for parts in segments for part in parts]
+    return shots
+
+
+def _farm(args: argparse.Namespace) -> int:
+    if args.action == "bundle":
+        return _farm_bundle(args)
+    try:
+        return _farm_run(args)
+    except RvmNodeError as exc:
+        if args.progress_openjd:  # the reason, where the farm's worker agent looks for it
+            print(f"openjd_fail: {exc}", flush=True)
+        raise
+
+
+def _farm_run(args: argparse.Namespace) -> int:
+    import time
+
+    from rvm_node.farm import NodePool, parse_nodes, run_shots
+    from rvm_node.farm.openjd import progress_lines
+
+    shots = _farm_shots(args, split_now=True)
     ca = _read_ca(args.ca_file)
     pool = NodePool(parse_nodes(args.nodes), token=_token(args.token_file), root_certificates=ca)
     started = time.monotonic()
@@ -302,6 +398,18 @@ def _farm(args: argparse.Namespace) -> int:
             results[event.shot] = event.result
             if args.progress_json:
                 print(event.progress().to_json(), flush=True)
+            elif args.progress_openjd:
+                if event.kind != "frame" or time.monotonic() - last_line > 1:
+                    last_line = time.monotonic()
+                    frames = sum(r.frames for r in results.values())
+                    totals = [r.total for r in results.values()]
+                    whole = (
+                        None if None in totals or len(totals) < len(shots) else sum(t or 0 for t in totals)
+                    )
+                    for line in progress_lines(
+                        event.kind, event.shot, frames, whole, event.node, event.message
+                    ):
+                        print(line, flush=True)
             elif event.kind != "frame" or time.monotonic() - last_line > 2:
                 last_line = time.monotonic()
                 done = sum(r.status == "done" for r in results.values())
@@ -329,6 +437,45 @@ def _farm(args: argparse.Namespace) -> int:
         if all(r.status == "done" for r in results.values()) and len(results) == len(shots)
         else EXIT_BACKEND
     )
+
+
+def _farm_bundle(args: argparse.Namespace) -> int:
+    """Write a farm job bundle; prints the bundle folder last."""
+    from rvm_node.farm import DEFAULT_PREROLL
+    from rvm_node.farm.bundle import PoolSettings, plan_job
+    from rvm_node.farm.submit import FORMATS, submit_bundle, write_bundle
+
+    if args.format not in FORMATS:
+        raise InvalidInputError(f"--format: expected openjd or opencue, got {args.format!r}")
+    if args.split < 1 or (args.preroll is not None and args.preroll < 0):
+        raise InvalidInputError("--split must be >= 1 and --preroll >= 0")
+    if args.cuebot and args.format != "opencue":
+        raise InvalidInputError("--cuebot submits OpenCue specs: give --format opencue")
+    shots = _farm_shots(args, split_now=False)
+    pool = PoolSettings(
+        nodes=args.nodes,
+        token_file=str(args.token_file) if args.token_file else None,
+        ca_file=str(args.ca_file) if args.ca_file else None,
+        retries=args.retries,
+        checkpoint_every=args.checkpoint_every,
+        wait_for_node=args.wait_for_node,
+    )
+    job = plan_job(
+        shots,
+        pool,
+        name=args.job_name
+        or f"rvm-node mattes {shots[0].name}" + (f" +{len(shots) - 1}" if len(shots) > 1 else ""),
+        rvm_node=args.rvm_node,
+        split=args.split,
+        preroll=(DEFAULT_PREROLL if args.preroll is None else args.preroll) if args.split > 1 else 0,
+        shared_roots=args.shared_root,
+    )
+    bundle = write_bundle(job, args.output, format=args.format, overwrite=args.overwrite, show=args.show)
+    print(f"{len(job.tasks)} task(s) for {len(shots)} shot(s): {bundle}", file=sys.stderr)
+    if args.cuebot or args.submit_command:
+        print(submit_bundle(bundle, command=args.submit_command, cuebot=args.cuebot), file=sys.stderr)
+    print(bundle)
+    return 0
 
 
 def _add_info(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,6 +21,8 @@ The tree::
     │   └── UnsupportedPrecisionError the device cannot run that precision
     ├── ExportError                  exporting a model failed
     ├── JobCancelledError            the user cancelled a job (complete frames stay)
+    ├── MissingToolError             (+ ImportError) an optional package or tool is not installed
+    ├── SubmitError                  handing a job to a farm manager failed
     └── NodeError                    talking to a render node failed
         ├── NodeUnavailableError     the node cannot be reached or is shutting down (UNAVAILABLE)
         ├── NodeBusyError            the node has no free stream slot (RESOURCE_EXHAUSTED)
@@ -45,6 +47,7 @@ __all__ = [
     "ExportError",
     "InvalidInputError",
     "JobCancelledError",
+    "MissingToolError",
     "NodeAuthError",
     "NodeBusyError",
     "NodeError",
@@ -56,6 +59,7 @@ __all__ = [
     "ResolutionChangedError",
     "RvmNodeError",
     "StateMismatchError",
+    "SubmitError",
     "UnsupportedPrecisionError",
     "WeightsError",
     "WeightsFetchError",
@@ -184,3 +188,11 @@ class NodeProtocolError(NodeError):
 
 class JobCancelledError(RvmNodeError):
     """The user cancelled a job; the frames written so far are complete and a resume finishes it."""
+
+
+class MissingToolError(RvmNodeError, ImportError):
+    """An optional package or tool is not installed; the message says what to install."""
+
+
+class SubmitError(RvmNodeError):
+    """Handing a job to a farm manager failed (its submit command, or its server)."""

@@ -66,6 +66,78 @@ class OpenVinoOptions:
             raise InvalidInputError("threads must be >= 0, streams and max_compiled >= 1")
 
 
+def merge_resizes(model: Any) -> int:
+    """Run resizes of the same geometry as one: concatenated along channels, resized once, then split.
+
+    The refiner lifts four coefficient maps (3, 3, 1 and 1 channels) to full
+    resolution. OpenVINO's CPU resize works channels-last, so its cost is per
+    pixel rather than per sample: one resize of eight channels takes about a
+    third of the time of the four, and the numbers are the same to the bit.
+    ``model`` must have static shapes; returns how many resizes were merged away.
+    """
+    import openvino.opset13 as ops
+
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Interpolate" or not op.output(0).get_partial_shape().is_static:
+            continue
+        shape_in, shape_out = list(op.input(0).get_shape()), list(op.output(0).get_shape())
+        if len(shape_in) != 4 or shape_in[0] != shape_out[0] or shape_in[1] != shape_out[1]:
+            continue
+        attributes = tuple(
+            sorted((k, str(v)) for k, v in op.get_attributes().items() if k != "shape_calculation_mode")
+        )
+        key = (shape_in[0], *shape_in[2:], *shape_out[2:], attributes, op.get_output_element_type(0))
+        groups.setdefault(key, []).append(op)
+    merged = 0
+    for key, members in groups.items():
+        members = _independent(members)
+        if len(members) < 2:
+            continue
+        attributes = members[0].get_attributes()
+        joined = ops.concat([m.input_value(0) for m in members], axis=1)
+        resized = ops.interpolate(
+            joined,
+            np.asarray(key[3:5], np.int64),
+            mode=attributes["mode"],
+            shape_calculation_mode="sizes",
+            pads_begin=attributes["pads_begin"],
+            pads_end=attributes["pads_end"],
+            coordinate_transformation_mode=attributes["coordinate_transformation_mode"],
+            nearest_mode=attributes["nearest_mode"],
+            antialias=attributes["antialias"],
+            cube_coeff=attributes["cube_coeff"],
+            axes=np.asarray([2, 3], np.int64),
+        )
+        channels = [int(m.input(0).get_shape()[1]) for m in members]
+        parts = ops.variadic_split(resized, np.int64(1), np.asarray(channels, np.int64))
+        for index, member in enumerate(members):
+            member.output(0).replace(parts.output(index))
+        merged += len(members) - 1
+    if merged:
+        model.validate_nodes_and_infer_types()
+    return merged
+
+
+def _independent(members: list[Any]) -> list[Any]:
+    """The members whose input does not depend on another member's output (so they can run as one)."""
+    names = {m.get_friendly_name() for m in members}
+    kept = []
+    for member in members:
+        seen: set[str] = set()
+        stack = [member.input_value(0).get_node()]
+        while stack:
+            node = stack.pop()
+            name = node.get_friendly_name()
+            if name in seen:
+                continue
+            seen.add(name)
+            stack.extend(value.get_node() for value in node.input_values())
+        if not seen & names:
+            kept.append(member)
+    return kept
+
+
 def _import_openvino() -> Any:
     try:
         import openvino
@@ -98,6 +170,7 @@ class OpenVinoBackend(MattingBackend[OvState]):
             raise InvalidInputError(f"precision: openvino runs fp32 or bf16, got {precision!r}")
         self.options = options or OpenVinoOptions()
         self.variant, self.device, self.precision = variant, device, precision
+        self._ov = ov
         self._core = ov.Core()
         capabilities = set(self._core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
         if precision == "bf16" and "BF16" not in capabilities:
@@ -148,6 +221,7 @@ class OpenVinoBackend(MattingBackend[OvState]):
         model = self._core.read_model(graph.SerializeToString())
         states = state_shapes(self.variant, (height, width), ratio, batch)[0]
         model.reshape({"src": list(shape), **{f"r{i + 1}i": list(s) for i, s in enumerate(states)}})
+        merge_resizes(model)
         compiled = self._core.compile_model(model, "CPU", self._config())
         seconds = time.perf_counter() - started
         self.compile_seconds.append(seconds)
@@ -194,21 +268,31 @@ class OpenVinoBackend(MattingBackend[OvState]):
         else:
             rec = list(state)
         planes = ("fgr", "pha") if outputs.foreground else ("pha",)
-        results: dict[str, list[np.ndarray]] = {name: [] for name in planes}
+        # Every output is written by OpenVINO straight into its final array (frame t of the
+        # chunk, time-major so each frame is contiguous), and the state ping-pongs between
+        # two sets of buffers: no copy of a plane or a state per frame.
+        ports = {port.get_any_name(): port for port in compiled.outputs}
+        chunk = {
+            name: np.empty((frames, *ports[name].get_shape()), ports[name].get_element_type().to_dtype())
+            for name in planes
+        }
+        buffers = [[np.empty_like(r) for r in rec]]  # a second set from frame 1; the caller's state is kept
         request = self._request(compiled, key)
         try:
             for t in range(frames):
+                if t == 1:
+                    buffers.append([np.empty_like(r) for r in rec])
+                written = buffers[t % 2]
+                for name in planes:
+                    request.set_tensor(name, self._ov.Tensor(chunk[name][t], shared_memory=True))
+                for name, array in zip(_STATE_OUTPUTS, written, strict=True):
+                    request.set_tensor(name, self._ov.Tensor(array, shared_memory=True))
                 feed = {"src": np.ascontiguousarray(src[:, t]), **dict(zip(_STATE_INPUTS, rec, strict=True))}
                 request.infer(feed, share_inputs=True)
-                for name in planes:
-                    results[name].append(request.get_tensor(name).data.copy())
-                rec = [request.get_tensor(name).data.copy() for name in _STATE_OUTPUTS]
+                rec = written
         finally:
             self._release(key, request)
-        stacked = {
-            name: values[0][:, None] if len(values) == 1 else np.stack(values, axis=1)
-            for name, values in results.items()
-        }
+        stacked = {name: values.swapaxes(0, 1) for name, values in chunk.items()}
         return stacked.get("fgr"), stacked["pha"], (rec[0], rec[1], rec[2], rec[3])
 
     def state_to_host(self, state: OvState) -> OvState:

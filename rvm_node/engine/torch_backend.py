@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rvm_node.engine.host_heap import retain_freed_memory
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MattingBackend, RecurrentState
@@ -62,11 +63,15 @@ class TorchOptions:
     ``torchscript``: None for eager, ``"script"`` or ``"freeze"`` (script, then
     ``torch.jit.freeze``). ``channels_last`` uses NHWC memory layout.
     ``fold_bn`` folds each BatchNorm into its convolution at load time.
+    ``retain_heap`` (on a CPU) keeps freed memory in the process, so a
+    frame's large buffers are reused by the next frame instead of being
+    faulted in again (see :mod:`rvm_node.engine.host_heap`).
     """
 
     channels_last: bool = False
     torchscript: Literal["script", "freeze"] | None = None
     fold_bn: bool = True
+    retain_heap: bool = True
 
 
 def _check_device_precision(device: torch.device, precision: str) -> None:
@@ -141,6 +146,8 @@ class TorchBackend(MattingBackend[TorchState]):
         self.precision = precision
         self._device = torch_device
         self._dtype = _DTYPES[precision]
+        if torch_device.type == "cpu" and self.options.retain_heap:
+            retain_freed_memory()
         self._memory_format = torch.channels_last if self.options.channels_last else torch.contiguous_format
         model = model.eval()
         if self.options.fold_bn and isinstance(model, MattingNetwork):

@@ -27,7 +27,17 @@ from rvm_node.io.sequence import FramePattern, FrameRange, parse_frame_range
 from rvm_node.io.writers import WriterSettings
 from rvm_node.tomlfile import load_toml
 
-__all__ = ["DEFAULT_PREROLL", "SHOT_KEYS", "Shot", "load_shot_list", "make_shots", "split_shot"]
+__all__ = [
+    "DEFAULT_PREROLL",
+    "SETTING_KEYS",
+    "SHOT_KEYS",
+    "Shot",
+    "load_shot_list",
+    "make_shots",
+    "parse_shot_settings",
+    "shot_settings",
+    "split_shot",
+]
 
 # Frames a split segment runs before its first written frame to warm the
 # recurrent state. Measured on the test clip at ratio 0.5 (README, "Splitting
@@ -50,6 +60,7 @@ SHOT_KEYS = (
     "start_frame",
     "allow_gaps",
 )
+SETTING_KEYS = tuple(k for k in SHOT_KEYS if k not in ("input", "name"))
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,9 @@ class Shot:
     settings: WriterSettings = field(default_factory=WriterSettings)
     # For a segment of a split shot: frames before this are pre-roll, run but not written.
     write_from: int | None = None
+    # The output paths as written, ``{shot}`` not yet expanded (``output_alpha`` -> pattern), where the
+    # shot came from a shot list or the command line: a farm job bundle keeps shared patterns as one.
+    output_templates: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
 
 def _stem(path: str) -> str:
@@ -123,6 +137,7 @@ def _shot(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Shot:
         start_frame=int(merged.get("start_frame", 1)),
         allow_gaps=bool(merged.get("allow_gaps", False)),
         settings=settings,
+        output_templates={k: str(merged[k]) for k in OUTPUT_KEYS if merged.get(k)},
     )
 
 
@@ -156,6 +171,47 @@ def load_shot_list(path: Path) -> list[Shot]:
         raise InvalidInputError(f"{path}: no [[shot]] entries")
     shots = [_shot(entry, defaults, f"{path}: shot {i + 1}") for i, entry in enumerate(entries)]
     return _check_unique(shots, str(path))
+
+
+def shot_settings(shot: Shot) -> dict[str, Any]:
+    """The shot's settings as shot-list keys (``SETTING_KEYS`` but the outputs), defaults left out:
+    ``--shot-settings`` of these, with the shot's input, name and outputs, makes the same shot."""
+    settings: dict[str, Any] = {}
+    if shot.frames is not None:
+        settings["frames"] = f"{shot.frames.first}-{shot.frames.last}"
+    if shot.downsample_ratio is not None:
+        settings["downsample_ratio"] = shot.downsample_ratio
+    if shot.input_colorspace is not None:
+        settings["input_colorspace"] = shot.input_colorspace
+    if shot.background is not None:
+        settings["background"] = shot.background
+    if shot.start_frame != 1:
+        settings["start_frame"] = shot.start_frame
+    if shot.allow_gaps:
+        settings["allow_gaps"] = True
+    defaults = WriterSettings()
+    for key in ("exr_channels", "bit_depth", "premultiplied"):
+        if getattr(shot.settings, key) != getattr(defaults, key):
+            settings[key] = getattr(shot.settings, key)
+    return settings
+
+
+def parse_shot_settings(text: str, where: str) -> dict[str, Any]:
+    """Shot settings from a JSON object of shot-list keys (``SETTING_KEYS``)."""
+    import json
+
+    try:
+        settings = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(f"{where}: expected a JSON object, got {text!r} ({exc.msg})") from None
+    if not isinstance(settings, dict):
+        raise InvalidInputError(f"{where}: expected a JSON object, got {text!r}")
+    unknown = sorted(set(settings) - set(SETTING_KEYS))
+    if unknown:
+        raise InvalidInputError(
+            f"{where}: unknown keys {', '.join(unknown)}; expected some of {', '.join(SETTING_KEYS)}"
+        )
+    return settings
 
 
 def make_shots(inputs: list[str], options: dict[str, Any]) -> list[Shot]:

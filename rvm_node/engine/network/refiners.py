@@ -36,9 +36,10 @@ def _apply_coefficients(a: Tensor, b: Tensor, src: Tensor) -> tuple[Tensor, Tens
     """Final ``fgr = clamp(up(a_rgb) * src + up(b_rgb) + src)``, ``pha = clamp(up(a_a) * gray + up(b_a))``."""
     a_rgb, a_alpha = a.split([3, 1], dim=1)
     b_rgb, b_alpha = b.split([3, 1], dim=1)
-    fgr = _resize_to(a_rgb + 1.0, src) * src + _resize_to(b_rgb, src)
-    pha = _resize_to(a_alpha, src) * src.mean(1, keepdim=True) + _resize_to(b_alpha, src)
-    return fgr.clamp(0.0, 1.0), pha.clamp(0.0, 1.0)
+    # In place after each resize: two full-resolution temporaries per plane instead of five.
+    fgr = _resize_to(a_rgb + 1.0, src).mul_(src).add_(_resize_to(b_rgb, src)).clamp_(0.0, 1.0)
+    pha = _resize_to(a_alpha, src).mul_(src.mean(1, keepdim=True)).add_(_resize_to(b_alpha, src))
+    return fgr, pha.clamp_(0.0, 1.0)
 
 
 class DeepGuidedFilterRefiner(nn.Module):
