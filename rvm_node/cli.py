@@ -92,7 +92,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--size", default="1280x720", help="WxH the example clip is re-encoded at")
     convert.add_argument("--frames", type=int, default=60)
     convert.add_argument("--downsample-ratio", type=float, default=0.375)
-    convert.add_argument("--backend", choices=["auto", *BACKENDS], default="onnxruntime")
+    convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto")
     convert.add_argument("--formats", default="exr,png", help="alpha formats to measure")
     convert.add_argument("--num-workers", type=int, default=1)
     node = kinds.add_parser(
@@ -116,7 +116,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     node.add_argument("--frames", type=int, default=40, help="frames of the clip (inference rows)")
     node.add_argument("--downsample-ratio", type=float, default=0.5, help="inference rows")
-    node.add_argument("--backend", choices=["auto", *BACKENDS], default="onnxruntime", help="inference rows")
+    node.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="inference rows")
     node.add_argument("--device", default="cpu", help="inference rows: cpu, cuda, cuda:N")
     node.add_argument(
         "--long-stream-frames",

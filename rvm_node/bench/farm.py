@@ -26,7 +26,7 @@ def run_farm_bench(args: argparse.Namespace) -> int:
     clip = upscaled_clip(352, 288, 120)
 
     def start(core: int) -> tuple[Any, str]:
-        return spawn_node("--threads", "1", "--max-streams", "2", pin_core=core)
+        return spawn_node("--backend", "auto", "--threads", "1", "--max-streams", "2", pin_core=core)
 
     def shots(root: Path, count: int, length: int) -> list[Shot]:
         return [

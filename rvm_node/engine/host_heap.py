@@ -6,8 +6,9 @@ stages) are several MB each, and glibc hands blocks that large back to the
 kernel when they are freed: a block above its mmap threshold is unmapped, and
 free memory at the top of the heap beyond its trim threshold is released. The
 next frame then asks for the same sizes again, and the kernel zero-fills and
-maps every page anew: about 11,700 page faults per 720p frame in TorchScript,
-measured here, and a sixth of the frame's time.
+maps every page anew. Measured with TorchScript at 1280x720 on 2 cores, three
+runs each way: 9,300 to 18,800 page faults per frame with glibc's defaults,
+0 to 350 with the thresholds raised, and 81 against 73 ms per frame (1.12x).
 
 :func:`retain_freed_memory` raises both thresholds, so those blocks stay in the
 heap and are reused from frame to frame. The cost is that the process keeps

@@ -178,6 +178,11 @@ class OpenVinoBackend(MattingBackend[OvState]):
                 "precision bf16: this CPU has no bf16 units (OpenVINO reports "
                 f"{', '.join(sorted(capabilities))}); use fp32"
             )
+        if precision == "bf16":
+            log.warning(
+                "openvino: bf16 is a preview mode: it measured alpha errors up to 1.0 against the official "
+                "model (the README, Speed); fp32 is the parity path"
+            )
         proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
         src_type = next(i.type.tensor_type.elem_type for i in proto.graph.input if i.name == "src")
         if src_type != onnx.TensorProto.FLOAT:

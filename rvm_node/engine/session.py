@@ -12,6 +12,7 @@ and refuses a frame size it holds no state for unless it is reset.
 from __future__ import annotations
 
 import abc
+import importlib.util
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -43,14 +44,16 @@ BACKENDS = ("torch", "onnxruntime", "openvino")  # the names load_model takes, b
 
 
 def fastest_parity_backend(device: str) -> str:
-    """The fastest backend that matches the official model (fp32; never bf16), by measurement.
+    """The fastest backend present that matches the official model (fp32; never bf16), by measurement.
 
-    ``rvm-node bench engine`` (see the README): OpenVINO leads onnxruntime at
-    640x360 (1.37x) but not at 1920x1080 (0.79x) with float32 foreground and
-    alpha out, so onnxruntime is the choice on every device until OpenVINO's
-    data path wins at every size.
+    ``rvm-node bench engine`` (see the README), on a 2-core AVX-512 CPU: OpenVINO
+    ran 1.28x, 1.18x and 1.09x the official ONNX at 640x360, 1280x720 and
+    1920x1080, onnxruntime (our export) 0.90x, 0.90x and 0.85x. So OpenVINO on
+    a CPU where the ``openvino`` extra is installed, else onnxruntime, which is
+    also the choice on GPUs.
     """
-    del device  # onnxruntime on cpu and cuda alike
+    if device == "cpu" and importlib.util.find_spec("openvino") is not None:
+        return "openvino"
     return "onnxruntime"
 
 
