@@ -196,7 +196,7 @@ def test_merged_resizes_change_no_bit(
     merged_backend = load_model(backend="openvino")
     merged = _run(merged_backend, clip_frames[:8], 0.5)
     counts = {key: _interpolates(compiled) for key, compiled in merged_backend._compiled.items()}
-    monkeypatch.setattr(module, "merge_resizes", lambda model: 0)
+    monkeypatch.setattr(module, "merge_resizes", lambda _model: 0)
     plain_backend = load_model(backend="openvino")
     plain = _run(plain_backend, clip_frames[:8], 0.5)
     assert np.array_equal(merged[0], plain[0]) and np.array_equal(merged[1], plain[1])
