@@ -165,6 +165,8 @@ def test_outputs_that_differ_per_shot_are_task_parameters(clip: Path, tmp_path: 
         (["--cuebot", "cue:8443"], "--cuebot submits OpenCue specs: give --format opencue"),
         (["--shot-settings", "{bad"], "--shot-settings: expected a JSON object"),
         (["--shot-settings", '{"colour": 1}'], "--shot-settings: unknown keys colour"),
+        (["--checkpoint-every", "0"], "--checkpoint-every >= 1"),
+        (["--split", "0"], "--split must be >= 1"),
     ],
 )
 def test_bad_bundles_get_one_line(args: list[str], message: str, clip: Path, tmp_path: Path) -> None:
@@ -446,3 +448,23 @@ def test_bad_task_options(args: list[str], message: str, clip: Path, tmp_path: P
     assert done.returncode != 0
     assert done.stderr.strip().splitlines() == [f"rvm-node: error: {message}"]
     assert not any(tmp_path.iterdir())
+
+
+def test_shot_settings_make_the_same_shot(clip: Path, tmp_path: Path) -> None:
+    from rvm_node.farm import load_shot_list, make_shots
+    from rvm_node.farm.shots import shot_settings
+
+    extra = (
+        '[[shot]]\nname = "full"\nframes = "3-9"\ninput_colorspace = "ACES - ACEScg"\nbackground = "0,1,0"\n'
+        'start_frame = 1001\nallow_gaps = true\nexr_channels = "A"\nbit_depth = 8\npremultiplied = true\n'
+        f'output_composition = "{tmp_path}/comp/{{shot}}.####.png"\n'
+    )
+    path = shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {}, extra)
+    (shot,) = load_shot_list(path)
+    settings = shot_settings(shot)
+    assert (
+        settings["exr_channels"] == "A" and settings["start_frame"] == 1001 and settings["allow_gaps"] is True
+    )
+    outputs = {f"output_{k}": v for k, v in shot.outputs.items()}
+    (again,) = make_shots([shot.input], {**json.loads(json.dumps(settings)), **outputs, "name": shot.name})
+    assert again == shot

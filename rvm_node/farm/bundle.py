@@ -34,7 +34,16 @@ from rvm_node.farm.shots import OUTPUT_KEYS, Shot, shot_settings, split_shot
 from rvm_node.fsutil import TEMPORARY_MARK
 from rvm_node.io.sequence import FrameRange
 
-__all__ = ["FarmJob", "FarmTask", "PoolSettings", "plan_job", "task_argv", "writing_bundle"]
+__all__ = [
+    "JOB_PARAMETERS",
+    "FarmJob",
+    "FarmTask",
+    "PoolSettings",
+    "plan_job",
+    "task_argv",
+    "task_values",
+    "writing_bundle",
+]
 
 JOB_PARAMETERS = {  # shot key -> job (or task) parameter name
     "output_alpha": "OutputAlpha",
@@ -55,6 +64,12 @@ class PoolSettings:
     retries: int = 3
     checkpoint_every: int = 25
     wait_for_node: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not self.nodes.strip():
+            raise InvalidInputError("--nodes: no node given")
+        if self.retries < 0 or self.checkpoint_every < 1 or self.wait_for_node < 0:
+            raise InvalidInputError("--retries and --wait-for-node must be >= 0 and --checkpoint-every >= 1")
 
 
 @dataclass(frozen=True, kw_only=True)
