@@ -54,8 +54,21 @@ def _add_weights(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    export = sub.add_parser("export", help="export the network to ONNX or TorchScript")
-    export.add_argument("--format", choices=["onnx", "torchscript"], required=True)
+    export = sub.add_parser(
+        "export",
+        help="export the network: ONNX, TorchScript, or TensorFlow/TFLite/TF.js/CoreML for one size and ratio",
+    )
+    export.add_argument(
+        "--format",
+        required=True,
+        help="onnx, torchscript, or (static shapes) tensorflow, tflite, tfjs, coreml",
+    )
+    export.add_argument(
+        "--size", default=None, help="static formats: WIDTHxHEIGHT of the frames, e.g. 1920x1080"
+    )
+    export.add_argument(
+        "--downsample-ratio", type=float, default=None, help="static formats: the ratio, e.g. 0.25"
+    )
     export.add_argument("--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3")
     export.add_argument(
         "--refiner", choices=["deep_guided_filter", "fast_guided_filter"], default="deep_guided_filter"
@@ -68,7 +81,12 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     export.add_argument(
         "--random-weights", action="store_true", help="export untrained weights (for testing)"
     )
-    export.add_argument("--output", type=Path, required=True)
+    export.add_argument(
+        "--output",
+        type=Path,
+        required=True,
+        help="the file (onnx, torchscript) or the folder (static formats)",
+    )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
 
@@ -631,8 +649,38 @@ def _weights(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from rvm_node.engine.export import DEFAULT_OPSET, export_onnx, export_torchscript
     from rvm_node.engine.loader import load_network
+    from rvm_node.engine.static_export import (
+        STATIC_FORMATS,
+        StaticSpec,
+        export_static,
+        parse_size,
+        prepare_export,
+    )
 
     output: Path = args.output
+    if args.format in STATIC_FORMATS:
+        if args.size is None or args.downsample_ratio is None:
+            raise InvalidInputError(
+                f"--format {args.format}: give --size WIDTHxHEIGHT and --downsample-ratio"
+            )
+        if args.opset is not None:
+            raise InvalidInputError("--opset: only applies to --format onnx")
+        width, height = parse_size(args.size)
+        spec = StaticSpec(args.variant, width, height, args.downsample_ratio, args.precision)
+        prepare_export(args.format, spec, output, overwrite=args.overwrite)  # before loading weights
+        net = load_network(
+            args.variant, args.checkpoint, refiner=args.refiner, random_weights=args.random_weights
+        )
+        print(export_static(net, args.format, spec, output, overwrite=args.overwrite))
+        return 0
+    if args.format not in ("onnx", "torchscript"):
+        raise InvalidInputError(
+            f"--format: expected onnx, torchscript or one of {', '.join(STATIC_FORMATS)}, got {args.format!r}"
+        )
+    if args.size is not None or args.downsample_ratio is not None:
+        raise InvalidInputError(
+            "--size and --downsample-ratio: only for the static formats (shapes are dynamic)"
+        )
     if output.exists() and not args.overwrite:
         raise InvalidInputError(f"{output}: already exists; pass --overwrite to replace it")
     if args.format == "torchscript" and args.opset is not None:

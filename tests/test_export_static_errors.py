@@ -1,0 +1,76 @@
+"""Static exports (TensorFlow, TFLite, TF.js, CoreML): bad settings and missing toolchains, each one line,
+nothing written. These run without the toolchains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_rvm_node
+
+
+def export(tmp_path: Path, *args: str, env_root: Path | None = None) -> tuple[int, list[str]]:
+    import os
+
+    env = os.environ.copy()
+    env["RVM_NODE_TOOLCHAINS"] = str(env_root or tmp_path / "no-toolchains")
+    done = run_rvm_node("export", *args, "--random-weights", check=False, env=env)
+    return done.returncode, done.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--format", "keras", "--size", "176x144", "--downsample-ratio", "0.5"],
+         "--format: expected onnx, torchscript or one of tensorflow, tflite, tfjs, coreml, got 'keras'"),
+        (["--format", "tflite", "--downsample-ratio", "0.5"], "--format tflite: give --size WIDTHxHEIGHT and --downsample-ratio"),
+        (["--format", "tflite", "--size", "176by144", "--downsample-ratio", "0.5"], "--size: expected WIDTHxHEIGHT"),
+        (["--format", "tflite", "--size", "176x144", "--downsample-ratio", "1.5"], "--downsample-ratio: expected a number in (0, 1]"),
+        (["--format", "coreml", "--size", "176x144", "--downsample-ratio", "0.25"],
+         "the network would run at 36 px on the short side; it needs at least 64"),
+        (["--format", "tfjs", "--size", "176x144", "--downsample-ratio", "0.5", "--precision", "fp16"],
+         "--precision fp16: tfjs exports are fp32"),
+        (["--format", "onnx", "--size", "176x144"], "--size and --downsample-ratio: only for the static formats"),
+        (["--format", "tflite", "--size", "176x144", "--downsample-ratio", "0.5", "--opset", "13"],
+         "--opset: only applies to --format onnx"),
+    ],
+)  # fmt: skip
+def test_bad_settings(args: list[str], message: str, tmp_path: Path) -> None:
+    code, lines = export(tmp_path, *args, "--output", str(tmp_path / "out"))
+    assert code == 3 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("fmt, toolchain", [("tensorflow", "tensorflow"), ("tflite", "tensorflow"),
+                                             ("tfjs", "tensorflow"), ("coreml", "coreml")])  # fmt: skip
+def test_a_missing_toolchain_says_what_to_install(fmt: str, toolchain: str, tmp_path: Path) -> None:
+    code, lines = export(tmp_path, "--format", fmt, "--size", "176x144", "--downsample-ratio", "0.5",
+                         "--output", str(tmp_path / "out"))  # fmt: skip
+    assert code != 0 and len(lines) == 1, lines
+    assert f"the {toolchain} toolchain" in lines[0] and f"toolchains install {toolchain}" in lines[0], lines
+    leftovers = list((tmp_path / "out").iterdir()) if (tmp_path / "out").exists() else []
+    assert leftovers == []
+
+
+def test_an_existing_export_is_kept(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    existing = out / "rvm_mobilenetv3_176x144_r0.5_fp32.tflite"
+    existing.write_bytes(b"mine")
+    code, lines = export(tmp_path, "--format", "tflite", "--size", "176x144", "--downsample-ratio", "0.5",
+                         "--output", str(out))  # fmt: skip
+    assert code == 3 and lines == [
+        f"rvm-node: error: {existing}: already exists; pass --overwrite to replace it"
+    ]
+    assert existing.read_bytes() == b"mine" and sorted(p.name for p in out.iterdir()) == [existing.name]
+
+
+def test_unknown_toolchain_names(tmp_path: Path) -> None:
+    from rvm_node.engine.toolchains import install
+    from rvm_node.errors import InvalidInputError
+
+    with pytest.raises(
+        InvalidInputError, match="toolchains: unknown keras; expected tensorflow, tfjs, coreml"
+    ):
+        install(["keras"])
