@@ -73,7 +73,9 @@ def merge_resizes(model: Any) -> int:
     resolution. OpenVINO's CPU resize works channels-last, so its cost is per
     pixel rather than per sample: one resize of eight channels takes about a
     third of the time of the four, and the numbers are the same to the bit.
-    ``model`` must have static shapes; returns how many resizes were merged away.
+    Only resizes to given sizes are merged (a resize by scales samples by the
+    scale). ``model`` must have static shapes; returns how many resizes were
+    merged away.
     """
     import openvino.opset13 as ops
 
@@ -84,9 +86,9 @@ def merge_resizes(model: Any) -> int:
         shape_in, shape_out = list(op.input(0).get_shape()), list(op.output(0).get_shape())
         if len(shape_in) != 4 or shape_in[0] != shape_out[0] or shape_in[1] != shape_out[1]:
             continue
-        attributes = tuple(
-            sorted((k, str(v)) for k, v in op.get_attributes().items() if k != "shape_calculation_mode")
-        )
+        if op.get_attributes().get("shape_calculation_mode") != "sizes":
+            continue  # a resize by scales samples by the scale, not by the sizes: left as it is
+        attributes = tuple(sorted((k, str(v)) for k, v in op.get_attributes().items()))
         key = (shape_in[0], *shape_in[2:], *shape_out[2:], attributes, op.get_output_element_type(0))
         groups.setdefault(key, []).append(op)
     merged = 0
