@@ -44,6 +44,13 @@ def install(args: dict[str, Any]) -> str:
     return module
 
 
+def _save(args: dict[str, Any]) -> None:
+    """With ``blend``, save the scene there first: "submit to the farm" writes its bundles beside it."""
+    if "blend" in args:
+        os.makedirs(os.path.dirname(args["blend"]), exist_ok=True)
+        bpy.ops.wm.save_as_mainfile(filepath=args["blend"])
+
+
 def snapshot() -> dict[str, Any]:
     scene = bpy.context.scene
     editor = scene.sequence_editor
@@ -66,6 +73,7 @@ def snapshot() -> dict[str, Any]:
                 strip["files"] = [e.filename for e in s.elements]
             strips.append(strip)
     tree = scene.node_tree if scene.use_nodes else None
+    image_nodes = [] if tree is None else [n for n in tree.nodes if n.bl_idname == "CompositorNodeImage"]
     return {
         "images": [
             {
@@ -92,6 +100,10 @@ def snapshot() -> dict[str, Any]:
         ],
         "strips": strips,
         "nodes": [] if tree is None else sorted(n.bl_idname for n in tree.nodes),
+        "image_nodes": [
+            [n.image.name if n.image else None, n.frame_start, n.frame_duration, n.frame_offset]
+            for n in image_nodes
+        ],
         "links": []
         if tree is None
         else sorted(
@@ -154,6 +166,7 @@ def _run_op(operator: Any, args: dict[str, Any], **fixed: Any) -> dict[str, Any]
 
 def matte_clip(args: dict[str, Any]) -> dict[str, Any]:
     install(args)
+    _save(args)
     _scene_range(args)
     clip = _load_clip(args["clip"])
     return _run_op(bpy.ops.rvm.matte_clip, args, clip=clip.name)
@@ -186,6 +199,7 @@ def _add_strips(specs: list[dict[str, Any]]) -> list[Any]:
 
 def matte_strips(args: dict[str, Any]) -> dict[str, Any]:
     install(args)
+    _save(args)
     _scene_range(args)
     _add_strips(args["strips"])
     for strip in _all_strips():

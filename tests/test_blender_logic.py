@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "blender"))
 
-from rvm_blender import command, process, shots
+from rvm_blender import command, farm, process, shots
 from rvm_blender.shots import FrameMap, PluginError, ShotRequest
 
 from rvm_node.events import ProgressEvent
@@ -318,3 +318,105 @@ def test_leftover_temporaries_are_removed(tmp_path: Path) -> None:
         ".other.0002.abc.rvmtmp.exr",
         "m.0001.exr",
     ]
+
+
+# --- submit to the farm -------------------------------------------------------------------------
+
+
+def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Path]:
+    """A recorded stand-in for the farm manager's submit command (not Deadline's): it records its argv
+    to a JSON file and prints a fake job id line, or exits ``exit_code`` with a message on stderr."""
+    import shlex
+
+    record = tmp_path / "standin_submit_argv.json"
+    script = tmp_path / "standin_submit.py"
+    script.write_text(
+        "import json, sys\n"
+        f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"if {exit_code}:\n"
+        "    print('stand-in farm: queue rvm is closed', file=sys.stderr)\n"
+        f"    sys.exit({exit_code})\n"
+        "print('job-0123')\n"
+    )
+    return f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} bundle submit --yes {{bundle}}", record
+
+
+def test_submit_writes_a_bundle_of_the_run_here_shots_and_runs_the_submit_command(tmp_path: Path) -> None:
+    import json
+    from datetime import datetime
+
+    import yaml
+
+    requests = [_shot(tmp_path, "a"), _shot(tmp_path, "b")]
+    run = command.RunOptions(nodes=("h:1", "h:2"), file_format="PNG16", downsample_ratio=0.25)
+    submit, record = recorded_standin_submit(tmp_path)
+    cleared: list[bool] = []
+    blend = str(tmp_path / "sh010 layout.blend")
+    done = farm.submit_requests(
+        requests,
+        run,
+        farm.FarmOptions(submit_command=submit, rvm_node="/opt/rvm/bin/rvm-node"),
+        blend,
+        before_submit=lambda: cleared.append(not record.exists()),
+        now=datetime(2025, 3, 4, 5, 6, 7),
+    )
+    assert done.bundle == tmp_path / "sh010 layout_rvm_jobs" / "sh010_layout_a_b-20250304-050607"
+    assert done.said == f"submitted {done.bundle.name}: job-0123" and cleared == [True]
+    assert json.loads(record.read_text()) == ["bundle", "submit", "--yes", str(done.bundle)]
+    template = yaml.safe_load((done.bundle / "template.yaml").read_text())
+    space = template["steps"][0]["parameterSpace"]
+    tasks = {p["name"]: p["range"] for p in space["taskParameterDefinitions"]}
+    assert tasks["Shot"] == ["a", "b"] and tasks["Input"] == [r.input for r in requests]
+    assert tasks["OutputAlpha"] == [r.outputs["alpha"] for r in requests]
+    assert tasks["OutputForeground"] == [r.outputs["foreground"] for r in requests]
+    settings = json.loads(tasks["Settings"][0])
+    assert settings == {"frames": "6-25", "input_colorspace": "Linear Rec.709"}  # 16-bit: the default
+    values = json.loads((done.bundle / "job_parameters.json").read_text())
+    assert values["Nodes"] == "h:1,h:2" and values["RvmNode"] == "/opt/rvm/bin/rvm-node"
+    assert values["DownsampleRatio"] == "0.25"
+    # the farm's shots are those "run here" gives `farm run`
+    shot_list = load_shot_list(command.write_shot_list(requests, run, tmp_path / "s.toml"))
+    assert farm.farm_shots(requests, run) == shot_list
+
+
+def test_failed_submits_say_so_in_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    requests = [_shot(tmp_path)]
+    run = command.RunOptions(nodes=("h:1",))
+    blend = str(tmp_path / "shot.blend")
+    jobs = tmp_path / "shot_rvm_jobs"
+    failing, _ = recorded_standin_submit(tmp_path, exit_code=3)
+
+    def error(options: farm.FarmOptions, blend_path: str = blend) -> str:
+        with pytest.raises(PluginError) as caught:
+            farm.submit_requests(requests, run, options, blend_path)
+        assert len(str(caught.value).splitlines()) == 1
+        return str(caught.value)
+
+    message = error(farm.FarmOptions(submit_command=failing))
+    (kept,) = jobs.iterdir()
+    assert "failed (exit 3): stand-in farm: queue rvm is closed" in message
+    assert message.endswith(f"the job bundle is in {kept}") and (kept / "template.yaml").is_file()
+    message = error(farm.FarmOptions(submit_command="no-such-deadline bundle submit {bundle}"))
+    assert "submit command no-such-deadline: not found" in message
+    (tmp_path / "a_file").write_text("x")
+    message = error(farm.FarmOptions(submit_command=failing, folder=str(tmp_path / "a_file" / "jobs")))
+    assert "cannot write the job bundle in" in message
+    monkeypatch.setitem(sys.modules, "outline", None)  # OpenCue's library not installed
+    cue = farm.FarmOptions(format="opencue", cuebot="cue:8443", folder=str(tmp_path / "cue" / "jobs"))
+    assert "opencue-pyoutline is not installed" in error(cue)
+    assert not (tmp_path / "cue").exists()  # the folders made for it are gone again
+    assert "set the Cuebot address" in error(farm.FarmOptions(format="opencue"))
+    assert "set the submit command" in error(farm.FarmOptions(submit_command=""))
+    assert "save the .blend file first, or set a bundle folder" in error(farm.FarmOptions(), "")
+    assert "expected an absolute path" in error(farm.FarmOptions(folder="jobs"))
+    with pytest.raises(PluginError, match="farm format 'tractor'"):
+        farm.FarmOptions(format="tractor")
+    assert len(list(jobs.iterdir())) == 2  # only the bundles whose submit step failed stay
+
+
+def test_bundle_folders() -> None:
+    from rvm_node.farm.submit import DEADLINE_CLOUD
+
+    assert farm.DEADLINE_CLOUD == DEADLINE_CLOUD == farm.FarmOptions().submit_command
+    assert farm.jobs_folder("", "/p/x.blend") == Path("/p/x_rvm_jobs")
+    assert farm.jobs_folder(" /studio/jobs ", "") == Path("/studio/jobs")

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import tomllib
+import yaml
 
 from rvm_node.io.images import write_exr, write_image
 from tests.helpers import alpha, assert_same_mattes, direct_matte, spawn_node
@@ -597,3 +598,228 @@ def test_release_zip_bundles_every_platform_and_installs(
     assert result["result"] == "FINISHED", result["error"]
     site = tmp_path / "blender-user" / "extensions" / ".local" / "lib" / "python3.11" / "site-packages"
     assert list(site.glob("av/*.so")) and not list(site.rglob("*.pyd"))  # Linux binaries only
+
+
+# --- submit to the farm ---------------------------------------------------------------------------
+
+
+def _openjd_run(bundle: Path) -> None:
+    """Run a job bundle as a farm's worker would: the real `openjd` CLI, every task."""
+    openjd = str(Path(sys.executable).parent / "openjd")
+    template, values = bundle / "template.yaml", bundle / "job_parameters.json"
+    done = subprocess.run(
+        [openjd, "run", str(template), "-p", f"file://{values}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+
+
+def _bundle_of(info: str) -> Path:
+    """The bundle folder an "Info: RVM: submitted ... (bundle PATH)..." report names."""
+    return Path(info.split("(bundle ", 1)[1].split(")", 1)[0])
+
+
+def blender_info(
+    python: Path, scenario: str, args: dict[str, Any], tmp_path: Path
+) -> tuple[dict[str, Any], list[str]]:
+    """A scenario's result, and the operator's INFO reports (Blender prints them on stdout)."""
+    argv = [str(python), str(SCENARIOS), scenario, json.dumps(args)]
+    done = subprocess.run(argv, env=_env(tmp_path), capture_output=True, text=True, timeout=600)
+    infos = [
+        line.removeprefix("Info: ") for line in done.stdout.splitlines() if line.startswith("Info: RVM:")
+    ]
+    return _result(done.returncode, done.stdout, done.stderr), infos
+
+
+def test_submit_a_clip_to_the_farm_loads_its_matte_to_come(
+    blender_python: Path, extension_zip: Path, node: str, clip: Path, tmp_path: Path
+) -> None:
+    from tests.test_blender_logic import recorded_standin_submit
+
+    submit, record = recorded_standin_submit(tmp_path)
+    out = tmp_path / "out"
+    blend = tmp_path / "shots" / "layout.blend"
+    result, infos = blender_info(
+        blender_python,
+        "matte_clip",
+        {
+            "zip": str(extension_zip),
+            "blend": str(blend),
+            "scene_range": [1001, 1010],
+            "clip": {"path": str(clip), "frame_start": 1001},
+            "prefs": {
+                "target": "FARM",
+                "submit_command": submit,
+                "farm_rvm_node": str(Path(sys.executable).parent / "rvm-node"),
+            },
+            "op": {
+                "node": node,
+                "output": f"{out}/{{shot}}/{{shot}}_matte.####.exr",
+                "frame_range": "SCENE",
+                "compositor": True,
+                "blocking": True,
+            },
+        },
+        tmp_path,
+    )
+    assert result["result"] == "FINISHED", result["error"]
+    # one line: what the stand-in said, where the bundle is, what was loaded
+    assert len(infos) == 1 and "job-0123" in infos[0] and "mattes load as frames arrive: carphone" in infos[0]
+    bundle = _bundle_of(infos[0])
+    assert bundle.parent == blend.parent / "layout_rvm_jobs" and bundle.name.startswith("layout_carphone-")
+    assert json.loads(record.read_text()) == ["bundle", "submit", "--yes", str(bundle)]
+    template = yaml.safe_load((bundle / "template.yaml").read_text())
+    tasks = {
+        p["name"]: p["range"] for p in template["steps"][0]["parameterSpace"]["taskParameterDefinitions"]
+    }
+    assert tasks["Shot"] == ["carphone"] and tasks["Input"] == [str(clip)]
+    assert json.loads(tasks["Settings"][0])["frames"] == "1-10"
+    pattern = out / "carphone" / "carphone_matte.####.exr"
+    assert json.loads((bundle / "job_parameters.json").read_text())["OutputAlpha"] == str(pattern)  # one shot
+    # the matte is loaded at once as an image sequence of the frames to come (none is there yet)
+    after = result["after"]
+    assert not out.exists()
+    image = next(i for i in after["images"] if i["name"] == "carphone_matte")
+    assert image["source"] == "SEQUENCE" and image["colorspace"] == "Non-Color"
+    assert image["filepath"] == str(out / "carphone" / "carphone_matte.0001.exr")
+    assert image["range"] == [1001, 10, 0]
+    assert [c["name"] for c in after["clips"]] == ["carphone.mp4"]  # a movie clip needs its frames on disk
+    assert after["image_nodes"] == [["carphone_matte", 1001, 10, 0]]
+    assert ["CompositorNodeImage", "Image", "CompositorNodeSetAlpha", "Alpha"] in after["links"]
+    assert ["CompositorNodeMovieClip", "Image", "CompositorNodeSetAlpha", "Image"] in after["links"]
+    # run as a farm would, the job writes exactly the frames the image sequence reads
+    _openjd_run(bundle)
+    reference = tmp_path / "reference"
+    direct_matte(clip, node, "1-10", reference / "ref.####.exr")
+    assert_same_mattes(out / "carphone", reference, range(1, 11), "carphone_matte")
+
+
+def test_submit_strips_to_the_farm_loads_their_matte_strips_to_come(
+    blender_python: Path, extension_zip: Path, clip: Path, plate_sequence: list[Path], tmp_path: Path
+) -> None:
+    from tests.test_blender_logic import recorded_standin_submit
+
+    submit, record = recorded_standin_submit(tmp_path)
+    out = tmp_path / "out"
+    args = _strip_args(extension_zip, clip, plate_sequence, out, "n1:50051,n2:50051")
+    args["prefs"] = {
+        "submit_command": submit,
+        "bundle_folder": str(tmp_path / "jobs"),
+    }  # target: the operator's
+    args["op"]["target"] = "FARM"
+    result, infos = blender_info(blender_python, "matte_strips", args, tmp_path)
+    assert result["result"] == "FINISHED", result["error"]
+    assert len(infos) == 1 and "mattes load as frames arrive: movie, seq" in infos[0]
+    bundle = _bundle_of(infos[0])
+    assert bundle.parent == tmp_path / "jobs" and bundle.name.startswith("untitled_movie_seq-")
+    assert json.loads(record.read_text())[-1] == str(bundle)
+    template = yaml.safe_load((bundle / "template.yaml").read_text())
+    tasks = {
+        p["name"]: p["range"] for p in template["steps"][0]["parameterSpace"]["taskParameterDefinitions"]
+    }
+    assert tasks["Shot"] == ["movie", "seq"]
+    assert tasks["Input"] == [str(clip), str(plate_sequence[0]).replace("1001", "####")]
+    assert tasks["OutputAlpha"] == [str(out / "movie" / "movie.####.exr"), str(out / "seq" / "seq.####.exr")]
+    assert [json.loads(s)["frames"] for s in tasks["Settings"]] == ["6-120", "1001-1030"]
+    strips = {s["name"]: s for s in result["after"]["strips"]}
+    for plate, matte, folder in (("movie", "movie_matte", "movie"), ("seq", "seq_matte", "seq")):
+        p, m = strips[plate], strips[matte]
+        assert m["type"] == "IMAGE" and m["channel"] == p["channel"] + 1 and m["blend_type"] == "ALPHA_OVER"
+        assert (m["final_start"], m["final_end"]) == (p["final_start"], p["final_end"])
+        assert m["directory"] == str(out / folder) + os.sep and m["colorspace"] == "Non-Color"
+    assert strips["movie_matte"]["files"] == [f"movie.{n:04d}.exr" for n in range(6, 121)]
+    assert strips["seq_matte"]["files"] == [f"seq.{n}.exr" for n in range(1001, 1031)]
+    assert not out.exists()  # the farm writes them
+
+
+def test_failed_submits_are_one_line_and_leave_the_scene_alone(
+    blender_python: Path, extension_zip: Path, clip: Path, tmp_path: Path
+) -> None:
+    from tests.test_blender_logic import recorded_standin_submit
+
+    failing, record = recorded_standin_submit(tmp_path, exit_code=3)
+    (tmp_path / "unused").mkdir()
+    unused, never = recorded_standin_submit(tmp_path / "unused")
+    (tmp_path / "a_file").write_text("not a folder")
+    jobs = tmp_path / "jobs"
+    ok = {
+        "node": "127.0.0.1:50051",
+        "output": f"{tmp_path}/out/m.####.exr",
+        "blocking": True,
+        "target": "FARM",
+    }
+    farm = {"bundle_folder": str(jobs), "submit_command": failing}
+    movie = {
+        "type": "MOVIE",
+        "name": "m",
+        "path": str(clip),
+        "channel": 128,
+        "frame_start": 1,
+        "trim_end": 115,
+    }
+    result = blender(
+        blender_python,
+        "calls",
+        {
+            "zip": str(extension_zip),
+            "clip": {"path": str(clip)},
+            "missing_clip": str(tmp_path / "gone.mp4"),
+            "calls": [
+                ["submit fails", "matte_clip", ok, {"prefs": farm}],
+                [
+                    "no submit command",
+                    "matte_clip",
+                    ok,
+                    {"prefs": {**farm, "submit_command": "no-such-deadline bundle submit --yes {bundle}"}},
+                ],
+                [
+                    "unwritable bundle folder",
+                    "matte_clip",
+                    ok,
+                    {"prefs": {**farm, "bundle_folder": str(tmp_path / "a_file" / "jobs")}},
+                ],
+                [
+                    "no OpenCue library",
+                    "matte_clip",
+                    ok,
+                    {"prefs": {**farm, "farm_format": "OPENCUE", "cuebot": "127.0.0.1:1"}},
+                ],
+                ["no Cuebot", "matte_clip", ok, {"prefs": {**farm, "farm_format": "OPENCUE"}}],
+                ["unsaved .blend", "matte_clip", ok, {"prefs": {**farm, "bundle_folder": ""}}],
+                ["unreadable clip", "matte_missing_clip", ok, {"prefs": farm}],
+                [
+                    "no channel for the matte",
+                    "matte_strip",
+                    ok,
+                    {"strips": [movie], "prefs": {**farm, "submit_command": unused}},
+                ],
+            ],
+        },
+        tmp_path,
+    )
+    outcome = {name: call for name, call in result["calls"]}
+    expected = {
+        "submit fails": "failed (exit 3): stand-in farm: queue rvm is closed; the job bundle is in",
+        "no submit command": "submit command no-such-deadline: not found",
+        "unwritable bundle folder": "cannot write the job bundle in",
+        "no OpenCue library": "opencue-pyoutline is not installed",
+        "no Cuebot": "set the Cuebot address",
+        "unsaved .blend": "save the .blend file first, or set a bundle folder",
+        "unreadable clip": "cannot read",
+        "no channel for the matte": "m: the matte could not be loaded: no free channel above 128",
+    }
+    for name, fragment in expected.items():
+        call = outcome[name]
+        assert call["result"] == "ERROR" and fragment in call["error"], (name, call)
+        assert len(call["error"].splitlines()) == 1 and call["error"].startswith("Error: RVM:"), (name, call)
+        assert call["unchanged"], name  # no image, clip, strip or compositor node
+    # the bundles whose submit step failed stay, and the message says where; nothing else was written
+    kept = sorted(jobs.iterdir())
+    assert len(kept) == 2 and all((k / "template.yaml").is_file() for k in kept)
+    assert str(kept[0]) in outcome["submit fails"]["error"] and json.loads(record.read_text())[-1] == str(
+        kept[0]
+    )
+    assert not never.exists() and not (tmp_path / "out").exists()

@@ -468,3 +468,37 @@ def test_shot_settings_make_the_same_shot(clip: Path, tmp_path: Path) -> None:
     outputs = {f"output_{k}": v for k, v in shot.outputs.items()}
     (again,) = make_shots([shot.input], {**json.loads(json.dumps(settings)), **outputs, "name": shot.name})
     assert again == shot
+
+
+def test_job_names_and_new_bundle_folders(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from rvm_node.farm.submit import job_name, new_bundle_folder
+
+    assert job_name("sh 010", ["Read1"]) == "sh_010_Read1"
+    assert job_name("", ["a", "b", "c", "d", "e"]) == "untitled_a_b_c_2_more"
+    now = datetime(2025, 3, 4, 5, 6, 7)
+    first = new_bundle_folder(tmp_path, "job", now)
+    assert first == tmp_path / "job-20250304-050607"
+    first.mkdir()
+    assert new_bundle_folder(tmp_path, "job", now) == tmp_path / "job-20250304-050607-2"
+
+
+def test_submit_job_leaves_nothing_before_the_submit_step(clip: Path, tmp_path: Path) -> None:
+    from rvm_node.farm import make_shots
+    from rvm_node.farm.bundle import PoolSettings
+    from rvm_node.farm.submit import submit_job
+
+    shots = make_shots([str(clip)], {"output_alpha": str(tmp_path / "m.####.png")})
+    pool = PoolSettings(nodes="n1:1")
+    with pytest.raises(SubmitError, match="cannot write the job bundle in /proc/rvm/jobs"):
+        submit_job(shots, pool, Path("/proc/rvm/jobs"), name="j", command="true")
+    command, record = recorder(tmp_path, exit_code=3)
+    with pytest.raises(SubmitError, match=r"failed \(exit 3\): job-0123; the job bundle is in .*/jobs/j-"):
+        submit_job(shots, pool, tmp_path / "new" / "jobs", name="j", command=command)
+    (bundle,) = (tmp_path / "new" / "jobs").iterdir()
+    assert (bundle / "template.yaml").is_file()  # kept, to submit by hand
+    command, record = recorder(tmp_path)
+    done = submit_job(shots, pool, tmp_path / "jobs", name="j", command=command)
+    assert done.said == f"submitted {done.bundle.name}: job-0123"
+    assert json.loads(record.read_text())[-1] == str(done.bundle)

@@ -180,6 +180,56 @@ def test_cancel_keeps_complete_frames(node_address: str, script: Path, clip_fram
     assert not nuke.allNodes("Copy")  # nothing wired for an unfinished matte
 
 
+def test_a_submitted_bundle_writes_the_frames_its_matte_read_shows(
+    node_address: str, script: Path, plate: Path, tmp_path: Path
+) -> None:
+    """Submit to the farm (a recorded stand-in submit command), then run the bundle as a farm would, with
+    the real `openjd` CLI on a real node: the frames land where the matte Read points, equal to run here."""
+    from tests.test_nuke_submit import recorded_standin_submit
+
+    read = make_read(plate)
+    command, _ = recorded_standin_submit(tmp_path)
+    rvm_node = str(Path(sys.executable).parent / "rvm-node")
+    chosen = settings.Settings(
+        nodes=[node_address], ratio=0.5, target="farm", submit_command=command, farm_rvm_node=rvm_node
+    )
+    submitted = job.matte_selected(chosen, blocking=True)
+    assert submitted is not None
+    matte = next(n for n in nuke.allNodes("Read") if n.knob(graph.SOURCE_KNOB))
+    pattern = matte["file"].value()
+    assert not list(Path(pattern).parent.glob("*.exr"))  # nothing yet: the farm writes them
+    bundle = submitted.bundle  # type: ignore[union-attr]
+    openjd = str(Path(sys.executable).parent / "openjd")
+    done = subprocess.run(
+        [openjd, "run", str(bundle / "template.yaml"), "-p", f"file://{bundle / 'job_parameters.json'}"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    first, last = matte["first"].value(), matte["last"].value()
+    assert (first, last) == (1001, 1008)
+    written = sorted(Path(pattern).parent.glob("*.exr"))
+    assert [p.name for p in written] == [
+        Path(pattern.replace("####", str(n))).name for n in range(first, last + 1)
+    ]
+    # "run here" on the same Read gives the same mattes
+    for node in nuke.allNodes():
+        node.setSelected(node is read)
+    here = settings.Settings(nodes=[node_address], ratio=0.5, output=str(tmp_path / "here" / "m.####.exr"))
+    results = job.matte_selected(here, blocking=True)
+    assert results is not None and results["Read1"].status == "done"  # type: ignore[index]
+    assert (
+        matte["file"].value() == str(tmp_path / "here" / "m.####.exr")
+        and matte["on_error"].value() == "error"
+    )
+    for n in range(first, last + 1):
+        farm_alpha = read_image(Path(pattern.replace("####", str(n)))).pixels
+        here_alpha = read_image(tmp_path / "here" / f"m.{n}.exr").pixels
+        assert np.abs(farm_alpha.astype(np.float32) - here_alpha.astype(np.float32)).max() <= 1e-3, n
+
+
 def test_colourspace_mapping() -> None:
     assert reads.input_colourspace("sRGB") is None
     assert reads.input_colourspace("default (sRGB)") is None
@@ -417,6 +467,7 @@ def test_build_site_packages_for_nuke(tmp_path: Path) -> None:
         "OpenEXR",
         "PyOpenColorIO",
         "tomli",
+        "yaml",
     ):
         assert any(out.glob(f"{package}*")) or (out / package).exists(), package
     assert (out / "rvm_node" / "v1" / "matting_pb2.py").is_file()  # generated at build time

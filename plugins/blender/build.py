@@ -35,6 +35,7 @@ CLIENT_REQUIREMENTS = [
     "opencolorio>=2.2",
     "platformdirs>=3",
     "typing-extensions>=4.12",  # grpcio's
+    "pyyaml>=6",  # farm job bundles (Open Job Description templates)
 ]
 # Blender's platform names, and the pip platform tags whose wheels run there.
 PLATFORMS = {

@@ -28,6 +28,7 @@ CLIENT_REQUIREMENTS = [
     "opencolorio>=2.2",
     "platformdirs>=3",
     "tomli>=2",
+    "pyyaml>=6",  # farm job bundles (Open Job Description templates)
 ]
 PLATFORMS = {
     "linux": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],

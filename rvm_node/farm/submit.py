@@ -10,14 +10,29 @@ words, in one line. OpenCue specs go to a Cuebot through pycue instead.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from rvm_node.errors import InvalidInputError, SubmitError
-from rvm_node.farm.bundle import FarmJob, writing_bundle
+from rvm_node.errors import InvalidInputError, RvmNodeError, SubmitError
+from rvm_node.farm.bundle import FarmJob, PoolSettings, plan_job, writing_bundle
+from rvm_node.farm.shots import Shot
 
-__all__ = ["DEADLINE_CLOUD", "FORMATS", "run_submit_command", "submit_bundle", "write_bundle"]
+__all__ = [
+    "DEADLINE_CLOUD",
+    "FORMATS",
+    "SubmittedJob",
+    "job_name",
+    "new_bundle_folder",
+    "run_submit_command",
+    "submit_bundle",
+    "submit_job",
+    "write_bundle",
+]
 
 DEADLINE_CLOUD = "deadline bundle submit --yes {bundle}"
 FORMATS = ("openjd", "opencue")
@@ -82,3 +97,78 @@ def run_submit_command(command: str, bundle: Path, *, timeout: float = 600.0) ->
         raise SubmitError(f"submit command {argv[0]} failed (exit {done.returncode}): {reason}")
     said = _last_line(done.stdout) or _last_line(done.stderr)
     return f"submitted {bundle.name}" + (f": {said}" if said else "")
+
+
+@dataclass(frozen=True)
+class SubmittedJob:
+    """A submitted job: its name, its bundle folder, and what the submit step said (one line)."""
+
+    job: str
+    bundle: Path
+    said: str
+
+
+def job_name(stem: str, shots: Sequence[str]) -> str:
+    """``<stem>_<shot>_<shot>...`` (three shots, then a count) in letters, digits and ``._-``: a folder
+    name and a farm job name."""
+    names = [*shots[:3], *([f"{len(shots) - 3}_more"] if len(shots) > 3 else [])]
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join([stem or "untitled", *names])).strip("._")[:80] or "rvm"
+
+
+def new_bundle_folder(parent: Path, name: str, now: datetime | None = None) -> Path:
+    """A folder under ``parent`` no job has used: ``<name>-<YYYYmmdd-HHMMSS>`` (then ``-2``, ``-3``...)."""
+    base = f"{name}-{(now or datetime.now()):%Y%m%d-%H%M%S}"
+    candidate, n = parent / base, 1
+    while candidate.exists():
+        n += 1
+        candidate = parent / f"{base}-{n}"
+    return candidate
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def submit_job(
+    shots: Sequence[Shot],
+    pool: PoolSettings,
+    parent: Path,
+    *,
+    name: str,
+    format: str = "openjd",
+    command: str | None = None,
+    cuebot: str | None = None,
+    rvm_node: str = "rvm-node",
+    before_submit: Callable[[], None] | None = None,
+    now: datetime | None = None,
+) -> SubmittedJob:
+    """Plan the job of ``shots``, write its bundle in a new folder under ``parent``, run ``before_submit``
+    (if given), then submit it: what the plugins' *submit to the farm* does.
+
+    Errors are one line. Until the submit step nothing is left behind (folders made for the bundle are
+    removed again); a failed submit raises :class:`SubmitError` saying where the bundle is.
+    """
+    if not (command or cuebot):
+        raise InvalidInputError("submit: no submit command (or Cuebot) is configured")
+    job = plan_job(shots, pool, name=name, rvm_node=rvm_node)
+    missing = [folder for folder in (parent, *parent.parents) if not folder.exists()]
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        bundle = write_bundle(job, new_bundle_folder(parent, name, now), format=format)
+    except (RvmNodeError, OSError) as exc:
+        for folder in missing:  # innermost first; one something else wrote into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        if isinstance(exc, OSError):
+            raise SubmitError(f"cannot write the job bundle in {parent} ({exc.strerror or exc})") from None
+        raise SubmitError(f"the job bundle was not written in {parent}: {_first_line(exc)}") from None
+    try:
+        if before_submit is not None:
+            before_submit()
+        said = submit_bundle(bundle, command=command, cuebot=cuebot)
+    except (RvmNodeError, OSError) as exc:
+        raise SubmitError(f"{_first_line(exc)}; the job bundle is in {bundle}") from None
+    return SubmittedJob(job=name, bundle=bundle, said=said)

@@ -5,6 +5,10 @@ The modal operator and the ``blocking=True`` path drive the same
 ``cancel()``), then ``finish()``, which loads the finished shots and says
 what failed. Nothing in the scene changes before ``finish()``, and only for
 shots whose every frame was written.
+
+:func:`submit_to_farm` sends the same shots to the farm as one job bundle
+instead (:mod:`.farm`), and loads each matte at once, as frames to come;
+nothing in the scene changes unless the job was submitted.
 """
 
 from __future__ import annotations
@@ -21,11 +25,20 @@ import bpy
 
 from . import loading
 from .command import RunOptions, build_command, check_writable, clear_outputs, environment
+from .farm import FarmOptions, submit_requests
 from .process import MatteProcess, remove_temporaries
 from .shots import OutputChoice, PluginError, ShotRequest, shot_name, unique_names
 from .sources import clip_request, sequence_strips, strip_request
 
-__all__ = ["Choices", "MatteRun", "Outcome", "Target", "blender_ocio_config"]
+__all__ = [
+    "Choices",
+    "MatteRun",
+    "Outcome",
+    "Target",
+    "blender_ocio_config",
+    "load_matte",
+    "submit_to_farm",
+]
 
 
 @dataclass(frozen=True)
@@ -53,9 +66,10 @@ class Outcome:
     loaded: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     cancelled: bool = False
+    submitted: str = ""  # submitted to the farm: what the submit step said, and where the bundle is
 
     def error_line(self) -> str:
-        return "RVM: " + "; ".join(self.errors)
+        return "RVM: " + (f"{self.submitted}, but " if self.submitted else "") + "; ".join(self.errors)
 
 
 def blender_ocio_config() -> str | None:
@@ -140,24 +154,84 @@ class MatteRun:
         return outcome
 
     def _load(self, scene: Any, target: Target) -> None:
-        """Everything that can fail is looked up first, so a failed load changes nothing."""
-        request = target.request
-        alpha = request.outputs.get("alpha")
-        if alpha is None:
-            return  # only foreground or composite was asked for: they stay on disk
-        label = f"{request.name}_matte"
-        if target.kind == "clip":
-            plate = bpy.data.movieclips[target.source]
-            loading.load_image_sequence(alpha, request.frames, label)
-            matte = loading.add_matte_clip(alpha, request.frames, label)
-            if self.choices.compositor:
-                loading.add_compositor(scene, plate, matte)
-        else:
-            editor = scene.sequence_editor
-            everything = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
-            channel = loading.matte_channel(scene, everything[target.source], label, request.frames)
-            loading.load_image_sequence(alpha, request.frames, label)
-            loading.add_matte_strip(scene, channel, alpha, request.frames, label)
+        load_matte(scene, target, self.choices.compositor)
+
+
+def _plate_strip(scene: Any, name: str) -> Any:
+    editor = scene.sequence_editor
+    everything = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+    return everything[name]
+
+
+def load_matte(scene: Any, target: Target, compositor: bool, arriving: bool = False) -> None:
+    """Load a target's matte. Everything that can fail is looked up first, so a failed load changes nothing.
+
+    ``arriving``: the farm is still writing the frames; what shows them as they arrive is loaded
+    (for a clip, the image sequence, in the compositor through an Image node).
+    """
+    request = target.request
+    alpha = request.outputs.get("alpha")
+    if alpha is None:
+        return  # only foreground or composite was asked for: they stay on disk
+    label = f"{request.name}_matte"
+    if target.kind == "clip":
+        plate = bpy.data.movieclips[target.source]
+        image = loading.load_image_sequence(alpha, request.frames, label, arriving=arriving)
+        if arriving:
+            if compositor:
+                loading.add_compositor(scene, plate, image, request.frames)
+            return
+        matte = loading.add_matte_clip(alpha, request.frames, label)
+        if compositor:
+            loading.add_compositor(scene, plate, matte)
+    else:
+        channel = loading.matte_channel(scene, _plate_strip(scene, target.source), label, request.frames)
+        loading.load_image_sequence(alpha, request.frames, label, arriving=arriving)
+        loading.add_matte_strip(scene, channel, alpha, request.frames, label)
+
+
+def _check_loadable(scene: Any, targets: list[Target]) -> None:
+    """What loading a matte needs, looked up before a job is submitted: the plate, a free channel."""
+    for target in targets:
+        try:
+            if target.kind == "clip":
+                bpy.data.movieclips[target.source]
+            elif "alpha" in target.request.outputs:
+                plate = _plate_strip(scene, target.source)
+                loading.matte_channel(scene, plate, f"{target.request.name}_matte", target.request.frames)
+        except KeyError:
+            raise PluginError(f"{target.kind} {target.source} is gone") from None
+        except PluginError as exc:
+            raise PluginError(f"{target.request.name}: the matte could not be loaded: {exc}") from None
+
+
+def submit_to_farm(
+    scene: Any, targets: list[Target], choices: Choices, farm: FarmOptions, blend_path: str
+) -> Outcome:
+    """Submit ``targets`` as one farm job, then load each matte as frames to come.
+
+    Raises :class:`PluginError` (one line) with the scene unchanged when the job was not submitted.
+    """
+    if not targets:
+        raise PluginError("nothing to matte")
+    _check_loadable(scene, targets)
+    requests = [t.request for t in targets]
+
+    def clear() -> None:  # "overwrite": the farm resumes from frames on disk, so these go first
+        for request in requests:
+            clear_outputs(request)
+
+    submitted = submit_requests(
+        requests, choices.run, farm, blend_path, before_submit=clear if choices.overwrite else None
+    )
+    outcome = Outcome(submitted=f"{submitted.said} (bundle {submitted.bundle})")
+    for target in targets:
+        try:
+            load_matte(scene, target, choices.compositor, arriving=True)
+            outcome.loaded.append(target.request.name)
+        except (PluginError, RuntimeError, KeyError) as exc:
+            outcome.errors.append(f"{target.request.name}: matte not loaded: {exc}")
+    return outcome
 
 
 def selected_strips(scene: Any) -> list[Any]:

@@ -3,6 +3,12 @@
 Mattes are data, so everything loaded here is tagged Non-Color: Blender
 would otherwise linearise a 16-bit PNG tagged sRGB. Matting the same shot
 again updates what an earlier run loaded instead of stacking copies.
+
+Mattes the farm is still writing (``arriving``) load before their first
+frame exists: an image sequence and an image strip read each frame when it
+is shown, so frames appear as they are written. A movie clip reads its
+length once, from the files there, so for those the image sequence stands
+in, and the compositor setup reads it through an Image node.
 """
 
 from __future__ import annotations
@@ -36,9 +42,29 @@ def _load_once(datablocks: Any, path: str, name: str) -> Any:
     return block
 
 
-def load_image_sequence(pattern: str, frames: FrameMap, name: str) -> Any:
-    """An image datablock of the matte sequence, with its frame range recorded on it."""
-    image = _load_once(bpy.data.images, frame_path(pattern, frames.first), name)
+def _image_of_frames_to_come(path: str, name: str) -> Any:
+    """An image sequence datablock reading ``path``, which need not exist yet."""
+    earlier = next((d for d in bpy.data.images if _same_file(d.filepath, path)), None)
+    if earlier is not None:
+        earlier.source = "SEQUENCE"
+        earlier.filepath = path  # setting the path reloads it: the frames there now
+        return earlier
+    image = bpy.data.images.new(name, 1, 1)
+    image.source = "SEQUENCE"
+    image.filepath = path
+    return image
+
+
+def load_image_sequence(pattern: str, frames: FrameMap, name: str, arriving: bool = False) -> Any:
+    """An image datablock of the matte sequence, with its frame range recorded on it.
+
+    ``arriving``: the frames are still being written (by the farm); the first need not exist yet.
+    """
+    first = frame_path(pattern, frames.first)
+    if arriving and not os.path.isfile(first):
+        image = _image_of_frames_to_come(first, name)
+    else:
+        image = _load_once(bpy.data.images, first, name)
     image.source = "SEQUENCE"
     image.colorspace_settings.name = NON_COLOR
     # An image has no frame range of its own (its users have); these are what
@@ -99,27 +125,67 @@ def add_matte_strip(scene: Any, channel: int, pattern: str, frames: FrameMap, na
     return strip
 
 
-def add_compositor(scene: Any, plate: Any, matte: Any) -> Any:
-    """Plate and matte clips into Set Alpha, shown in a Viewer; the nodes sit in a labelled frame.
+def _matte_kind(matte: Any) -> str:
+    return "CompositorNodeImage" if isinstance(matte, bpy.types.Image) else "CompositorNodeMovieClip"
 
-    Nothing already in the tree is relinked. A setup an earlier run made for
-    this plate (the frame ``RVM matte: <plate>``) gets the new matte instead.
+
+def _set_matte(node: Any, matte: Any, frames: FrameMap | None) -> None:
+    """Point a matte node at ``matte``: an image sequence with the matte's frame range, refreshed as the
+    frame changes, or a clip."""
+    if node.bl_idname == "CompositorNodeImage":
+        node.image = matte
+        if frames is not None:
+            node.frame_duration = len(frames)
+            node.frame_start = frames.scene_first
+            node.frame_offset = frames.first - 1
+        node.use_auto_refresh = True
+    else:
+        node.clip = matte
+
+
+def _matte_node(tree: Any, frame: Any, matte: Any, frames: FrameMap | None) -> Any:
+    """A new node that reads ``matte``: an Image node for an image sequence, a Movie Clip node for a clip."""
+    node = tree.nodes.new(_matte_kind(matte))
+    _set_matte(node, matte, frames)
+    node.label = _MATTE_LABEL
+    node.parent = frame
+    return node
+
+
+def add_compositor(scene: Any, plate: Any, matte: Any, frames: FrameMap | None = None) -> Any:
+    """Plate and matte into Set Alpha, shown in a Viewer; the nodes sit in a labelled frame.
+
+    ``matte`` is a movie clip, or an image sequence with its ``frames`` (a
+    matte the farm is still writing). Nothing already in the tree is
+    relinked. A setup an earlier run made for this plate (the frame
+    ``RVM matte: <plate>``) gets the new matte instead.
     """
     scene.use_nodes = True
     tree = scene.node_tree
     label = f"RVM matte: {plate.name}"
     frame = next((n for n in tree.nodes if n.bl_idname == "NodeFrame" and n.label == label), None)
     if frame is not None:
-        for node in tree.nodes:
-            if node.parent == frame and node.bl_idname == "CompositorNodeMovieClip":
-                node.clip = matte if node.label == _MATTE_LABEL else plate
+        for node in list(tree.nodes):
+            if node.parent != frame:
+                continue
+            if node.label != _MATTE_LABEL and node.bl_idname == "CompositorNodeMovieClip":
+                node.clip = plate
+            elif node.label == _MATTE_LABEL and node.bl_idname == _matte_kind(matte):
+                _set_matte(node, matte, frames)
+            elif node.label == _MATTE_LABEL:  # a clip's node for an image sequence, or the other way round
+                targets = [link.to_socket for link in node.outputs["Image"].links]
+                location = node.location.copy()
+                tree.nodes.remove(node)
+                new = _matte_node(tree, frame, matte, frames)
+                new.location = location
+                for socket in targets:
+                    tree.links.new(new.outputs["Image"], socket)
         return frame
     frame = tree.nodes.new("NodeFrame")
     frame.label = label
     plate_node = tree.nodes.new("CompositorNodeMovieClip")
     plate_node.clip, plate_node.label = plate, _PLATE_LABEL
-    matte_node = tree.nodes.new("CompositorNodeMovieClip")
-    matte_node.clip, matte_node.label = matte, _MATTE_LABEL
+    matte_node = _matte_node(tree, frame, matte, frames)
     set_alpha = tree.nodes.new("CompositorNodeSetAlpha")
     set_alpha.mode = "REPLACE_ALPHA"
     viewer = tree.nodes.new("CompositorNodeViewer")

@@ -5,6 +5,9 @@ addresses, comma-separated) and ``output`` (the alpha pattern) override them:
 
     bpy.ops.rvm.matte_clip(clip="plate", node="127.0.0.1:50051",
                            output="/tmp/m/matte.####.exr", blocking=True)
+
+``target="FARM"`` (or the preferences' target) submits the shots to the
+farm as one job bundle instead, and loads the mattes at once, as frames to come.
 """
 
 from __future__ import annotations
@@ -14,8 +17,17 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from .jobs import Choices, MatteRun, Outcome, Target, clip_targets, selected_strips, strip_targets
-from .preferences import FORMAT_ITEMS, OUTPUT_ITEMS, addon_preferences
+from .jobs import (
+    Choices,
+    MatteRun,
+    Outcome,
+    Target,
+    clip_targets,
+    selected_strips,
+    strip_targets,
+    submit_to_farm,
+)
+from .preferences import FORMAT_ITEMS, OUTPUT_ITEMS, TARGET_ITEMS, addon_preferences
 from .shots import OutputChoice, PluginError
 
 __all__ = ["RVM_OT_matte_clip", "RVM_OT_matte_strip"]
@@ -49,6 +61,7 @@ class _MatteOperator:
     blocking: BoolProperty(  # type: ignore[valid-type]
         name="Blocking", description="Wait for the mattes (scripts); no progress bar or Esc", default=False
     )
+    target: EnumProperty(name="Target", items=TARGET_ITEMS)  # type: ignore[valid-type]
 
     _run: MatteRun | None = None
     _timer: Any = None
@@ -84,7 +97,13 @@ class _MatteOperator:
     def execute(self, context: Any) -> set[str]:
         try:
             choices = self.choices(context)
-            run = MatteRun(context.scene, self.targets(context, choices), choices)
+            targets = self.targets(context, choices)
+            prefs = addon_preferences(context)
+            if (self.target if self._given("target") else prefs.target) == "FARM":
+                return self._report(
+                    submit_to_farm(context.scene, targets, choices, prefs.farm_options(), bpy.data.filepath)
+                )
+            run = MatteRun(context.scene, targets, choices)
             process = run.start()
         except PluginError as exc:
             self.report({"ERROR"}, f"RVM: {exc}")  # type: ignore[attr-defined]
@@ -126,6 +145,10 @@ class _MatteOperator:
     def _report(self, outcome: Outcome) -> set[str]:
         if outcome.errors:
             self.report({"WARNING" if outcome.cancelled else "ERROR"}, outcome.error_line())  # type: ignore[attr-defined]
+        if outcome.submitted and not outcome.errors:
+            loaded = f"; mattes load as frames arrive: {', '.join(outcome.loaded)}" if outcome.loaded else ""
+            self.report({"INFO"}, f"RVM: {outcome.submitted}{loaded}")  # type: ignore[attr-defined]
+            return {"FINISHED"}
         if outcome.loaded:
             self.report({"INFO"}, f"RVM: mattes loaded for {', '.join(outcome.loaded)}")  # type: ignore[attr-defined]
             return {"FINISHED"}

@@ -17,6 +17,7 @@ def _draw_settings(layout: Any, context: Any) -> None:
         return
     prefs = addon.preferences
     box = layout.box()
+    box.prop(prefs, "target", text="")
     box.prop(prefs, "nodes", text="", icon="NETWORK_DRIVE")
     box.prop(prefs, "output_pattern", text="", icon="FILE_FOLDER")
     box.prop(prefs, "file_format", text="")

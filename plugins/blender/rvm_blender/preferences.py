@@ -1,4 +1,4 @@
-"""Add-on preferences: the render nodes, TLS and token, and the defaults every operator starts from."""
+"""Add-on preferences: the render nodes, TLS and token, the defaults every operator starts from, and the farm."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
 from .command import RunOptions, environment, info_command, last_error, parse_nodes
+from .farm import DEADLINE_CLOUD, FarmOptions
 from .shots import PluginError
 
 __all__ = ["RVM_OT_test_connection", "RvmPreferences", "addon_preferences"]
@@ -22,6 +23,18 @@ DEFAULT_OUTPUT = "//mattes/{shot}/{shot}_matte.####.exr"
 FORMAT_ITEMS = [
     ("EXR", "OpenEXR (RGBA half)", "16-bit half float, ZIP, R=G=B=A=matte"),
     ("PNG16", "PNG (16-bit)", "16-bit grey PNG, loaded as Non-Color"),
+]
+TARGET_ITEMS = [
+    ("HERE", "Run here", "Matte on the render nodes now and load the mattes when they are done"),
+    ("FARM", "Submit to the farm", "Submit a farm job bundle and load the mattes at once, as frames to come"),
+]
+FARM_FORMAT_ITEMS = [
+    (
+        "OPENJD",
+        "Open Job Description",
+        "A job bundle (template.yaml) for the submit command, e.g. Deadline Cloud",
+    ),
+    ("OPENCUE", "OpenCue", "A job spec (job.xml) sent to the Cuebot; needs opencue-pyoutline in Blender"),
 ]
 OUTPUT_ITEMS = [
     ("alpha", "Alpha", "The matte"),
@@ -71,6 +84,26 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
         description="An installed rvm-node to run instead of the bundled client (optional)",
         subtype="FILE_PATH",
     )
+    target: EnumProperty(name="Target", items=TARGET_ITEMS, default="HERE")  # type: ignore[valid-type]
+    farm_format: EnumProperty(name="Farm format", items=FARM_FORMAT_ITEMS, default="OPENJD")  # type: ignore[valid-type]
+    bundle_folder: StringProperty(  # type: ignore[valid-type]
+        name="Bundle folder",
+        description="Where job bundles go (// is the .blend's folder); empty: <blend name>_rvm_jobs beside the .blend",
+        subtype="DIR_PATH",
+    )
+    submit_command: StringProperty(  # type: ignore[valid-type]
+        name="Submit command",
+        description="Runs once the bundle is written; {bundle} is its folder (Open Job Description bundles)",
+        default=DEADLINE_CLOUD,
+    )
+    cuebot: StringProperty(  # type: ignore[valid-type]
+        name="Cuebot", description="HOST:PORT of OpenCue's Cuebot (OpenCue jobs)"
+    )
+    farm_rvm_node: StringProperty(  # type: ignore[valid-type]
+        name="rvm-node on the workers",
+        description="The rvm-node command the farm's workers run (a name on their PATH or a full path)",
+        default="rvm-node",
+    )
 
     def ratio(self) -> float | None:
         """The preferred downsample ratio; None for auto."""
@@ -85,6 +118,16 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
             token_file=bpy.path.abspath(self.token_file) if self.token_file else "",
             ca_file=bpy.path.abspath(self.ca_file) if self.ca_file else "",
             executable=bpy.path.abspath(self.executable) if self.executable else "",
+        )
+
+    def farm_options(self) -> FarmOptions:
+        """Where and how to submit, from these preferences."""
+        return FarmOptions(
+            format=str(self.farm_format).lower(),
+            folder=bpy.path.abspath(self.bundle_folder) if self.bundle_folder.strip() else "",
+            submit_command=self.submit_command,
+            cuebot=self.cuebot,
+            rvm_node=self.farm_rvm_node,
         )
 
     def draw(self, context: Any) -> None:
@@ -106,6 +149,17 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
         sub.prop(self, "downsample_ratio", text="Ratio")
         col.separator()
         col.prop(self, "executable")
+        col.separator()
+        col.prop(self, "target")
+        col.prop(self, "farm_format")
+        col.prop(self, "bundle_folder")
+        sub = col.column()
+        sub.enabled = self.farm_format == "OPENJD"
+        sub.prop(self, "submit_command")
+        sub = col.column()
+        sub.enabled = self.farm_format == "OPENCUE"
+        sub.prop(self, "cuebot")
+        col.prop(self, "farm_rvm_node")
 
 
 def node_info(options: RunOptions, timeout: float = 30.0) -> list[str]:

@@ -1,7 +1,9 @@
 """Node-graph changes: a raw Read of the matte, a Copy of its alpha into the plate, and a Premult.
 
 Called on Nuke's main thread only. Re-running on the same Read updates the
-existing matte Read instead of stacking new nodes.
+existing matte Read instead of stacking new nodes. A matte the farm is still
+writing gets ``on_error`` black: its missing frames show as black, not as
+errors, and each frame shows once it is there.
 """
 
 from __future__ import annotations
@@ -26,8 +28,13 @@ def _find(kind: str, source_name: str) -> Any:
     return None
 
 
-def wire_matte(source: Any, pattern: str, first: int, last: int, label: str) -> list[Any]:
-    """Create or update the matte Read, Copy and Premult below ``source``; return them, selected."""
+def wire_matte(
+    source: Any, pattern: str, first: int, last: int, label: str, on_error: str = "error"
+) -> list[Any]:
+    """Create or update the matte Read, Copy and Premult below ``source``; return them, selected.
+
+    ``on_error``: what the matte Read does for a missing frame (Nuke's ``error``, or ``black``).
+    """
     x, y = source.xpos(), source.ypos()
     matte = _find("Read", source.name())
     if matte is None:
@@ -41,6 +48,7 @@ def wire_matte(source: Any, pattern: str, first: int, last: int, label: str) -> 
         ("origfirst", first),
         ("origlast", last),
         ("raw", True),
+        ("on_error", on_error),
         ("label", label),
     ):
         _knob(matte, name, value)

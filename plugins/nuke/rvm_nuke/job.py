@@ -1,4 +1,9 @@
-"""Matte the selected Reads: shots go to the farm layer in a worker thread; the graph changes on the main thread."""
+"""Matte the selected Reads: shots go to the farm layer in a worker thread; the graph changes on the main thread.
+
+With the ``farm`` target the same shots go into a farm job bundle instead
+(:mod:`rvm_nuke.farm`), written and submitted in the worker thread; the matte
+Reads are wired at once, on the main thread, pointing at the frames the job writes.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ from typing import Any
 
 import nuke
 
-from rvm_nuke import graph, reads
+from rvm_nuke import farm, graph, reads
 from rvm_nuke import settings as settings_module
 from rvm_nuke.settings import Settings, SettingsError
 
@@ -145,13 +150,90 @@ def _shot_for(node: Any, chosen: Settings, temporaries: list[str]) -> Any:
         nuke.delete(proxy)
 
 
-def matte_selected(settings: Settings | None = None, blocking: bool | None = None) -> dict[str, Any] | None:
-    """Matte every selected Read. Runs in a thread in the GUI; ``blocking`` (default under `nuke -t`) waits."""
+def _farm_label(settings: Settings, submitted: farm.Submitted) -> str:
+    ratio = "auto" if settings.ratio is None else f"{settings.ratio:g}"
+    return f"RVM matte (farm)\n{submitted.bundle.name}\n{settings.format}, ratio {ratio}"
+
+
+def _apply_submitted(
+    jobs: list[tuple[Any, Any]], submitted: farm.Submitted | None, failure: str, settings: Settings
+) -> None:
+    """Main thread: wire a matte Read of each shot's frames-to-be, then report the job; on failure, only report."""
+    if submitted is None:
+        _report(failure)
+        return
+    for read, shot in jobs:
+        graph.wire_matte(
+            read,
+            shot.outputs["alpha"],
+            shot.frames.first,
+            shot.frames.last,
+            _farm_label(settings, submitted),
+            on_error="black",  # the frames arrive as the farm writes them
+        )
+    _report(submitted.line)
+
+
+def _submit(
+    jobs: list[tuple[Any, Any]], settings: Settings, script: str, on_main: bool
+) -> farm.Submitted | None:
+    """Write and submit the job bundle (the worker thread in the GUI), then wire the mattes on the main thread."""
+    submitted, failure = None, ""
+    try:
+        submitted = farm.submit_shots([shot for _, shot in jobs], settings, script)
+    except (farm.FarmError, SettingsError) as exc:
+        failure = str(exc).splitlines()[0]
+    if on_main:
+        _apply_submitted(jobs, submitted, failure, settings)
+    else:
+        nuke.executeInMainThread(_apply_submitted, (jobs, submitted, failure, settings))
+    return submitted
+
+
+def _farm_shot(node: Any, chosen: Settings) -> Any:
+    if node.Class() != "Read":
+        raise SettingsError(
+            f"RVM: {node.name()} is a {node.Class()}; the farm mattes Read nodes (render it to files first, "
+            "or run it here)"
+        )
+    return reads.shot_for_read(node, chosen, nuke.root())
+
+
+def _submit_selected(selected: list[Any], chosen: Settings, blocking: bool | None) -> farm.Submitted | None:
+    try:
+        jobs = [(node, _farm_shot(node, chosen)) for node in selected]
+        script = str(nuke.root()["name"].value() or "")
+    except (SettingsError, ValueError, RuntimeError) as exc:
+        _report(str(exc).splitlines()[0])
+        return None
+    if blocking is None:
+        blocking = not getattr(nuke, "GUI", False)
+    if blocking:
+        return _submit(jobs, chosen, script, True)
+    threading.Thread(
+        target=_submit, args=(jobs, chosen, script, False), name="rvm-nuke-submit", daemon=True
+    ).start()
+    return None
+
+
+def matte_selected(
+    settings: Settings | None = None, blocking: bool | None = None
+) -> dict[str, Any] | farm.Submitted | None:
+    """Matte every selected Read. Runs in a thread in the GUI; ``blocking`` (default under `nuke -t`) waits.
+
+    With the ``farm`` target, submit them as one farm job instead: the result is a :class:`farm.Submitted`.
+    """
     try:
         chosen = settings or settings_module.for_script(settings_module.load(), nuke.root())
         selected = nuke.selectedNodes()
         if not selected:
             raise SettingsError("RVM: select one or more Read nodes first")
+    except (SettingsError, ValueError, RuntimeError) as exc:
+        _report(str(exc).splitlines()[0])
+        return None
+    if chosen.target == "farm":
+        return _submit_selected(selected, chosen, blocking)
+    try:
         temporaries: list[str] = []
         jobs = [(node, _shot_for(node, chosen, temporaries)) for node in selected]
         pool = _pool(chosen)

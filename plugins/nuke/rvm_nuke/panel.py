@@ -7,6 +7,8 @@ import nukescripts
 
 from rvm_nuke import settings as settings_module
 
+TARGET_LABELS = {"here": "run here", "farm": "submit to the farm"}
+
 
 class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
     def __init__(self) -> None:
@@ -23,7 +25,35 @@ class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
         self.ratio = nuke.String_Knob(
             "ratio", "Downsample ratio", "auto" if current.ratio is None else str(current.ratio)
         )
-        for knob in (self.nodes, self.token, self.ca, self.output, self.format, self.ratio):
+        self.target = nuke.Enumeration_Knob("target", "Matte selected", list(TARGET_LABELS.values()))
+        self.target.setValue(TARGET_LABELS[current.target])
+        self.farm_format = nuke.Enumeration_Knob(
+            "farm_format", "Farm format", list(settings_module.FARM_FORMATS)
+        )
+        self.farm_format.setValue(current.farm_format)
+        self.bundle_folder = nuke.File_Knob("bundle_folder", "Bundle folder (empty: beside the script)")
+        self.bundle_folder.setValue(current.bundle_folder)
+        self.submit_command = nuke.String_Knob(
+            "submit_command", "Submit command ({bundle})", current.submit_command
+        )
+        self.cuebot = nuke.String_Knob("cuebot", "Cuebot (OpenCue, host:port)", current.cuebot)
+        self.farm_rvm_node = nuke.String_Knob(
+            "farm_rvm_node", "rvm-node on the workers", current.farm_rvm_node
+        )
+        for knob in (
+            self.nodes,
+            self.token,
+            self.ca,
+            self.output,
+            self.format,
+            self.ratio,
+            self.target,
+            self.farm_format,
+            self.bundle_folder,
+            self.submit_command,
+            self.cuebot,
+            self.farm_rvm_node,
+        ):
             self.addKnob(knob)
 
     def to_settings(self) -> settings_module.Settings:
@@ -41,6 +71,12 @@ class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
             output=self.output.value(),
             format=self.format.value(),
             ratio=parsed,
+            target={label: key for key, label in TARGET_LABELS.items()}.get(self.target.value(), "here"),
+            farm_format=self.farm_format.value(),
+            bundle_folder=self.bundle_folder.value().strip(),
+            submit_command=self.submit_command.value().strip(),
+            cuebot=self.cuebot.value().strip(),
+            farm_rvm_node=self.farm_rvm_node.value().strip() or "rvm-node",
         ).check()
 
 

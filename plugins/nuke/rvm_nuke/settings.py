@@ -2,6 +2,11 @@
 
 Script overrides are knobs on the script's root: ``rvm_nodes``, ``rvm_output``,
 ``rvm_format`` and ``rvm_ratio``; an empty knob does not override.
+
+``target`` says what *Matte selected* does: ``here`` streams the shots to the
+render nodes now, ``farm`` writes a farm job bundle (``farm_format``) into
+``bundle_folder`` (empty: beside the script) and submits it with
+``submit_command`` (Open Job Description) or to ``cuebot`` (OpenCue).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ else:  # Nuke 15: Python 3.10, tomli comes with the bundled wheels
 FORMATS = ("EXR RGBA", "EXR A", "PNG 16-bit")
 DEFAULT_OUTPUT = "[script dir]/mattes/{read}/{read}_matte.####.exr"
 SETTINGS_FILE = "rvm_node.toml"
+TARGETS = ("here", "farm")
+FARM_FORMATS = ("openjd", "opencue")
+DEADLINE_CLOUD = "deadline bundle submit --yes {bundle}"  # rvm_node.farm.submit.DEADLINE_CLOUD
 
 
 class SettingsError(ValueError):
@@ -35,6 +43,12 @@ class Settings:
     output: str = DEFAULT_OUTPUT
     format: str = "EXR RGBA"
     ratio: float | None = None  # None: auto
+    target: str = "here"  # here: run on the nodes now; farm: submit a job bundle
+    farm_format: str = "openjd"
+    bundle_folder: str = ""  # empty: <script dir>/<script name>_rvm_jobs
+    submit_command: str = DEADLINE_CLOUD  # {bundle}: the bundle folder
+    cuebot: str = ""  # HOST:PORT of OpenCue's Cuebot
+    farm_rvm_node: str = "rvm-node"  # the rvm-node command on the farm's workers
 
     def check(self) -> Settings:
         if not self.nodes:
@@ -46,6 +60,12 @@ class Settings:
         if self.ratio is not None and not 0 < self.ratio <= 1:
             raise SettingsError(
                 f"RVM settings: the downsample ratio must be in (0, 1] or auto, not {self.ratio}"
+            )
+        if self.target not in TARGETS:
+            raise SettingsError(f"RVM settings: target must be here or farm, not {self.target!r}")
+        if self.farm_format not in FARM_FORMATS:
+            raise SettingsError(
+                f"RVM settings: farm format must be openjd or opencue, not {self.farm_format!r}"
             )
         if "####" not in self.output and "%0" not in self.output:
             raise SettingsError(f"RVM settings: the output {self.output!r} needs a frame field such as ####")

@@ -1,0 +1,134 @@
+"""Submit to the farm: the operator's shots as a farm job bundle, written and handed to the farm manager.
+
+No bpy here. The shots are the ones "run here" gives ``rvm-node farm run``
+(the same shot list, read back by the farm layer), planned into a job with
+the library and written into a new folder ``<job name>-<YYYYmmdd-HHMMSS>``
+under the bundle folder, or under ``<blend dir>/<blend name>_rvm_jobs`` when
+none is set. Open Job Description bundles go to the submit command
+(``{bundle}``: the folder), OpenCue specs to the Cuebot.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from .command import RunOptions, write_shot_list
+from .shots import PluginError, ShotRequest
+
+__all__ = [
+    "DEADLINE_CLOUD",
+    "FARM_FORMATS",
+    "FarmOptions",
+    "Submitted",
+    "farm_shots",
+    "jobs_folder",
+    "submit_requests",
+]
+
+DEADLINE_CLOUD = "deadline bundle submit --yes {bundle}"  # rvm_node.farm.submit.DEADLINE_CLOUD
+FARM_FORMATS = ("openjd", "opencue")
+
+
+@dataclass(frozen=True)
+class FarmOptions:
+    """Where the job goes: the bundle format, folder (empty: beside the .blend), and how it is submitted."""
+
+    format: str = "openjd"
+    folder: str = ""
+    submit_command: str = DEADLINE_CLOUD
+    cuebot: str = ""
+    rvm_node: str = "rvm-node"  # the command on the farm's workers
+
+    def __post_init__(self) -> None:
+        if self.format not in FARM_FORMATS:
+            raise PluginError(f"farm format {self.format!r}: expected openjd or opencue")
+
+    def submit_to(self) -> dict[str, Any]:
+        """``submit_bundle``'s keywords; raises :class:`PluginError` when nothing is set to submit with."""
+        if self.format == "opencue":
+            if not self.cuebot.strip():
+                raise PluginError(
+                    "set the Cuebot address (HOST:PORT) in the preferences to submit OpenCue jobs"
+                )
+            return {"command": None, "cuebot": self.cuebot.strip()}
+        if not self.submit_command.strip():
+            raise PluginError("set the submit command in the preferences, e.g. " + DEADLINE_CLOUD)
+        return {"command": self.submit_command.strip(), "cuebot": None}
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A submitted job: its name, its bundle folder, and what the submit step said (one line)."""
+
+    job: str
+    bundle: Path
+    said: str
+
+
+def jobs_folder(folder: str, blend_path: str) -> Path:
+    """The folder the job's bundle folder goes in: ``folder`` (absolute), else beside the .blend."""
+    if not folder.strip():
+        if not blend_path:
+            raise PluginError(
+                "save the .blend file first, or set a bundle folder: the job bundle is written beside it"
+            )
+        return Path(os.path.dirname(os.path.abspath(blend_path))) / f"{Path(blend_path).stem}_rvm_jobs"
+    path = os.path.expanduser(folder.strip())
+    if not os.path.isabs(path):
+        raise PluginError(f"bundle folder {folder}: expected an absolute path (or // with a saved .blend)")
+    return Path(path)
+
+
+def farm_shots(requests: Sequence[ShotRequest], options: RunOptions) -> list[Any]:
+    """The ``rvm_node.farm.Shot`` of each request: the shot list "run here" gives ``farm run``, read back."""
+    from rvm_node.farm import load_shot_list
+
+    with tempfile.TemporaryDirectory(prefix="rvm-blender-farm-") as tmp:
+        return load_shot_list(write_shot_list(requests, options, Path(tmp) / "shots.toml"))
+
+
+def submit_requests(
+    requests: Sequence[ShotRequest],
+    run: RunOptions,
+    farm: FarmOptions,
+    blend_path: str,
+    *,
+    before_submit: Callable[[], None] | None = None,
+    now: datetime | None = None,
+) -> Submitted:
+    """Plan the job, write its bundle, run ``before_submit`` (if any), submit it.
+
+    Raises :class:`PluginError` with one line. Before the submit step nothing
+    is left behind; after it the bundle stays, and the line says where.
+    """
+    from rvm_node.errors import RvmNodeError
+    from rvm_node.farm.bundle import PoolSettings
+    from rvm_node.farm.submit import job_name, submit_job
+
+    target = farm.submit_to()
+    parent = jobs_folder(farm.folder, blend_path)
+    name = job_name(Path(blend_path).stem if blend_path else "", [r.name for r in requests])
+    try:
+        pool = PoolSettings(
+            nodes=",".join(run.nodes), token_file=run.token_file or None, ca_file=run.ca_file or None
+        )
+        done = submit_job(
+            farm_shots(requests, run),
+            pool,
+            parent,
+            name=name,
+            format=farm.format,
+            rvm_node=farm.rvm_node.strip() or "rvm-node",
+            before_submit=before_submit,
+            now=now,
+            **target,
+        )
+    except RvmNodeError as exc:
+        raise PluginError(str(exc)) from None
+    return Submitted(job=name, bundle=done.bundle, said=done.said)
