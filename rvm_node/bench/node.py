@@ -402,7 +402,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
     (a) a bare gRPC echo, (b) the node over a stand-in that returns a constant
     matte, (c) the same stand-in with a simulated device, at each of
     ``--sizes``, for 1 and 4 streams, raw and zstd; configurations interleaved
-    round by round, medians reported. (d) `rvm-node serve` with onnxruntime at
+    round by round, medians reported. (d) `rvm-node serve` with ``--backend`` at
     ``--size``: streams with batching off and on, one shot end to end against
     the in-process tensor rate, and the node's memory after many streams.
     """
@@ -439,7 +439,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
     print()
     print(
         f"(d) real inference on this CPU: the example clip re-encoded at {args.size}, {args.frames} frames, "
-        f"ratio {args.downsample_ratio}; `rvm-node serve` with onnxruntime; median (min–max) of {args.rounds} rounds."
+        f"ratio {args.downsample_ratio}; `rvm-node serve --backend {args.backend}`; median (min–max) of {args.rounds} rounds."
     )
     markdown(["measurement", "result"], [list(row) for row in inference_rows])
     print(f"\n({time.perf_counter() - started:.0f} s)")
