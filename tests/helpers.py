@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +115,23 @@ def error_info(error: Any) -> tuple[str, dict[str, str]]:
             assert info.domain == "rvm-node.v1"
             return info.reason, dict(info.metadata)
     return "", {}
+
+
+def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Path]:
+    """A recorded stand-in for the farm manager's submit command (not Deadline's): a Python script that
+    records its argv to a JSON file and prints a fake job id line (or, exiting non-zero, a message on
+    stderr). Returns the submit command setting (``{bundle}`` for the folder) and the record file."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    record = tmp_path / "standin_submit_argv.json"
+    script = tmp_path / "standin_submit.py"
+    script.write_text(
+        "import json, sys\n"
+        f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
+        f"if {exit_code}:\n"
+        "    print('stand-in farm: queue rvm is closed', file=sys.stderr)\n"
+        f"    sys.exit({exit_code})\n"
+        "print('Submitted job bundle:', sys.argv[-1])\n"
+        "print('job-0123')\n"
+    )
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} bundle submit --yes {{bundle}}"
+    return command, record

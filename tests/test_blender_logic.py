@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import recorded_standin_submit
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "blender"))
 
 from rvm_blender import command, farm, process, shots
@@ -321,24 +323,6 @@ def test_leftover_temporaries_are_removed(tmp_path: Path) -> None:
 
 
 # --- submit to the farm -------------------------------------------------------------------------
-
-
-def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Path]:
-    """A recorded stand-in for the farm manager's submit command (not Deadline's): it records its argv
-    to a JSON file and prints a fake job id line, or exits ``exit_code`` with a message on stderr."""
-    import shlex
-
-    record = tmp_path / "standin_submit_argv.json"
-    script = tmp_path / "standin_submit.py"
-    script.write_text(
-        "import json, sys\n"
-        f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
-        f"if {exit_code}:\n"
-        "    print('stand-in farm: queue rvm is closed', file=sys.stderr)\n"
-        f"    sys.exit({exit_code})\n"
-        "print('job-0123')\n"
-    )
-    return f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} bundle submit --yes {{bundle}}", record
 
 
 def test_submit_writes_a_bundle_of_the_run_here_shots_and_runs_the_submit_command(tmp_path: Path) -> None:

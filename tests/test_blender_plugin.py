@@ -637,7 +637,7 @@ def blender_info(
 def test_submit_a_clip_to_the_farm_loads_its_matte_to_come(
     blender_python: Path, extension_zip: Path, node: str, clip: Path, tmp_path: Path
 ) -> None:
-    from tests.test_blender_logic import recorded_standin_submit
+    from tests.helpers import recorded_standin_submit
 
     submit, record = recorded_standin_submit(tmp_path)
     out = tmp_path / "out"
@@ -700,7 +700,7 @@ def test_submit_a_clip_to_the_farm_loads_its_matte_to_come(
 def test_submit_strips_to_the_farm_loads_their_matte_strips_to_come(
     blender_python: Path, extension_zip: Path, clip: Path, plate_sequence: list[Path], tmp_path: Path
 ) -> None:
-    from tests.test_blender_logic import recorded_standin_submit
+    from tests.helpers import recorded_standin_submit
 
     submit, record = recorded_standin_submit(tmp_path)
     out = tmp_path / "out"
@@ -738,7 +738,7 @@ def test_submit_strips_to_the_farm_loads_their_matte_strips_to_come(
 def test_failed_submits_are_one_line_and_leave_the_scene_alone(
     blender_python: Path, extension_zip: Path, clip: Path, tmp_path: Path
 ) -> None:
-    from tests.test_blender_logic import recorded_standin_submit
+    from tests.helpers import recorded_standin_submit
 
     failing, record = recorded_standin_submit(tmp_path, exit_code=3)
     (tmp_path / "unused").mkdir()

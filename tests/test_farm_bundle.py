@@ -23,7 +23,7 @@ from rvm_node.errors import SubmitError
 from rvm_node.farm.openjd import progress_lines
 from rvm_node.farm.submit import run_submit_command
 from rvm_node.io.images import read_image
-from tests.helpers import run_rvm_node, spawn_node
+from tests.helpers import recorded_standin_submit, run_rvm_node, spawn_node
 
 BIN = Path(sys.executable).parent
 OPENJD = str(BIN / "openjd")
@@ -225,27 +225,15 @@ def test_progress_lines() -> None:
 # --- submit commands ---------------------------------------------------------------------------
 
 
-def recorder(tmp_path: Path, exit_code: int = 0) -> tuple[str, Path]:
-    """A stand-in for a farm manager's submit command (not Deadline's): it records its arguments."""
-    record = tmp_path / "submitted.json"
-    script = tmp_path / "fake_submit.py"
-    script.write_text(
-        "import json, sys\n"
-        f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
-        f"print('Submitted job bundle:', sys.argv[-1]); print('job-0123'); sys.exit({exit_code})\n"
-    )
-    return f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} bundle submit --yes {{bundle}}", record
-
-
 def test_submit_command_gets_the_bundle(tmp_path: Path) -> None:
-    command, record = recorder(tmp_path)
+    command, record = recorded_standin_submit(tmp_path)
     assert run_submit_command(command, tmp_path / "b") == "submitted b: job-0123"
     assert json.loads(record.read_text()) == ["bundle", "submit", "--yes", str(tmp_path / "b")]
 
 
 def test_failed_submit_commands(tmp_path: Path) -> None:
-    command, _ = recorder(tmp_path, exit_code=3)
-    with pytest.raises(SubmitError, match=r"failed \(exit 3\): job-0123"):
+    command, _ = recorded_standin_submit(tmp_path, exit_code=3)
+    with pytest.raises(SubmitError, match=r"failed \(exit 3\): stand-in farm: queue rvm is closed"):
         run_submit_command(command, tmp_path)
     with pytest.raises(SubmitError, match="submit command no-such-deadline: not found"):
         run_submit_command("no-such-deadline bundle submit {bundle}", tmp_path)
@@ -493,12 +481,14 @@ def test_submit_job_leaves_nothing_before_the_submit_step(clip: Path, tmp_path: 
     pool = PoolSettings(nodes="n1:1")
     with pytest.raises(SubmitError, match="cannot write the job bundle in /proc/rvm/jobs"):
         submit_job(shots, pool, Path("/proc/rvm/jobs"), name="j", command="true")
-    command, record = recorder(tmp_path, exit_code=3)
-    with pytest.raises(SubmitError, match=r"failed \(exit 3\): job-0123; the job bundle is in .*/jobs/j-"):
+    command, record = recorded_standin_submit(tmp_path, exit_code=3)
+    with pytest.raises(
+        SubmitError, match=r"failed \(exit 3\): stand-in farm: .*; the job bundle is in .*/jobs/j-"
+    ):
         submit_job(shots, pool, tmp_path / "new" / "jobs", name="j", command=command)
     (bundle,) = (tmp_path / "new" / "jobs").iterdir()
     assert (bundle / "template.yaml").is_file()  # kept, to submit by hand
-    command, record = recorder(tmp_path)
+    command, record = recorded_standin_submit(tmp_path)
     done = submit_job(shots, pool, tmp_path / "jobs", name="j", command=command)
     assert done.said == f"submitted {done.bundle.name}: job-0123"
     assert json.loads(record.read_text())[-1] == str(done.bundle)

@@ -185,7 +185,7 @@ def test_a_submitted_bundle_writes_the_frames_its_matte_read_shows(
 ) -> None:
     """Submit to the farm (a recorded stand-in submit command), then run the bundle as a farm would, with
     the real `openjd` CLI on a real node: the frames land where the matte Read points, equal to run here."""
-    from tests.test_nuke_submit import recorded_standin_submit
+    from tests.helpers import recorded_standin_submit
 
     read = make_read(plate)
     command, _ = recorded_standin_submit(tmp_path)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import yaml
+
+from tests.helpers import recorded_standin_submit
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "tests" / "fake_nuke"), str(ROOT / "plugins" / "nuke")]
@@ -26,25 +27,6 @@ from rvm_nuke import farm, graph, job, settings  # noqa: E402
 
 from rvm_node.farm.submit import DEADLINE_CLOUD  # noqa: E402
 from rvm_node.io.images import write_image  # noqa: E402
-
-
-def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Path]:
-    """A recorded stand-in for the farm manager's submit command (not Deadline's): a Python script that
-    records its argv to a JSON file and prints a fake job id line (or, exiting non-zero, a message on
-    stderr). Returns the submit command setting and the record file."""
-    record = tmp_path / "standin_submit_argv.json"
-    script = tmp_path / "standin_submit.py"
-    script.write_text(
-        "import json, sys\n"
-        f"open({str(record)!r}, 'w').write(json.dumps(sys.argv[1:]))\n"
-        f"if {exit_code}:\n"
-        "    print('stand-in farm: queue rvm is closed', file=sys.stderr)\n"
-        f"    sys.exit({exit_code})\n"
-        "print('Submitted job bundle:', sys.argv[-1])\n"
-        "print('job-0123')\n"
-    )
-    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} bundle submit --yes {{bundle}}"
-    return command, record
 
 
 @pytest.fixture

@@ -9,16 +9,32 @@ ONNX runs in a plain ``onnxruntime.InferenceSession`` with default settings,
 as the official inference code runs it; the other rows run through our
 backends. Ratios are against that official row at the same size, which
 ``--only`` always keeps.
+
+The static exports (TensorFlow SavedModel, TFLite, TF.js) run where their
+toolchains are installed, each export made once per size and kept under
+``$RVM_NODE_CACHE_DIR/exports/static/``. Their runtimes live in other
+environments, so each row drives a persistent subprocess (``tf_worker.py
+serve``, ``tests/tfjs_runner/run.js``): one call sends one frame (.npy) and
+gets back the inference time measured inside the subprocess, which is what
+the row counts, so the frame transfer is left out and the rows still take
+turns frame by frame.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
+import json
+import os
+import shutil
 import statistics
+import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -31,7 +47,7 @@ from rvm_node.errors import InvalidInputError
 __all__ = ["run_engine_bench"]
 
 
-Runner = Callable[[np.ndarray], None]
+Runner = Callable[[np.ndarray], float | None]  # seconds, when the runner times itself
 REFERENCE = "official ONNX, onnxruntime (reference)"
 
 
@@ -101,6 +117,122 @@ def _session_runner(factory: Callable[[], object], size: _Size) -> Callable[[], 
     return make
 
 
+_REPO = Path(__file__).resolve().parents[2]
+_TFJS_RUNNER = _REPO / "tests" / "tfjs_runner" / "run.js"
+
+
+def _static_export(format: str, size: _Size) -> Path:
+    """The fp32 export of ``format`` for ``size``, made once and kept in the cache."""
+    from rvm_node.engine.loader import load_network
+    from rvm_node.engine.static_export import SUFFIX, StaticSpec, export_static
+    from rvm_node.engine.weights import cache_dir
+    from rvm_node.version import __version__
+
+    spec = StaticSpec("mobilenetv3", size.width, size.height, size.ratio)
+    # a folder per format: the SavedModel and TF.js exports are both folders of the same name
+    folder = cache_dir() / "exports" / "static" / f"v{__version__}" / format
+    target = folder / f"{spec.name}{SUFFIX[format]}"
+    if not target.with_name(f"{target.name}.json").is_file():  # the sidecar is written last
+        print(f"  exporting {format} for {size.label} into {folder} (once) ...", flush=True)
+        export_static(load_network("mobilenetv3"), format, spec, folder, overwrite=True)
+    return target
+
+
+class _Served:
+    """A runtime serving one export in a subprocess; one call = one frame, state carried inside."""
+
+    def __init__(self, command: list[str], env: dict[str, str]) -> None:
+        self.name = Path(command[1]).name
+        self.scratch = Path(tempfile.mkdtemp(prefix="rvm-bench-"))
+        self.log = (self.scratch / "stderr.txt").open("w")
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            env=env,
+        )
+        atexit.register(self.close)
+        self._reply()  # the model's description: it is loaded
+
+    def _reply(self) -> dict[str, object]:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            code = self.process.wait()
+            lines = [x for x in (self.scratch / "stderr.txt").read_text().splitlines() if x.strip()]
+            raise RuntimeError(f"{self.name}: the runner exited ({code}): {lines[-1] if lines else ''}")
+        reply: dict[str, object] = json.loads(line)
+        return reply
+
+    def __call__(self, frame: np.ndarray) -> float:
+        assert self.process.stdin is not None
+        src = self.scratch / "src.npy"
+        np.save(src, np.ascontiguousarray(frame.transpose(0, 2, 3, 1)))  # NCHW -> the exports' NHWC
+        self.process.stdin.write(json.dumps({"src": str(src), "out": None}) + "\n")
+        self.process.stdin.flush()
+        ms = self._reply()["ms"]
+        assert isinstance(ms, list)
+        return float(ms[0]) / 1000
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.close()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.log.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _static_runner(format: str, size: _Size) -> Callable[[], Runner]:
+    def make() -> Runner:
+        from rvm_node.engine.toolchains import WORKERS, toolchain_python
+
+        path = _static_export(format, size)
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env.pop("PYTHONPATH", None)
+        if format == "tfjs":
+            return _Served(["node", str(_TFJS_RUNNER), str(path)], env)
+        python = toolchain_python("tensorflow", purpose="bench")
+        kind = ["savedmodel"] if format == "tensorflow" else ["tflite", "--threads", "2"]
+        return _Served(
+            [str(python), str(WORKERS / "tf_worker.py"), "serve", kind[0], str(path), *kind[1:]], env
+        )
+
+    return make
+
+
+def _static_configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
+    """The TensorFlow exports' rows, where their toolchains (and Node.js, for TF.js) are installed."""
+    from rvm_node.engine.toolchains import toolchain_python
+    from rvm_node.errors import MissingToolError
+
+    def have(name: str) -> bool:
+        try:
+            toolchain_python(name)
+        except MissingToolError:
+            return False
+        return True
+
+    configs: list[tuple[str, Callable[[], Runner]]] = []
+    if have("tensorflow"):
+        configs += [
+            ("TensorFlow SavedModel fp32 (export for this size)", _static_runner("tensorflow", size)),
+            ("TFLite XNNPACK fp32, 2 threads (export for this size)", _static_runner("tflite", size)),
+        ]
+        modules = _TFJS_RUNNER.parent / "node_modules" / "@tensorflow" / "tfjs-backend-wasm"
+        if have("tfjs") and shutil.which("node") and modules.is_dir():
+            configs.append(("TF.js WASM, Node.js (export for this size)", _static_runner("tfjs", size)))
+    return configs
+
+
 def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
     from rvm_node.engine.loader import load_model, shared_cpu_options
     from rvm_node.engine.torch_backend import TorchOptions, cpu_has_bf16
@@ -159,13 +291,14 @@ def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
                 ),
             ),
         ]
-    return configs
+    return configs + _static_configs(size)
 
 
 def _timed(run: Runner, frames: np.ndarray) -> float:
     start = time.perf_counter()
-    for frame in frames:
-        run(frame)
+    inside: list[float | None] = [run(frame) for frame in frames]
+    if all(took is not None for took in inside):  # the runner timed its frames itself (subprocess rows)
+        return len(frames) / sum(t for t in inside if t is not None)
     return len(frames) / (time.perf_counter() - start)
 
 

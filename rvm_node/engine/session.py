@@ -50,7 +50,9 @@ def fastest_parity_backend(device: str) -> str:
     ran 1.28x, 1.18x and 1.09x the official ONNX at 640x360, 1280x720 and
     1920x1080, onnxruntime (our export) 0.90x, 0.90x and 0.85x. So OpenVINO on
     a CPU where the ``openvino`` extra is installed, else onnxruntime, which is
-    also the choice on GPUs.
+    also the choice on GPUs. The TFLite export, run with XNNPACK, was faster
+    still at 1080p (1.26x); it is no backend (an export per frame size), so
+    it is not a choice here.
     """
     if device == "cpu" and importlib.util.find_spec("openvino") is not None:
         return "openvino"

@@ -45,7 +45,7 @@ __all__ = [
 
 STATIC_FORMATS = ("tensorflow", "tflite", "tfjs", "coreml")
 FP16_FORMATS = ("tflite", "coreml")  # fp16 weights (TFLite) or compute (CoreML)
-SUFFIX = {"tensorflow": "", "tflite": ".tflite", "tfjs": "", "coreml": ".mlpackage"}
+SUFFIX = {"tensorflow": "_savedmodel", "tflite": ".tflite", "tfjs": "_tfjs", "coreml": ".mlpackage"}
 MIN_SIDE = 64  # the encoder halves the downsampled frame five times
 
 
