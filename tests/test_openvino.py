@@ -46,15 +46,19 @@ def _run(backend: Any, frames: np.ndarray, ratio: float, chunk: int = 3) -> tupl
     return np.concatenate([o.fgr for o in outs]), np.concatenate([o.pha for o in outs])
 
 
+def _assert_parity(backend: Any, official: Any, frames: np.ndarray, ratio: float, what: str) -> None:
+    fgr, pha = _run(backend, frames, ratio)
+    ref_fgr, ref_pha = _run(official, frames, ratio)
+    worst = max(float(np.abs(pha - ref_pha).max()), float(np.abs(fgr - ref_fgr).max()))
+    print(f"\n{what} vs official ONNX at ratio {ratio}, {len(frames)} frames: max-abs {worst:.2e}")
+    assert worst <= TOLERANCE
+
+
 @pytest.mark.parametrize("ratio", [0.5, 0.37, 1.0])  # two ratios below 1, and 1 (the refiner rule)
 def test_openvino_equals_the_official_onnx(
     openvino: Any, official: Any, clip_frames: np.ndarray, ratio: float
 ) -> None:
-    fgr, pha = _run(openvino, clip_frames[:30], ratio)
-    ref_fgr, ref_pha = _run(official, clip_frames[:30], ratio)
-    worst = max(float(np.abs(pha - ref_pha).max()), float(np.abs(fgr - ref_fgr).max()))
-    print(f"\nopenvino fp32 vs official ONNX at ratio {ratio}, 30 frames: max-abs {worst:.2e}")
-    assert worst <= TOLERANCE
+    _assert_parity(openvino, official, clip_frames[:30], ratio, "openvino fp32 (the official file)")
 
 
 def test_streams_of_different_sizes_share_the_backend(
@@ -181,16 +185,10 @@ def test_auto_without_openvino_is_onnxruntime() -> None:
 
 def test_our_export_on_openvino_equals_the_official_onnx(official: Any, clip_frames: np.ndarray) -> None:
     ours = load_model(backend="openvino")  # our own export, as `serve --backend openvino` runs it
-    fgr, pha = _run(ours, clip_frames[:30], 0.37)
-    ref_fgr, ref_pha = _run(official, clip_frames[:30], 0.37)
-    worst = max(float(np.abs(pha - ref_pha).max()), float(np.abs(fgr - ref_fgr).max()))
-    print(f"\nopenvino fp32 (our export) vs official ONNX, 30 frames: max-abs {worst:.2e}")
-    assert worst <= TOLERANCE
+    _assert_parity(ours, official, clip_frames[:30], 0.37, "openvino fp32 (our export)")
 
 
-def test_merged_resizes_change_no_bit(
-    official_onnx: Path, clip_frames: np.ndarray, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_merged_resizes_change_no_bit(clip_frames: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     import rvm_node.engine.openvino_backend as module
 
     merged_backend = load_model(backend="openvino")
