@@ -11,6 +11,7 @@ from rvm_node.bench.common import (
     print_table,
     upscaled_clip,
 )
+from rvm_node.engine.session import fastest_parity_backend
 from rvm_node.node.launch import spawn_node
 
 __all__ = ["run_farm_bench"]
@@ -86,6 +87,7 @@ def run_farm_bench(args: argparse.Namespace) -> int:
             process.kill()
             process.wait()
     return print_table(
-        f"Clip: carphone at 352x288, ratio {args.downsample_ratio}; nodes pinned with taskset, --threads 1",
+        f"Clip: carphone at 352x288, ratio {args.downsample_ratio}; nodes pinned with taskset, --threads 1, "
+        f"--backend auto ({fastest_parity_backend('cpu')})",
         rows,
     )
