@@ -25,7 +25,7 @@ sys.path[:0] = [str(ROOT / "tests" / "fake_nuke"), str(ROOT / "plugins" / "nuke"
 import nuke  # noqa: E402 - the fake, from tests/fake_nuke
 from rvm_nuke import farm, graph, job, settings  # noqa: E402
 
-from rvm_node.farm.submit import DEADLINE_CLOUD  # noqa: E402
+from rvm_node.farm.submit import DEADLINE_CLOUD, SubmittedJob  # noqa: E402
 from rvm_node.io.images import write_image  # noqa: E402
 
 
@@ -90,7 +90,7 @@ def test_submit_writes_the_bundle_submits_it_and_wires_mattes_of_the_frames_to_c
     read_b = make_read(plates[1], "PlateB", 2001, 2004)
     command, record = recorded_standin_submit(tmp_path)
     submitted = job.matte_selected(farm_settings(command), blocking=True)
-    assert isinstance(submitted, farm.Submitted)
+    assert isinstance(submitted, SubmittedJob)
     bundle = submitted.bundle
     # a new folder beside the script: <script>_rvm_jobs/<job name>-<YYYYmmdd-HHMMSS>
     assert bundle.parent == script.parent / "sh010_comp_rvm_jobs"
@@ -112,7 +112,7 @@ def test_submit_writes_the_bundle_submits_it_and_wires_mattes_of_the_frames_to_c
     assert json.loads(record.read_text()) == ["bundle", "submit", "--yes", str(bundle)]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "job-0123" in err[0] and str(bundle) in err[0], err
-    assert submitted.line == err[0]
+    assert farm.report_line(submitted) == err[0]
     # matte Reads at once, on the sequences the job writes, with their frame ranges; missing frames are black
     assert len(nuke.allNodes("Read")) == 4
     for read, output, (first, last) in (
@@ -139,9 +139,7 @@ def test_submit_writes_the_bundle_submits_it_and_wires_mattes_of_the_frames_to_c
     for node in nuke.allNodes():
         node.setSelected(node in (read_a, read_b))
     again = job.matte_selected(farm_settings(command), blocking=True)
-    assert (
-        isinstance(again, farm.Submitted) and again.bundle != bundle and again.bundle.parent == bundle.parent
-    )
+    assert isinstance(again, SubmittedJob) and again.bundle != bundle and again.bundle.parent == bundle.parent
     assert len(nuke.allNodes("Read")) == 4 and len(nuke.allNodes("Copy")) == 2
 
 

@@ -16,16 +16,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .command import RunOptions, write_shot_list
 from .shots import PluginError, ShotRequest
+
+if TYPE_CHECKING:
+    from rvm_node.farm.submit import SubmittedJob
 
 __all__ = [
     "DEADLINE_CLOUD",
     "FARM_FORMATS",
     "FarmOptions",
-    "Submitted",
     "farm_shots",
     "jobs_folder",
     "submit_requests",
@@ -62,15 +64,6 @@ class FarmOptions:
         return {"command": self.submit_command.strip(), "cuebot": None}
 
 
-@dataclass(frozen=True)
-class Submitted:
-    """A submitted job: its name, its bundle folder, and what the submit step said (one line)."""
-
-    job: str
-    bundle: Path
-    said: str
-
-
 def jobs_folder(folder: str, blend_path: str) -> Path:
     """The folder the job's bundle folder goes in: ``folder`` (absolute), else beside the .blend."""
     if not folder.strip():
@@ -101,7 +94,7 @@ def submit_requests(
     *,
     before_submit: Callable[[], None] | None = None,
     now: datetime | None = None,
-) -> Submitted:
+) -> SubmittedJob:
     """Plan the job, write its bundle, run ``before_submit`` (if any), submit it.
 
     Raises :class:`PluginError` with one line. Before the submit step nothing
@@ -131,4 +124,4 @@ def submit_requests(
         )
     except RvmNodeError as exc:
         raise PluginError(str(exc)) from None
-    return Submitted(job=name, bundle=done.bundle, said=done.said)
+    return done

@@ -10,27 +10,20 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rvm_nuke.settings import Settings, SettingsError
 
-__all__ = ["FarmError", "Submitted", "jobs_folder", "submit_shots"]
+if TYPE_CHECKING:
+    from rvm_node.farm.submit import SubmittedJob
+
+__all__ = ["FarmError", "jobs_folder", "report_line", "submit_shots"]
 
 
 class FarmError(Exception):
     """Writing or submitting the job failed; the message says why, in one line."""
-
-
-@dataclass(frozen=True)
-class Submitted:
-    """A submitted job: its name, its bundle folder, and the line that reports it."""
-
-    job: str
-    bundle: Path
-    line: str
 
 
 def jobs_folder(settings: Settings, script: str) -> Path:
@@ -65,7 +58,7 @@ def _submit_to(settings: Settings) -> dict[str, Any]:
 
 def submit_shots(
     shots: Sequence[Any], settings: Settings, script: str, *, now: datetime | None = None
-) -> Submitted:
+) -> SubmittedJob:
     """Plan the job for ``shots`` (``rvm_node.farm.Shot``), write its bundle, submit it.
 
     Raises :class:`SettingsError` or :class:`FarmError` with one line. Before the
@@ -96,4 +89,9 @@ def submit_shots(
         )
     except RvmNodeError as exc:
         raise FarmError(f"RVM: {exc}") from None
-    return Submitted(job=name, bundle=done.bundle, line=f"RVM: {done.said} (bundle {done.bundle})")
+    return done
+
+
+def report_line(done: SubmittedJob) -> str:
+    """The one line that reports a submitted job."""
+    return f"RVM: {done.said} (bundle {done.bundle})"

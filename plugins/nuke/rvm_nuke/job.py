@@ -12,14 +12,18 @@ import shutil
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nuke
 
 from rvm_nuke import farm, graph, reads
 from rvm_nuke import settings as settings_module
 from rvm_nuke.settings import Settings, SettingsError
+
+if TYPE_CHECKING:
+    from rvm_node.farm.submit import SubmittedJob
 
 
 def _report(text: str) -> None:
@@ -150,13 +154,13 @@ def _shot_for(node: Any, chosen: Settings, temporaries: list[str]) -> Any:
         nuke.delete(proxy)
 
 
-def _farm_label(settings: Settings, submitted: farm.Submitted) -> str:
+def _farm_label(settings: Settings, submitted: SubmittedJob) -> str:
     ratio = "auto" if settings.ratio is None else f"{settings.ratio:g}"
     return f"RVM matte (farm)\n{submitted.bundle.name}\n{settings.format}, ratio {ratio}"
 
 
 def _apply_submitted(
-    jobs: list[tuple[Any, Any]], submitted: farm.Submitted | None, failure: str, settings: Settings
+    jobs: list[tuple[Any, Any]], submitted: SubmittedJob | None, failure: str, settings: Settings
 ) -> None:
     """Main thread: wire a matte Read of each shot's frames-to-be, then report the job; on failure, only report."""
     if submitted is None:
@@ -171,12 +175,12 @@ def _apply_submitted(
             _farm_label(settings, submitted),
             on_error="black",  # the frames arrive as the farm writes them
         )
-    _report(submitted.line)
+    _report(farm.report_line(submitted))
 
 
 def _submit(
     jobs: list[tuple[Any, Any]], settings: Settings, script: str, on_main: bool
-) -> farm.Submitted | None:
+) -> SubmittedJob | None:
     """Write and submit the job bundle (the worker thread in the GUI), then wire the mattes on the main thread."""
     submitted, failure = None, ""
     try:
@@ -199,29 +203,36 @@ def _farm_shot(node: Any, chosen: Settings) -> Any:
     return reads.shot_for_read(node, chosen, nuke.root())
 
 
-def _submit_selected(selected: list[Any], chosen: Settings, blocking: bool | None) -> farm.Submitted | None:
+def _dispatch(
+    work: Callable[..., Any], args: tuple[Any, ...], blocking: bool | None, name: str, *rest: Any
+) -> Any:
+    """Run ``work(*args, on_main, *rest)``: here when ``blocking`` (default under `nuke -t`), else in a
+    worker thread, which hands its graph changes to the main thread."""
+    if blocking is None:
+        blocking = not getattr(nuke, "GUI", False)
+    if blocking:
+        return work(*args, True, *rest)
+    threading.Thread(target=work, args=(*args, False, *rest), name=name, daemon=True).start()
+    return None
+
+
+def _submit_selected(selected: list[Any], chosen: Settings, blocking: bool | None) -> SubmittedJob | None:
     try:
         jobs = [(node, _farm_shot(node, chosen)) for node in selected]
         script = str(nuke.root()["name"].value() or "")
     except (SettingsError, ValueError, RuntimeError) as exc:
         _report(str(exc).splitlines()[0])
         return None
-    if blocking is None:
-        blocking = not getattr(nuke, "GUI", False)
-    if blocking:
-        return _submit(jobs, chosen, script, True)
-    threading.Thread(
-        target=_submit, args=(jobs, chosen, script, False), name="rvm-nuke-submit", daemon=True
-    ).start()
-    return None
+    return _dispatch(_submit, (jobs, chosen, script), blocking, "rvm-nuke-submit")
 
 
 def matte_selected(
     settings: Settings | None = None, blocking: bool | None = None
-) -> dict[str, Any] | farm.Submitted | None:
+) -> dict[str, Any] | SubmittedJob | None:
     """Matte every selected Read. Runs in a thread in the GUI; ``blocking`` (default under `nuke -t`) waits.
 
-    With the ``farm`` target, submit them as one farm job instead: the result is a :class:`farm.Submitted`.
+    With the ``farm`` target, submit them as one farm job instead: the result
+    is the submitted job (``rvm_node.farm.submit.SubmittedJob``).
     """
     try:
         chosen = settings or settings_module.for_script(settings_module.load(), nuke.root())
@@ -240,14 +251,7 @@ def matte_selected(
     except (SettingsError, ValueError, RuntimeError) as exc:
         _report(str(exc).splitlines()[0])
         return None
-    if blocking is None:
-        blocking = not getattr(nuke, "GUI", False)
-    if blocking:
-        return _run(jobs, chosen, pool, True, temporaries)
-    threading.Thread(
-        target=_run, args=(jobs, chosen, pool, False, temporaries), name="rvm-nuke", daemon=True
-    ).start()
-    return None
+    return _dispatch(_run, (jobs, chosen, pool), blocking, "rvm-nuke", temporaries)
 
 
 def test_connection(settings: Settings | None = None) -> list[str]:
