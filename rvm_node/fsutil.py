@@ -8,12 +8,18 @@ plugins share: a temporary of ``<stem><ext>`` is named
 :func:`temporary_owner` reads the final name back from a temporary's name,
 and :func:`remove_temporaries` deletes only the temporaries of the files a
 caller owns, never those another job may be writing in the same folder.
+
+Modes: a file written here gets the mode ``open()`` would give a new file
+under the process's umask (``0o666 & ~umask``), so artists and other
+accounts on shared storage read what a farm wrote; ``private=True`` (caches,
+weights) keeps a file to its owner (``0o600``).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,13 +27,36 @@ __all__ = [
     "TEMPORARY_MARK",
     "atomic_write",
     "atomic_write_bytes",
+    "current_umask",
     "is_temporary",
+    "new_file_mode",
     "remove_temporaries",
     "temporary_owner",
     "temporary_path",
 ]
 
 TEMPORARY_MARK = ".rvmtmp"
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where the platform allows (Linux 4.7+)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:  # elsewhere the only way to read it is to set it, and set it back at once
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return mask
+
+
+def new_file_mode(*, private: bool = False) -> int:
+    """The mode of a new file: what ``open()`` gives under the umask, or owner-only when ``private``."""
+    return 0o600 if private else 0o666 & ~current_umask()
 
 
 def is_temporary(path: Path) -> bool:
@@ -67,11 +96,13 @@ def remove_temporaries(directory: Path, owned: Callable[[str], bool]) -> int:
     return removed
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None], *, private: bool = False) -> None:
     """Call ``write(tmp)`` for a temporary path beside ``path``, then move it into place.
 
     The temporary name keeps the final extension, so encoders that look at it
-    (EXR, PNG, video muxers) see the right one.
+    (EXR, PNG, video muxers) see the right one. The file gets
+    :func:`new_file_mode` (``mkstemp``'s 0600 is replaced before the rename,
+    whatever ``write`` did to the temporary).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(
@@ -82,6 +113,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     try:
         write(tmp)
         with tmp.open("rb+") as handle:
+            os.fchmod(handle.fileno(), new_file_mode(private=private))
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -89,10 +121,10 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
+def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> None:
+    """Write ``data`` to ``path`` atomically (owner-only when ``private``)."""
 
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)
 
-    atomic_write(path, write)
+    atomic_write(path, write, private=private)

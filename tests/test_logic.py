@@ -7,6 +7,8 @@ carried from chunk to chunk and across a resume, a shot moved between nodes, a r
 
 from __future__ import annotations
 
+import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -90,6 +92,36 @@ def test_a_cancelled_convert_resumed_from_its_checkpoint_equals_one_run(
     )
     assert report.resumed_from_checkpoint  # continued from the checkpoint, not from a warm-up
     assert _pngs(tmp_path / "two") == _pngs(tmp_path / "one")
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_frames_and_checkpoints_get_the_mode_the_umask_gives(
+    standin: StandInBackend, clip: Path, tmp_path: Path, mask: int
+) -> None:
+    """Artists and Nuke under other accounts read what the converter and the farm wrote."""
+    previous = os.umask(mask)
+    try:
+        outputs = {"output_alpha": tmp_path / "a.####.exr", "output_foreground": tmp_path / "f.####.tif"}
+        convert_video(standin, clip, frames=FrameRange(1, 6), seq_chunk=2, progress=False, **outputs)
+        cancel = threading.Event()  # stopped mid-shot, so its checkpoint stays
+        job = ConvertJob(
+            backend=standin,
+            input_source=str(clip),
+            outputs={"alpha": str(tmp_path / "p.####.png")},
+            frames=FrameRange(1, 12),
+            seq_chunk=2,
+            state_every=2,
+            progress="off",
+            cancel=cancel,
+            on_frame=lambda n: cancel.set() if n == 6 else None,
+        )
+        with pytest.raises(JobCancelledError):
+            run_job(job)
+    finally:
+        os.umask(previous)
+    written = sorted(p for p in tmp_path.iterdir() if p.is_file())
+    assert {p.suffix for p in written} == {".exr", ".tif", ".png", ".npz"}  # .npz: the checkpoints
+    assert {stat.S_IMODE(p.stat().st_mode) for p in written} == {0o666 & ~mask}
 
 
 def test_a_run_killed_before_its_first_checkpoint_resumes_exactly(

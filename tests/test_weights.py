@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,7 @@ def test_damaged_cache_entry_is_fetched_again(
         weights.official_path()
     assert weights.fetch_official() == broken
     weights.verify_file(broken, weights.OFFICIAL_ONNX_MOBILENETV3.sha256 or "")
+    assert stat.S_IMODE(broken.stat().st_mode) == 0o600  # the cache stays its owner's
 
 
 def test_fetch_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -121,10 +121,15 @@ def _strip_wrapper_prefix(model: Any) -> None:
 
 
 def export_onnx(
-    net: MattingNetwork, output: Path, *, precision: str = "fp32", opset: int = DEFAULT_OPSET
+    net: MattingNetwork,
+    output: Path,
+    *,
+    precision: str = "fp32",
+    opset: int = DEFAULT_OPSET,
+    private: bool = False,
 ) -> Path:
-    """Write ``net`` as ONNX to ``output`` (atomically)."""
-    atomic_write_bytes(output, onnx_bytes(net, precision=precision, opset=opset))
+    """Write ``net`` as ONNX to ``output`` (atomically; owner-only when ``private``, as caches are)."""
+    atomic_write_bytes(output, onnx_bytes(net, precision=precision, opset=opset), private=private)
     return output
 
 

