@@ -50,6 +50,15 @@ from rvm_node.node.protocol import (
     state_to_message,
     transport_name,
     unpack,
+    wire_bytes,
+)
+from rvm_node.node.wire import (
+    ChunkRequest,
+    FramePartView,
+    PlanePartView,
+    Undecodable,
+    encode_request,
+    parse_response,
 )
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
@@ -65,9 +74,15 @@ __all__ = [
 ]
 
 _PLANES = {"alpha": pb.PLANE_ALPHA, "foreground": pb.PLANE_FOREGROUND}
+_MATTE_METHOD = "/rvm_node.v1.MattingService/Matte"
 _CLOSE = object()
 _MESSAGE_HEADROOM = 64 * 1024
 DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
+
+
+def _serialize_request(request: bytes | pb.MatteRequest) -> bytes:
+    """Chunks are encoded when queued (their frames are read then, not later on gRPC's thread)."""
+    return request if isinstance(request, bytes) else request.SerializeToString()
 
 
 def _details(error: grpc.RpcError) -> tuple[str, dict[str, str]]:
@@ -182,6 +197,10 @@ class NodeClient:
         else:
             self._channel = grpc.insecure_channel(address, options=options)
         self._stub = pb_grpc.MattingServiceStub(self._channel)
+        # Matte with the codec that writes and reads samples without protobuf's copies (node.wire).
+        self._matte = self._channel.stream_stream(
+            _MATTE_METHOD, request_serializer=_serialize_request, response_deserializer=parse_response
+        )
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.max_message_bytes = max_message_bytes
         self.retries = retries
@@ -291,13 +310,11 @@ class MatteStream:
         self._settings = open_message.settings
         self._requests: queue.Queue[Any] = queue.Queue()
         self._requests.put(pb.MatteRequest(open=open_message))
-        self._call = client._stub.Matte(self._request_iter(), timeout=timeout, metadata=client._metadata)
+        self._call = client._matte(self._request_iter(), timeout=timeout, metadata=client._metadata)
         self._responses = iter(self._call)
         first = self._next()
-        if first.WhichOneof("kind") != "accepted":
-            raise NodeProtocolError(
-                f"node {client.address}: expected `accepted`, got {first.WhichOneof('kind')}"
-            )
+        if _kind(first) != "accepted":
+            raise NodeProtocolError(f"node {client.address}: expected `accepted`, got {_kind(first)}")
         self.accepted = first.accepted
         self.downsample_ratio = first.accepted.downsample_ratio
         self._planes = list(dict.fromkeys(self._settings.planes)) or [pb.PLANE_ALPHA]
@@ -326,9 +343,10 @@ class MatteStream:
                 return
             yield item
 
-    def _next(self) -> pb.MatteResponse:
+    def _next(self) -> Any:
+        """The next response: a :class:`PlanePartView` or a ``MatteResponse``."""
         try:
-            return next(self._responses)
+            response = next(self._responses)
         except StopIteration:
             raise NodeProtocolError(f"node {self._client.address}: the stream ended early") from None
         except grpc.RpcError as exc:
@@ -336,29 +354,37 @@ class MatteStream:
         except BaseException:  # Ctrl-C or SIGTERM inside gRPC's wait: the call cannot be read again
             self.cancel()
             raise
+        if isinstance(response, Undecodable):
+            self.cancel()
+            raise self._protocol_error(f"a response that does not decode ({response.problem})")
+        return response
 
-    def _pack_frame(self, number: int, frame: np.ndarray) -> bytes:
+    def _pack_frame(self, number: int, frame: np.ndarray) -> bytes | memoryview:
+        """The frame's packed bytes; raw samples are a view, copied once when the request is encoded."""
         width, height = self._settings.width, self._settings.height
         if frame.shape != (height, width, 3):
             raise InvalidInputError(f"frame {number}: expected {width}x{height}x3, got {list(frame.shape)}")
-        return pack(np.asarray(frame, self._in_dtype), self._in_transport)
+        samples = np.asarray(frame, self._in_dtype)
+        if self._in_transport == pb.TRANSPORT_RAW:
+            return wire_bytes(samples)
+        return pack(samples, self._in_transport)
 
     def _send_chunk(self, chunk: StreamChunk) -> int:
         """Send a chunk's frames, as few messages as the limit allows; returns the bytes sent."""
         limit = self._client.max_message_bytes - _MESSAGE_HEADROOM
-        parts: list[pb.FramePart] = []
+        parts: list[FramePartView] = []
         size = sent = 0
         for number, frame in chunk.frames:
             data = self._pack_frame(number, frame)
             sent += len(data)
             for offset, piece in split_parts(data, limit):
                 if parts and size + len(piece) > limit:
-                    self._requests.put(pb.MatteRequest(chunk=pb.FrameChunk(parts=parts)))
+                    self._requests.put(encode_request(ChunkRequest(parts)))
                     parts, size = [], 0
-                parts.append(pb.FramePart(number=number, offset=offset, total_bytes=len(data), data=piece))
+                parts.append(FramePartView(number, offset, len(data), memoryview(piece)))
                 size += len(piece)
         if parts:
-            self._requests.put(pb.MatteRequest(chunk=pb.FrameChunk(parts=parts)))
+            self._requests.put(encode_request(ChunkRequest(parts)))
         if chunk.snapshot:
             self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=pb.Control.Snapshot())))
         return sent
@@ -366,17 +392,15 @@ class MatteStream:
     def _protocol_error(self, message: str) -> NodeProtocolError:
         return NodeProtocolError(f"node {self._client.address}: {message}")
 
-    def _receive_plane(self, number: int, plane: int, limit: int) -> bytes | bytearray:
+    def _receive_plane(self, number: int, plane: int, limit: int) -> memoryview | bytearray:
         """The packed bytes of one plane of frame ``number``, each part checked against the stream."""
         buffer: bytearray | None = None
         filled = 0
         exact = self._out_transport == pb.TRANSPORT_RAW
         while True:
-            response = self._next()
-            kind = response.WhichOneof("kind")
-            if kind != "part":
-                raise self._protocol_error(f"expected frame {number}, got {kind}")
-            part = response.part
+            part = self._next()
+            if not isinstance(part, PlanePartView):
+                raise self._protocol_error(f"expected frame {number}, got {_kind(part)}")
             if part.number != number or part.plane != plane:
                 raise self._protocol_error(
                     f"expected plane {plane} of frame {number}, got plane {part.plane} of frame {part.number}"
@@ -453,8 +477,8 @@ class MatteStream:
 
     def _receive_snapshot(self) -> tuple[int, RecurrentState]:
         response = self._next()
-        if response.WhichOneof("kind") != "snapshot":
-            raise self._protocol_error(f"expected a snapshot, got {response.WhichOneof('kind')}")
+        if _kind(response) != "snapshot":
+            raise self._protocol_error(f"expected a snapshot, got {_kind(response)}")
         try:
             return state_from_message(response.snapshot)
         except InvalidInputError as exc:
@@ -468,8 +492,8 @@ class MatteStream:
     def reset(self) -> None:
         self._requests.put(pb.MatteRequest(control=pb.Control(reset=pb.Control.Reset())))
         response = self._next()
-        if response.WhichOneof("kind") != "reset_done":
-            raise self._protocol_error(f"expected reset_done, got {response.WhichOneof('kind')}")
+        if _kind(response) != "reset_done":
+            raise self._protocol_error(f"expected reset_done, got {_kind(response)}")
 
     def close(self) -> None:
         """End the stream cleanly."""
@@ -498,3 +522,8 @@ class MatteStream:
             self.close()
         else:
             self.cancel()
+
+
+def _kind(response: Any) -> str | None:
+    """Which response ``response`` is: ``part`` for a plane's part, else the message's kind."""
+    return "part" if isinstance(response, PlanePartView) else response.WhichOneof("kind")

@@ -25,11 +25,9 @@ __all__ = [
     "SAMPLE_NAMES",
     "TRANSPORTS",
     "FrameAssembler",
-    "Undecodable",
     "check_transport",
     "decode_png",
     "encode_png",
-    "lenient_parser",
     "pack",
     "packed_limit",
     "png_size",
@@ -38,6 +36,8 @@ __all__ = [
     "state_to_message",
     "transport_name",
     "unpack",
+    "wire_bytes",
+    "wire_samples",
 ]
 
 SAMPLE_NAMES: dict[pb.SampleFormat, SampleFormat] = {
@@ -58,26 +58,6 @@ TRANSPORTS: dict[str, pb.Transport] = {
 }
 PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
 _ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
-
-
-class Undecodable:
-    """What a request that does not parse as its message becomes, so the service refuses it itself."""
-
-    def __init__(self, problem: str) -> None:
-        self.problem = problem
-
-
-def lenient_parser(message_type: Any) -> Any:
-    """A request deserializer for gRPC that gives :class:`Undecodable` instead of raising."""
-    from google.protobuf.message import DecodeError
-
-    def parse(data: bytes) -> Any:
-        try:
-            return message_type.FromString(data)
-        except DecodeError as exc:
-            return Undecodable(str(exc))
-
-    return parse
 
 
 def transport_name(transport: int) -> str:
@@ -113,11 +93,22 @@ def packed_limit(transport: int, raw_bytes: int) -> int:
     return raw_bytes + raw_bytes // 50 + 65536
 
 
-def pack(values: np.ndarray, transport: int) -> bytes:
-    """The bytes of ``values`` (samples already in the wire format) for ``transport``."""
+def wire_samples(values: np.ndarray) -> np.ndarray:
+    """``values`` in wire order (C order, little endian): the array itself where it already is."""
     samples = np.ascontiguousarray(values)
     if samples.dtype.byteorder == ">":
         samples = samples.astype(samples.dtype.newbyteorder("<"))
+    return samples
+
+
+def wire_bytes(values: np.ndarray) -> memoryview:
+    """The bytes of ``values`` in wire order, as a view (a copy only where they are out of order)."""
+    return wire_samples(values).data.cast("B")
+
+
+def pack(values: np.ndarray, transport: int) -> bytes:
+    """The bytes of ``values`` (samples already in the wire format) for ``transport``."""
+    samples = wire_samples(values)
     if transport == pb.TRANSPORT_ZSTD:
         import zstandard
 
@@ -171,13 +162,11 @@ def _inflate_zstd(
     return out
 
 
-def split_parts(data: bytes, limit: int) -> Iterator[tuple[int, bytes]]:
-    """(offset, slice) pieces of at most ``limit`` bytes; a single piece is ``data`` itself, not a copy."""
-    if len(data) <= limit:
-        yield 0, data
-        return
-    for offset in range(0, len(data), limit):
-        yield offset, data[offset : offset + limit]
+def split_parts(data: bytes | bytearray | memoryview, limit: int) -> Iterator[tuple[int, memoryview]]:
+    """(offset, view) pieces of at most ``limit`` bytes, never copies."""
+    view = memoryview(data)
+    for offset in range(0, max(1, len(view)), limit):
+        yield offset, view[offset : offset + limit]
 
 
 def encode_png(values: np.ndarray) -> bytes:
@@ -247,7 +236,9 @@ class FrameAssembler:
         self._buffer: bytearray | None = None
         self._filled = 0
 
-    def add(self, number: int, offset: int, total: int, data: bytes) -> bytes | bytearray | None:
+    def add(
+        self, number: int, offset: int, total: int, data: bytes | memoryview
+    ) -> bytes | memoryview | bytearray | None:
         """Add one part; return the whole frame when it is complete (a frame in one part is not copied)."""
         if (total != self.expected_bytes) if self.exact else not (0 < total <= self.expected_bytes):
             bound = "" if self.exact else "at most "

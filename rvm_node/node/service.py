@@ -35,13 +35,12 @@ from rvm_node.node.protocol import (
     PLANE_CHANNELS,
     SAMPLE_NAMES,
     TRANSPORTS,
-    Undecodable,
     check_transport,
-    lenient_parser,
 )
 from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.status import Failure, abort, failure, failure_of, printable
 from rvm_node.node.stream import Stream, StreamPlan
+from rvm_node.node.wire import Undecodable, encode_response, lenient_parser, parse_request
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
@@ -251,8 +250,8 @@ def add_matting_service(servicer: MattingServicer, server: Any) -> None:
     handlers = {
         "Matte": grpc.stream_stream_rpc_method_handler(
             servicer.Matte,
-            request_deserializer=lenient_parser(pb.MatteRequest),
-            response_serializer=pb.MatteResponse.SerializeToString,
+            request_deserializer=parse_request,
+            response_serializer=encode_response,
         ),
         "GetNodeInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetNodeInfo,

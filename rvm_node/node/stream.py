@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,6 @@ from rvm_node.engine.session import MatteChunk, MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.protocol import (
     FrameAssembler,
-    Undecodable,
     pack,
     packed_limit,
     split_parts,
@@ -37,8 +36,10 @@ from rvm_node.node.protocol import (
     state_to_message,
     transport_name,
     unpack,
+    wire_bytes,
 )
 from rvm_node.node.status import StreamRefused
+from rvm_node.node.wire import ChunkRequest, PartReply, Undecodable
 from rvm_node.v1 import matting_pb2 as pb
 
 if TYPE_CHECKING:
@@ -101,7 +102,7 @@ class Stream:
         self._held += 1
         self.servicer.peak_chunks_in_flight = max(self.servicer.peak_chunks_in_flight, self._held)
 
-    async def _read(self) -> pb.MatteRequest | None:
+    async def _read(self) -> ChunkRequest | pb.MatteRequest | None:
         """The next request; the idle timeout runs only while the node holds nothing of this stream."""
         while True:
             if self._next is None:
@@ -124,7 +125,7 @@ class Stream:
                     f"stream idle for more than {self.limits.idle_timeout:g} s; its state was released",
                 )
 
-    async def _write(self, response: pb.MatteResponse) -> None:
+    async def _write(self, response: PartReply | pb.MatteResponse) -> None:
         # gRPC's write does not give way to cancellation, so it is awaited at arm's length:
         # a cancelled stream never waits on it, and a client that stops reading times out.
         write = asyncio.ensure_future(self._context.write(response))
@@ -137,12 +138,12 @@ class Stream:
             )
         write.result()
 
-    async def _open(self, first: pb.MatteRequest) -> tuple[StreamPlan, MattingSession]:
+    async def _open(self, first: ChunkRequest | pb.MatteRequest) -> tuple[StreamPlan, MattingSession]:
         """Check the first request, restore the state it carries, and answer `accepted`."""
-        kind = first.WhichOneof("kind")
+        kind = "chunk" if isinstance(first, ChunkRequest) else first.WhichOneof("kind")
         if kind is None:
             raise _empty_request()
-        if kind != "open":
+        if kind != "open" or isinstance(first, ChunkRequest):
             raise StreamRefused("OPEN_REQUIRED", "the first message of a stream must be `open`")
         if not first.open.HasField("settings"):
             raise InvalidInputError(
@@ -237,6 +238,9 @@ class Stream:
         assembler = FrameAssembler(
             packed_limit(plan.in_transport, raw_bytes), exact=plan.in_transport == pb.TRANSPORT_RAW
         )
+        # Raw integer samples are used where they arrived; float frames are checked for NaN and
+        # compressed ones inflated on the codec pool.
+        inline = plan.in_transport == pb.TRANSPORT_RAW and plan.in_dtype.kind == "u"
         while True:
             await self._slots.acquire()  # a free chunk slot before reading on
             request = await self._read()
@@ -247,10 +251,9 @@ class Stream:
                     )
                 await self._inbox.put(_END)
                 return
-            kind = request.WhichOneof("kind")
-            if kind == "chunk":
+            if isinstance(request, ChunkRequest):
                 complete = []
-                for part in request.chunk.parts:
+                for part in request.parts:
                     frame = assembler.add(part.number, part.offset, part.total_bytes, part.data)
                     if frame is not None:
                         self._check_number(part.number)
@@ -259,14 +262,21 @@ class Stream:
                     self._slots.release()
                     continue
                 self._hold()
-                frames = await asyncio.gather(
-                    *(
-                        loop.run_in_executor(self.servicer.codec, self._unpack_frame, plan, number, data)
-                        for number, data in complete
+                if inline:  # a view of the received bytes: nothing to gain from another thread
+                    frames = [self._unpack_frame(plan, number, data) for number, data in complete]
+                else:
+                    frames = await asyncio.gather(
+                        *(
+                            loop.run_in_executor(self.servicer.codec, self._unpack_frame, plan, number, data)
+                            for number, data in complete
+                        )
                     )
-                )
                 chunk = frames[0][None] if len(frames) == 1 else np.stack(frames)
                 await self._inbox.put(("chunk", [n for n, _ in complete], chunk.transpose(0, 3, 1, 2)))
+                continue
+            kind = request.WhichOneof("kind")
+            if kind == "chunk":  # parsed as a view above whenever it is a chunk
+                raise _empty_request()
             elif kind == "control":
                 action = request.control.WhichOneof("action")
                 if action is None:
@@ -291,7 +301,7 @@ class Stream:
         self._last_received = number
 
     @staticmethod
-    def _unpack_frame(plan: StreamPlan, number: int, data: bytes | bytearray) -> np.ndarray:
+    def _unpack_frame(plan: StreamPlan, number: int, data: bytes | bytearray | memoryview) -> np.ndarray:
         shape = (plan.height, plan.width, 3)
         try:
             frame = unpack(data, plan.in_transport, plan.in_dtype, shape, f"frame {number}")
@@ -341,41 +351,46 @@ class Stream:
                 raise item[1]
             if item[0] == "chunk":
                 _, numbers, out = item
-                jobs = [
-                    loop.run_in_executor(self.servicer.codec, self._pack_plane, plan, out, t, plane)
-                    for t in range(len(numbers))
-                    for plane in plan.planes
-                ]
-                packed = iter(await asyncio.gather(*jobs))
+                packed: Iterator[bytes | memoryview]
+                if plan.out_transport == pb.TRANSPORT_RAW:  # written from the samples, in one copy
+                    packed = iter(
+                        [
+                            wire_bytes(self._plane(out, t, plane))
+                            for t in range(len(numbers))
+                            for plane in plan.planes
+                        ]
+                    )
+                else:
+                    jobs = [
+                        loop.run_in_executor(self.servicer.codec, self._pack_plane, plan, out, t, plane)
+                        for t in range(len(numbers))
+                        for plane in plan.planes
+                    ]
+                    packed = iter(await asyncio.gather(*jobs))
                 for number in numbers:
                     for plane in plan.planes:
                         data = next(packed)
                         for offset, piece in split_parts(data, part_limit):
-                            await self._write(
-                                pb.MatteResponse(
-                                    part=pb.PlanePart(
-                                        number=number,
-                                        plane=plane,
-                                        offset=offset,
-                                        total_bytes=len(data),
-                                        data=piece,
-                                    )
-                                )
-                            )
+                            await self._write(PartReply(number, plane, offset, len(data), piece))
             else:
                 await self._write(item[1])
             self._held -= 1
             self._slots.release()
 
     @staticmethod
-    def _pack_plane(plan: StreamPlan, out: MatteChunk, t: int, plane: pb.Plane) -> bytes:
+    def _plane(out: MatteChunk, t: int, plane: pb.Plane) -> np.ndarray:
+        """Frame ``t``'s samples of ``plane``: ``HxW`` alpha or ``HxWx3`` foreground."""
         if plane == pb.PLANE_ALPHA:
             values = out.pha[t, 0]
         else:
             if out.fgr is None:
                 raise BackendError("the backend returned no foreground though the stream asked for it")
             values = out.fgr[t].transpose(1, 2, 0)
-        return pack(values, plan.out_transport)
+        return values
+
+    @classmethod
+    def _pack_plane(cls, plan: StreamPlan, out: MatteChunk, t: int, plane: pb.Plane) -> bytes:
+        return pack(cls._plane(out, t, plane), plan.out_transport)
 
 
 def _empty_request() -> InvalidInputError:
