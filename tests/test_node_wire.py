@@ -198,7 +198,7 @@ def test_client_refuses_what_the_node_would(node: NodeThread) -> None:
 def test_node_advertises_transports_formats_and_limits(node: NodeThread) -> None:
     with NodeClient(node.address) as client:
         info = client.info()
-    assert set(info.transports) == {"raw", "zstd", "png"}
+    assert set(info.transports) == {"raw", "zstd", "png", "shm"}
     assert set(info.sample_formats) == {"uint8", "uint16", "float16", "float32"}
     assert info.max_chunks_in_flight == 4
     assert info.max_batch == 1  # a CPU node does not batch by default

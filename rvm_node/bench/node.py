@@ -128,6 +128,7 @@ def _node_stream(client: Any, wire: _Wire, frames: list[np.ndarray], ratio: floa
         downsample_ratio=ratio,
         transport=wire.transport,
         return_transport=wire.transport,
+        ring_slots=_WINDOW,
     ) as stream:
         chunks = (StreamChunk([(number, frame)]) for number, frame in enumerate(frames))
         for _ in stream.process_chunks(chunks, window_bytes=wire.window):

@@ -15,6 +15,7 @@ Status codes from the node become exceptions of the rvm-node tree here.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections import deque
@@ -25,6 +26,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from rvm_node.client.ring import ClientRing
 from rvm_node.engine.session import RecurrentState
 from rvm_node.errors import (
     InvalidInputError,
@@ -77,6 +79,9 @@ _PLANES = {"alpha": pb.PLANE_ALPHA, "foreground": pb.PLANE_FOREGROUND}
 _MATTE_METHOD = "/rvm_node.v1.MattingService/Matte"
 _CLOSE = object()
 _MESSAGE_HEADROOM = 64 * 1024
+_LOCAL_HOSTS = ("localhost", "127.", "[::1]", "unix:")
+_SHM_REFUSALS = ("TRANSPORT_UNSUPPORTED", "RING_INVALID")
+log = logging.getLogger("rvm_node.client")
 DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
 
 
@@ -135,6 +140,7 @@ class NodeInfo:
     batch_delay: float = 0.0
     transports: tuple[str, ...] = ()
     sample_formats: tuple[str, ...] = ()
+    shm_group: str = ""
 
 
 @dataclass(frozen=True)
@@ -205,6 +211,19 @@ class NodeClient:
         self.max_message_bytes = max_message_bytes
         self.retries = retries
         self.backoff = backoff
+        self._shm_group: str | None = None  # the node's, asked once
+        self._said_no_shm = False
+
+    @property
+    def is_local(self) -> bool:
+        """True when the node is on this host (a Unix socket or a loopback address)."""
+        return self.address.startswith(_LOCAL_HOSTS)
+
+    def _shm_fallback(self, why: str) -> None:
+        """Say once per client that shared memory is not used, and why."""
+        if not self._said_no_shm:
+            self._said_no_shm = True
+            log.warning("%s; sending frames over gRPC instead of shared memory", why)
 
     def close(self) -> None:
         self._channel.close()
@@ -237,6 +256,7 @@ class NodeClient:
             limits.batch_delay.ToNanoseconds() / 1e9,
             tuple(transport_name(t) for t in reply.transports),
             tuple(SAMPLE_NAMES.get(f, str(f)) for f in reply.sample_formats),
+            reply.shm_group,
         )
 
     def open_stream(
@@ -253,6 +273,7 @@ class NodeClient:
         timeout: float | None = None,
         transport: str = "raw",
         return_transport: str | None = None,
+        ring_slots: int = 4,
     ) -> MatteStream:
         """Open a stream; UNAVAILABLE and RESOURCE_EXHAUSTED are retried with backoff before it starts.
 
@@ -261,7 +282,22 @@ class NodeClient:
         formats only). ``output_format`` is the sample format of the planes
         returned; ask for what the writer stores (``uint16`` for 16-bit PNG,
         ``float16`` for half EXR) to move the fewest bytes.
+
+        ``shm`` moves frames and planes through a shared-memory ring of
+        ``ring_slots`` slots (one per frame in flight) on a node on this host;
+        ``auto`` is ``shm`` for a node on this host and ``raw`` otherwise. A
+        node that refuses shared memory gets the stream as raw, and the client
+        says so once.
         """
+        if transport == "auto":
+            transport = "shm" if self.is_local else "raw"
+        if transport == "shm" and return_transport not in (None, "shm"):
+            raise InvalidInputError(
+                f"return_transport: a shared-memory stream returns its planes through the ring, "
+                f"got {return_transport!r}"
+            )
+        if ring_slots < 1:
+            raise InvalidInputError(f"ring_slots: expected 1 or more, got {ring_slots}")
         if input_format not in FORMAT_NAMES or output_format not in FORMAT_NAMES:
             raise InvalidInputError(f"formats: expected one of {', '.join(FORMAT_NAMES)}")
         for where, name in (("transport", transport), ("return_transport", return_transport or transport)):
@@ -288,10 +324,50 @@ class NodeClient:
         open_message = pb.OpenStream(settings=settings)
         if restore is not None:
             open_message.restore.CopyFrom(state_to_message(restore[1], restore[0]))
+        if transport == "shm":
+            stream = self._open_shm(open_message, ring_slots, timeout)
+            if stream is not None:
+                return stream
+            settings = open_message.settings
+            settings.transport = settings.return_transport = pb.TRANSPORT_RAW
+        return self._open_with_retries(open_message, timeout, None)
+
+    def _open_shm(self, open_message: pb.OpenStream, slots: int, timeout: float | None) -> MatteStream | None:
+        """A shared-memory stream, or None (said once) where this host or the node cannot have one."""
+        settings = open_message.settings
+        pixels = settings.width * settings.height
+        planes = list(dict.fromkeys(settings.planes)) or [pb.PLANE_ALPHA]
+        slot_bytes = pixels * 3 * DTYPES[settings.input_format].itemsize + pixels * DTYPES[
+            settings.output_format
+        ].itemsize * sum(PLANE_CHANNELS[plane] for plane in planes)
+        try:
+            if self._shm_group is None:
+                self._shm_group = self.info().shm_group
+            ring = ClientRing(slots, slot_bytes, self._shm_group)
+        except (OSError, InvalidInputError) as exc:
+            self._shm_fallback(f"node {self.address}: no shared-memory ring on this host ({exc})")
+            return None
+        settings.ring.CopyFrom(ring.message())
+        try:
+            return self._open_with_retries(open_message, timeout, ring)
+        except NodeRejectedError as exc:
+            ring.close()
+            settings.ClearField("ring")
+            if exc.reason not in _SHM_REFUSALS:
+                raise
+            self._shm_fallback(str(exc))
+            return None
+        except BaseException:
+            ring.close()
+            raise
+
+    def _open_with_retries(
+        self, open_message: pb.OpenStream, timeout: float | None, ring: ClientRing | None
+    ) -> MatteStream:
         delay = self.backoff
         for attempt in range(self.retries + 1):
             try:
-                return MatteStream(self, open_message, timeout)
+                return MatteStream(self, open_message, timeout, ring)
             except (NodeUnavailableError, NodeBusyError):
                 if attempt == self.retries:
                     raise
@@ -305,9 +381,18 @@ class NodeClient:
 class MatteStream:
     """One open Matte stream. Not thread-safe: use it from one thread."""
 
-    def __init__(self, client: NodeClient, open_message: pb.OpenStream, timeout: float | None) -> None:
+    def __init__(
+        self,
+        client: NodeClient,
+        open_message: pb.OpenStream,
+        timeout: float | None,
+        ring: ClientRing | None = None,
+    ) -> None:
         self._client = client
         self._settings = open_message.settings
+        self._ring = ring  # a shared-memory stream's ring, owned by the stream once it is accepted
+        self._free_slots: deque[int] = deque(range(ring.slots) if ring is not None else ())
+        self._slots_in_flight: deque[int] = deque()  # the slot of each frame sent and not yet answered
         self._requests: queue.Queue[Any] = queue.Queue()
         self._requests.put(pb.MatteRequest(open=open_message))
         self._call = client._matte(self._request_iter(), timeout=timeout, metadata=client._metadata)
@@ -316,6 +401,8 @@ class MatteStream:
         if _kind(first) != "accepted":
             raise NodeProtocolError(f"node {client.address}: expected `accepted`, got {_kind(first)}")
         self.accepted = first.accepted
+        if ring is not None:
+            ring.unlink()  # the node holds it open now
         self.downsample_ratio = first.accepted.downsample_ratio
         self._planes = list(dict.fromkeys(self._settings.planes)) or [pb.PLANE_ALPHA]
         self._in_dtype = DTYPES[self._settings.input_format]
@@ -369,8 +456,41 @@ class MatteStream:
             return wire_bytes(samples)
         return pack(samples, self._in_transport)
 
+    @property
+    def transport(self) -> str:
+        """How the stream's frames travel: ``shm``, ``raw``, ``zstd`` or ``png``."""
+        return transport_name(self._in_transport)
+
+    def _send_to_ring(self, ring: ClientRing, chunk: StreamChunk) -> int:
+        """Write a chunk's frames into free ring slots and send their slot references."""
+        width, height = self._settings.width, self._settings.height
+        if len(chunk.frames) > len(self._free_slots):
+            raise InvalidInputError(
+                f"a chunk of {len(chunk.frames)} frames needs as many ring slots; the ring has {ring.slots} "
+                f"(ring_slots)"
+            )
+        frame_bytes = width * height * 3 * self._in_dtype.itemsize
+        parts = []
+        for number, frame in chunk.frames:
+            if frame.shape != (height, width, 3):
+                raise InvalidInputError(
+                    f"frame {number}: expected {width}x{height}x3, got {list(frame.shape)}"
+                )
+            slot = self._free_slots.popleft()
+            offset = slot * ring.slot_bytes
+            np.copyto(ring.view(offset, self._in_dtype, (height, width, 3)), frame, casting="unsafe")
+            self._slots_in_flight.append(slot)
+            ref = pb.SlotRef(slot=slot, offset=offset, size=frame_bytes)
+            parts.append(FramePartView(number, 0, frame_bytes, memoryview(b""), ref))
+        self._requests.put(encode_request(ChunkRequest(parts)))
+        if chunk.snapshot:
+            self._requests.put(pb.MatteRequest(control=pb.Control(snapshot=pb.Control.Snapshot())))
+        return frame_bytes * len(chunk.frames)
+
     def _send_chunk(self, chunk: StreamChunk) -> int:
         """Send a chunk's frames, as few messages as the limit allows; returns the bytes sent."""
+        if self._ring is not None:
+            return self._send_to_ring(self._ring, chunk)
         limit = self._client.max_message_bytes - _MESSAGE_HEADROOM
         parts: list[FramePartView] = []
         size = sent = 0
@@ -425,18 +545,44 @@ class MatteStream:
             if filled == total:
                 return buffer
 
+    def _receive_from_ring(
+        self, ring: ClientRing, number: int, plane: int, shape: tuple[int, ...]
+    ) -> np.ndarray:
+        """A copy of the plane the node wrote into the frame's slot, after checking where it says it is."""
+        part = self._next()
+        if not isinstance(part, PlanePartView) or part.shm is None:
+            raise self._protocol_error(f"expected frame {number} in the ring, got {_kind(part)}")
+        if part.number != number or part.plane != plane:
+            raise self._protocol_error(
+                f"expected plane {plane} of frame {number}, got plane {part.plane} of frame {part.number}"
+            )
+        slot, ref = self._slots_in_flight[0], part.shm
+        size = int(np.prod(shape)) * self._out_dtype.itemsize
+        start = slot * ring.slot_bytes
+        if ref.slot != slot or ref.size != size or not start <= ref.offset <= start + ring.slot_bytes - size:
+            raise self._protocol_error(
+                f"frame {number}: plane at slot {ref.slot}, offset {ref.offset}, {ref.size} bytes is not "
+                f"in the frame's slot {slot}"
+            )
+        return ring.view(ref.offset, self._out_dtype, shape).copy()
+
     def _receive_frame(self, number: int) -> MatteResult:
         width, height = self._settings.width, self._settings.height
         planes: dict[int, np.ndarray] = {}
         for plane in self._planes:
             channels = PLANE_CHANNELS[plane]
             shape = (height, width) if channels == 1 else (height, width, channels)
+            if self._ring is not None:
+                planes[plane] = self._receive_from_ring(self._ring, number, plane, shape)
+                continue
             raw_bytes = width * height * channels * self._out_dtype.itemsize
             data = self._receive_plane(number, plane, packed_limit(self._out_transport, raw_bytes))
             try:
                 planes[plane] = unpack(data, self._out_transport, self._out_dtype, shape, f"frame {number}")
             except InvalidInputError as exc:
                 raise self._protocol_error(str(exc)) from None
+        if self._ring is not None:
+            self._free_slots.append(self._slots_in_flight.popleft())
         return MatteResult(
             number,
             planes[pb.PLANE_ALPHA] if pb.PLANE_ALPHA in planes else np.empty(0, self._out_dtype),
@@ -458,6 +604,10 @@ class MatteStream:
         pending: deque[tuple[StreamChunk, int]] = deque()
         in_flight = 0
         for chunk in chunks:
+            while pending and len(chunk.frames) > len(self._free_slots) and self._ring is not None:
+                done, done_size = pending.popleft()  # a shared-memory stream waits for free slots
+                in_flight -= done_size
+                yield self._receive_chunk(done)
             size = self._send_chunk(chunk)
             pending.append((chunk, size))
             in_flight += size
@@ -507,12 +657,19 @@ class MatteStream:
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 raise map_rpc_error(exc, self._client.address) from exc
+        finally:
+            self._release_ring()
+
+    def _release_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
 
     def cancel(self) -> None:
         """Abandon the stream; the node frees its state."""
         self.closed = True
         self._call.cancel()
         self._requests.put(_CLOSE)
+        self._release_ring()
 
     def __enter__(self) -> MatteStream:
         return self

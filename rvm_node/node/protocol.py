@@ -22,6 +22,8 @@ __all__ = [
     "DTYPES",
     "FORMAT_NAMES",
     "PLANE_CHANNELS",
+    "RING_DIRECTORY",
+    "RING_PREFIX",
     "SAMPLE_NAMES",
     "TRANSPORTS",
     "FrameAssembler",
@@ -55,7 +57,11 @@ TRANSPORTS: dict[str, pb.Transport] = {
     "raw": pb.TRANSPORT_RAW,
     "zstd": pb.TRANSPORT_ZSTD,
     "png": pb.TRANSPORT_PNG,
+    "shm": pb.TRANSPORT_SHM,
 }
+# Shared-memory rings that are files: directly under this directory, with this prefix.
+RING_DIRECTORY = "/dev/shm"
+RING_PREFIX = "rvm-node-"
 PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
 _ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
 
@@ -73,7 +79,7 @@ def check_transport(transport: pb.Transport, fmt: pb.SampleFormat, where: str) -
         return pb.TRANSPORT_RAW
     if transport not in TRANSPORTS.values():
         raise InvalidInputError(
-            f"{where}: unknown transport {transport}; expected raw, zstd or png",
+            f"{where}: unknown transport {transport}; expected raw, zstd, png or shm",
             reason="TRANSPORT_UNSUPPORTED",
             field=where,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from rvm_node.engine.session import MattingBackend
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
-from rvm_node.node.service import Limits, MattingServicer, add_matting_service
+from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_matting_service
 from rvm_node.node.status import abort, failure
 from rvm_node.v1 import matting_pb2 as pb
 
@@ -129,10 +130,15 @@ async def start_node(
     tls: TlsFiles | None = None,
     metrics_port: int | None = None,
     batch: BatchPolicy | None = None,
+    shm: ShmPolicy | None = None,
+    unix_socket: Path | None = None,
 ) -> NodeServer:
     """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING.
 
     ``batch`` defaults to the device's policy (:meth:`BatchPolicy.default_for`).
+    ``shm``: shared-memory streams for clients on this host (on by default).
+    ``unix_socket``: also serve on this Unix domain socket (owner-only, or
+    group read/write when ``shm`` names a group).
     """
     from rvm_node.version import __version__
 
@@ -158,7 +164,7 @@ async def start_node(
     }
     metrics = NodeMetrics(build) if metrics_port is not None else None
     scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
-    servicer = MattingServicer(scheduler, limits, __version__)
+    servicer = MattingServicer(scheduler, limits, __version__, shm)
     add_matting_service(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -175,7 +181,13 @@ async def start_node(
         bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise InvalidInputError(f"--port: cannot bind {address}")
+    if unix_socket is not None:
+        _bind_unix(server, unix_socket)
     await server.start()
+    if unix_socket is not None:
+        os.chmod(unix_socket, 0o660 if shm is not None and shm.group is not None else 0o600)
+        if shm is not None and shm.group is not None:
+            os.chown(unix_socket, -1, shm.group)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_bound = (
@@ -191,6 +203,27 @@ async def start_node(
         scheduler=scheduler,
         metrics_port=metrics_bound,
     )
+
+
+def _bind_unix(server: Any, path: Path) -> None:
+    """Serve on a Unix socket at ``path``; a stale socket file (no node behind it) is replaced."""
+    import socket
+    import stat
+
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise InvalidInputError(f"--unix: {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            path.unlink()  # nobody listens: left by a node that died
+        else:
+            raise InvalidInputError(f"--unix: {path} is in use by a running node")
+        finally:
+            probe.close()
+    if server.add_insecure_port(f"unix:{path}") == 0:
+        raise InvalidInputError(f"--unix: cannot bind {path}")
 
 
 async def serve_forever(node: NodeServer, grace: float, on_ready: Callable[[NodeServer], None]) -> None:

@@ -44,7 +44,7 @@ from rvm_node.node.wire import Undecodable, encode_response, lenient_parser, par
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
-__all__ = ["Limits", "MattingServicer", "Scheduler", "add_matting_service"]
+__all__ = ["Limits", "MattingServicer", "Scheduler", "ShmPolicy", "add_matting_service", "is_local_peer"]
 
 log = logging.getLogger("rvm_node.node")
 
@@ -60,12 +60,36 @@ class Limits:
     max_chunks_in_flight: int = 4
 
 
+@dataclass(frozen=True, kw_only=True)
+class ShmPolicy:
+    """Shared-memory streams (``TRANSPORT_SHM``) for clients on this host.
+
+    ``group``: the gid whose /dev/shm rings the node opens besides its own
+    user's (``serve --shm-group``), for a node that runs as another user.
+    """
+
+    enabled: bool = True
+    group: int | None = None
+    group_name: str = ""
+
+
+_LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D", "ipv6:[::ffff:127.")
+
+
+def is_local_peer(peer: str) -> bool:
+    """True for a gRPC peer on this host: a Unix socket or a loopback address."""
+    return peer.startswith(_LOCAL_PEERS)
+
+
 class MattingServicer(pb_grpc.MattingServiceServicer):
     """One model shared by every stream; each stream's state is its own session."""
 
-    def __init__(self, scheduler: Scheduler, limits: Limits, version: str) -> None:
+    def __init__(
+        self, scheduler: Scheduler, limits: Limits, version: str, shm: ShmPolicy | None = None
+    ) -> None:
         self.scheduler = scheduler
         self.limits = limits
+        self.shm = shm or ShmPolicy()
         self.version = version
         self.active_streams = 0
         self.peak_chunks_in_flight = 0  # the most chunks any one stream held at once
@@ -112,8 +136,9 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 max_batch=policy.max_batch,
                 batch_delay=_duration(policy.delay),
             ),
-            transports=list(TRANSPORTS.values()),
+            transports=[t for t in TRANSPORTS.values() if t != pb.TRANSPORT_SHM or self.shm.enabled],
             sample_formats=list(DTYPES),
+            shm_group=self.shm.group_name,
         )
 
     async def Matte(self, request_iterator: AsyncIterator[pb.MatteRequest], context: Any) -> None:
@@ -167,7 +192,8 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         if self.metrics is not None:
             self.metrics.active_streams.set(self.active_streams)
 
-    def check_settings(self, settings: pb.StreamSettings) -> StreamPlan:
+    def check_settings(self, settings: pb.StreamSettings, peer: str) -> StreamPlan:
+        """The stream's plan; ``peer`` (gRPC's name of the client) decides whether shared memory is allowed."""
         limits = self.limits
         width, height = settings.width, settings.height
         if width < 1 or height < 1:
@@ -210,6 +236,8 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
             settings.output_format,
             "open.settings.return_transport",
         )
+        if pb.TRANSPORT_SHM in (in_transport, out_transport):
+            self._check_shm(settings, in_transport, out_transport, peer)
         ratio = None if settings.downsample_ratio == 0 else float(settings.downsample_ratio)
         try:
             ratio = check_downsample_ratio(ratio, "settings.downsample_ratio")
@@ -231,7 +259,28 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
             ratio=ratio,
             variant=variant,
             label=printable(settings.label),
+            ring=settings.ring if in_transport == pb.TRANSPORT_SHM else None,
         )
+
+    def _check_shm(self, settings: pb.StreamSettings, sent: int, returned: int, peer: str) -> None:
+        """Shared memory both ways, on a node that takes it, from a client on its host, with a ring."""
+        field = "open.settings.transport"
+        problem = None
+        if sent != returned:
+            problem = "a shared-memory stream uses shm for the frames sent and the planes returned"
+            field = "open.settings.return_transport"
+        elif not self.shm.enabled:
+            problem = "this node does not take shared memory (serve --shm off); send raw frames"
+        elif not is_local_peer(peer):
+            problem = f"shared memory needs a client on the node's host (this one is {printable(peer, 80)})"
+        if problem is not None:
+            raise InvalidInputError(f"{field}: {problem}", reason="TRANSPORT_UNSUPPORTED", field=field)
+        if not settings.HasField("ring"):
+            raise InvalidInputError(
+                "open.settings.ring: required with the shm transport",
+                reason="RING_INVALID",
+                field="open.settings.ring",
+            )
 
 
 def _duration(seconds: float) -> Any:

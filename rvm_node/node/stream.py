@@ -28,6 +28,7 @@ from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MatteChunk, MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.protocol import (
+    PLANE_CHANNELS,
     FrameAssembler,
     pack,
     packed_limit,
@@ -38,6 +39,7 @@ from rvm_node.node.protocol import (
     unpack,
     wire_bytes,
 )
+from rvm_node.node.ring import NodeRing, open_ring
 from rvm_node.node.status import StreamRefused
 from rvm_node.node.wire import ChunkRequest, PartReply, Undecodable
 from rvm_node.v1 import matting_pb2 as pb
@@ -66,6 +68,19 @@ class StreamPlan:
     ratio: float | None
     variant: str
     label: str  # printable, bounded: safe for logs
+    ring: pb.SharedMemoryRing | None = None  # the client's ring, with TRANSPORT_SHM
+
+    @property
+    def frame_bytes(self) -> int:
+        """The raw size of one frame sent."""
+        return self.width * self.height * 3 * self.in_dtype.itemsize
+
+    @property
+    def slot_bytes(self) -> int:
+        """What one ring slot must hold: a frame and its planes."""
+        out_itemsize = np.dtype(self.outputs.sample_format).itemsize
+        channels = sum(PLANE_CHANNELS[plane] for plane in self.planes)
+        return self.frame_bytes + self.width * self.height * channels * out_itemsize
 
 
 class Stream:
@@ -89,6 +104,7 @@ class Stream:
         self._slots = asyncio.Semaphore(max(1, self.limits.max_chunks_in_flight))
         self._held = 0  # items between the receiver and the end of their sending
         self.session: MattingSession | None = None
+        self.ring: NodeRing | None = None
         self.last_number = -1  # the last frame inferred
         self._last_received = -1  # the last frame received: numbers must increase
 
@@ -97,6 +113,8 @@ class Stream:
             self._next.cancel()
         if self.session is not None:
             self.session.close()
+        if self.ring is not None:
+            self.ring.close()
 
     def _hold(self) -> None:
         self._held += 1
@@ -150,7 +168,9 @@ class Stream:
                 "open: settings are required", reason="SETTINGS_INVALID", field="open.settings"
             )
         settings = first.open.settings
-        plan = self.servicer.check_settings(settings)
+        plan = self.servicer.check_settings(settings, self._context.peer())
+        if plan.ring is not None:
+            self.ring = open_ring(plan.ring, plan.slot_bytes, self.servicer.shm.group)
         session = self.servicer.backend.new_session(plan.ratio, plan.outputs)
         self.session = session
         if first.open.HasField("restore"):
@@ -233,14 +253,10 @@ class Stream:
             await downstream.put(("error", exc))
 
     async def _receive(self, plan: StreamPlan) -> None:
-        loop = asyncio.get_running_loop()
-        raw_bytes = plan.width * plan.height * 3 * plan.in_dtype.itemsize
+        raw_bytes = plan.frame_bytes
         assembler = FrameAssembler(
             packed_limit(plan.in_transport, raw_bytes), exact=plan.in_transport == pb.TRANSPORT_RAW
         )
-        # Raw integer samples are used where they arrived; float frames are checked for NaN and
-        # compressed ones inflated on the codec pool.
-        inline = plan.in_transport == pb.TRANSPORT_RAW and plan.in_dtype.kind == "u"
         while True:
             await self._slots.acquire()  # a free chunk slot before reading on
             request = await self._read()
@@ -252,27 +268,17 @@ class Stream:
                 await self._inbox.put(_END)
                 return
             if isinstance(request, ChunkRequest):
-                complete = []
-                for part in request.parts:
-                    frame = assembler.add(part.number, part.offset, part.total_bytes, part.data)
-                    if frame is not None:
-                        self._check_number(part.number)
-                        complete.append((part.number, frame))
-                if not complete:
+                received: tuple[list[int], list[np.ndarray], list[int] | None] | None
+                if self.ring is not None:
+                    received = await self._from_ring(plan, self.ring, request)
+                else:
+                    received = await self._from_wire(plan, request, assembler)
+                if received is None:  # only parts of a frame so far
                     self._slots.release()
                     continue
-                self._hold()
-                if inline:  # a view of the received bytes: nothing to gain from another thread
-                    frames = [self._unpack_frame(plan, number, data) for number, data in complete]
-                else:
-                    frames = await asyncio.gather(
-                        *(
-                            loop.run_in_executor(self.servicer.codec, self._unpack_frame, plan, number, data)
-                            for number, data in complete
-                        )
-                    )
+                numbers, frames, slots = received
                 chunk = frames[0][None] if len(frames) == 1 else np.stack(frames)
-                await self._inbox.put(("chunk", [n for n, _ in complete], chunk.transpose(0, 3, 1, 2)))
+                await self._inbox.put(("chunk", numbers, chunk.transpose(0, 3, 1, 2), slots))
                 continue
             kind = request.WhichOneof("kind")
             if kind == "chunk":  # parsed as a view above whenever it is a chunk
@@ -289,6 +295,70 @@ class Stream:
                 raise StreamRefused("OPEN_REPEATED", "`open` may only be the first message of a stream")
             else:
                 raise _empty_request()
+
+    async def _from_wire(
+        self, plan: StreamPlan, request: ChunkRequest, assembler: FrameAssembler
+    ) -> tuple[list[int], list[np.ndarray], None] | None:
+        """The chunk's complete frames from the bytes that carried them."""
+        complete = []
+        for part in request.parts:
+            frame = assembler.add(part.number, part.offset, part.total_bytes, part.data)
+            if frame is not None:
+                self._check_number(part.number)
+                complete.append((part.number, frame))
+        if not complete:
+            return None
+        self._hold()
+        if plan.in_transport == pb.TRANSPORT_RAW and plan.in_dtype.kind == "u":
+            # Raw integer samples are used where they arrived: nothing to gain from another thread.
+            frames = [self._unpack_frame(plan, number, data) for number, data in complete]
+        else:  # float frames are checked for NaN, compressed ones inflated, on the codec pool
+            loop = asyncio.get_running_loop()
+            frames = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self.servicer.codec, self._unpack_frame, plan, number, data)
+                    for number, data in complete
+                )
+            )
+        return [number for number, _ in complete], frames, None
+
+    async def _from_ring(
+        self, plan: StreamPlan, ring: NodeRing, request: ChunkRequest
+    ) -> tuple[list[int], list[np.ndarray], list[int]]:
+        """The chunk's frames from the stream's ring, every slot reference checked first."""
+        numbers, slots = [], []
+        for index, part in enumerate(request.parts):
+            if part.offset != 0 or part.total_bytes != plan.frame_bytes:
+                raise InvalidInputError(
+                    f"frame {part.number}: a shared-memory frame is whole: offset 0 and total_bytes "
+                    f"{plan.frame_bytes}, got {part.offset} and {part.total_bytes}",
+                    reason="FRAME_PARTS_INVALID",
+                    frame=part.number,
+                )
+            slots.append(ring.check_frame(index, part.shm, len(part.data), plan.frame_bytes))
+            self._check_number(part.number)
+            numbers.append(part.number)
+        if not numbers:
+            raise _empty_request()
+        self._hold()
+        shape = (plan.height, plan.width, 3)
+
+        def read(number: int, slot: int) -> np.ndarray:
+            frame = ring.read(slot * ring.slot_bytes, plan.in_dtype, shape)
+            _check_finite(frame, number)
+            return frame
+
+        if ring.in_place and plan.in_dtype.kind == "u":
+            frames = [read(number, slot) for number, slot in zip(numbers, slots, strict=True)]
+        else:
+            loop = asyncio.get_running_loop()
+            frames = await asyncio.gather(
+                *(
+                    loop.run_in_executor(self.servicer.codec, read, number, slot)
+                    for number, slot in zip(numbers, slots, strict=True)
+                )
+            )
+        return numbers, frames, slots
 
     def _check_number(self, number: int) -> None:
         if number < 0 or number <= self._last_received:
@@ -308,11 +378,7 @@ class Stream:
         except InvalidInputError as exc:
             exc.frame = number
             raise
-        if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-            raise NonFiniteSamplesError(
-                f"frame {number}: NaN or infinite samples; float samples must be finite (display-referred 0..1)",
-                frame=number,
-            )
+        _check_finite(frame, number)
         return frame
 
     async def _infer(self, session: MattingSession) -> None:
@@ -326,10 +392,10 @@ class Stream:
                 await self._outbox.put(item)
                 return
             if item[0] == "chunk":
-                _, numbers, frames = item
+                _, numbers, frames, slots = item
                 out = await self.servicer.scheduler.process(session, frames)
                 self.last_number = numbers[-1]
-                await self._outbox.put(("chunk", numbers, out))
+                await self._outbox.put(("chunk", numbers, out, slots))
             elif item[0] == "reset":
                 session.reset()
                 await self._outbox.put(("message", pb.MatteResponse(reset_done=pb.ResetDone())))
@@ -341,8 +407,6 @@ class Stream:
                 await self._outbox.put(("message", message))
 
     async def _send(self, plan: StreamPlan) -> None:
-        loop = asyncio.get_running_loop()
-        part_limit = max(1024, self.limits.max_message_bytes - _PART_HEADROOM)
         while True:
             item = await self._outbox.get()
             if item is _END:
@@ -350,32 +414,58 @@ class Stream:
             if item[0] == "error":  # everything before it is sent: now the stream ends with it
                 raise item[1]
             if item[0] == "chunk":
-                _, numbers, out = item
-                packed: Iterator[bytes | memoryview]
-                if plan.out_transport == pb.TRANSPORT_RAW:  # written from the samples, in one copy
-                    packed = iter(
-                        [
-                            wire_bytes(self._plane(out, t, plane))
-                            for t in range(len(numbers))
-                            for plane in plan.planes
-                        ]
-                    )
+                _, numbers, out, slots = item
+                if self.ring is not None:
+                    await self._send_to_ring(plan, self.ring, numbers, out, slots)
                 else:
-                    jobs = [
-                        loop.run_in_executor(self.servicer.codec, self._pack_plane, plan, out, t, plane)
-                        for t in range(len(numbers))
-                        for plane in plan.planes
-                    ]
-                    packed = iter(await asyncio.gather(*jobs))
-                for number in numbers:
-                    for plane in plan.planes:
-                        data = next(packed)
-                        for offset, piece in split_parts(data, part_limit):
-                            await self._write(PartReply(number, plane, offset, len(data), piece))
+                    await self._send_parts(plan, numbers, out)
             else:
                 await self._write(item[1])
             self._held -= 1
             self._slots.release()
+
+    async def _send_parts(self, plan: StreamPlan, numbers: list[int], out: MatteChunk) -> None:
+        """The chunk's planes as parts that carry their samples."""
+        part_limit = max(1024, self.limits.max_message_bytes - _PART_HEADROOM)
+        packed: Iterator[bytes | memoryview]
+        if plan.out_transport == pb.TRANSPORT_RAW:  # written from the samples, in one copy
+            packed = iter(
+                [wire_bytes(self._plane(out, t, plane)) for t in range(len(numbers)) for plane in plan.planes]
+            )
+        else:
+            loop = asyncio.get_running_loop()
+            jobs = [
+                loop.run_in_executor(self.servicer.codec, self._pack_plane, plan, out, t, plane)
+                for t in range(len(numbers))
+                for plane in plan.planes
+            ]
+            packed = iter(await asyncio.gather(*jobs))
+        for number in numbers:
+            for plane in plan.planes:
+                data = next(packed)
+                for offset, piece in split_parts(data, part_limit):
+                    await self._write(PartReply(number, plane, offset, len(data), piece))
+
+    async def _send_to_ring(
+        self, plan: StreamPlan, ring: NodeRing, numbers: list[int], out: MatteChunk, slots: list[int]
+    ) -> None:
+        """The chunk's planes written into each frame's slot, after the frame; the parts say where."""
+        loop = asyncio.get_running_loop()
+        for t, (number, slot) in enumerate(zip(numbers, slots, strict=True)):
+            offset = slot * ring.slot_bytes + plan.frame_bytes
+            for plane in plan.planes:
+                values = self._plane(out, t, plane)
+                if ring.in_place:
+                    ring.write(offset, values)
+                else:
+                    await loop.run_in_executor(self.servicer.codec, ring.write, offset, values)
+                size = values.size * values.dtype.itemsize
+                ref = pb.SlotRef(slot=slot, offset=offset, size=size)
+                await self._write(
+                    pb.MatteResponse(part=pb.PlanePart(number=number, plane=plane, total_bytes=size, shm=ref))
+                )
+                offset += size
+            ring.release(slot)
 
     @staticmethod
     def _plane(out: MatteChunk, t: int, plane: pb.Plane) -> np.ndarray:
@@ -391,6 +481,14 @@ class Stream:
     @classmethod
     def _pack_plane(cls, plan: StreamPlan, out: MatteChunk, t: int, plane: pb.Plane) -> bytes:
         return pack(cls._plane(out, t, plane), plan.out_transport)
+
+
+def _check_finite(frame: np.ndarray, number: int) -> None:
+    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
+        raise NonFiniteSamplesError(
+            f"frame {number}: NaN or infinite samples; float samples must be finite (display-referred 0..1)",
+            frame=number,
+        )
 
 
 def _empty_request() -> InvalidInputError:

@@ -61,6 +61,7 @@ class FramePartView:
     offset: int
     total_bytes: int
     data: memoryview
+    shm: pb.SlotRef | None = None  # where the frame lies in a shared-memory ring (TRANSPORT_SHM)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,8 @@ def _frame_part(data: memoryview, start: int, stop: int) -> FramePartView:
             if wire_type != _LENGTH:
                 raise _Irregular
             payload = data[value[0] : value[1]]
+        elif tag == 5:
+            raise _Irregular  # a slot reference: a few bytes, read by protobuf
         # other fields: unknown to this version, skipped as protobuf skips them
     return FramePartView(number, offset, total, payload)
 
@@ -172,7 +175,12 @@ def _single_field(data: memoryview, wanted: int) -> tuple[int, int]:
 
 def _chunk_of(message: pb.MatteRequest) -> ChunkRequest:
     return ChunkRequest(
-        [FramePartView(p.number, p.offset, p.total_bytes, memoryview(p.data)) for p in message.chunk.parts]
+        [
+            FramePartView(
+                p.number, p.offset, p.total_bytes, memoryview(p.data), p.shm if p.HasField("shm") else None
+            )
+            for p in message.chunk.parts
+        ]
     )
 
 
@@ -199,6 +207,8 @@ def encode_request(request: ChunkRequest | pb.MatteRequest) -> bytes:
     """The bytes of a request: a chunk's samples copied once, behind their headers."""
     if not isinstance(request, ChunkRequest):
         return request.SerializeToString()
+    if any(part.shm is not None for part in request.parts):  # slot references carry no samples
+        return _as_message(request).SerializeToString()
     pieces: list[Any] = []
     for part in request.parts:
         size = memoryview(part.data).nbytes
@@ -213,6 +223,19 @@ def encode_request(request: ChunkRequest | pb.MatteRequest) -> bytes:
         pieces += [_key(_CHUNK_PARTS, _LENGTH) + _varint(len(head) + size), head, _bytes_of(part.data)]
     size = sum(memoryview(piece).nbytes for piece in pieces)
     return b"".join([_key(_REQUEST_CHUNK, _LENGTH) + _varint(size), *pieces])
+
+
+def _as_message(request: ChunkRequest) -> pb.MatteRequest:
+    return pb.MatteRequest(
+        chunk=pb.FrameChunk(
+            parts=[
+                pb.FramePart(
+                    number=p.number, offset=p.offset, total_bytes=p.total_bytes, data=bytes(p.data), shm=p.shm
+                )
+                for p in request.parts
+            ]
+        )
+    )
 
 
 def _bytes_of(data: Any) -> memoryview:
@@ -246,6 +269,7 @@ class PlanePartView:
     offset: int
     total_bytes: int
     data: memoryview
+    shm: pb.SlotRef | None = None  # where the node wrote the plane in a shared-memory ring
 
 
 def parse_response(data: bytes) -> PlanePartView | pb.MatteResponse | Undecodable:
@@ -271,13 +295,22 @@ def parse_response(data: bytes) -> PlanePartView | pb.MatteResponse | Undecodabl
                 if wire_type != _LENGTH:
                     raise _Irregular
                 payload = view[value[0] : value[1]]
+            elif tag == 6:
+                raise _Irregular  # a slot reference: read by protobuf
         return PlanePartView(number, plane, offset, total, payload)
     except _Irregular:
         pass
     message = _parse_message(pb.MatteResponse, data)
     if isinstance(message, pb.MatteResponse) and message.WhichOneof("kind") == "part":
         part = message.part
-        return PlanePartView(part.number, part.plane, part.offset, part.total_bytes, memoryview(part.data))
+        return PlanePartView(
+            part.number,
+            part.plane,
+            part.offset,
+            part.total_bytes,
+            memoryview(part.data),
+            part.shm if part.HasField("shm") else None,
+        )
     return message
 
 

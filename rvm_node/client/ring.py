@@ -1,0 +1,97 @@
+"""The client's side of a shared-memory ring (``transport="shm"``): create it, fill slots, read planes.
+
+The ring is created by the client, readable and writable by its own user
+only:
+
+* by default a memfd sealed against shrinking and growing, which the node
+  opens as ``/proc/PID/fd/FD`` and reads in place (only the same user, or
+  root, can open that path);
+* where the node names a group (it runs as another user), a file
+  ``/dev/shm/rvm-node-*`` of mode 0660 in that group. Its name is removed as
+  soon as the node has opened it, so a client that dies leaves nothing behind
+  in /dev/shm.
+
+The memory is freed when both the client and the node have let go of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import grp
+import mmap
+import os
+import secrets
+
+import numpy as np
+
+from rvm_node.errors import InvalidInputError
+from rvm_node.node.protocol import RING_DIRECTORY, RING_PREFIX
+from rvm_node.v1 import matting_pb2 as pb
+
+__all__ = ["ClientRing"]
+
+_SEALS = (
+    getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
+    | getattr(fcntl, "F_SEAL_GROW", 0x0004)
+    | getattr(fcntl, "F_SEAL_SEAL", 0x0001)
+)
+
+
+class ClientRing:
+    """``slots`` slots of ``slot_bytes`` in shared memory; ``group``: a /dev/shm file in that group."""
+
+    def __init__(self, slots: int, slot_bytes: int, group: str = "") -> None:
+        if slots < 1:
+            raise InvalidInputError(f"ring_slots: expected 1 or more, got {slots}")
+        self.slots = slots
+        self.slot_bytes = slot_bytes
+        size = slots * slot_bytes
+        self._path: str | None = None
+        self._map: mmap.mmap | None = None
+        if group or not hasattr(os, "memfd_create"):
+            self._path = f"{RING_DIRECTORY}/{RING_PREFIX}{secrets.token_hex(12)}"
+            flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
+            self._fd = os.open(self._path, flags, 0o600)
+            try:
+                if group:
+                    os.fchown(self._fd, -1, grp.getgrnam(group).gr_gid)
+                    os.fchmod(self._fd, 0o660)
+                os.ftruncate(self._fd, size)
+            except (OSError, KeyError) as exc:
+                self.close()
+                raise InvalidInputError(f"shared-memory ring for group {group!r}: {exc}") from exc
+            self.name = self._path
+        else:
+            self._fd = os.memfd_create("rvm-node-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+            os.fchmod(self._fd, 0o600)  # memfds start as 0777; only /proc/PID/fd reaches them, but say it
+            os.ftruncate(self._fd, size)
+            fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, _SEALS)
+            self.name = f"/proc/{os.getpid()}/fd/{self._fd}"
+        self._map = mmap.mmap(self._fd, size)
+
+    def message(self) -> pb.SharedMemoryRing:
+        return pb.SharedMemoryRing(name=self.name, slots=self.slots, slot_bytes=self.slot_bytes)
+
+    def unlink(self) -> None:
+        """Remove the ring's /dev/shm name (the node holds it open by now); memfds have none."""
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._path)
+            self._path = None
+
+    def view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """Samples of ``shape`` at ``offset``, in place."""
+        if self._map is None:
+            raise InvalidInputError("shared-memory ring: already closed")
+        return np.frombuffer(self._map, dtype, int(np.prod(shape)), offset).reshape(shape)
+
+    def close(self) -> None:
+        self.unlink()
+        if self._map is not None:
+            with contextlib.suppress(BufferError):  # a frame still views it: unmapped when that is gone
+                self._map.close()
+            self._map = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
