@@ -127,7 +127,15 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     node.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     node.add_argument(
-        "--device-ms", default="40,15", help="A,B: a simulated device pass of N streams takes A + N*B ms"
+        "--device-ms",
+        default="1,5",
+        help="A,B: a simulated device pass of N streams takes A + N*B ms (default 1,5: about an RTX 3090 "
+        "at 1080p, so the busy column answers 'would a GPU idle?')",
+    )
+    node.add_argument(
+        "--serving-only",
+        action="store_true",
+        help="only the serving-path rows (echo, stand-in, shared memory, workers): no real inference",
     )
     node.add_argument(
         "--size", default="640x360", help="WxH the example clip is re-encoded at (inference rows)"
@@ -230,9 +238,10 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     node.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
     node.add_argument(
         "--transport",
-        choices=["raw", "zstd", "png"],
-        default="raw",
-        help="how frames travel to the node: raw (default, fastest on a LAN), or lossless zstd/png for slow links",
+        choices=["auto", "shm", "raw", "zstd", "png"],
+        default="auto",
+        help="how frames travel to the node: auto (default: shm for a node on this host, else raw), shm "
+        "(shared memory, same host only), raw (fastest on a LAN), or lossless zstd/png for slow links",
     )
     node.add_argument(
         "--return-transport",
@@ -586,6 +595,25 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--tls-key", type=Path, default=None)
     serve.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates (mTLS)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds running streams get on SIGTERM")
+    serve.add_argument(
+        "--shm",
+        choices=["on", "off"],
+        default="on",
+        help="shared-memory streams for clients on this host (loopback or --unix) (default: on)",
+    )
+    serve.add_argument(
+        "--shm-group",
+        default=None,
+        help="a group whose /dev/shm rings the node may open, for a node that runs as another user than its "
+        "clients (default: none; also sets the --unix socket's group)",
+    )
+    serve.add_argument(
+        "--unix",
+        type=Path,
+        default=None,
+        help="also serve on this Unix domain socket (clients: --node unix:///PATH); owner-only, or the "
+        "--shm-group's",
+    )
     serve.set_defaults(serve_parser=serve)
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -795,6 +823,23 @@ def _batch_policy(args: argparse.Namespace, device: str) -> Any:
     return BatchPolicy(max_batch=int(choice), delay=delay)
 
 
+def _shm_policy(args: argparse.Namespace) -> Any:
+    """``--shm on|off`` and ``--shm-group NAME``."""
+    import grp
+
+    from rvm_node.node.service import ShmPolicy
+
+    if args.shm not in ("on", "off"):
+        raise InvalidInputError(f"--shm: expected on or off, got {args.shm!r}")
+    if not args.shm_group:
+        return ShmPolicy(enabled=args.shm == "on")
+    try:
+        gid = grp.getgrnam(args.shm_group).gr_gid
+    except KeyError:
+        raise InvalidInputError(f"--shm-group: no group named {args.shm_group!r} on this host") from None
+    return ShmPolicy(enabled=args.shm == "on", group=gid, group_name=args.shm_group)
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -819,6 +864,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_frame_pixels=args.max_frame_pixels,
     )
     token = _token(args.token_file)
+    shm = _shm_policy(args)
     backend = _load_local(args, _serve_options(args))
     batch = _batch_policy(args, str(backend.device))
 
@@ -837,6 +883,8 @@ def _serve(args: argparse.Namespace) -> int:
             tls=tls,
             metrics_port=args.metrics_port,
             batch=batch,
+            shm=shm,
+            unix_socket=args.unix,
         )
         await serve_forever(node, args.grace, ready)
 

@@ -158,6 +158,24 @@ def test_failures_and_cancellation_stay_with_their_stream(ort, clip_frames: np.n
     assert float(np.abs(np.concatenate([first.pha, second.pha]) - expected).max()) <= 1e-5
 
 
+def test_the_only_open_stream_never_waits_for_company(ort, clip_frames: np.ndarray) -> None:
+    """With one stream open (the node keeps the count) no one else could join its batch: no delay at all."""
+    delay = 1.0
+    scheduler = Scheduler(ort, policy=BatchPolicy(max_batch=4, delay=delay))
+    scheduler.open_streams = 1
+    session = ort.new_session(RATIO)
+
+    async def shot() -> None:
+        for t in range(3):
+            await scheduler.process(session, clip_frames[t : t + 1])
+
+    try:
+        run(shot())
+    finally:
+        scheduler.close()
+    assert scheduler.batches == 3 and scheduler.longest_wait < delay / 2  # waiting out the delay would fail
+
+
 def test_a_failing_pass_fails_only_its_batch(ort, clip_frames: np.ndarray) -> None:
     scheduler = Scheduler(ort, policy=BatchPolicy(max_batch=2, delay=0.3))
     broken, partner, later = (ort.new_session(RATIO) for _ in range(3))

@@ -12,7 +12,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -135,35 +135,83 @@ def _node_stream(client: Any, wire: _Wire, frames: list[np.ndarray], ratio: floa
             pass
 
 
-def _interleaved(
-    runs: list[Callable[[list[np.ndarray]], None]],
-    streams: int,
-    frames: list[np.ndarray],
-    rounds: int,
-    busy_file: Path,
-) -> tuple[list[list[float]], list[float]]:
-    """Aggregate frames/s of each run per round (A, B, C, A, B, C, ...) and the last run's device-busy fractions.
+@dataclass(frozen=True)
+class _Run:
+    """One configuration of the table: what runs a stream, and the server process it measures."""
+
+    path: str
+    work: Callable[[list[np.ndarray]], None]
+    pid: int
+    busy_file: Path | None = None  # a simulated device's busy seconds
+    stages_file: Path | None = None  # the stand-in node's stage times and thread names
+
+
+@dataclass
+class _Measured:
+    rates: list[float] = field(default_factory=list)
+    busy: list[float] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)  # server process CPU per frame
+    stage_ms: list[dict[str, float]] = field(default_factory=list)
+
+
+def _stage_probe(run: _Run) -> dict[str, float]:
+    """Stage CPU seconds and thread CPU seconds by role, of ``run``'s stand-in node, now."""
+    import json
+
+    from rvm_node.node.stages import thread_cpu
+
+    if run.stages_file is None or not run.stages_file.is_file():
+        return {}
+    saved = json.loads(run.stages_file.read_text())
+    roles = {int(tid): _ROLES.get(name.rstrip("0123456789_"), name) for tid, name in saved["threads"].items()}
+    probe = dict(saved["stages"])
+    for tid, seconds in thread_cpu(run.pid).items():
+        role = roles.get(tid, "gRPC core threads (C)")
+        probe[role] = probe.get(role, 0.0) + seconds
+    return probe
+
+
+_ROLES = {
+    "MainThread": "event loop thread",
+    "rvm-node-infer": "inference worker",
+    "rvm-node-codec": "codec pool",
+}
+
+
+def _interleaved(runs: list[_Run], streams: int, frames: list[np.ndarray], rounds: int) -> list[_Measured]:
+    """Each run's aggregate frames/s, device busy, server CPU and stage times per round (A, B, C, A, B, ...).
 
     Each run is warmed up first (connections, the mattes of this size).
     """
     from rvm_node.bench.standins import read_busy
+    from rvm_node.node.stages import process_cpu
 
     for run in runs:
-        concurrently(streams, functools.partial(run, frames[:2]))
-    rates: list[list[float]] = [[] for _ in runs]
-    busy: list[float] = []
+        concurrently(streams, functools.partial(run.work, frames[:2]))
+    measured = [_Measured() for _ in runs]
+    count = streams * len(frames)
     for _ in range(rounds):
-        for index, run in enumerate(runs):
-            before = read_busy(busy_file)
-            seconds = concurrently(streams, functools.partial(run, frames))
-            rates[index].append(streams * len(frames) / seconds)
-            if index == len(runs) - 1:
-                busy.append((read_busy(busy_file) - before) / seconds)
-    return rates, busy
+        for run, result in zip(runs, measured, strict=True):
+            time.sleep(0.12)  # the stand-in saves its stage times every 50 ms
+            busy, cpu, stages = (
+                read_busy(run.busy_file) if run.busy_file else 0.0,
+                process_cpu(run.pid),
+                _stage_probe(run),
+            )
+            seconds = concurrently(streams, functools.partial(run.work, frames))
+            result.rates.append(count / seconds)
+            if run.busy_file is not None:
+                result.busy.append((read_busy(run.busy_file) - busy) / seconds)
+            time.sleep(0.12)
+            result.cpu_ms.append((process_cpu(run.pid) - cpu) * 1000 / count)
+            after = _stage_probe(run)
+            result.stage_ms.append({k: (v - stages.get(k, 0.0)) * 1000 / count for k, v in after.items()})
+    return measured
 
 
-def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
-    """(a) echo, (b) node over the constant stand-in, (c) the same with a simulated device; interleaved."""
+def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    """(a) echo, (b) node over the constant stand-in, (c) the same with a simulated device, (e) both over shared
+    memory; interleaved. Also where (b)'s CPU goes, stage by stage."""
     import contextlib
     import tempfile
 
@@ -172,35 +220,34 @@ def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
     from rvm_node.bench.standins import STANDIN_NAME, echo_reply, parse_device_ms
     from rvm_node.client import NodeClient
     from rvm_node.node.protocol import TRANSPORTS, pack
+    from rvm_node.node.stages import STAGES
 
     sizes = parse_frame_sizes(args.sizes)
     fixed, per_stream = parse_device_ms(args.device_ms)
-    simulated = f"simulated device: a pass of N ≤ 4 streams sleeps {fixed:g} + {per_stream:g}·N ms"
-    paths = [
-        "(a) bare gRPC echo (ceiling)",
-        f"(b) node, {STANDIN_NAME}",
-        f"(c) node, {STANDIN_NAME}; {simulated}",
-    ]
+    simulated = f"simulated device ({fixed:g} + {per_stream:g}·N ms a pass of N ≤ 4 streams)"
     header = [
         "size",
-        "frames/stream",
         "streams",
         "transport",
         "path",
         "frames/s",
-        "MB/frame in",
-        "MB/frame out",
-        "(b) / (a)",
+        "node CPU ms/frame",
+        "vs (a) raw",
+        "MB/frame in / out",
         "device busy",
     ]
     rows: list[list[str]] = []
+    stage_keys = [*STAGES, "event loop thread", "inference worker", "codec pool", "gRPC core threads (C)"]
+    stage_header = ["size", "streams", *(f"{k} ms" for k in stage_keys), "process ms/frame"]
+    stage_rows: list[list[str]] = []
     limit = 64 * 1024 * 1024
     options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
     with contextlib.ExitStack() as stack:
-        busy_file = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rvm-bench-"))) / "busy"
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rvm-bench-")))
+        busy_file, stages_file = folder / "busy", folder / "stages.json"
         servers = [
             _spawn_standin("--standin", "echo"),
-            _spawn_standin("--standin", "constant"),
+            _spawn_standin("--standin", "constant", "--stages-file", str(stages_file)),
             _spawn_standin(
                 "--standin",
                 "constant",
@@ -213,47 +260,94 @@ def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
         ]
         for process, _ in servers:
             stack.callback(stop_process, process)
+        (echo_pid, node_pid, sim_pid) = (process.pid for process, _ in servers)
         channel = stack.enter_context(grpc.insecure_channel(servers[0][1], options=options))
-        clients = [stack.enter_context(NodeClient(address)) for _, address in servers[1:]]
+        node, sim = (stack.enter_context(NodeClient(address)) for _, address in servers[1:])
         for width, height in sizes:
             count = max(8, round(args.stream_frames * 1920 * 1080 / (width * height)))
             frames = _wire_frames(width, height, count)
-            for transport in ("raw", "zstd"):
-                packed = statistics.mean(len(pack(f, TRANSPORTS[transport])) for f in frames)
-                wire = _Wire(width, height, transport, int(_WINDOW * packed))
-                out_mb = len(echo_reply(height, width, transport)) / _MB
-                for streams in (1, 4):
-                    runs: list[Callable[[list[np.ndarray]], None]] = [
-                        functools.partial(_echo_stream, channel, wire),
-                        functools.partial(_node_stream, clients[0], wire),
-                        functools.partial(_node_stream, clients[1], wire),
+            in_mb = width * height * 3 / _MB
+            for streams in (1, 4):
+                for transport in ("raw", "zstd"):
+                    packed = statistics.mean(len(pack(f, TRANSPORTS[transport])) for f in frames)
+                    wire = _Wire(width, height, transport, int(_WINDOW * packed))
+                    shm = _Wire(width, height, "shm", int(_WINDOW * packed))
+                    out_mb = len(echo_reply(height, width, transport)) / _MB
+                    runs = [
+                        _Run(
+                            "(a) bare gRPC echo (ceiling)",
+                            functools.partial(_echo_stream, channel, wire),
+                            echo_pid,
+                        ),
+                        _Run(
+                            f"(b) node, {STANDIN_NAME}",
+                            functools.partial(_node_stream, node, wire),
+                            node_pid,
+                            None,
+                            stages_file,
+                        ),
+                        _Run(
+                            f"(c) node, {STANDIN_NAME}; {simulated}",
+                            functools.partial(_node_stream, sim, wire),
+                            sim_pid,
+                            busy_file,
+                        ),
                     ]
-                    rates, busy = _interleaved(runs, streams, frames, args.rounds, busy_file)
-                    echo = statistics.median(rates[0])
-                    for index, path in enumerate(paths):
-                        ratio = f"{statistics.median(rates[1]) / echo:.2f}x" if index == 1 else ""
+                    if transport == "raw":
+                        runs += [
+                            _Run(
+                                f"(e) node over shared memory, {STANDIN_NAME}",
+                                functools.partial(_node_stream, node, shm),
+                                node_pid,
+                            ),
+                            _Run(
+                                f"(e) node over shared memory, {STANDIN_NAME}; {simulated}",
+                                functools.partial(_node_stream, sim, shm),
+                                sim_pid,
+                                busy_file,
+                            ),
+                        ]
+                    measured = _interleaved(runs, streams, frames, args.rounds)
+                    echo = statistics.median(measured[0].rates)
+                    for index, (run, result) in enumerate(zip(runs, measured, strict=True)):
+                        rate = statistics.median(result.rates)
+                        moved = "shm" if "shared memory" in run.path else transport
                         rows.append(
                             [
                                 f"{width}x{height}",
-                                str(len(frames)),
                                 str(streams),
-                                transport,
-                                path,
-                                spread(rates[index]),
-                                f"{packed / _MB:.2f}",
-                                f"{out_mb:.3f}",
-                                ratio,
-                                f"{statistics.median(busy):.0%}" if index == 2 else "",
+                                moved,
+                                run.path,
+                                spread(result.rates),
+                                f"{statistics.median(result.cpu_ms):.2f}",
+                                f"{rate / echo:.2f}x" if index else "1.00x",
+                                f"{packed / _MB:.2f} / {out_mb:.2f}"
+                                if moved != "shm"
+                                else f"{in_mb:.2f} / {width * height * 2 / _MB:.2f} in the ring",
+                                f"{statistics.median(result.busy):.0%}" if result.busy else "",
+                            ]
+                        )
+                    if transport == "raw":
+                        stages = measured[1].stage_ms
+                        stage_rows.append(
+                            [
+                                f"{width}x{height}",
+                                str(streams),
+                                *(
+                                    f"{statistics.median(s.get(k, 0.0) for s in stages):.2f}"
+                                    for k in stage_keys
+                                ),
+                                f"{statistics.median(measured[1].cpu_ms):.2f}",
                             ]
                         )
                     print(
                         f"  {width}x{height} {streams} stream(s) {transport}: "
-                        + ", ".join(f"{statistics.median(r):.1f}" for r in rates)
+                        + ", ".join(f"{statistics.median(m.rates):.1f}" for m in measured)
                         + " frames/s",
                         file=sys.stderr,
                         flush=True,
                     )
-    return header, rows
+    return header, rows, stage_header, stage_rows
 
 
 def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
@@ -426,17 +520,29 @@ def run_node_bench(args: argparse.Namespace) -> int:
         options=shared_cpu_options(args.backend) if args.device == "cpu" else None,
     )
     started = time.perf_counter()
-    header, standin_rows = _standin_table(args)
-    inference_rows = _inference_rows(args, backend)
+    header, standin_rows, stage_header, stage_rows = _standin_table(args)
+    inference_rows = [] if args.serving_only else _inference_rows(args, backend)
     print(f"Machine: {machine()}")
     print(
-        f"Node and client on loopback, the client's streams on threads of one process. (a)–(c): the example "
-        f"clip scaled to each size, uint8 RGB in, uint16 alpha back; {args.stream_frames} frames per stream at "
-        f"1920x1080 (fewer at larger sizes, at least 8); a window of {_WINDOW} packed frames per stream; median "
-        f"(min–max) of {args.rounds} rounds, (a), (b), (c) interleaved; MB = 10^6 bytes. Rows (b) and (c) are stand-ins: "
-        "the real node and client, but a backend that runs no network."
+        f"Node and client on loopback, the client's streams on threads of one process. The example clip scaled "
+        f"to each size, uint8 RGB in, uint16 alpha back; {args.stream_frames} frames per stream at 1920x1080 "
+        f"(fewer at larger sizes, at least 8); a window of {_WINDOW} frames per stream (a ring of {_WINDOW} "
+        f"slots over shared memory); median (min–max) of {args.rounds} rounds, the rows of each group "
+        "interleaved; MB = 10^6 bytes; node CPU = user + system time of the server process over the run. "
+        "Rows (b), (c) and (e) are stand-ins: the real node and client, but a backend that runs no network; "
+        "the simulated device sleeps with the GIL released."
     )
     markdown(header, standin_rows)
+    print()
+    print(
+        "Where (b)'s CPU goes, ms per frame, raw: the stages as timed inside the stand-in node (CPU time of the "
+        "thread that ran them), then every thread's CPU from /proc (the event loop thread's includes the timed "
+        "stages that ran on it)."
+    )
+    markdown(stage_header, stage_rows)
+    if not inference_rows:
+        print(f"\n({time.perf_counter() - started:.0f} s)")
+        return 0
     print()
     print(
         f"(d) real inference on this CPU: the example clip re-encoded at {args.size}, {args.frames} frames, "

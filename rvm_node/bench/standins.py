@@ -7,6 +7,9 @@ sample format asked for, as a GPU backend that converts on the device returns
 it. ``--device-ms A,B`` makes each forward pass of N streams sleep A + N*B ms
 with the GIL released, a simulated device; ``--busy-file PATH`` keeps the
 seconds it slept in PATH (a little-endian double, rewritten after each pass).
+``--stages-file PATH`` times the serving path's stages
+(:mod:`rvm_node.node.stages`) and keeps their CPU seconds in PATH (JSON,
+rewritten every 50 ms).
 
 ``--standin echo`` serves a bare ``grpc.aio`` bidirectional stream instead:
 each request (a packed frame) gets one reply carrying the bytes the node would
@@ -170,20 +173,32 @@ async def _serve_constant(args: argparse.Namespace) -> None:
     from rvm_node.node.scheduler import BatchPolicy
     from rvm_node.node.server import NodeServer, serve_forever, start_node
     from rvm_node.node.service import Limits
+    from rvm_node.node.stages import StageClock
 
     backend = ConstantMatteBackend(args.device_ms, args.busy_file)
+    stages = StageClock() if args.stages_file is not None else None
     node = await start_node(
         backend,
         host=args.host,
         port=args.port,
         limits=Limits(max_streams=args.max_streams),
         batch=BatchPolicy(max_batch=args.max_batch, delay=args.batch_delay_ms / 1000),
+        stages=stages,
     )
+
+    async def keep_stages(clock: StageClock, path: Path) -> None:
+        while True:
+            clock.save(path)
+            await asyncio.sleep(0.05)
+
+    saver = asyncio.ensure_future(keep_stages(stages, args.stages_file)) if stages is not None else None
 
     def ready(served: NodeServer) -> None:
         print(served.address, flush=True)
 
     await serve_forever(node, 1.0, ready)
+    if saver is not None:
+        saver.cancel()
 
 
 async def _serve_echo(args: argparse.Namespace) -> None:
@@ -234,6 +249,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--device-ms", type=parse_device_ms, default=None, help="A,B: a pass of N streams sleeps A + N*B ms"
     )
     parser.add_argument("--busy-file", type=Path, default=None, help="keep the simulated busy seconds here")
+    parser.add_argument(
+        "--stages-file",
+        type=Path,
+        default=None,
+        help="keep the CPU seconds of each serving stage here (JSON)",
+    )
     parser.add_argument("--max-batch", type=int, default=1)
     parser.add_argument("--batch-delay-ms", type=float, default=0.0)
     args = parser.parse_args(argv)

@@ -290,7 +290,7 @@ class NodeClient:
         says so once.
         """
         if transport == "auto":
-            transport = "shm" if self.is_local else "raw"
+            transport = "shm" if self.is_local and return_transport in (None, "shm") else "raw"
         if transport == "shm" and return_transport not in (None, "shm"):
             raise InvalidInputError(
                 f"return_transport: a shared-memory stream returns its planes through the ring, "

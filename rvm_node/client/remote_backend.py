@@ -55,12 +55,13 @@ class RemoteBackend(MattingBackend[_RemoteState]):
         client: NodeClient,
         *,
         label: str = "",
-        transport: str = "raw",
+        transport: str = "auto",
         return_transport: str | None = None,
         float_input: Literal["float16", "float32"] = "float16",
         window_bytes: int = DEFAULT_WINDOW_BYTES,
     ) -> None:
-        """``transport`` / ``return_transport``: raw, zstd or png for frames sent / mattes returned."""
+        """``transport`` / ``return_transport``: raw, zstd or png for frames sent / mattes returned;
+        ``shm`` or ``auto`` (shm for a node on this host, else raw) for both ways."""
         if float_input not in ("float16", "float32"):
             raise InvalidInputError(f"float_input: expected float16 or float32, got {float_input!r}")
         if window_bytes < 1:
@@ -107,6 +108,7 @@ class RemoteBackend(MattingBackend[_RemoteState]):
             label=self.label,
             transport=self.transport,
             return_transport=self.return_transport,
+            ring_slots=2 * src.shape[1],  # a chunk on the node while the next one is written
         )
         return _RemoteState(stream, state.next_number if state is not None else 0)
 

@@ -4,9 +4,9 @@ It follows the "oldest" strategy of Triton's sequence batcher. When the
 worker is free it takes the oldest pending chunk and every other pending
 chunk that can share its forward pass (same backend, frame size, ratio, input
 format, chunk length and outputs; see ``batch_key``), never two of one
-stream, up to ``max_batch``. If the batch is not full it waits for more until
-the oldest chunk has waited ``batch_delay`` seconds, so a stream alone is
-never held longer than that. Each stream's state is stacked into the batch
+stream, up to ``max_batch``. If the batch is not full, and more streams are
+open than it holds, it waits for more until the oldest chunk has waited
+``batch_delay`` seconds; a stream alone is never held at all. Each stream's state is stacked into the batch
 and split back out (``process_batch``).
 
 A chunk whose stream is cancelled while it waits leaves the queue; one that
@@ -83,6 +83,7 @@ class Scheduler:
         self._pending: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
+        self.open_streams: int | None = None  # streams that may send a chunk (kept by the service); None: unknown
         self.batches = 0
         self.batched_chunks = 0
         self.longest_wait = 0.0  # seconds the oldest chunk of a batch waited before its pass began
@@ -123,7 +124,10 @@ class Scheduler:
             while True:
                 members = self._members(oldest)
                 left = oldest.arrived + self.policy.delay - time.monotonic()
-                if len(members) >= self.policy.max_batch or left <= 0 or self._closed:
+                full = self.policy.max_batch
+                if self.open_streams is not None:  # no more streams are open than the batch holds
+                    full = min(full, max(1, self.open_streams))
+                if len(members) >= full or left <= 0 or self._closed:
                     break
                 self._cond.wait(left)
             for item in members:

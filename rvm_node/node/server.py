@@ -21,6 +21,7 @@ from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
 from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_matting_service
+from rvm_node.node.stages import StageClock
 from rvm_node.node.status import abort, failure
 from rvm_node.v1 import matting_pb2 as pb
 
@@ -132,13 +133,15 @@ async def start_node(
     batch: BatchPolicy | None = None,
     shm: ShmPolicy | None = None,
     unix_socket: Path | None = None,
+    stages: StageClock | None = None,
 ) -> NodeServer:
     """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING.
 
     ``batch`` defaults to the device's policy (:meth:`BatchPolicy.default_for`).
     ``shm``: shared-memory streams for clients on this host (on by default).
     ``unix_socket``: also serve on this Unix domain socket (owner-only, or
-    group read/write when ``shm`` names a group).
+    group read/write when ``shm`` names a group). ``stages``: time the
+    serving path's stages (``bench node`` only).
     """
     from rvm_node.version import __version__
 
@@ -164,7 +167,7 @@ async def start_node(
     }
     metrics = NodeMetrics(build) if metrics_port is not None else None
     scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
-    servicer = MattingServicer(scheduler, limits, __version__, shm)
+    servicer = MattingServicer(scheduler, limits, __version__, shm, stages)
     add_matting_service(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

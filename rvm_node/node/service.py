@@ -38,6 +38,7 @@ from rvm_node.node.protocol import (
     check_transport,
 )
 from rvm_node.node.scheduler import Scheduler
+from rvm_node.node.stages import StageClock, timed
 from rvm_node.node.status import Failure, abort, failure, failure_of, printable
 from rvm_node.node.stream import Stream, StreamPlan
 from rvm_node.node.wire import Undecodable, encode_response, lenient_parser, parse_request
@@ -85,11 +86,17 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
     """One model shared by every stream; each stream's state is its own session."""
 
     def __init__(
-        self, scheduler: Scheduler, limits: Limits, version: str, shm: ShmPolicy | None = None
+        self,
+        scheduler: Scheduler,
+        limits: Limits,
+        version: str,
+        shm: ShmPolicy | None = None,
+        stages: StageClock | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.limits = limits
         self.shm = shm or ShmPolicy()
+        self.stages = stages  # CPU time per stage, for `bench node` only
         self.version = version
         self.active_streams = 0
         self.peak_chunks_in_flight = 0  # the most chunks any one stream held at once
@@ -189,6 +196,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
 
     def _set_active(self, change: int) -> None:
         self.active_streams += change
+        self.scheduler.open_streams = self.active_streams
         if self.metrics is not None:
             self.metrics.active_streams.set(self.active_streams)
 
@@ -299,8 +307,8 @@ def add_matting_service(servicer: MattingServicer, server: Any) -> None:
     handlers = {
         "Matte": grpc.stream_stream_rpc_method_handler(
             servicer.Matte,
-            request_deserializer=parse_request,
-            response_serializer=encode_response,
+            request_deserializer=timed(servicer.stages, "receive/parse", parse_request),
+            response_serializer=timed(servicer.stages, "send/serialize", encode_response),
         ),
         "GetNodeInfo": grpc.unary_unary_rpc_method_handler(
             servicer.GetNodeInfo,

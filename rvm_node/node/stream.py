@@ -40,6 +40,7 @@ from rvm_node.node.protocol import (
     wire_bytes,
 )
 from rvm_node.node.ring import NodeRing, open_ring
+from rvm_node.node.stages import timed
 from rvm_node.node.status import StreamRefused
 from rvm_node.node.wire import ChunkRequest, PartReply, Undecodable
 from rvm_node.v1 import matting_pb2 as pb
@@ -105,6 +106,8 @@ class Stream:
         self._held = 0  # items between the receiver and the end of their sending
         self.session: MattingSession | None = None
         self.ring: NodeRing | None = None
+        self._unpack = timed(servicer.stages, "unpack", self._unpack_frame)
+        self._wire_plane = timed(servicer.stages, "pack", self._plane_bytes)
         self.last_number = -1  # the last frame inferred
         self._last_received = -1  # the last frame received: numbers must increase
 
@@ -311,12 +314,12 @@ class Stream:
         self._hold()
         if plan.in_transport == pb.TRANSPORT_RAW and plan.in_dtype.kind == "u":
             # Raw integer samples are used where they arrived: nothing to gain from another thread.
-            frames = [self._unpack_frame(plan, number, data) for number, data in complete]
+            frames = [self._unpack(plan, number, data) for number, data in complete]
         else:  # float frames are checked for NaN, compressed ones inflated, on the codec pool
             loop = asyncio.get_running_loop()
             frames = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self.servicer.codec, self._unpack_frame, plan, number, data)
+                    loop.run_in_executor(self.servicer.codec, self._unpack, plan, number, data)
                     for number, data in complete
                 )
             )
@@ -343,10 +346,12 @@ class Stream:
         self._hold()
         shape = (plan.height, plan.width, 3)
 
-        def read(number: int, slot: int) -> np.ndarray:
+        def read_frame(number: int, slot: int) -> np.ndarray:
             frame = ring.read(slot * ring.slot_bytes, plan.in_dtype, shape)
             _check_finite(frame, number)
             return frame
+
+        read = timed(self.servicer.stages, "unpack", read_frame)
 
         if ring.in_place and plan.in_dtype.kind == "u":
             frames = [read(number, slot) for number, slot in zip(numbers, slots, strict=True)]
@@ -430,7 +435,7 @@ class Stream:
         packed: Iterator[bytes | memoryview]
         if plan.out_transport == pb.TRANSPORT_RAW:  # written from the samples, in one copy
             packed = iter(
-                [wire_bytes(self._plane(out, t, plane)) for t in range(len(numbers)) for plane in plan.planes]
+                [self._wire_plane(out, t, plane) for t in range(len(numbers)) for plane in plan.planes]
             )
         else:
             loop = asyncio.get_running_loop()
@@ -451,14 +456,15 @@ class Stream:
     ) -> None:
         """The chunk's planes written into each frame's slot, after the frame; the parts say where."""
         loop = asyncio.get_running_loop()
+        write = timed(self.servicer.stages, "pack", ring.write)
         for t, (number, slot) in enumerate(zip(numbers, slots, strict=True)):
             offset = slot * ring.slot_bytes + plan.frame_bytes
             for plane in plan.planes:
                 values = self._plane(out, t, plane)
                 if ring.in_place:
-                    ring.write(offset, values)
+                    write(offset, values)
                 else:
-                    await loop.run_in_executor(self.servicer.codec, ring.write, offset, values)
+                    await loop.run_in_executor(self.servicer.codec, write, offset, values)
                 size = values.size * values.dtype.itemsize
                 ref = pb.SlotRef(slot=slot, offset=offset, size=size)
                 await self._write(
@@ -466,6 +472,10 @@ class Stream:
                 )
                 offset += size
             ring.release(slot)
+
+    @classmethod
+    def _plane_bytes(cls, out: MatteChunk, t: int, plane: pb.Plane) -> memoryview:
+        return wire_bytes(cls._plane(out, t, plane))
 
     @staticmethod
     def _plane(out: MatteChunk, t: int, plane: pb.Plane) -> np.ndarray:
