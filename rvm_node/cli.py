@@ -596,6 +596,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     serve.add_argument("--tls-client-ca", type=Path, default=None, help="require client certificates (mTLS)")
     serve.add_argument("--grace", type=float, default=30.0, help="seconds running streams get on SIGTERM")
     serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="node processes serving one port (SO_REUSEPORT), each with its own event loop and model on the "
+        "device; --max-streams is the node's total (default: 1)",
+    )
+    serve.add_argument(
         "--shm",
         choices=["on", "off"],
         default="on",
@@ -841,12 +848,21 @@ def _shm_policy(args: argparse.Namespace) -> Any:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import asyncio
+    _configure_logging(args.log_format)
+    if args.workers < 1:
+        raise InvalidInputError(f"--workers: expected 1 or more, got {args.workers}")
+    _node_settings(args)  # every setting is checked before a worker starts
+    if args.workers == 1:
+        _serve_node(args, None, None)
+        return 0
+    return _serve_workers(args)
 
-    from rvm_node.node.server import NodeServer, TlsFiles, serve_forever, start_node
+
+def _node_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The node's settings from ``serve``'s options, all checked (start_node's keywords)."""
+    from rvm_node.node.server import TlsFiles
     from rvm_node.node.service import Limits
 
-    _configure_logging(args.log_format)
     if (args.tls_cert is None) != (args.tls_key is None):
         raise InvalidInputError("--tls-cert and --tls-key go together")
     if args.tls_client_ca is not None and args.tls_cert is None:
@@ -863,12 +879,23 @@ def _serve(args: argparse.Namespace) -> int:
         max_chunks_in_flight=args.max_chunks_in_flight,
         max_frame_pixels=args.max_frame_pixels,
     )
-    token = _token(args.token_file)
-    shm = _shm_policy(args)
+    return {"limits": limits, "token": _token(args.token_file), "tls": tls, "shm": _shm_policy(args)}
+
+
+def _serve_node(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> None:
+    """Serve one node process: the node itself, or one of its ``--workers`` (``streams``, ``ready_pipe``)."""
+    import asyncio
+
+    from rvm_node.node.server import NodeServer, serve_forever, start_node
+
+    settings = _node_settings(args)
     backend = _load_local(args, _serve_options(args))
     batch = _batch_policy(args, str(backend.device))
 
     def ready(node: NodeServer) -> None:
+        if ready_pipe is not None:
+            ready_pipe.send(None)
+            return
         if node.metrics_port is not None:
             print(f"metrics: http://{args.host}:{node.metrics_port}/metrics", file=sys.stderr, flush=True)
         print(node.address, flush=True)  # the line scripts and tests wait for
@@ -878,18 +905,57 @@ def _serve(args: argparse.Namespace) -> int:
             backend,
             host=args.host,
             port=args.port,
-            limits=limits,
-            token=token,
-            tls=tls,
-            metrics_port=args.metrics_port,
+            metrics_port=None if ready_pipe is not None else args.metrics_port,
+            collect_metrics=args.metrics_port is not None,
             batch=batch,
-            shm=shm,
-            unix_socket=args.unix,
+            unix_socket=args.unix if streams is None or streams.worker == 0 else None,
+            streams=streams,
+            **settings,
         )
         await serve_forever(node, args.grace, ready)
 
     asyncio.run(main_async())
-    return 0
+
+
+def _serve_worker(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> None:
+    """One of ``serve --workers N``: a node process whose errors go to the supervisor as one line."""
+    _configure_logging(args.log_format)
+    try:
+        _serve_node(args, streams, ready_pipe)
+    except (InvalidInputError, WeightsError) as exc:
+        ready_pipe.send(("input", str(exc)))
+        sys.exit(EXIT_INPUT)
+    except RvmNodeError as exc:
+        ready_pipe.send(("backend", str(exc)))
+        sys.exit(EXIT_BACKEND)
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """``serve --workers N``: N node processes on one port (see :mod:`rvm_node.node.workers`)."""
+    import contextlib
+    import tempfile
+
+    from rvm_node.node.metrics import serve_multiprocess
+    from rvm_node.node.workers import reserve_port, run_workers
+
+    worker_args = argparse.Namespace(**{k: v for k, v in vars(args).items() if k != "serve_parser"})
+    env: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        worker_args.port = stack.enter_context(reserve_port(args.host, args.port))
+        if args.metrics_port is not None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="rvm-node-metrics-")
+            )
+
+        def ready() -> None:
+            if args.metrics_port is not None:
+                bound = serve_multiprocess(env["PROMETHEUS_MULTIPROC_DIR"], args.metrics_port, args.host)
+                stack.callback(bound.close)
+                print(f"metrics: http://{args.host}:{bound.port}/metrics", file=sys.stderr, flush=True)
+            shown = f"[{args.host}]" if ":" in args.host else args.host
+            print(f"{shown}:{worker_args.port}", flush=True)  # the line scripts and tests wait for
+
+        return run_workers(_serve_worker, worker_args, args.workers, args.grace, ready, env)
 
 
 def _convert(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
 import os
 import signal
 import struct
@@ -118,13 +119,34 @@ class ConstantMatteBackend(MattingBackend[int]):
         self.device_ms = device_ms
         self.busy = 0.0
         self._mattes: dict[tuple[int, int, SampleFormat], np.ndarray] = {}
-        self._busy_fd = os.open(busy_file, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600) if busy_file else None
+        # Not truncated: the workers of one stand-in node share the file, and the device it stands for.
+        self._busy_fd = os.open(busy_file, os.O_RDWR | os.O_CREAT, 0o600) if busy_file else None
 
     def _matte(self, height: int, width: int, fmt: SampleFormat) -> np.ndarray:
         key = (height, width, fmt)
         if key not in self._mattes:
             self._mattes[key] = to_samples(bench_matte(height, width), fmt)
         return self._mattes[key]
+
+    def _occupy_device(self, seconds: float) -> None:
+        """Hold the simulated device for ``seconds`` with the GIL released. With a busy file the device is
+        one for every process that shares the file: each pass holds its lock, as passes from several workers
+        queue on one GPU, and the file keeps the total."""
+        if self._busy_fd is None:
+            time.sleep(seconds)
+            self.busy += seconds
+            return
+        fcntl.flock(self._busy_fd, fcntl.LOCK_EX)
+        try:
+            started = time.perf_counter()
+            time.sleep(seconds)
+            held = time.perf_counter() - started
+            before = os.pread(self._busy_fd, 8, 0)
+            total = (struct.unpack("<d", before)[0] if len(before) == 8 else 0.0) + held
+            os.pwrite(self._busy_fd, struct.pack("<d", total), 0)
+            self.busy += held
+        finally:
+            fcntl.flock(self._busy_fd, fcntl.LOCK_UN)
 
     def prepare(self, frames: Any) -> np.ndarray:
         return np.asarray(frames)
@@ -138,11 +160,7 @@ class ConstantMatteBackend(MattingBackend[int]):
     ) -> tuple[np.ndarray | None, np.ndarray, int]:
         batch, count, _, height, width = src.shape
         if self.device_ms is not None:
-            started = time.perf_counter()
-            time.sleep((self.device_ms[0] + self.device_ms[1] * batch) / 1000)
-            self.busy += time.perf_counter() - started
-            if self._busy_fd is not None:
-                os.pwrite(self._busy_fd, struct.pack("<d", self.busy), 0)
+            self._occupy_device((self.device_ms[0] + self.device_ms[1] * batch) / 1000)
         pha = np.broadcast_to(
             self._matte(height, width, outputs.sample_format), (batch, count, 1, height, width)
         )
@@ -169,7 +187,7 @@ class ConstantMatteBackend(MattingBackend[int]):
         return state
 
 
-async def _serve_constant(args: argparse.Namespace) -> None:
+async def _serve_constant(args: argparse.Namespace, streams: Any = None, ready_pipe: Any = None) -> None:
     from rvm_node.node.scheduler import BatchPolicy
     from rvm_node.node.server import NodeServer, serve_forever, start_node
     from rvm_node.node.service import Limits
@@ -184,6 +202,7 @@ async def _serve_constant(args: argparse.Namespace) -> None:
         limits=Limits(max_streams=args.max_streams),
         batch=BatchPolicy(max_batch=args.max_batch, delay=args.batch_delay_ms / 1000),
         stages=stages,
+        streams=streams,
     )
 
     async def keep_stages(clock: StageClock, path: Path) -> None:
@@ -194,11 +213,31 @@ async def _serve_constant(args: argparse.Namespace) -> None:
     saver = asyncio.ensure_future(keep_stages(stages, args.stages_file)) if stages is not None else None
 
     def ready(served: NodeServer) -> None:
-        print(served.address, flush=True)
+        if ready_pipe is not None:
+            ready_pipe.send(None)
+        else:
+            print(served.address, flush=True)
 
     await serve_forever(node, 1.0, ready)
     if saver is not None:
         saver.cancel()
+
+
+def _constant_worker(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> None:
+    """One worker of a stand-in node with ``--workers N``."""
+    asyncio.run(_serve_constant(args, streams, ready_pipe))
+
+
+def _serve_constant_workers(args: argparse.Namespace) -> int:
+    from rvm_node.node.workers import reserve_port, run_workers
+
+    with reserve_port(args.host, args.port) as port:
+        args.port = port
+
+        def ready() -> None:
+            print(f"{args.host}:{port}", flush=True)
+
+        return run_workers(_constant_worker, args, args.workers, 1.0, ready)
 
 
 async def _serve_echo(args: argparse.Namespace) -> None:
@@ -255,9 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="keep the CPU seconds of each serving stage here (JSON)",
     )
+    parser.add_argument("--workers", type=int, default=1, help="node processes on one port (constant only)")
     parser.add_argument("--max-batch", type=int, default=1)
     parser.add_argument("--batch-delay-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
+    if args.standin == "constant" and args.workers > 1:
+        if args.stages_file is not None:
+            parser.error("--stages-file times one process: not with --workers")
+        return _serve_constant_workers(args)
     asyncio.run(_serve_echo(args) if args.standin == "echo" else _serve_constant(args))
     return 0
 

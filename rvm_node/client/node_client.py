@@ -85,6 +85,13 @@ log = logging.getLogger("rvm_node.client")
 DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
 
 
+def _matte_method(channel: grpc.Channel) -> Any:
+    """Matte with the codec that writes and reads samples without protobuf's copies (node.wire)."""
+    return channel.stream_stream(
+        _MATTE_METHOD, request_serializer=_serialize_request, response_deserializer=parse_response
+    )
+
+
 def _serialize_request(request: bytes | pb.MatteRequest) -> bytes:
     """Chunks are encoded when queued (their frames are read then, not later on gRPC's thread)."""
     return request if isinstance(request, bytes) else request.SerializeToString()
@@ -141,6 +148,7 @@ class NodeInfo:
     transports: tuple[str, ...] = ()
     sample_formats: tuple[str, ...] = ()
     shm_group: str = ""
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -194,19 +202,24 @@ class NodeClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        if channel is not None:
-            self._channel = channel
-        elif root_certificates is not None or client_certificate is not None:
-            key, chain = client_certificate or (None, None)
-            credentials = grpc.ssl_channel_credentials(root_certificates, key, chain)
-            self._channel = grpc.secure_channel(address, credentials, options=options)
-        else:
-            self._channel = grpc.insecure_channel(address, options=options)
+
+        def make_channel(extra: list[tuple[str, Any]]) -> grpc.Channel:
+            if root_certificates is not None or client_certificate is not None:
+                key, chain = client_certificate or (None, None)
+                credentials = grpc.ssl_channel_credentials(root_certificates, key, chain)
+                return grpc.secure_channel(address, credentials, options=options + extra)
+            return grpc.insecure_channel(address, options=options + extra)
+
+        self._make_channel = make_channel if channel is None else None
+        self._channel = channel if channel is not None else make_channel([])
         self._stub = pb_grpc.MattingServiceStub(self._channel)
-        # Matte with the codec that writes and reads samples without protobuf's copies (node.wire).
-        self._matte = self._channel.stream_stream(
-            _MATTE_METHOD, request_serializer=_serialize_request, response_deserializer=parse_response
-        )
+        self._matte = _matte_method(self._channel)
+        # A node of several worker processes gets a connection per stream (up to two per worker),
+        # as the kernel gives each connection to one worker.
+        self._workers: int | None = None
+        self._stream_channels: list[grpc.Channel] = []
+        self._stream_calls: list[Any] = []
+        self._turn = 0
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.max_message_bytes = max_message_bytes
         self.retries = retries
@@ -225,7 +238,28 @@ class NodeClient:
             self._said_no_shm = True
             log.warning("%s; sending frames over gRPC instead of shared memory", why)
 
+    def _matte_call(self) -> Any:
+        """The Matte method on the connection the next stream takes."""
+        if self._make_channel is None:
+            return self._matte
+        if self._workers is None:
+            try:
+                self._workers = max(1, self.info().workers)
+            except NodeError:
+                return self._matte  # opening the stream reports what is wrong with the node
+        if self._workers == 1:
+            return self._matte
+        if len(self._stream_calls) < 2 * self._workers:
+            channel = self._make_channel([("grpc.use_local_subchannel_pool", 1)])  # a connection of its own
+            self._stream_channels.append(channel)
+            self._stream_calls.append(_matte_method(channel))
+            return self._stream_calls[-1]
+        self._turn += 1
+        return self._stream_calls[self._turn % len(self._stream_calls)]
+
     def close(self) -> None:
+        for channel in self._stream_channels:
+            channel.close()
         self._channel.close()
 
     def __enter__(self) -> NodeClient:
@@ -257,6 +291,7 @@ class NodeClient:
             tuple(transport_name(t) for t in reply.transports),
             tuple(SAMPLE_NAMES.get(f, str(f)) for f in reply.sample_formats),
             reply.shm_group,
+            max(1, reply.workers),
         )
 
     def open_stream(
@@ -395,7 +430,7 @@ class MatteStream:
         self._slots_in_flight: deque[int] = deque()  # the slot of each frame sent and not yet answered
         self._requests: queue.Queue[Any] = queue.Queue()
         self._requests.put(pb.MatteRequest(open=open_message))
-        self._call = client._matte(self._request_iter(), timeout=timeout, metadata=client._metadata)
+        self._call = client._matte_call()(self._request_iter(), timeout=timeout, metadata=client._metadata)
         self._responses = iter(self._call)
         first = self._next()
         if _kind(first) != "accepted":

@@ -10,7 +10,11 @@ rvm_node_batch_size                streams per forward pass (histogram)
 rvm_node_errors_total{code,reason} calls refused or ended with an error (refusals for a full node or
                                    a draining one included), by gRPC status code and error reason
 
-No ``_created`` series are exported.
+No ``_created`` series are exported. With ``serve --workers N`` every
+worker keeps its metrics in prometheus_client's multiprocess files and the
+supervisor serves them summed (:func:`serve_multiprocess`): counters and
+histograms add up, and the gauges are the workers' live sum (build info:
+the most).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["NodeMetrics"]
+__all__ = ["MetricsServer", "NodeMetrics", "serve_multiprocess"]
 
 
 class NodeMetrics:
@@ -31,10 +35,18 @@ class NodeMetrics:
         disable_created_metrics()
         self.registry = CollectorRegistry()
         build = build or {}
-        info = Gauge("rvm_node_build_info", "What the node runs", sorted(build), registry=self.registry)
+        info = Gauge(
+            "rvm_node_build_info",
+            "What the node runs",
+            sorted(build),
+            registry=self.registry,
+            multiprocess_mode="max",
+        )
         (info.labels(**build) if build else info).set(1)
         self.streams = Counter("rvm_node_streams_started", "Streams accepted", registry=self.registry)
-        self.active_streams = Gauge("rvm_node_active_streams", "Streams open now", registry=self.registry)
+        self.active_streams = Gauge(
+            "rvm_node_active_streams", "Streams open now", registry=self.registry, multiprocess_mode="livesum"
+        )
         self.frames = Counter("rvm_node_frames", "Frames matted", registry=self.registry)
         self.chunk_seconds = Histogram(
             "rvm_node_chunk_seconds",
@@ -43,7 +55,10 @@ class NodeMetrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
         )
         self.queue_depth = Gauge(
-            "rvm_node_queue_depth", "Chunks waiting for the inference worker", registry=self.registry
+            "rvm_node_queue_depth",
+            "Chunks waiting for the inference worker",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.batch_size = Histogram(
             "rvm_node_batch_size",
@@ -57,13 +72,24 @@ class NodeMetrics:
             ["code", "reason"],
             registry=self.registry,
         )
-        self._server: ThreadingHTTPServer | None = None
+        self._server: MetricsServer | None = None
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` over HTTP on a daemon thread; returns the bound port."""
-        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+        self._server = MetricsServer(self.registry, port, host)
+        return self._server.port
 
-        registry = self.registry
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+
+class MetricsServer:
+    """``/metrics`` of ``registry`` over HTTP on a daemon thread (any other path is 404)."""
+
+    def __init__(self, registry: Any, port: int, host: str) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
@@ -80,13 +106,21 @@ class NodeMetrics:
             def log_message(self, *args: Any) -> None:  # scrapes are not worth a log line each
                 pass
 
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="rvm-node-metrics", daemon=True).start()
-        return int(self._server.server_address[1])
+        self._http = ThreadingHTTPServer((host, port), Handler)
+        self._http.daemon_threads = True
+        self.port = int(self._http.server_address[1])
+        threading.Thread(target=self._http.serve_forever, name="rvm-node-metrics", daemon=True).start()
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        self._http.shutdown()
+        self._http.server_close()
+
+
+def serve_multiprocess(folder: str, port: int, host: str = "127.0.0.1") -> MetricsServer:
+    """Serve the summed metrics of the worker processes that keep them in ``folder``."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=folder)
+    return MetricsServer(registry, port, host)

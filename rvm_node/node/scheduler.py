@@ -83,7 +83,9 @@ class Scheduler:
         self._pending: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self.open_streams: int | None = None  # streams that may send a chunk (kept by the service); None: unknown
+        self.open_streams: int | None = (
+            None  # streams that may send a chunk (kept by the service); None: unknown
+        )
         self.batches = 0
         self.batched_chunks = 0
         self.longest_wait = 0.0  # seconds the oldest chunk of a batch waited before its pass began

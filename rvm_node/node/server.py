@@ -23,6 +23,7 @@ from rvm_node.node.scheduler import BatchPolicy, Scheduler
 from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_matting_service
 from rvm_node.node.stages import StageClock
 from rvm_node.node.status import abort, failure
+from rvm_node.node.workers import LocalStreams
 from rvm_node.v1 import matting_pb2 as pb
 
 __all__ = ["NodeServer", "TlsFiles", "TokenAuthInterceptor", "start_node"]
@@ -134,6 +135,8 @@ async def start_node(
     shm: ShmPolicy | None = None,
     unix_socket: Path | None = None,
     stages: StageClock | None = None,
+    streams: LocalStreams | None = None,
+    collect_metrics: bool = False,
 ) -> NodeServer:
     """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING.
 
@@ -141,7 +144,9 @@ async def start_node(
     ``shm``: shared-memory streams for clients on this host (on by default).
     ``unix_socket``: also serve on this Unix domain socket (owner-only, or
     group read/write when ``shm`` names a group). ``stages``: time the
-    serving path's stages (``bench node`` only).
+    serving path's stages (``bench node`` only). ``streams``: the node's
+    stream table when this is one of its ``--workers``. ``collect_metrics``:
+    keep metrics without serving them (a worker's, served by its supervisor).
     """
     from rvm_node.version import __version__
 
@@ -165,9 +170,9 @@ async def start_node(
         "version": __version__,
         **{k: str(described[k]) for k in ("backend", "device", "precision", "variant")},
     }
-    metrics = NodeMetrics(build) if metrics_port is not None else None
+    metrics = NodeMetrics(build) if metrics_port is not None or collect_metrics else None
     scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
-    servicer = MattingServicer(scheduler, limits, __version__, shm, stages)
+    servicer = MattingServicer(scheduler, limits, __version__, shm, stages, streams)
     add_matting_service(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -42,6 +42,7 @@ from rvm_node.node.stages import StageClock, timed
 from rvm_node.node.status import Failure, abort, failure, failure_of, printable
 from rvm_node.node.stream import Stream, StreamPlan
 from rvm_node.node.wire import Undecodable, encode_response, lenient_parser, parse_request
+from rvm_node.node.workers import LocalStreams, StreamTable
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
@@ -92,13 +93,14 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         version: str,
         shm: ShmPolicy | None = None,
         stages: StageClock | None = None,
+        streams: LocalStreams | None = None,
     ) -> None:
         self.scheduler = scheduler
         self.limits = limits
         self.shm = shm or ShmPolicy()
         self.stages = stages  # CPU time per stage, for `bench node` only
         self.version = version
-        self.active_streams = 0
+        self.streams = streams or LocalStreams()  # the node's open streams, across workers too
         self.peak_chunks_in_flight = 0  # the most chunks any one stream held at once
         self.draining = False
         self._ids = itertools.count(1)
@@ -131,7 +133,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
             backend=str(info["backend"]),
             precision=str(info["precision"]),
             variants=[str(info["variant"])],
-            active_streams=self.active_streams,
+            active_streams=self.streams.total,
             limits=pb.Limits(
                 max_message_bytes=limits.max_message_bytes,
                 max_frame_pixels=limits.max_frame_pixels,
@@ -146,13 +148,14 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
             transports=[t for t in TRANSPORTS.values() if t != pb.TRANSPORT_SHM or self.shm.enabled],
             sample_formats=list(DTYPES),
             shm_group=self.shm.group_name,
+            workers=self.streams.workers,
         )
 
     async def Matte(self, request_iterator: AsyncIterator[pb.MatteRequest], context: Any) -> None:
         refusal = None
         if self.draining:
             refusal = failure("NODE_DRAINING", "the node is shutting down; use another node")
-        elif self.active_streams >= self.limits.max_streams:
+        elif not self.streams.try_open(self.limits.max_streams):
             refusal = failure(
                 "STREAM_SLOTS_FULL",
                 f"all {self.limits.max_streams} stream slots are taken; retry later or use another node",
@@ -160,10 +163,11 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         if refusal is not None:
             self._count(refusal)
             await abort(context, refusal)
-        self._set_active(+1)
+        self._set_active()
         if self.metrics is not None:
             self.metrics.streams.inc()
-        stream = Stream(self, f"s{next(self._ids)}", request_iterator, context)
+        prefix = f"w{self.streams.worker}-" if isinstance(self.streams, StreamTable) else ""
+        stream = Stream(self, f"{prefix}s{next(self._ids)}", request_iterator, context)
         failed: Failure | None = None
         try:
             await stream.run()
@@ -181,7 +185,8 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 log.exception("stream %s: %s", stream.stream_id, failed.message)
         finally:
             stream.close()
-            self._set_active(-1)
+            self.streams.close()
+            self._set_active()
         if failed is not None:
             self._count(failed)
             await abort(context, failed)
@@ -194,11 +199,15 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
     def metrics(self) -> NodeMetrics | None:
         return self.scheduler.metrics
 
-    def _set_active(self, change: int) -> None:
-        self.active_streams += change
-        self.scheduler.open_streams = self.active_streams
+    @property
+    def active_streams(self) -> int:
+        """Streams open in this process (a worker's own, with ``--workers``)."""
+        return self.streams.mine
+
+    def _set_active(self) -> None:
+        self.scheduler.open_streams = self.streams.mine  # the streams this process's scheduler serves
         if self.metrics is not None:
-            self.metrics.active_streams.set(self.active_streams)
+            self.metrics.active_streams.set(self.streams.mine)
 
     def check_settings(self, settings: pb.StreamSettings, peer: str) -> StreamPlan:
         """The stream's plan; ``peer`` (gRPC's name of the client) decides whether shared memory is allowed."""

@@ -454,11 +454,17 @@ class Stream:
     async def _send_to_ring(
         self, plan: StreamPlan, ring: NodeRing, numbers: list[int], out: MatteChunk, slots: list[int]
     ) -> None:
-        """The chunk's planes written into each frame's slot, after the frame; the parts say where."""
+        """The chunk's planes written into each frame's slot, after the frame; the parts say where.
+
+        A frame's slot is released before its parts are sent: the client may
+        refill it the moment the last part arrives, and the node has nothing
+        left to do with it by then.
+        """
         loop = asyncio.get_running_loop()
         write = timed(self.servicer.stages, "pack", ring.write)
         for t, (number, slot) in enumerate(zip(numbers, slots, strict=True)):
             offset = slot * ring.slot_bytes + plan.frame_bytes
+            parts = []
             for plane in plan.planes:
                 values = self._plane(out, t, plane)
                 if ring.in_place:
@@ -467,11 +473,11 @@ class Stream:
                     await loop.run_in_executor(self.servicer.codec, write, offset, values)
                 size = values.size * values.dtype.itemsize
                 ref = pb.SlotRef(slot=slot, offset=offset, size=size)
-                await self._write(
-                    pb.MatteResponse(part=pb.PlanePart(number=number, plane=plane, total_bytes=size, shm=ref))
-                )
+                parts.append(pb.PlanePart(number=number, plane=plane, total_bytes=size, shm=ref))
                 offset += size
             ring.release(slot)
+            for part in parts:
+                await self._write(pb.MatteResponse(part=part))
 
     @classmethod
     def _plane_bytes(cls, out: MatteChunk, t: int, plane: pb.Plane) -> memoryview:
