@@ -70,9 +70,10 @@ def _same_files(ours: Path, reference: Path) -> None:
             assert (ours / name).read_bytes() == (reference / name).read_bytes(), name
 
 
+@pytest.mark.parametrize("transport", ["shm", "raw"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_node_mattes_equal_local_convert_to_the_bit(
-    node: NodeThread, backend, tmp_path: Path, case: str, monkeypatch: pytest.MonkeyPatch
+    node: NodeThread, backend, tmp_path: Path, case: str, transport: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from rvm_node.example import example_clip
 
@@ -87,12 +88,15 @@ def test_node_mattes_equal_local_convert_to_the_bit(
 
     targets, settings, wire_format, foreground = CASES[case]
     asked: list[dict[str, Any]] = []
+    used: list[str] = []
     client = NodeClient(node.address)
     open_stream = client.open_stream
 
     def recording_open_stream(**kwargs: Any) -> Any:  # the real call, with its settings noted
         asked.append(kwargs)
-        return open_stream(**kwargs)
+        stream = open_stream(**kwargs)
+        used.append(stream.transport)
+        return stream
 
     client.open_stream = recording_open_stream  # type: ignore[method-assign]
     for where in ("node", "local"):
@@ -106,11 +110,12 @@ def test_node_mattes_equal_local_convert_to_the_bit(
             **outputs,
         }
         if where == "node":
-            matte_shot(client, example_clip(), **options)
+            matte_shot(client, example_clip(), transport=transport, **options)
         else:
             convert_video(backend, example_clip(), **options)
     client.close()
     assert [a["output_format"] for a in asked] == [wire_format]
+    assert used == [transport]  # the frames and mattes went the way asked (shm: through the ring)
     assert asked[0]["planes"] == (("alpha", "foreground") if foreground else ("alpha",))
     assert len(encoded["node"]) == len(encoded["local"])
     for (n_ours, ours), (n_ref, ref) in zip(encoded["node"], encoded["local"], strict=True):

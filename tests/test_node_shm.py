@@ -6,6 +6,9 @@ from __future__ import annotations
 import grp
 import logging
 import os
+import stat
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +303,85 @@ def test_random_slot_messages_never_reach_outside_the_ring(node: NodeThread, ref
             assert exc.code() == grpc.StatusCode.INVALID_ARGUMENT, exc.details()
     finally:
         ring.close()
+
+
+def test_a_unix_socket_node_takes_shm_and_keeps_its_socket_private(
+    standin: StandInBackend, clip_frames: np.ndarray, tmp_path: Path
+) -> None:
+    path = tmp_path / "node.sock"
+    server = NodeThread(standin, unix_socket=path)
+    try:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        frames = frames_of(clip_frames, 4, (W, H))
+        with NodeClient(f"unix://{path}") as client:
+            kind, over_unix = _run(client, frames, "uint16", transport="auto")
+        with NodeClient(server.address) as client:
+            _, over_tcp = _run(client, frames, "uint16", transport="raw")
+        assert kind == "shm"
+        assert all(np.array_equal(a[1], b[1]) for a, b in zip(over_unix, over_tcp, strict=True))
+        with pytest.raises(InvalidInputError, match="is in use by a running node"):
+            NodeThread(standin, unix_socket=path)
+    finally:
+        server.stop()
+    other = tmp_path / "plain-file"
+    other.write_text("not a socket")
+    with pytest.raises(InvalidInputError, match="exists and is not a socket"):
+        NodeThread(standin, unix_socket=other)
+
+
+_KILLED_CLIENT = """
+import sys
+import numpy as np
+from rvm_node.client import NodeClient
+client = NodeClient(sys.argv[1])
+stream = client.open_stream(width=64, height=48, output_format="uint16", transport="shm")
+frame = np.zeros((48, 64, 3), np.uint8)
+for n, result in enumerate(stream.process((i, frame) for i in range(1, 10**9))):
+    if n == 3:
+        print("streaming", flush=True)
+"""
+
+
+def _ring_mappings(pid: int) -> int:
+    return sum("memfd:rvm-node-ring" in line for line in Path(f"/proc/{pid}/maps").read_text().splitlines())
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_over_100_shm_streams_with_killed_clients(
+    clip_frames: np.ndarray, tmp_path: Path
+) -> None:
+    """90 streams that end as they should, 10 whose client is SIGKILLed mid-stream: the node keeps no ring,
+    and says nothing of writes it could not finish."""
+    from rvm_node.bench.common import rss_mb
+    from rvm_node.node.launch import spawn_server, stop_process
+
+    command = [sys.executable, "-m", "rvm_node.bench.standins", "--standin", "constant", "--port", "0"]
+    log = (tmp_path / "node.log").open("w")
+    process, address = spawn_server(command, "a stand-in node", stderr=log)
+    frames = frames_of(clip_frames, 6, (W, H))
+    try:
+        with NodeClient(address) as client:
+            rss = []
+            for index in range(100):
+                if index % 10 == 9:
+                    killed = subprocess.Popen(
+                        [sys.executable, "-c", _KILLED_CLIENT, address], stdout=subprocess.PIPE, text=True
+                    )
+                    assert killed.stdout is not None and killed.stdout.readline().strip() == "streaming"
+                    killed.kill()
+                    killed.wait()
+                else:
+                    assert _run(client, frames, "uint16", transport="shm")[0] == "shm"
+                if index in (9, 99):
+                    for _ in range(100):  # the node sees the dead connection and lets its ring go
+                        if _ring_mappings(process.pid) == 0 and client.info().active_streams == 0:
+                            break
+                        time.sleep(0.1)
+                    assert _ring_mappings(process.pid) == 0
+                    rss.append(rss_mb(process.pid))
+        print(f"\nnode RSS after 10 / 100 shm streams: {rss[0]:.0f} / {rss[1]:.0f} MB")
+        assert rss[1] - rss[0] < 20
+    finally:
+        stop_process(process)
+        log.close()
+    assert "never retrieved" not in (tmp_path / "node.log").read_text()

@@ -13,17 +13,21 @@ from rvm_node.convert.pipeline import ConvertReport, encoder_threads
 __all__ = ["matte_shot"]
 
 
-def matte_shot(node: NodeClient | str, input_source: str | Path, **options: Any) -> ConvertReport:
+def matte_shot(
+    node: NodeClient | str, input_source: str | Path, *, transport: str = "auto", **options: Any
+) -> ConvertReport:
     """Matte one shot on a node, with the converter's readers and writers.
 
     ``options`` are those of :func:`rvm_node.convert_video` (outputs, frame
     range, formats, resume, ...): frame numbers are preserved, frames are
     written atomically, and ``resume=True`` continues a killed run.
+    ``transport``: how frames and mattes travel (``auto``: shared memory to a
+    node on this host, else raw; see :meth:`NodeClient.open_stream`).
     """
     client = NodeClient(node) if isinstance(node, str) else node
     options.setdefault("seq_chunk", 8)  # frames per forward pass on the node
     options.setdefault("num_workers", encoder_threads())
-    backend = RemoteBackend(client, label=Path(str(input_source)).name)
+    backend = RemoteBackend(client, label=Path(str(input_source)).name, transport=transport)
     try:
         return convert_video(backend, input_source, **options)
     finally:

@@ -24,7 +24,9 @@ the ring before any memory is touched (:meth:`NodeRing.check_frame`).
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import gc
 import mmap
 import os
 import re
@@ -134,11 +136,53 @@ class NodeRing:
             raise _refuse(f"the ring took fewer bytes than written at {offset}")
 
     def close(self) -> None:
-        """Let go of the ring (a mapping is unmapped once the last frame viewing it is gone)."""
-        self._map = None
+        """Let go of the ring (a mapping is unmapped once no frame views it, see :func:`_unmap`)."""
+        mapped, self._map = self._map, None
+        if mapped is not None:
+            _unmap(mapped)
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+_UNMAPPED_LATER: list[mmap.mmap] = []
+
+
+def _unmap(mapped: mmap.mmap) -> None:
+    """Unmap a ring as soon as no frame views it any more.
+
+    Frames read in place view the mapping. When a stream ends abruptly (its
+    client killed, a pass failed) the ring is let go while the stream's
+    failure, and the frames in its traceback, are still being handled; they
+    become garbage a moment later, often in reference cycles. So a ring that
+    is still viewed is retried on the event loop, with a collection first,
+    until it is unmapped: a node never keeps a dead client's memory for long.
+    """
+    _UNMAPPED_LATER.append(mapped)
+    if _close_unviewed():
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return  # not on a node's loop: the next ring closed retries it
+    loop.call_later(0.1, _retry, loop, 0.1)
+
+
+def _retry(loop: asyncio.AbstractEventLoop, delay: float) -> None:
+    gc.collect()
+    if not _close_unviewed():
+        loop.call_later(min(2 * delay, 2.0), _retry, loop, min(2 * delay, 2.0))
+
+
+def _close_unviewed() -> bool:
+    """Close every pending mapping nothing views; True when none is left."""
+    for pending in list(_UNMAPPED_LATER):
+        try:
+            pending.close()
+        except BufferError:
+            continue
+        _UNMAPPED_LATER.remove(pending)
+    return not _UNMAPPED_LATER
 
 
 def _open_fd(name: str) -> tuple[int, bool]:

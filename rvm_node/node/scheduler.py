@@ -160,6 +160,7 @@ class Scheduler:
             live = [item for item in batch if item.future.set_running_or_notify_cancel()]
             if live:
                 self._run_batch(live)
+            del batch, live  # not held while waiting: frames may view a client's shared memory
 
     def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()

@@ -150,6 +150,7 @@ class Stream:
         # gRPC's write does not give way to cancellation, so it is awaited at arm's length:
         # a cancelled stream never waits on it, and a client that stops reading times out.
         write = asyncio.ensure_future(self._context.write(response))
+        write.add_done_callback(_retrieve)  # a write the stream no longer waits for fails quietly
         done, _ = await asyncio.wait({write}, timeout=self.limits.idle_timeout)
         if not done:
             raise StreamRefused(
@@ -497,6 +498,12 @@ class Stream:
     @classmethod
     def _pack_plane(cls, plan: StreamPlan, out: MatteChunk, t: int, plane: pb.Plane) -> bytes:
         return pack(cls._plane(out, t, plane), plan.out_transport)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take a finished write's outcome, so a stream that ended first leaves no unretrieved exception."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _check_finite(frame: np.ndarray, number: int) -> None:
