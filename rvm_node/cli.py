@@ -122,8 +122,8 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     node.add_argument(
         "--stream-frames",
         type=int,
-        default=48,
-        help="frames per stream in the echo and stand-in rows at 1920x1080 (scaled by pixels, at least 8)",
+        default=120,
+        help="frames per stream in the echo and stand-in rows at 1920x1080 (scaled by pixels, at least 30)",
     )
     node.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
     node.add_argument(

@@ -385,3 +385,24 @@ def test_memory_stays_flat_over_100_shm_streams_with_killed_clients(
         stop_process(process)
         log.close()
     assert "never retrieved" not in (tmp_path / "node.log").read_text()
+
+
+def test_a_clean_streams_ring_serves_the_next_stream_and_a_cancelled_ones_does_not(
+    node: NodeThread, clip_frames: np.ndarray
+) -> None:
+    frames = frames_of(clip_frames, 4, (W, H))
+    with NodeClient(node.address) as client:
+        rings = []
+        for _ in range(2):
+            with client.open_stream(width=W, height=H, output_format="uint16", transport="shm") as stream:
+                rings.append(stream._ring)
+                first = [r.alpha for r in stream.process(frames)]
+        assert rings[0] is not None and rings[0] is rings[1]  # the same memory, already paged in
+        stream = client.open_stream(width=W, height=H, output_format="uint16", transport="shm")
+        assert stream._ring is rings[0]
+        next(stream.process(frames[:1]))
+        stream.cancel()  # the node may still write into it: it is never handed out again
+        with client.open_stream(width=W, height=H, output_format="uint16", transport="shm") as fresh:
+            assert fresh._ring is not None and fresh._ring is not rings[0]
+            again = [r.alpha for r in fresh.process(frames)]
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))

@@ -46,6 +46,7 @@ _WINDOW = 3  # packed frames a stream keeps in flight (the window in bytes Matte
 
 
 _SIMULATED_BATCH = ("--max-batch", "4", "--batch-delay-ms", "2")
+_MIN_STREAM_FRAMES = 30  # a stream's opening is a small part of it, as in a shot
 
 
 _MB = 1e6
@@ -257,14 +258,25 @@ def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
                 str(busy_file),
                 *_SIMULATED_BATCH,
             ),
+            _spawn_standin(  # the same device (the same busy file and its lock) behind two worker processes
+                "--standin",
+                "constant",
+                "--device-ms",
+                args.device_ms,
+                "--busy-file",
+                str(busy_file),
+                "--workers",
+                "2",
+                *_SIMULATED_BATCH,
+            ),
         ]
         for process, _ in servers:
             stack.callback(stop_process, process)
-        (echo_pid, node_pid, sim_pid) = (process.pid for process, _ in servers)
+        (echo_pid, node_pid, sim_pid, sim2_pid) = (process.pid for process, _ in servers)
         channel = stack.enter_context(grpc.insecure_channel(servers[0][1], options=options))
-        node, sim = (stack.enter_context(NodeClient(address)) for _, address in servers[1:])
+        node, sim, sim2 = (stack.enter_context(NodeClient(address)) for _, address in servers[1:])
         for width, height in sizes:
-            count = max(8, round(args.stream_frames * 1920 * 1080 / (width * height)))
+            count = max(_MIN_STREAM_FRAMES, round(args.stream_frames * 1920 * 1080 / (width * height)))
             frames = _wire_frames(width, height, count)
             in_mb = width * height * 3 / _MB
             for streams in (1, 4):
@@ -347,7 +359,55 @@ def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
                         file=sys.stderr,
                         flush=True,
                     )
+            rows += _worker_rows(
+                args, (width, height), frames, (sim, sim_pid), (sim2, sim2_pid), busy_file, simulated
+            )
     return header, rows, stage_header, stage_rows
+
+
+def _worker_rows(
+    args: argparse.Namespace,
+    size: tuple[int, int],
+    frames: list[np.ndarray],
+    one: tuple[Any, int],
+    two: tuple[Any, int],
+    busy_file: Path,
+    simulated: str,
+) -> list[list[str]]:
+    """(f) 4 streams on the simulated device behind 1 and 2 worker processes (`--workers`), raw and shm."""
+    from rvm_node.bench.standins import STANDIN_NAME
+
+    width, height = size
+    runs = []
+    for transport in ("raw", "shm"):
+        wire = _Wire(width, height, transport, _WINDOW * width * height * 3)
+        for label, (client, pid) in (("1 worker", one), ("2 workers", two)):
+            path = f"(f) node, {label}, {STANDIN_NAME}; {simulated}"
+            runs.append(_Run(path, functools.partial(_node_stream, client, wire), pid, busy_file))
+    measured = _interleaved(runs, 4, frames, args.rounds)
+    rows = []
+    for index, (run, result) in enumerate(zip(runs, measured, strict=True)):
+        base = statistics.median(measured[index - index % 2].rates)
+        rows.append(
+            [
+                f"{width}x{height}",
+                "4",
+                "raw" if index < 2 else "shm",
+                run.path,
+                spread(result.rates),
+                f"{statistics.median(result.cpu_ms):.2f}",
+                f"{statistics.median(result.rates) / base:.2f}x of 1 worker",
+                "",
+                f"{statistics.median(result.busy):.0%}",
+            ]
+        )
+    print(
+        f"  {width}x{height} 4 streams, workers 1/2 raw, 1/2 shm: "
+        + ", ".join(f"{statistics.median(m.rates):.1f}" for m in measured),
+        file=sys.stderr,
+        flush=True,
+    )
+    return rows
 
 
 def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
@@ -526,7 +586,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
     print(
         f"Node and client on loopback, the client's streams on threads of one process. The example clip scaled "
         f"to each size, uint8 RGB in, uint16 alpha back; {args.stream_frames} frames per stream at 1920x1080 "
-        f"(fewer at larger sizes, at least 8); a window of {_WINDOW} frames per stream (a ring of {_WINDOW} "
+        f"(fewer at larger sizes, at least {_MIN_STREAM_FRAMES}); a window of {_WINDOW} frames per stream (a ring of {_WINDOW} "
         f"slots over shared memory); median (min–max) of {args.rounds} rounds, the rows of each group "
         "interleaved; MB = 10^6 bytes; node CPU = user + system time of the server process over the run. "
         "Rows (b), (c) and (e) are stand-ins: the real node and client, but a backend that runs no network; "

@@ -81,6 +81,7 @@ _CLOSE = object()
 _MESSAGE_HEADROOM = 64 * 1024
 _LOCAL_HOSTS = ("localhost", "127.", "[::1]", "unix:")
 _SHM_REFUSALS = ("TRANSPORT_UNSUPPORTED", "RING_INVALID")
+_SPARE_RINGS = 2
 log = logging.getLogger("rvm_node.client")
 DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
 
@@ -226,6 +227,7 @@ class NodeClient:
         self.backoff = backoff
         self._shm_group: str | None = None  # the node's, asked once
         self._said_no_shm = False
+        self._spare_rings: list[ClientRing] = []  # rings of streams that ended cleanly, for the next ones
 
     @property
     def is_local(self) -> bool:
@@ -258,6 +260,9 @@ class NodeClient:
         return self._stream_calls[self._turn % len(self._stream_calls)]
 
     def close(self) -> None:
+        for ring in self._spare_rings:
+            ring.close()
+        self._spare_rings.clear()
         for channel in self._stream_channels:
             channel.close()
         self._channel.close()
@@ -378,7 +383,7 @@ class NodeClient:
         try:
             if self._shm_group is None:
                 self._shm_group = self.info().shm_group
-            ring = ClientRing(slots, slot_bytes, self._shm_group)
+            ring = self._spare_ring(slots, slot_bytes) or ClientRing(slots, slot_bytes, self._shm_group)
         except (OSError, InvalidInputError) as exc:
             self._shm_fallback(f"node {self.address}: no shared-memory ring on this host ({exc})")
             return None
@@ -395,6 +400,21 @@ class NodeClient:
         except BaseException:
             ring.close()
             raise
+
+    def _spare_ring(self, slots: int, slot_bytes: int) -> ClientRing | None:
+        """A ring a finished stream left, of this size: its pages are already there, on both sides."""
+        for ring in self._spare_rings:
+            if ring.fits(slots, slot_bytes, self._shm_group or ""):
+                self._spare_rings.remove(ring)
+                return ring
+        return None
+
+    def _keep_ring(self, ring: ClientRing) -> None:
+        """Keep the ring of a stream whose every reply arrived (the node writes no more into it)."""
+        if ring.reusable and len(self._spare_rings) < _SPARE_RINGS:
+            self._spare_rings.append(ring)
+        else:
+            ring.close()
 
     def _open_with_retries(
         self, open_message: pb.OpenStream, timeout: float | None, ring: ClientRing | None
@@ -686,18 +706,24 @@ class MatteStream:
             return
         self.closed = True
         self._requests.put(_CLOSE)
+        clean = False
         try:
             for _ in self._responses:
                 pass
+            clean = not self._slots_in_flight  # every frame answered: the node is done with the ring
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 raise map_rpc_error(exc, self._client.address) from exc
         finally:
-            self._release_ring()
+            self._release_ring(keep=clean)
 
-    def _release_ring(self) -> None:
+    def _release_ring(self, keep: bool = False) -> None:
         if self._ring is not None:
-            self._ring.close()
+            ring, self._ring = self._ring, None
+            if keep:
+                self._client._keep_ring(ring)
+            else:
+                ring.close()
 
     def cancel(self) -> None:
         """Abandon the stream; the node frees its state."""

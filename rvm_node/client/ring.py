@@ -70,6 +70,14 @@ class ClientRing:
             self.name = f"/proc/{os.getpid()}/fd/{self._fd}"
         self._map = mmap.mmap(self._fd, size)
 
+    @property
+    def reusable(self) -> bool:
+        """True for a memfd ring, which the node can open again for the client's next stream."""
+        return self._path is None and self.name.startswith("/proc/") and self._map is not None
+
+    def fits(self, slots: int, slot_bytes: int, group: str) -> bool:
+        return self.reusable and (self.slots, self.slot_bytes, group) == (slots, slot_bytes, "")
+
     def message(self) -> pb.SharedMemoryRing:
         return pb.SharedMemoryRing(name=self.name, slots=self.slots, slot_bytes=self.slot_bytes)
 

@@ -11,6 +11,7 @@ pool, gRPC's own) are measured too, not estimated.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -66,8 +67,16 @@ def _cpu_of(stat_text: str) -> tuple[str, float]:
 
 
 def process_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    return _cpu_of(Path(f"/proc/{pid}/stat").read_text())[1]
+    """User + system CPU seconds of process ``pid`` and its running children (a node's workers) so far."""
+    total = _cpu_of(Path(f"/proc/{pid}/stat").read_text())[1]
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(OSError, ValueError):
+            total += process_cpu(int(child))
+    return total
 
 
 def thread_cpu(pid: int) -> dict[int, float]:

@@ -52,6 +52,7 @@ __all__ = ["Stream", "StreamPlan"]
 
 log = logging.getLogger("rvm_node.node")
 _PART_HEADROOM = 64 * 1024
+_INLINE_COPY = 1 << 20  # planes smaller than this are copied into a ring on the event loop itself
 _END = object()
 
 
@@ -104,6 +105,7 @@ class Stream:
         self._outbox: asyncio.Queue[Any] = asyncio.Queue()
         self._slots = asyncio.Semaphore(max(1, self.limits.max_chunks_in_flight))
         self._held = 0  # items between the receiver and the end of their sending
+        self._passes: set[asyncio.Future[MatteChunk]] = set()  # chunks handed to the scheduler
         self.session: MattingSession | None = None
         self.ring: NodeRing | None = None
         self._unpack = timed(servicer.stages, "unpack", self._unpack_frame)
@@ -114,6 +116,8 @@ class Stream:
     def close(self) -> None:
         if self._next is not None:
             self._next.cancel()
+        for waiting in self._passes:  # chunks still queued leave the scheduler
+            waiting.cancel()
         if self.session is not None:
             self.session.close()
         if self.ring is not None:
@@ -388,7 +392,16 @@ class Stream:
         return frame
 
     async def _infer(self, session: MattingSession) -> None:
+        """Hand chunks to the scheduler as they arrive, without waiting for the one before.
+
+        The scheduler runs one stream's chunks in order and never two in one
+        pass, so the next chunk waits at the device while this one runs,
+        rather than after it (a GPU would idle between them). Controls wait
+        for the chunks before them: they act on the state those leave.
+        """
         loop = asyncio.get_running_loop()
+        last: asyncio.Future[MatteChunk] | None = None
+        after = self.last_number  # the number of the last frame handed over (the state follows it)
         while True:
             item = await self._inbox.get()
             if item is _END:
@@ -399,17 +412,25 @@ class Stream:
                 return
             if item[0] == "chunk":
                 _, numbers, frames, slots = item
-                out = await self.servicer.scheduler.process(session, frames)
-                self.last_number = numbers[-1]
-                await self._outbox.put(("chunk", numbers, out, slots))
-            elif item[0] == "reset":
+                last, after = (
+                    asyncio.ensure_future(self.servicer.scheduler.process(session, frames)),
+                    numbers[-1],
+                )
+                last.add_done_callback(_retrieve)  # awaited by the sender; a stream that ends drops it
+                self._passes.add(last)
+                last.add_done_callback(self._passes.discard)
+                await self._outbox.put(("chunk", numbers, last, slots))
+                continue
+            if last is not None:
+                await asyncio.wait({last})  # its failure, if any, reaches the client through the sender
+            if item[0] == "reset":
                 session.reset()
                 await self._outbox.put(("message", pb.MatteResponse(reset_done=pb.ResetDone())))
             else:
                 snapshot = await loop.run_in_executor(self.servicer.codec, session.snapshot)
                 if snapshot is None:
                     raise StreamRefused("NOTHING_TO_SNAPSHOT", "snapshot: no frame has been processed yet")
-                message = pb.MatteResponse(snapshot=state_to_message(snapshot, self.last_number))
+                message = pb.MatteResponse(snapshot=state_to_message(snapshot, after))
                 await self._outbox.put(("message", message))
 
     async def _send(self, plan: StreamPlan) -> None:
@@ -420,7 +441,9 @@ class Stream:
             if item[0] == "error":  # everything before it is sent: now the stream ends with it
                 raise item[1]
             if item[0] == "chunk":
-                _, numbers, out, slots = item
+                _, numbers, done, slots = item
+                out = await done  # in order; a failed pass ends the stream here, after all before it
+                self.last_number = numbers[-1]
                 if self.ring is not None:
                     await self._send_to_ring(plan, self.ring, numbers, out, slots)
                 else:
@@ -468,9 +491,9 @@ class Stream:
             parts = []
             for plane in plan.planes:
                 values = self._plane(out, t, plane)
-                if ring.in_place:
+                if ring.in_place and values.nbytes < _INLINE_COPY:
                     write(offset, values)
-                else:
+                else:  # a large copy (numpy lets go of the GIL) beside the event loop's other work
                     await loop.run_in_executor(self.servicer.codec, write, offset, values)
                 size = values.size * values.dtype.itemsize
                 ref = pb.SlotRef(slot=slot, offset=offset, size=size)
