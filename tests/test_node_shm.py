@@ -406,3 +406,13 @@ def test_a_clean_streams_ring_serves_the_next_stream_and_a_cancelled_ones_does_n
             assert fresh._ring is not None and fresh._ring is not rings[0]
             again = [r.alpha for r in fresh.process(frames)]
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+
+
+def test_the_newest_rings_are_kept_when_shots_change_size(node: NodeThread, clip_frames: np.ndarray) -> None:
+    with NodeClient(node.address) as client:
+        kept = []
+        for width in (32, 48, 64, 64):  # two older sizes, then a third size twice
+            with client.open_stream(width=width, height=H, output_format="uint16", transport="shm") as stream:
+                kept.append(stream._ring)
+                list(stream.process(frames_of(clip_frames, 2, (width, H))))
+        assert kept[3] is kept[2]  # the newest size's ring came back, though two older ones were kept

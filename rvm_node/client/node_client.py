@@ -411,10 +411,12 @@ class NodeClient:
 
     def _keep_ring(self, ring: ClientRing) -> None:
         """Keep the ring of a stream whose every reply arrived (the node writes no more into it)."""
-        if ring.reusable and len(self._spare_rings) < _SPARE_RINGS:
-            self._spare_rings.append(ring)
-        else:
+        if not ring.reusable:
             ring.close()
+            return
+        self._spare_rings.append(ring)
+        while len(self._spare_rings) > _SPARE_RINGS:  # the oldest goes: shots of a new size replace it
+            self._spare_rings.pop(0).close()
 
     def _open_with_retries(
         self, open_message: pb.OpenStream, timeout: float | None, ring: ClientRing | None
