@@ -148,7 +148,17 @@ def test_a_shot_on_a_node_equals_the_local_convert(
     options: dict[str, Any] = {"frames": FrameRange(3, 20), "seq_chunk": 3, "progress": False}
     convert_video(standin, clip, output_alpha=tmp_path / "local" / "m.####.exr", **options)
     with NodeClient(nodes[0].address) as client:
+        used: list[str] = []
+        open_stream = client.open_stream
+
+        def noting(**kwargs: Any) -> Any:
+            stream = open_stream(**kwargs)
+            used.append(stream.transport)
+            return stream
+
+        client.open_stream = noting  # type: ignore[method-assign]
         matte_shot(client, clip, output_alpha=tmp_path / "node" / "m.####.exr", **options)
+    assert used == ["shm"]  # a node on this host gets the frames through shared memory by itself
     local = {p.name: p.read_bytes() for p in (tmp_path / "local").iterdir()}
     assert local and local == {p.name: p.read_bytes() for p in (tmp_path / "node").iterdir()}
 

@@ -411,8 +411,8 @@ def test_a_clean_streams_ring_serves_the_next_stream_and_a_cancelled_ones_does_n
 def test_the_newest_rings_are_kept_when_shots_change_size(node: NodeThread, clip_frames: np.ndarray) -> None:
     with NodeClient(node.address) as client:
         kept = []
-        for width in (32, 48, 64, 64):  # two older sizes, then a third size twice
+        for width in (16, 24, 32, 40, 48, 48):  # four older sizes fill the spares, then a fifth size twice
             with client.open_stream(width=width, height=H, output_format="uint16", transport="shm") as stream:
                 kept.append(stream._ring)
                 list(stream.process(frames_of(clip_frames, 2, (width, H))))
-        assert kept[3] is kept[2]  # the newest size's ring came back, though two older ones were kept
+        assert kept[5] is kept[4]  # the newest size's ring came back: the oldest spare made room

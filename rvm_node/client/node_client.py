@@ -81,7 +81,8 @@ _CLOSE = object()
 _MESSAGE_HEADROOM = 64 * 1024
 _LOCAL_HOSTS = ("localhost", "127.", "[::1]", "unix:")
 _SHM_REFUSALS = ("TRANSPORT_UNSUPPORTED", "RING_INVALID")
-_SPARE_RINGS = 2
+_SPARE_RINGS = 4  # enough for the streams a client runs at once, within:
+_SPARE_BYTES = 512 << 20
 log = logging.getLogger("rvm_node.client")
 DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
 
@@ -415,8 +416,8 @@ class NodeClient:
             ring.close()
             return
         self._spare_rings.append(ring)
-        while len(self._spare_rings) > _SPARE_RINGS:  # the oldest goes: shots of a new size replace it
-            self._spare_rings.pop(0).close()
+        while len(self._spare_rings) > _SPARE_RINGS or sum(r.size for r in self._spare_rings) > _SPARE_BYTES:
+            self._spare_rings.pop(0).close()  # the oldest goes: shots of a new size replace it
 
     def _open_with_retries(
         self, open_message: pb.OpenStream, timeout: float | None, ring: ClientRing | None

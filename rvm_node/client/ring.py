@@ -46,7 +46,7 @@ class ClientRing:
             raise InvalidInputError(f"ring_slots: expected 1 or more, got {slots}")
         self.slots = slots
         self.slot_bytes = slot_bytes
-        size = slots * slot_bytes
+        self.size = size = slots * slot_bytes
         self._path: str | None = None
         self._map: mmap.mmap | None = None
         if group or not hasattr(os, "memfd_create"):
