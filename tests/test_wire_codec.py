@@ -132,3 +132,13 @@ def test_a_large_part_is_read_without_a_copy() -> None:
     assert isinstance(parsed, ChunkRequest)
     assert parsed.parts[0].data.obj is encoded  # a view into the received bytes
     assert bytes(parsed.parts[0].data) == samples
+
+
+def test_slot_references_travel_through_protobuf_both_ways() -> None:
+    ref = pb.SlotRef(slot=3, offset=3 * 1000, size=900)
+    request = ChunkRequest([FramePartView(12, 0, 900, memoryview(b""), ref)])
+    parsed = parse_request(encode_request(request))
+    assert isinstance(parsed, ChunkRequest) and parsed.parts[0].shm == ref and parsed.parts[0].number == 12
+    part = pb.MatteResponse(part=pb.PlanePart(number=12, plane=1, total_bytes=600, shm=ref))
+    reply = parse_response(part.SerializeToString())
+    assert isinstance(reply, PlanePartView) and reply.shm == ref and reply.total_bytes == 600

@@ -504,11 +504,14 @@ class MatteStream:
             raise self._protocol_error(f"a response that does not decode ({response.problem})")
         return response
 
-    def _pack_frame(self, number: int, frame: np.ndarray) -> bytes | memoryview:
-        """The frame's packed bytes; raw samples are a view, copied once when the request is encoded."""
+    def _check_frame(self, number: int, frame: np.ndarray) -> None:
         width, height = self._settings.width, self._settings.height
         if frame.shape != (height, width, 3):
             raise InvalidInputError(f"frame {number}: expected {width}x{height}x3, got {list(frame.shape)}")
+
+    def _pack_frame(self, number: int, frame: np.ndarray) -> bytes | memoryview:
+        """The frame's packed bytes; raw samples are a view, copied once when the request is encoded."""
+        self._check_frame(number, frame)
         samples = np.asarray(frame, self._in_dtype)
         if self._in_transport == pb.TRANSPORT_RAW:
             return wire_bytes(samples)
@@ -527,13 +530,11 @@ class MatteStream:
                 f"a chunk of {len(chunk.frames)} frames needs as many ring slots; the ring has {ring.slots} "
                 f"(ring_slots)"
             )
+        for number, frame in chunk.frames:  # all of them before any slot is taken
+            self._check_frame(number, frame)
         frame_bytes = width * height * 3 * self._in_dtype.itemsize
         parts = []
         for number, frame in chunk.frames:
-            if frame.shape != (height, width, 3):
-                raise InvalidInputError(
-                    f"frame {number}: expected {width}x{height}x3, got {list(frame.shape)}"
-                )
             slot = self._free_slots.popleft()
             offset = slot * ring.slot_bytes
             np.copyto(ring.view(offset, self._in_dtype, (height, width, 3)), frame, casting="unsafe")

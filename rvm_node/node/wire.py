@@ -138,27 +138,32 @@ def _signed(value: int) -> int:
     return value - _U64 if value >= 1 << 63 else value
 
 
-def _frame_part(data: memoryview, start: int, stop: int) -> FramePartView:
-    number = offset = total = 0
+def _part_fields(
+    data: memoryview, start: int, stop: int, varints: int, payload_tag: int
+) -> tuple[list[int], memoryview]:
+    """The varint fields 1..``varints`` (0 when absent; the last occurrence wins, as in protobuf) and the
+    bytes field ``payload_tag`` of a part message, as a view. A slot reference (the field after the
+    payload) leaves the message to protobuf: it is a few bytes."""
+    values = [0] * varints
     payload = data[0:0]
     for tag, wire_type, value in _fields(data, start, stop):
-        if tag in (1, 2, 3):
+        if 1 <= tag <= varints:
             if wire_type != _VARINT:
                 raise _Irregular
-            if tag == 1:
-                number = _signed(value)
-            elif tag == 2:
-                offset = value
-            else:
-                total = value
-        elif tag == 4:
+            values[tag - 1] = value
+        elif tag == payload_tag:
             if wire_type != _LENGTH:
                 raise _Irregular
             payload = data[value[0] : value[1]]
-        elif tag == 5:
-            raise _Irregular  # a slot reference: a few bytes, read by protobuf
+        elif tag == payload_tag + 1:
+            raise _Irregular
         # other fields: unknown to this version, skipped as protobuf skips them
-    return FramePartView(number, offset, total, payload)
+    return values, payload
+
+
+def _frame_part(data: memoryview, start: int, stop: int) -> FramePartView:
+    (number, offset, total), payload = _part_fields(data, start, stop, 3, 4)
+    return FramePartView(_signed(number), offset, total, payload)
 
 
 def _single_field(data: memoryview, wanted: int) -> tuple[int, int]:
@@ -277,27 +282,8 @@ def parse_response(data: bytes) -> PlanePartView | pb.MatteResponse | Undecodabl
     view = memoryview(data)
     try:
         start, stop = _single_field(view, _RESPONSE_PART)
-        number = plane = offset = total = 0
-        payload = view[0:0]
-        for tag, wire_type, value in _fields(view, start, stop):
-            if tag in (1, 2, 3, 4):
-                if wire_type != _VARINT:
-                    raise _Irregular
-                if tag == 1:
-                    number = _signed(value)
-                elif tag == 2:
-                    plane = value
-                elif tag == 3:
-                    offset = value
-                else:
-                    total = value
-            elif tag == 5:
-                if wire_type != _LENGTH:
-                    raise _Irregular
-                payload = view[value[0] : value[1]]
-            elif tag == 6:
-                raise _Irregular  # a slot reference: read by protobuf
-        return PlanePartView(number, plane, offset, total, payload)
+        (number, plane, offset, total), payload = _part_fields(view, start, stop, 4, 5)
+        return PlanePartView(_signed(number), plane, offset, total, payload)
     except _Irregular:
         pass
     message = _parse_message(pb.MatteResponse, data)
