@@ -34,9 +34,9 @@ def per_frame_max(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return diff.reshape(len(a), -1).max(axis=1)
 
 
-def spawn_node(*options: str) -> tuple[subprocess.Popen[str], str]:
+def spawn_node(*options: str, stderr: Any = subprocess.DEVNULL) -> tuple[subprocess.Popen[str], str]:
     """A real `rvm-node serve --port 0` subprocess and the address it printed once SERVING."""
-    return launch.spawn_node(*options)
+    return launch.spawn_node(*options, stderr=stderr)
 
 
 def run_rvm_node(

@@ -515,6 +515,47 @@ def test_sigterm_drains(clip_frames: np.ndarray) -> None:
         process.kill()
 
 
+def test_a_drain_whose_grace_runs_out_ends_streams_as_draining_and_exits_0(
+    clip_frames: np.ndarray, tmp_path: Path
+) -> None:
+    """`serve --grace 1` with two busy streams: both end UNAVAILABLE NODE_DRAINING (so a farm moves the
+    shots), and the node exits 0 instead of aborting under a running pass."""
+    log = (tmp_path / "node.log").open("w")
+    process, address = spawn_node("--grace", "1", "--backend", "onnxruntime", stderr=log)
+    errors: list[BaseException] = []
+
+    def busy(stream: Any) -> None:
+        frame = clip_frames[0].transpose(1, 2, 0)
+        try:
+            for _ in stream.process((n, frame) for n in range(1, 100_000)):
+                pass
+        except BaseException as exc:  # the stream's end is what is checked
+            errors.append(exc)
+
+    try:
+        clients = [NodeClient(address, retries=0) for _ in range(2)]
+        streams = [
+            c.open_stream(width=176, height=144, downsample_ratio=RATIO, transport="raw") for c in clients
+        ]
+        threads = [threading.Thread(target=busy, args=(s,)) for s in streams]
+        for thread in threads:
+            thread.start()
+        time.sleep(1.0)
+        process.send_signal(signal.SIGTERM)
+        for thread in threads:
+            thread.join(60)
+        assert process.wait(timeout=60) == 0
+        assert len(errors) == 2
+        for error in errors:
+            assert isinstance(error, NodeUnavailableError) and error.reason == "NODE_DRAINING", error
+        for client in clients:
+            client.close()
+    finally:
+        process.kill()
+        log.close()
+    assert "terminate called" not in (tmp_path / "node.log").read_text()
+
+
 def test_client_killed_mid_stream_frees_the_slot(
     node: NodeThread, clip_frames: np.ndarray, tmp_path: Path
 ) -> None:

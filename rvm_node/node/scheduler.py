@@ -29,6 +29,7 @@ import numpy as np
 from rvm_node.engine.session import MatteChunk, MattingBackend, MattingSession, batch_key, process_batch
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
+from rvm_node.node.status import StreamRefused
 
 __all__ = ["BatchPolicy", "Scheduler"]
 
@@ -100,8 +101,8 @@ class Scheduler:
         """Matte one ``[T, 3, H, W]`` chunk of ``session``'s stream."""
         item = _Pending(session, frames, batch_key(session, frames), time.monotonic())
         with self._cond:
-            if self._closed:
-                raise InvalidInputError("the node is shutting down")
+            if self._closed:  # the stream ends UNAVAILABLE, so its client moves the shot to another node
+                raise StreamRefused("NODE_DRAINING", "the node is shutting down; use another node")
             self._pending.append(item)
             self._gauge()
             self._cond.notify()
@@ -183,11 +184,14 @@ class Scheduler:
             self.metrics.batch_size.observe(len(batch))
             self.metrics.frames.inc(sum(len(i.frames) for i in batch))
 
-    def close(self) -> None:
-        """Stop the worker; chunks still waiting are cancelled."""
+    def close(self, wait: float = 0.0) -> None:
+        """Stop the worker; chunks still waiting are cancelled. ``wait``: seconds to let a running pass
+        finish, so the process never exits while a backend's own threads are inside it."""
         with self._cond:
             self._closed = True
             for item in self._pending:
                 item.future.cancel()
             self._pending.clear()
             self._cond.notify_all()
+        if wait > 0 and self._thread is not threading.current_thread():
+            self._thread.join(wait)

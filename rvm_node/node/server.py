@@ -31,6 +31,7 @@ __all__ = ["NodeServer", "TlsFiles", "TokenAuthInterceptor", "start_node"]
 log = logging.getLogger("rvm_node.node")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MattingService"].full_name
 _EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+_PASS_WAIT = 60.0  # seconds a drain waits for the forward pass under way
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,11 +113,27 @@ class NodeServer:
     metrics_port: int | None = None
 
     async def drain(self, grace: float) -> None:
-        """Graceful shutdown: NOT_SERVING, refuse new streams, let running ones finish within ``grace``."""
+        """Graceful shutdown: NOT_SERVING, refuse new streams, let running ones finish within ``grace``.
+
+        Streams still running when the grace runs out end with UNAVAILABLE
+        ``NODE_DRAINING``, so their clients move them to another node.
+        """
         self.servicer.draining = True
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace)
-        self.scheduler.close()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace
+        while self.servicer.active_streams and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.servicer.end_streams():
+            log.info("grace ran out: %d streams ended as NODE_DRAINING", self.servicer.active_streams)
+            for _ in range(100):  # their statuses go out
+                if not self.servicer.active_streams:
+                    break
+                await asyncio.sleep(0.02)
+        await self.server.stop(1.0)
+        # The pass under way finishes before the process goes on to exit: a backend's thread pools torn
+        # down under a running pass abort the process ("terminate called without an active exception").
+        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.close, _PASS_WAIT)
         self.servicer.close()
         if self.scheduler.metrics is not None:
             self.scheduler.metrics.close()

@@ -39,7 +39,7 @@ from rvm_node.node.protocol import (
 )
 from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.stages import StageClock, timed
-from rvm_node.node.status import Failure, abort, failure, failure_of, printable
+from rvm_node.node.status import Failure, StreamRefused, abort, failure, failure_of, printable
 from rvm_node.node.stream import Stream, StreamPlan
 from rvm_node.node.wire import Undecodable, encode_response, lenient_parser, parse_request
 from rvm_node.node.workers import LocalStreams, StreamTable
@@ -103,6 +103,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         self.streams = streams or LocalStreams()  # the node's open streams, across workers too
         self.peak_chunks_in_flight = 0  # the most chunks any one stream held at once
         self.draining = False
+        self._streams: set[Stream] = set()
         self._ids = itertools.count(1)
         self.codec = ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="rvm-node-codec"
@@ -114,6 +115,17 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
 
     def close(self) -> None:
         self.codec.shutdown(wait=False, cancel_futures=True)
+
+    def end_streams(self) -> int:
+        """End every running stream with UNAVAILABLE NODE_DRAINING (a drain's grace ran out); how many."""
+        for stream in list(self._streams):
+            stream.stop(
+                StreamRefused(
+                    "NODE_DRAINING",
+                    "the node is shutting down and its grace ran out; continue on another node",
+                )
+            )
+        return len(self._streams)
 
     async def GetNodeInfo(
         self, request: pb.GetNodeInfoRequest | Undecodable, context: Any
@@ -169,6 +181,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         prefix = f"w{self.streams.worker}-" if isinstance(self.streams, StreamTable) else ""
         stream = Stream(self, f"{prefix}s{next(self._ids)}", request_iterator, context)
         failed: Failure | None = None
+        self._streams.add(stream)
         try:
             await stream.run()
         except Exception as exc:  # the service edge: every exception becomes a status
@@ -184,6 +197,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
             else:
                 log.exception("stream %s: %s", stream.stream_id, failed.message)
         finally:
+            self._streams.discard(stream)
             stream.close()
             self.streams.close()
             self._set_active()

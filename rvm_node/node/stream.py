@@ -106,6 +106,7 @@ class Stream:
         self._slots = asyncio.Semaphore(max(1, self.limits.max_chunks_in_flight))
         self._held = 0  # items between the receiver and the end of their sending
         self._passes: set[asyncio.Future[MatteChunk]] = set()  # chunks handed to the scheduler
+        self._stopped: asyncio.Future[None] | None = None
         self.session: MattingSession | None = None
         self.ring: NodeRing | None = None
         self._unpack = timed(servicer.stages, "unpack", self._unpack_frame)
@@ -230,6 +231,27 @@ class Stream:
         return plan, session
 
     async def run(self) -> None:
+        """Serve the stream until it ends, fails, or :meth:`stop` ends it (a drain whose grace ran out)."""
+        self._stopped = asyncio.get_running_loop().create_future()
+        work = asyncio.ensure_future(self._serve())
+        try:
+            await asyncio.wait({work, self._stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if not work.cancelled() and work.exception() is None:
+            return
+        if self._stopped.done():
+            raise self._stopped.exception()  # type: ignore[misc]
+        work.result()  # the stream's own failure
+
+    def stop(self, error: Exception) -> None:
+        """End the stream with ``error`` (its status goes to the client), whatever it is doing."""
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_exception(error)
+
+    async def _serve(self) -> None:
         first = await self._read()
         if first is None:
             return  # an empty stream: nothing to do
