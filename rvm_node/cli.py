@@ -872,6 +872,8 @@ def _node_settings(args: argparse.Namespace) -> dict[str, Any]:
         if args.tls_cert
         else None
     )
+    if tls is not None:
+        tls.load()  # checked before the model loads and before anything binds
     limits = Limits(
         max_streams=args.max_streams,
         idle_timeout=args.idle_timeout,

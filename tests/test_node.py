@@ -828,6 +828,36 @@ def test_serve_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--token-file", str(cert.with_name("empty"))], "the token file is empty"),
         (["--max-streams", "0"], "--max-streams: expected 1 or more"),
         (["--max-frame-pixels", "0"], "--max-frame-pixels: expected 1 or more"),
+        (["--workers", "0"], "--workers: expected 1 or more"),
+        (["--shm", "maybe"], "invalid choice"),
+        (["--shm-group", "no-such-group-here"], "--shm-group: no group named 'no-such-group-here'"),
+    ):
+        assert main(["serve", "--port", "0", *args]) in (EXIT_INPUT, 2)
+        assert message in capsys.readouterr().err
+
+
+def test_tls_files_are_checked_before_anything_loads_or_binds(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing file, junk, or a key of another certificate: one line naming the file, exit 3."""
+    from rvm_node.cli import EXIT_INPUT, main
+
+    key, cert = make_cert(tmp_path, "a")
+    other_key, _ = make_cert(tmp_path, "b")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    for args, message in (
+        (["--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(key)], "missing.pem does not exist"),
+        (
+            ["--tls-cert", str(junk), "--tls-key", str(key)],
+            "are not a PEM certificate chain and its private key",
+        ),
+        (["--tls-cert", str(cert), "--tls-key", str(other_key)], "are not a PEM certificate chain"),
+        (
+            ["--tls-cert", str(cert), "--tls-key", str(key), "--tls-client-ca", str(junk)],
+            "--tls-client-ca: " + str(junk) + " is not a PEM CA certificate",
+        ),
     ):
         assert main(["serve", "--port", "0", *args]) == EXIT_INPUT
-        assert message in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err

@@ -42,6 +42,39 @@ class TlsFiles:
     key: Path
     client_ca: Path | None = None
 
+    def load(self) -> tuple[bytes, bytes, bytes | None]:
+        """(key, certificate chain, client CA) as PEM, each file checked first: one line naming the file
+        that is missing, unreadable or not what it should be (gRPC itself would only fail to bind)."""
+        import ssl
+
+        for where, path in (
+            ("--tls-cert", self.cert),
+            ("--tls-key", self.key),
+            ("--tls-client-ca", self.client_ca),
+        ):
+            if path is not None and not path.is_file():
+                raise InvalidInputError(f"{where}: {path} does not exist or is not a file")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.cert, self.key)
+        except (ssl.SSLError, OSError) as exc:
+            raise InvalidInputError(
+                f"--tls-cert/--tls-key: {self.cert} and {self.key} are not a PEM certificate chain and its "
+                f"private key ({exc.strerror or exc})"
+            ) from None
+        if self.client_ca is not None:
+            try:
+                context.load_verify_locations(cafile=str(self.client_ca))
+            except (ssl.SSLError, OSError) as exc:
+                raise InvalidInputError(
+                    f"--tls-client-ca: {self.client_ca} is not a PEM CA certificate ({exc.strerror or exc})"
+                ) from None
+        return (
+            self.key.read_bytes(),
+            self.cert.read_bytes(),
+            self.client_ca.read_bytes() if self.client_ca is not None else None,
+        )
+
 
 class TokenAuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Requires ``authorization: Bearer <token>`` on every call except health and reflection."""
@@ -195,15 +228,17 @@ async def start_node(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     address = f"{host}:{port}"
-    if tls is None:
-        bound = server.add_insecure_port(address)
-    else:
-        credentials = grpc.ssl_server_credentials(
-            [(tls.key.read_bytes(), tls.cert.read_bytes())],
-            root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
-            require_client_auth=tls.client_ca is not None,
-        )
-        bound = server.add_secure_port(address, credentials)
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            key, chain, client_ca = tls.load()
+            credentials = grpc.ssl_server_credentials(
+                [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+            )
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError:  # gRPC's "Failed to bind": the port is taken, or the address is not this host's
+        bound = 0
     if bound == 0:
         raise InvalidInputError(f"--port: cannot bind {address}")
     if unix_socket is not None:
