@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -557,7 +558,7 @@ def test_a_drain_whose_grace_runs_out_ends_streams_as_draining_and_exits_0(
 
 
 def test_client_killed_mid_stream_frees_the_slot(
-    node: NodeThread, clip_frames: np.ndarray, tmp_path: Path
+    node: NodeThread, clip_frames: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     script = tmp_path / "client.py"
     script.write_text(
@@ -573,9 +574,12 @@ def test_client_killed_mid_stream_frees_the_slot(
     )
     assert process.stdout is not None and process.stdout.readline().strip() == "streaming"
     assert node.active >= 1
-    process.kill()
-    process.wait()
-    assert node.wait_idle() == 0
+    with caplog.at_level(logging.INFO, "rvm_node.node"):
+        process.kill()
+        process.wait()
+        assert node.wait_idle() == 0
+    closed = [r.getMessage() for r in caplog.records if "the client cancelled or went away" in r.getMessage()]
+    assert len(closed) == 1 and "closed after frame 1" in closed[0]  # logged as closed, with why
 
 
 def test_matte_cli_equals_convert(node: NodeThread, tmp_path: Path) -> None:

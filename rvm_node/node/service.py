@@ -18,6 +18,7 @@ stream. Every failure is counted in ``rvm_node_errors_total{code,reason}``.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import os
@@ -196,6 +197,13 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 )
             else:
                 log.exception("stream %s: %s", stream.stream_id, failed.message)
+        except asyncio.CancelledError:  # the client cancelled, went away or was killed
+            log.info(
+                "stream %s closed after frame %d: the client cancelled or went away",
+                stream.stream_id,
+                stream.last_number,
+            )
+            raise
         finally:
             self._streams.discard(stream)
             stream.close()
