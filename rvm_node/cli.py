@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.engine.session import BACKENDS, fastest_parity_backend
-from rvm_node.errors import BackendError, InvalidInputError, NodeError, RvmNodeError, WeightsError
+from rvm_node.errors import (
+    BackendError,
+    InvalidInputError,
+    NodeError,
+    OutputError,
+    RvmNodeError,
+    WeightsError,
+)
 
 __all__ = ["EXIT_BACKEND", "EXIT_ERROR", "EXIT_INPUT", "EXIT_INTERRUPTED", "EXIT_USAGE", "main"]
 
@@ -459,11 +466,9 @@ def _farm_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     print(f"total {time.monotonic() - started:.1f}s", file=sys.stderr)
-    return (
-        0
-        if all(r.status == "done" for r in results.values()) and len(results) == len(shots)
-        else EXIT_BACKEND
-    )
+    if all(r.status == "done" for r in results.values()) and len(results) == len(shots):
+        return 0
+    return EXIT_INPUT if any(r.output_failed for r in results.values()) else EXIT_BACKEND
 
 
 def _farm_bundle(args: argparse.Namespace) -> int:
@@ -1125,7 +1130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rvm-node: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (InvalidInputError, WeightsError) as exc:
+    except (InvalidInputError, WeightsError, OutputError) as exc:
         print(f"rvm-node: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except (BackendError, NodeError) as exc:

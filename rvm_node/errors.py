@@ -19,6 +19,8 @@ The tree::
     ├── BackendError                 a backend cannot run as asked
     │   ├── BackendUnavailableError  (+ ImportError) its package or device is missing
     │   └── UnsupportedPrecisionError the device cannot run that precision
+    ├── OutputError                  (+ OSError) an output could not be written: a full disk, a
+    │                                read-only folder, a quota, a folder deleted under the job
     ├── ExportError                  exporting a model failed
     ├── JobCancelledError            the user cancelled a job (complete frames stay)
     ├── MissingToolError             (+ ImportError) an optional package or tool is not installed
@@ -41,6 +43,8 @@ back what the node sent (``reason``, ``metadata``).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 __all__ = [
     "BackendError",
     "BackendUnavailableError",
@@ -56,6 +60,7 @@ __all__ = [
     "NodeTimeoutError",
     "NodeUnavailableError",
     "NonFiniteSamplesError",
+    "OutputError",
     "ResolutionChangedError",
     "RvmNodeError",
     "StateMismatchError",
@@ -140,6 +145,20 @@ class BackendUnavailableError(BackendError, ImportError):
 
 class UnsupportedPrecisionError(BackendError):
     """The chosen device cannot run the chosen precision."""
+
+
+class OutputError(RvmNodeError, OSError):
+    """An output file could not be written; the message names the file and the frame.
+
+    The frames written before it stay valid, and ``--resume`` continues once
+    the cause is mended.
+    """
+
+    @classmethod
+    def of(cls, path: Path | str, error: BaseException, what: str) -> OutputError:
+        """``path: reason (what)`` from the OSError (or codec error) that stopped the write."""
+        reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
+        return cls(f"{path}: {reason[:1].lower()}{reason[1:]} ({what})")
 
 
 class ExportError(RvmNodeError):

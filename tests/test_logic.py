@@ -7,8 +7,11 @@ carried from chunk to chunk and across a resume, a shot moved between nodes, a r
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -267,3 +270,74 @@ def test_a_shot_the_nodes_refuse_fails_once_and_the_nodes_stay_up(
             server.stop()
     assert [(e.kind, e.result.retries, len(e.result.nodes)) for e in finals] == [("failed", 0, 1)]
     assert "exceeds this node's limits" in finals[0].message
+
+
+@contextlib.contextmanager
+def _small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` at ``path``: a disk that fills up for real (mounting needs root)."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def _grow(path: Path, size: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(path)], check=True)
+
+
+def test_a_full_disk_is_one_line_naming_file_and_frame_and_resume_finishes(
+    standin_node: NodeThread, standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    """`rvm-node matte` into a disk that fills up: exit 3, one line, frames before it valid; `--resume`
+    after freeing space gives the same mattes as one uninterrupted run."""
+    from tests.helpers import run_rvm_node
+
+    frames = {"frames": FrameRange(1, 90), "downsample_ratio": 0.5, "progress": False}
+    convert_video(standin, clip, output_alpha=tmp_path / "ref" / "m.####.png", **frames)
+    with _small_disk(tmp_path / "disk", "160k") as disk:
+        command = ["matte", "--node", standin_node.address, "--input-source", str(clip), "--frames", "1-90"]
+        command += [
+            "--downsample-ratio",
+            "0.5",
+            "--output-alpha",
+            str(disk / "m.####.png"),
+            "--disable-progress",
+        ]
+        full = run_rvm_node(*command, check=False)
+        assert full.returncode == 3, full.stderr
+        lines = full.stderr.strip().splitlines()
+        assert len(lines) == 1 and re.fullmatch(
+            rf"rvm-node: error: {re.escape(str(disk))}/(m\.\d{{4}}\.png|\.m\.rvmstate\.1\.npz): "
+            r"no space left on device \((frame \d+|the checkpoint after frame \d+)\)",
+            lines[0],
+        ), lines
+        kept = _pngs(disk)
+        assert 0 < len(kept) < 90 and all(kept[name] == _pngs(tmp_path / "ref")[name] for name in kept)
+        _grow(disk, "20m")
+        resumed = run_rvm_node(*command, "--resume", check=False)
+        assert resumed.returncode == 0, resumed.stderr
+        assert _pngs(disk) == _pngs(tmp_path / "ref")
+
+
+def test_a_farm_shot_on_a_full_disk_fails_naming_file_and_frame(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    servers = [NodeThread(standin)]
+    pool = NodePool([s.address for s in servers])
+    try:
+        with _small_disk(tmp_path / "disk", "120k") as disk:
+            shots = load_shot_list(_shot_list(tmp_path / "s.toml", clip, disk, {"a": "1-90"}))
+            finals = [e for e in run_shots(shots, pool, backoff=0.05) if e.final]
+    finally:
+        pool.close()
+        for server in servers:
+            server.stop()
+    (final,) = finals
+    assert final.kind == "failed" and final.result.output_failed and final.result.retries == 0
+    assert "no space left on device" in final.result.reason and str(disk) in final.result.reason

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from rvm_node.engine.session import RecurrentState
+from rvm_node.errors import OutputError
 from rvm_node.fsutil import atomic_write_bytes
 from rvm_node.io.sequence import FramePattern
 
@@ -45,7 +46,10 @@ def save_checkpoint(path: Path, state: RecurrentState, number: int, fingerprint:
         "variant": state.variant,
     }
     np.savez(buffer, r1=state.r1, r2=state.r2, r3=state.r3, r4=state.r4, meta=np.array(json.dumps(meta)))
-    atomic_write_bytes(path, buffer.getvalue())
+    try:
+        atomic_write_bytes(path, buffer.getvalue())
+    except OSError as exc:
+        raise OutputError.of(path, exc, f"the checkpoint after frame {number}") from exc
 
 
 def load_checkpoint(path: Path, fingerprint: dict[str, Any]) -> tuple[int, RecurrentState] | None:

@@ -32,6 +32,7 @@ from rvm_node.errors import (
     NodeBusyError,
     NodeError,
     NodeRejectedError,
+    OutputError,
     RvmNodeError,
 )
 from rvm_node.events import ENDS, EventKind, ProgressEvent, eta_of
@@ -51,6 +52,7 @@ class ShotResult:
     retries: int = 0
     seconds: float = 0.0
     reason: str = ""
+    output_failed: bool = False  # an output could not be written (a full disk, ...): no node is at fault
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,9 @@ class _FarmRun:
             again = self._retry(attempt, node, exc)
         except JobCancelledError as exc:
             self._end(shot, "cancelled", str(exc), node.address)
+        except OutputError as exc:  # names the file and the frame; the frames before it stay valid
+            result.output_failed = True
+            self._end(shot, "failed", str(exc), node.address)
         except RvmNodeError as exc:
             self._end(shot, "failed", str(exc), node.address)
         else:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from rvm_node.engine.samples import SampleFormat, to_samples, to_unit_float
-from rvm_node.errors import InvalidInputError
+from rvm_node.errors import InvalidInputError, OutputError
 from rvm_node.fsutil import remove_temporaries, temporary_path
 from rvm_node.io.images import read_image, write_exr, write_image
 from rvm_node.io.sequence import FramePattern
@@ -193,6 +193,12 @@ class SequenceWriter(FrameWriter):
 
     def write(self, number: int, image: np.ndarray) -> None:
         path = self.path(number)
+        try:
+            self._write(path, image)
+        except OSError as exc:  # a full disk, a read-only folder, a quota: one line naming file and frame
+            raise OutputError.of(path, exc, f"frame {number}") from exc
+
+    def _write(self, path: Path, image: np.ndarray) -> None:
         if self.ext == ".exr":
             if self.kind == "alpha":
                 write_exr(path, image, self.settings.exr_channels)  # RGBA: R = G = B = A = matte
@@ -277,7 +283,13 @@ class VideoWriter(FrameWriter):
     def _stored_format(self) -> SampleFormat:
         return "uint16" if self._alpha else "uint8"
 
-    def write(self, number: int, image: np.ndarray) -> None:  # noqa: ARG002 - videos are numbered by position
+    def write(self, number: int, image: np.ndarray) -> None:
+        try:
+            self._encode(image)
+        except OSError as exc:  # PyAV's errors are OSErrors too
+            raise OutputError.of(self.path, exc, f"frame {number}") from exc
+
+    def _encode(self, image: np.ndarray) -> None:
         import av
 
         if image.ndim == 2:
@@ -305,11 +317,14 @@ class VideoWriter(FrameWriter):
             self._audio_source.close()
 
     def close(self) -> None:
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._copy_audio()
-        self._container.close()
-        self._tmp.replace(self.path)
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._copy_audio()
+            self._container.close()
+            self._tmp.replace(self.path)
+        except OSError as exc:
+            raise OutputError.of(self.path, exc, "finishing the video") from exc
 
     def abort(self) -> None:
         if not self._tmp.exists():
