@@ -341,3 +341,37 @@ def test_a_farm_shot_on_a_full_disk_fails_naming_file_and_frame(
     (final,) = finals
     assert final.kind == "failed" and final.result.output_failed and final.result.retries == 0
     assert "no space left on device" in final.result.reason and str(disk) in final.result.reason
+
+
+def test_matte_keeps_the_frames_before_a_corrupt_plate_frame(
+    standin_node: NodeThread, standin: StandInBackend, clip_frames: np.ndarray, tmp_path: Path
+) -> None:
+    """As `convert` does: the frames before the bad one are written (and match), then one line, exit 3."""
+    from rvm_node.io.images import write_image
+    from tests.helpers import run_rvm_node
+
+    plate = tmp_path / "plate"
+    for n in range(1, 31):
+        write_image(plate / f"p.{n:04d}.png", np.ascontiguousarray(clip_frames[n - 1].transpose(1, 2, 0)))
+    (plate / "p.0021.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")
+    command = ["--input-source", str(plate / "p.####.png"), "--seq-chunk", "4", "--disable-progress"]
+    result = run_rvm_node(
+        "matte",
+        "--node",
+        standin_node.address,
+        *command,
+        "--output-alpha",
+        str(tmp_path / "n" / "m.####.png"),
+        check=False,
+    )
+    assert result.returncode == 3 and "p.0021.png" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    convert_video(
+        standin,
+        plate / "p.####.png",
+        output_alpha=tmp_path / "l" / "m.####.png",
+        frames=FrameRange(1, 20),
+        progress=False,
+    )
+    assert sorted(_pngs(tmp_path / "n")) == [f"m.{n:04d}.png" for n in range(1, 21)]
+    assert _pngs(tmp_path / "n") == _pngs(tmp_path / "l")

@@ -156,21 +156,29 @@ class RemoteBackend(MattingBackend[_RemoteState]):
         src, ratio = session.admit(job.frames)  # the first chunk opens the stream
         state, stream = self._stream_for(src, session.state, ratio, session.outputs)
 
+        failed: list[BaseException] = []
+
         def chunks() -> Iterator[StreamChunk]:
             nonlocal job, src
             while job is not None:
                 frames = self._numbered(src, state.next_number)
                 state.next_number += len(frames)
                 yield StreamChunk(frames, snapshot=job.snapshot, tag=(job, src))
-                job = next(iterator, None)
-                if job is not None:
-                    src, _ = session.admit(job.frames)
+                try:
+                    job = next(iterator, None)
+                    if job is not None:
+                        src, _ = session.admit(job.frames)
+                except Exception as exc:  # a frame that cannot be read: the frames before it still land
+                    failed.append(exc)
+                    return
 
         for reply in stream.process_chunks(chunks(), window_bytes=self.window_bytes):
             done_job, done_src = reply.tag
             session.commit(state, done_src, ratio)
             snapshot = reply.snapshot[1] if reply.snapshot is not None else None
             yield ChunkDone(done_job, self._chunk(reply.results, session.outputs), snapshot)
+        if failed:
+            raise failed[0]
 
     def state_to_host(self, state: _RemoteState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if state.stream is None:
