@@ -375,3 +375,27 @@ def test_matte_keeps_the_frames_before_a_corrupt_plate_frame(
     )
     assert sorted(_pngs(tmp_path / "n")) == [f"m.{n:04d}.png" for n in range(1, 21)]
     assert _pngs(tmp_path / "n") == _pngs(tmp_path / "l")
+
+
+def test_farm_events_carry_the_frame_the_total_and_the_real_rate(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    shot_list = tmp_path / "s.toml"
+    shot_list.write_text(
+        f'[[shot]]\nname = "whole"\ninput = "{clip}"\noutput_alpha = "{tmp_path}/o/m.####.png"\n'
+        f'[[shot]]\nname = "part"\ninput = "{clip}"\nframes = "5-16"\noutput_alpha = "{tmp_path}/p/m.####.png"\n'
+    )
+    server = NodeThread(standin)
+    pool = NodePool([server.address])
+    try:
+        events = [e.progress() for e in run_shots(load_shot_list(shot_list), pool)]
+    finally:
+        pool.close()
+        server.stop()
+    clip_length = len(list((tmp_path / "o").glob("m.*.png")))
+    for shot, total, first in (("whole", clip_length, 1), ("part", 12, 5)):
+        frames = [e for e in events if e.shot == shot and e.kind == "frame"]
+        assert [e.frame for e in frames] == list(range(first, first + total)), shot
+        assert {e.total for e in frames} == {total}, shot
+        (done,) = [e for e in events if e.shot == shot and e.kind == "done"]
+        assert done.total == total and done.done == total and done.fps > 0, shot

@@ -89,6 +89,8 @@ class ConvertJob:
     progress: str = "bar"
     # Called from the writer thread with each frame number once it is written (or queued to the pool).
     on_frame: Callable[[int], None] | None = None
+    # Called once the source is open with the number of frames in the shot (None for a stream of unknown length).
+    on_total: Callable[[int | None], None] | None = None
     # Set from another thread to stop after the current chunk; run_job then raises JobCancelledError.
     cancel: threading.Event | None = None
 
@@ -390,6 +392,8 @@ def run_job(job: ConvertJob) -> ConvertReport:
     count = len(numbers) if numbers is not None else None
     if count == 0:
         raise InvalidInputError(f"{job.input_source}: zero frames to process")
+    if job.on_total is not None:
+        job.on_total(count)
     writers: list[FrameWriter] = []
     try:
         for kind, target in job.outputs.items():

@@ -65,6 +65,7 @@ class FarmEvent:
     result: ShotResult
     fps: float = 0.0
     message: str = ""
+    frame: int | None = None  # the frame just written, on `frame` events
 
     @property
     def eta(self) -> float | None:
@@ -82,6 +83,7 @@ class FarmEvent:
             self.kind,
             shot=self.shot,
             node=self.node,
+            frame=self.frame,
             done=self.result.frames,
             total=self.result.total,
             fps=self.fps,
@@ -176,11 +178,11 @@ class _FarmRun:
     def _post(self, kind: EventKind, shot: Shot, node: str | None, **extra: Any) -> None:
         self.queue.put(FarmEvent(kind, shot.name, node, self.results[shot.name], **extra))
 
-    def _end(self, shot: Shot, status: EventKind, reason: str, node: str | None) -> None:
+    def _end(self, shot: Shot, status: EventKind, reason: str, node: str | None, fps: float = 0.0) -> None:
         """The shot's last event: done, failed or cancelled."""
         result = self.results[shot.name]
         result.status, result.reason = status, reason
-        self._post(status, shot, node, message=reason)
+        self._post(status, shot, node, message=reason, fps=fps)
         with self._lock:
             self.remaining -= 1
             if self.remaining == 0:
@@ -218,7 +220,8 @@ class _FarmRun:
             self._end(shot, "failed", str(exc), node.address)
         else:
             result.total = report.frames_written + report.frames_skipped
-            self._end(shot, "done", "", node.address)
+            fps = report.frames_written / max(time.monotonic() - started, 1e-9)
+            self._end(shot, "done", "", node.address, fps=fps)  # this attempt's real rate
         finally:
             result.seconds += time.monotonic() - started
             self.pool.release(node, failed=node_failed)
@@ -234,11 +237,18 @@ class _FarmRun:
             )
         written = [0]
 
-        def on_frame(_number: int) -> None:
+        def on_total(count: int | None) -> None:  # the shot's length, once its source is open
+            if result.total is None and count is not None:
+                offset = (
+                    shot.write_from - shot.frames.first if shot.write_from is not None and shot.frames else 0
+                )
+                result.total = count - max(0, offset)
+
+        def on_frame(number: int) -> None:
             written[0] += 1
             result.frames += 1
             fps = written[0] / max(time.monotonic() - started, 1e-9)
-            self._post("frame", shot, node.address, fps=fps)
+            self._post("frame", shot, node.address, fps=fps, frame=number)
 
         return ConvertJob(
             backend=RemoteBackend(node.client, label=shot.name),
@@ -257,6 +267,7 @@ class _FarmRun:
             state_every=self.checkpoint_every,
             progress="off",
             on_frame=on_frame,
+            on_total=on_total,
             write_from=shot.write_from,
             cancel=self.cancel,
         )
