@@ -28,6 +28,7 @@ from rvm_node.errors import (
     InvalidInputError,
     NodeError,
     OutputError,
+    OutputInUseError,
     RvmNodeError,
     WeightsError,
 )
@@ -1130,7 +1131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rvm-node: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (InvalidInputError, WeightsError, OutputError) as exc:
+    except (InvalidInputError, WeightsError, OutputError, OutputInUseError) as exc:
         print(f"rvm-node: error: {exc}", file=sys.stderr)
         return EXIT_INPUT
     except (BackendError, NodeError) as exc:

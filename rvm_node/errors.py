@@ -21,6 +21,7 @@ The tree::
     │   └── UnsupportedPrecisionError the device cannot run that precision
     ├── OutputError                  (+ OSError) an output could not be written: a full disk, a
     │                                read-only folder, a quota, a folder deleted under the job
+    ├── OutputInUseError             another run is writing the same output (its lock names it)
     ├── ExportError                  exporting a model failed
     ├── JobCancelledError            the user cancelled a job (complete frames stay)
     ├── MissingToolError             (+ ImportError) an optional package or tool is not installed
@@ -61,6 +62,7 @@ __all__ = [
     "NodeUnavailableError",
     "NonFiniteSamplesError",
     "OutputError",
+    "OutputInUseError",
     "ResolutionChangedError",
     "RvmNodeError",
     "StateMismatchError",
@@ -159,6 +161,10 @@ class OutputError(RvmNodeError, OSError):
         """``path: reason (what)`` from the OSError (or codec error) that stopped the write."""
         reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
         return cls(f"{path}: {reason[:1].lower()}{reason[1:]} ({what})")
+
+
+class OutputInUseError(RvmNodeError):
+    """Another run holds the lock beside an output; the message names the output and the holder."""
 
 
 class ExportError(RvmNodeError):

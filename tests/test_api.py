@@ -34,6 +34,8 @@ def test_exported_names_are_pinned() -> None:
             "NodeUnavailableError",
             "NonFiniteSamplesError",
             "OpenVinoOptions",
+            "OutputError",
+            "OutputInUseError",
             "OrtOptions",
             "RecurrentState",
             "ResolutionChangedError",
@@ -66,6 +68,7 @@ def test_every_error_derives_from_the_root_and_is_documented() -> None:
     assert issubclass(errors.WeightsNotFoundError, FileNotFoundError)
     assert issubclass(errors.InvalidInputError, ValueError)
     assert issubclass(errors.BackendUnavailableError, ImportError)
+    assert issubclass(errors.OutputError, OSError)
 
 
 def test_import_has_no_side_effects(tmp_path: Path) -> None:

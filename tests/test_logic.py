@@ -12,7 +12,9 @@ import os
 import re
 import stat
 import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -399,3 +401,91 @@ def test_farm_events_carry_the_frame_the_total_and_the_real_rate(
         assert {e.total for e in frames} == {total}, shot
         (done,) = [e for e in events if e.shot == shot and e.kind == "done"]
         assert done.total == total and done.done == total and done.fps > 0, shot
+
+
+def test_two_runs_on_one_output_one_refuses_naming_the_other(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    """Started together with different ratios: one refuses, and the sequence is all of the other."""
+    from rvm_node.errors import OutputInUseError
+
+    target = tmp_path / "shared" / "m.####.png"
+    outcomes: dict[float, BaseException | None] = {}
+    started = threading.Barrier(2)
+
+    def run(ratio: float) -> None:
+        started.wait()
+        try:
+            convert_video(
+                standin,
+                clip,
+                output_alpha=target,
+                frames=FrameRange(1, 40),
+                downsample_ratio=ratio,
+                progress=False,
+            )
+            outcomes[ratio] = None
+        except BaseException as exc:
+            outcomes[ratio] = exc
+
+    threads = [threading.Thread(target=run, args=(ratio,)) for ratio in (0.5, 1.0)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    refused = [r for r, exc in outcomes.items() if exc is not None]
+    assert len(refused) == 1 and isinstance(outcomes[refused[0]], OutputInUseError)
+    message = str(outcomes[refused[0]])
+    assert (
+        str(target) in message and f"pid {os.getpid()}" in message and "another run is writing it" in message
+    )
+    winner = next(r for r, exc in outcomes.items() if exc is None)
+    convert_video(
+        standin,
+        clip,
+        output_alpha=tmp_path / "ref" / "m.####.png",
+        frames=FrameRange(1, 40),
+        downsample_ratio=winner,
+        progress=False,
+    )
+    assert _pngs(target.parent) == _pngs(tmp_path / "ref")
+    assert not list(target.parent.glob(".*rvmlock"))  # released and removed
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_from_another_host_is_not(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    import json
+    import socket
+
+    from rvm_node.errors import OutputInUseError
+    from rvm_node.io.outlock import STALE_SECONDS, lock_path
+
+    target = tmp_path / "o" / "m.####.png"
+    lock = lock_path(target.parent, "m.")
+    lock.parent.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    records = {
+        "a killed run on this host": {
+            "host": socket.gethostname(),
+            "pid": int(dead.stdout),
+            "pid_start": 1,
+            "since": 0.0,
+        },
+        "another host, silent for long": {"host": "farm-07", "pid": 4242, "pid_start": 9, "since": 0.0},
+    }
+    for what, record in records.items():
+        lock.write_text(json.dumps(record))
+        if what.startswith("another host"):
+            os.utime(lock, (time.time() - STALE_SECONDS - 5,) * 2)
+        convert_video(
+            standin, clip, output_alpha=target, frames=FrameRange(1, 4), progress=False, overwrite=True
+        )
+        assert not lock.exists(), what
+    lock.write_text(json.dumps({"host": "farm-07", "pid": 4242, "pid_start": 9, "since": time.time()}))
+    with pytest.raises(OutputInUseError, match=r"host farm-07, pid 4242.*locks are not exclusive"):
+        convert_video(
+            standin, clip, output_alpha=target, frames=FrameRange(1, 4), progress=False, overwrite=True
+        )

@@ -39,6 +39,7 @@ from rvm_node.convert.progress import Progress
 from rvm_node.engine.samples import OutputSpec, finest_format
 from rvm_node.engine.session import ChunkJob, MattingBackend, RecurrentState, check_downsample_ratio
 from rvm_node.errors import InvalidInputError, JobCancelledError
+from rvm_node.io.outlock import OutputLock, lock_path
 from rvm_node.io.sequence import FramePattern, FrameRange
 from rvm_node.io.sources import FrameSource, SourceFrame, open_source
 from rvm_node.io.writers import (
@@ -165,6 +166,21 @@ def _make_writer(
     rate = job.frame_rate or source.rate or Fraction(24)
     audio = source.path if source.has_audio else None
     return VideoWriter(kind, path, rate=rate, size=size, settings=settings, audio_from=audio)
+
+
+def _lock_targets(job: ConvertJob) -> list[tuple[str, Path]]:
+    """(output, its lock file) for every output of the job."""
+    targets = []
+    for target in job.outputs.values():
+        pattern = FramePattern.detect(target)
+        path = Path(target)
+        if pattern is not None:
+            targets.append((target, lock_path(pattern.directory, pattern.prefix)))
+        elif job.output_type == "png_sequence" and path.suffix.lower() not in VIDEO_EXTS:
+            targets.append((target, lock_path(path, "")))  # the official directory of 0000.png, ...
+        else:
+            targets.append((target, lock_path(path)))
+    return targets
 
 
 def encoder_threads() -> int:
@@ -396,9 +412,10 @@ def run_job(job: ConvertJob) -> ConvertReport:
         job.on_total(count)
     writers: list[FrameWriter] = []
     try:
-        for kind, target in job.outputs.items():
-            writers.append(_make_writer(job, kind, target, source, count))
-        return _run_writers(job, source, writers, numbers)
+        with OutputLock(_lock_targets(job)):  # one run per output: a second one refuses, naming the first
+            for kind, target in job.outputs.items():
+                writers.append(_make_writer(job, kind, target, source, count))
+            return _run_writers(job, source, writers, numbers)
     except BaseException:
         for w in writers:
             w.abort()  # a no-op for finished outputs and for image sequences

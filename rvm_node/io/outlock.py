@@ -1,0 +1,160 @@
+"""One writer per output: an advisory lock beside every output a run writes.
+
+Two runs of one shot (two artists, or a farm task submitted twice) would
+otherwise both write the sequence and leave it a mix of their frames. A run
+takes ``.<name>rvmlock`` beside each of its outputs before it writes
+anything, and a second run refuses with one line naming the holder.
+
+The lock is an ``flock`` on the file, which the kernel releases when the
+holder dies, however it dies. Some NFS setups do not make ``flock``
+exclusive across hosts, so the file also records the holder (host, PID,
+process start, time); a run whose ``flock`` succeeded still refuses while
+that holder is alive: on the same host, its process still runs; on another
+host, it has touched the file within :data:`STALE_SECONDS` (holders touch it
+every :data:`HEARTBEAT_SECONDS`). A holder that is gone is taken over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+
+from rvm_node.errors import OutputInUseError
+
+__all__ = ["HEARTBEAT_SECONDS", "STALE_SECONDS", "LockHolder", "OutputLock", "lock_path"]
+
+HEARTBEAT_SECONDS = 30.0
+STALE_SECONDS = 180.0
+_SUFFIX = "rvmlock"
+
+
+def lock_path(target: Path, prefix: str | None = None) -> Path:
+    """The lock file of an output: beside a sequence's frames (``prefix``: its name before the frame
+    field), or beside a single file."""
+    name = f".{prefix}{_SUFFIX}" if prefix is not None else f".{target.name}.{_SUFFIX}"
+    return (target if prefix is not None else target.parent) / name
+
+
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` in clock ticks since boot; None when it does not run."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rindex(")") + 2 :].split()[19])
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    host: str
+    pid: int
+    pid_start: int | None
+    since: float
+
+    @staticmethod
+    def me() -> LockHolder:
+        return LockHolder(socket.gethostname(), os.getpid(), _process_start(os.getpid()), time.time())
+
+    def describe(self) -> str:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
+        return f"host {self.host}, pid {self.pid}, since {started}"
+
+    def alive(self, path: Path) -> bool:
+        """Whether the run this record names still holds its lock (see the module docstring)."""
+        if self.host == socket.gethostname():
+            return self.pid_start is not None and _process_start(self.pid) == self.pid_start
+        try:
+            return time.time() - path.stat().st_mtime < STALE_SECONDS
+        except OSError:
+            return False
+
+
+def _read(fd: int) -> LockHolder | None:
+    try:
+        record = json.loads(os.pread(fd, 4096, 0) or b"null")
+        return LockHolder(**record) if isinstance(record, dict) else None
+    except (OSError, ValueError, TypeError):
+        return None  # empty, or written by something else: nobody holds it
+
+
+class OutputLock:
+    """Holds the locks of ``targets`` (``(output, lock file)`` pairs) while the run writes."""
+
+    def __init__(self, targets: Iterable[tuple[str, Path]]) -> None:
+        self._targets = sorted(dict((path, output) for output, path in targets).items())
+        self._held: list[tuple[Path, int]] = []
+        self._me = LockHolder.me()
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            for path, output in self._targets:
+                self._held.append((path, self._take(path, output)))
+        except BaseException:
+            self._release()
+            raise
+        if self._held:
+            self._heartbeat = threading.Thread(target=self._beat, name="rvm-output-lock", daemon=True)
+            self._heartbeat.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._release()
+
+    def _take(self, path: Path, output: str) -> int:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(10):
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _read(fd)
+                os.close(fd)
+                raise OutputInUseError(
+                    f"{output}: another run is writing it ({holder.describe() if holder else 'its holder is unknown'}); "
+                    "wait for it to finish, or stop it"
+                ) from None
+            try:
+                if os.fstat(fd).st_ino != os.stat(path).st_ino:  # released and removed meanwhile: again
+                    os.close(fd)
+                    continue
+            except FileNotFoundError:
+                os.close(fd)
+                continue
+            holder = _read(fd)
+            if holder is not None and holder != self._me and holder.alive(path):
+                os.close(fd)
+                raise OutputInUseError(
+                    f"{output}: another run is writing it ({holder.describe()}; its lock file says so, where "
+                    "this storage's locks are not exclusive); wait for it to finish, or stop it"
+                )
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(asdict(self._me)).encode(), 0)
+            return fd
+        raise OutputInUseError(f"{output}: its lock file {path} keeps changing; another run is starting")
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_SECONDS):
+            for path, _ in self._held:
+                with contextlib.suppress(OSError):
+                    os.utime(path)
+
+    def _release(self) -> None:
+        self._stop.set()
+        for path, fd in reversed(self._held):
+            with contextlib.suppress(OSError):
+                path.unlink()  # while still locked: a run that opens it now gets a new file
+            os.close(fd)
+        self._held.clear()
