@@ -211,6 +211,11 @@ def _add_shot_options(convert: argparse.ArgumentParser) -> None:
     ours.add_argument("--bit-depth", type=int, choices=[8, 16], default=16, help="PNG bit depth")
     ours.add_argument("--premultiplied", action="store_true", help="premultiply the foreground")
     ours.add_argument(
+        "--group-writable",
+        action="store_true",
+        help="give outputs, checkpoints and the folders made for them group read and write (default: the umask's)",
+    )
+    ours.add_argument(
         "--background", default=None, help="composition background: R,G,B (0..255), an image or a video"
     )
     ours.add_argument("--video-codec", choices=["h264", "prores4444"], default=None)
@@ -294,6 +299,7 @@ def _add_farm_shots(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--exr-channels", choices=["RGBA", "A"], default=None)
     parser.add_argument("--bit-depth", type=int, choices=[8, 16], default=None)
     parser.add_argument("--premultiplied", action="store_true", default=None)
+    parser.add_argument("--group-writable", action="store_true", default=None)
     parser.add_argument("--background", default=None)
     parser.add_argument("--allow-gaps", action="store_true", default=None)
     parser.add_argument("--retries", type=int, default=3, help="attempts per shot after the first")
@@ -999,6 +1005,7 @@ def _convert(args: argparse.Namespace) -> int:
         exr_channels=args.exr_channels,
         bit_depth=args.bit_depth,
         premultiplied=args.premultiplied,
+        group_writable=args.group_writable,
         video_mbps=args.output_video_mbps,
         video_codec=args.video_codec,
     )

@@ -12,7 +12,8 @@ caller owns, never those another job may be writing in the same folder.
 Modes: a file written here gets the mode ``open()`` would give a new file
 under the process's umask (``0o666 & ~umask``), so artists and other
 accounts on shared storage read what a farm wrote; ``private=True`` (caches,
-weights) keeps a file to its owner (``0o600``).
+weights) keeps a file to its owner (``0o600``), and ``group_writable`` adds
+group read and write for studios whose artists share outputs.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "atomic_write_bytes",
     "current_umask",
     "is_temporary",
+    "make_directory",
     "new_file_mode",
     "remove_temporaries",
     "temporary_owner",
@@ -54,9 +56,26 @@ def current_umask() -> int:
     return mask
 
 
-def new_file_mode(*, private: bool = False) -> int:
-    """The mode of a new file: what ``open()`` gives under the umask, or owner-only when ``private``."""
-    return 0o600 if private else 0o666 & ~current_umask()
+def new_file_mode(*, private: bool = False, group_writable: bool = False) -> int:
+    """The mode of a new file: what ``open()`` gives under the umask, or owner-only when ``private``;
+    ``group_writable`` adds group read and write (studios whose artists share outputs)."""
+    if private:
+        return 0o600
+    return (0o666 & ~current_umask()) | (0o060 if group_writable else 0)
+
+
+def make_directory(path: Path, *, group_writable: bool = False) -> None:
+    """``path`` and any missing parents, as ``mkdir`` makes them; ``group_writable`` gives the folders it
+    creates group read, write and search too."""
+    missing = []
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    path.mkdir(parents=True, exist_ok=True)
+    if group_writable:
+        for created in missing:
+            created.chmod((0o777 & ~current_umask()) | 0o070)
 
 
 def is_temporary(path: Path) -> bool:
@@ -96,7 +115,9 @@ def remove_temporaries(directory: Path, owned: Callable[[str], bool]) -> int:
     return removed
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], *, private: bool = False) -> None:
+def atomic_write(
+    path: Path, write: Callable[[Path], None], *, private: bool = False, group_writable: bool = False
+) -> None:
     """Call ``write(tmp)`` for a temporary path beside ``path``, then move it into place.
 
     The temporary name keeps the final extension, so encoders that look at it
@@ -104,7 +125,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, private: bool = F
     :func:`new_file_mode` (``mkstemp``'s 0600 is replaced before the rename,
     whatever ``write`` did to the temporary).
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_directory(path.parent, group_writable=group_writable)
     fd, name = tempfile.mkstemp(
         prefix=f".{path.stem}.", suffix=f"{TEMPORARY_MARK}{path.suffix}", dir=path.parent
     )
@@ -113,7 +134,7 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, private: bool = F
     try:
         write(tmp)
         with tmp.open("rb+") as handle:
-            os.fchmod(handle.fileno(), new_file_mode(private=private))
+            os.fchmod(handle.fileno(), new_file_mode(private=private, group_writable=group_writable))
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -121,10 +142,12 @@ def atomic_write(path: Path, write: Callable[[Path], None], *, private: bool = F
         raise
 
 
-def atomic_write_bytes(path: Path, data: bytes, *, private: bool = False) -> None:
+def atomic_write_bytes(
+    path: Path, data: bytes, *, private: bool = False, group_writable: bool = False
+) -> None:
     """Write ``data`` to ``path`` atomically (owner-only when ``private``)."""
 
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)
 
-    atomic_write(path, write, private=private)
+    atomic_write(path, write, private=private, group_writable=group_writable)

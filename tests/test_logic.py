@@ -8,6 +8,7 @@ carried from chunk to chunk and across a resume, a shot moved between nodes, a r
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import stat
@@ -489,3 +490,46 @@ def test_a_stale_lock_is_taken_over_and_a_live_one_from_another_host_is_not(
         convert_video(
             standin, clip, output_alpha=target, frames=FrameRange(1, 4), progress=False, overwrite=True
         )
+
+
+def test_group_writable_outputs_for_studios_that_share_them(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    from rvm_node.io.writers import WriterSettings
+
+    previous = os.umask(0o022)
+    try:
+        cancel = threading.Event()
+        job = ConvertJob(
+            backend=standin,
+            input_source=str(clip),
+            outputs={
+                "alpha": str(tmp_path / "new" / "deep" / "m.####.exr"),
+                "foreground": str(tmp_path / "f.mp4"),
+            },
+            frames=FrameRange(1, 12),
+            seq_chunk=2,
+            state_every=2,
+            settings=WriterSettings(group_writable=True),
+            progress="off",
+            cancel=cancel,
+            on_frame=lambda n: cancel.set() if n == 6 else None,
+        )
+        with pytest.raises(JobCancelledError):
+            run_job(job)
+        job = dataclasses.replace(
+            job, cancel=None, on_frame=None, resume=True, outputs={"alpha": job.outputs["alpha"]}
+        )
+        run_job(dataclasses.replace(job, outputs={"foreground": str(tmp_path / "g.mp4")}, resume=False))
+    finally:
+        os.umask(previous)
+    frames = tmp_path / "new" / "deep"
+    assert {stat.S_IMODE(p.stat().st_mode) for p in frames.iterdir()} == {0o664}  # frames and the checkpoint
+    assert {p.suffix for p in frames.iterdir()} == {".exr", ".npz"}
+    assert stat.S_IMODE(frames.stat().st_mode) == stat.S_IMODE(frames.parent.stat().st_mode) == 0o775
+    assert stat.S_IMODE((tmp_path / "g.mp4").stat().st_mode) == 0o664
+    shot_list = tmp_path / "s.toml"
+    shot_list.write_text(
+        f'[[shot]]\ninput = "{clip}"\ngroup_writable = true\noutput_alpha = "o/m.####.png"\n'
+    )
+    assert load_shot_list(shot_list)[0].settings.group_writable

@@ -35,7 +35,14 @@ def checkpoint_path(pattern: FramePattern, first_frame: int) -> Path:
     return pattern.directory / f".{pattern.prefix}rvmstate.{first_frame}.npz"
 
 
-def save_checkpoint(path: Path, state: RecurrentState, number: int, fingerprint: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: Path,
+    state: RecurrentState,
+    number: int,
+    fingerprint: dict[str, Any],
+    *,
+    group_writable: bool = False,
+) -> None:
     buffer = io.BytesIO()
     meta = {
         "fingerprint": fingerprint,
@@ -47,7 +54,7 @@ def save_checkpoint(path: Path, state: RecurrentState, number: int, fingerprint:
     }
     np.savez(buffer, r1=state.r1, r2=state.r2, r3=state.r3, r4=state.r4, meta=np.array(json.dumps(meta)))
     try:
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_write_bytes(path, buffer.getvalue(), group_writable=group_writable)
     except OSError as exc:
         raise OutputError.of(path, exc, f"the checkpoint after frame {number}") from exc
 

@@ -339,7 +339,9 @@ class _WriterThread:
                     _, number, state, path, fingerprint = item
                     while self._pending:  # every frame up to this one is on disk first
                         self._pending.popleft().result()
-                    save_checkpoint(path, state, number, fingerprint)
+                    save_checkpoint(
+                        path, state, number, fingerprint, group_writable=self._job.settings.group_writable
+                    )
                     continue
                 number, fgr, pha = item
                 background = self._background.next() if self._background is not None else None
@@ -412,7 +414,9 @@ def run_job(job: ConvertJob) -> ConvertReport:
         job.on_total(count)
     writers: list[FrameWriter] = []
     try:
-        with OutputLock(_lock_targets(job)):  # one run per output: a second one refuses, naming the first
+        with OutputLock(
+            _lock_targets(job), group_writable=job.settings.group_writable
+        ):  # one run per output: a second one refuses, naming the first
             for kind, target in job.outputs.items():
                 writers.append(_make_writer(job, kind, target, source, count))
             return _run_writers(job, source, writers, numbers)

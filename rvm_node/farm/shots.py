@@ -56,6 +56,7 @@ SHOT_KEYS = (
     "exr_channels",
     "bit_depth",
     "premultiplied",
+    "group_writable",
     "background",
     "start_frame",
     "allow_gaps",
@@ -124,6 +125,7 @@ def _shot(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Shot:
         exr_channels=merged.get("exr_channels", "RGBA"),
         bit_depth=int(merged.get("bit_depth", 16)),  # type: ignore[arg-type]
         premultiplied=bool(merged.get("premultiplied", False)),
+        group_writable=bool(merged.get("group_writable", False)),
     )
     ratio = merged.get("downsample_ratio")
     return Shot(
@@ -190,7 +192,7 @@ def shot_settings(shot: Shot) -> dict[str, Any]:
     if shot.allow_gaps:
         settings["allow_gaps"] = True
     defaults = WriterSettings()
-    for key in ("exr_channels", "bit_depth", "premultiplied"):
+    for key in ("exr_channels", "bit_depth", "premultiplied", "group_writable"):
         if getattr(shot.settings, key) != getattr(defaults, key):
             settings[key] = getattr(shot.settings, key)
     return settings

@@ -112,7 +112,7 @@ def read_image(path: Path) -> Image:
     return Image(_read_with_av(path), scene_linear=False)
 
 
-def write_exr(path: Path, pixels: np.ndarray, channels: str) -> None:
+def write_exr(path: Path, pixels: np.ndarray, channels: str, *, group_writable: bool = False) -> None:
     """Write half-float EXR, ZIP compressed, scanline.
 
     ``channels`` names the planes, e.g. ``"RGBA"`` or ``"A"``; a single plane
@@ -134,7 +134,7 @@ def write_exr(path: Path, pixels: np.ndarray, channels: str) -> None:
         with OpenEXR.File(header, named) as exr:
             exr.write(str(tmp))
 
-    atomic_write(path, write)
+    atomic_write(path, write, group_writable=group_writable)
 
 
 def _encode(codec_name: str, pix_fmt: str, pixels: np.ndarray, options: dict[str, str]) -> bytes:
@@ -149,7 +149,7 @@ def _encode(codec_name: str, pix_fmt: str, pixels: np.ndarray, options: dict[str
     return b"".join(bytes(p) for p in packets)
 
 
-def write_image(path: Path, pixels: np.ndarray) -> None:
+def write_image(path: Path, pixels: np.ndarray, *, group_writable: bool = False) -> None:
     """Write uint8 or uint16 pixels (``HxW``, ``HxWx3`` or ``HxWx4``) as PNG or TIFF, atomically."""
     ext = Path(path).suffix.lower()
     bits = {np.dtype(np.uint8): 8, np.dtype(np.uint16): 16}.get(pixels.dtype)
@@ -170,4 +170,4 @@ def write_image(path: Path, pixels: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         tmp.write_bytes(data)
 
-    atomic_write(path, write)
+    atomic_write(path, write, group_writable=group_writable)

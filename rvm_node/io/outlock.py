@@ -29,6 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 from rvm_node.errors import OutputInUseError
+from rvm_node.fsutil import make_directory
 
 __all__ = ["HEARTBEAT_SECONDS", "STALE_SECONDS", "LockHolder", "OutputLock", "lock_path"]
 
@@ -89,7 +90,8 @@ def _read(fd: int) -> LockHolder | None:
 class OutputLock:
     """Holds the locks of ``targets`` (``(output, lock file)`` pairs) while the run writes."""
 
-    def __init__(self, targets: Iterable[tuple[str, Path]]) -> None:
+    def __init__(self, targets: Iterable[tuple[str, Path]], *, group_writable: bool = False) -> None:
+        self._group_writable = group_writable
         self._targets = sorted(dict((path, output) for output, path in targets).items())
         self._held: list[tuple[Path, int]] = []
         self._me = LockHolder.me()
@@ -114,7 +116,7 @@ class OutputLock:
         self._release()
 
     def _take(self, path: Path, output: str) -> int:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_directory(path.parent, group_writable=self._group_writable)  # the output's folder, made once
         for _ in range(10):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:

@@ -24,7 +24,7 @@ import numpy as np
 
 from rvm_node.engine.samples import SampleFormat, to_samples, to_unit_float
 from rvm_node.errors import InvalidInputError, OutputError
-from rvm_node.fsutil import remove_temporaries, temporary_path
+from rvm_node.fsutil import make_directory, new_file_mode, remove_temporaries, temporary_path
 from rvm_node.io.images import read_image, write_exr, write_image
 from rvm_node.io.sequence import FramePattern
 
@@ -55,6 +55,7 @@ class WriterSettings:
     video_mbps: float | None = None
     video_codec: Literal["h264", "prores4444"] | None = None
     official_png_composition: bool = False  # the official png_sequence writes RGBA compositions
+    group_writable: bool = False  # files and the folders made for them get group read and write
 
 
 class Background:
@@ -199,14 +200,15 @@ class SequenceWriter(FrameWriter):
             raise OutputError.of(path, exc, f"frame {number}") from exc
 
     def _write(self, path: Path, image: np.ndarray) -> None:
+        shared = self.settings.group_writable
         if self.ext == ".exr":
-            if self.kind == "alpha":
-                write_exr(path, image, self.settings.exr_channels)  # RGBA: R = G = B = A = matte
+            if self.kind == "alpha":  # RGBA: R = G = B = A = matte
+                write_exr(path, image, self.settings.exr_channels, group_writable=shared)
             else:
-                write_exr(path, image, "RGBA" if image.shape[-1] == 4 else "RGB")
+                write_exr(path, image, "RGBA" if image.shape[-1] == 4 else "RGB", group_writable=shared)
         else:
             bits = 16 if self.ext in (".tif", ".tiff") else self.settings.bit_depth
-            write_image(path, to_samples(image, "uint16" if bits == 16 else "uint8"))
+            write_image(path, to_samples(image, "uint16" if bits == 16 else "uint8"), group_writable=shared)
 
     def remove_stale_temporaries(self, numbers: list[int]) -> None:
         """Delete temporary files a killed run left for these frames (others may be in flight elsewhere)."""
@@ -249,7 +251,7 @@ class VideoWriter(FrameWriter):
         self.codec = codec
         self.size = size
         self._tmp = temporary_path(path, "video")
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_directory(path.parent, group_writable=settings.group_writable)
         self._container: Any = av.open(str(self._tmp), "w")
         if codec == "prores4444":
             stream = self._container.add_stream("prores_ks", rate=rate)
@@ -322,6 +324,7 @@ class VideoWriter(FrameWriter):
                 self._container.mux(packet)
             self._copy_audio()
             self._container.close()
+            self._tmp.chmod(new_file_mode(group_writable=self.settings.group_writable))
             self._tmp.replace(self.path)
         except OSError as exc:
             raise OutputError.of(self.path, exc, "finishing the video") from exc
