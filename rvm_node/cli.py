@@ -249,6 +249,7 @@ def _add_convert(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         "--token-file", type=Path, default=None, help="bearer token file (else $RVM_NODE_TOKEN)"
     )
     node.add_argument("--ca-file", type=Path, default=None, help="CA certificate: connect with TLS")
+    _add_stall_timeout(node)
     node.add_argument(
         "--transport",
         choices=["auto", "shm", "raw", "zstd", "png"],
@@ -283,6 +284,22 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ca-file", type=_optional_path, default=None, help="CA certificate: connect with TLS"
     )
+
+
+def _add_stall_timeout(parser: argparse.ArgumentParser | Any) -> None:
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a stream may wait for the node's answer before the node counts as dead for the shot "
+        "(a frozen node); 0: wait for ever (default: 60)",
+    )
+
+
+def _stall_timeout(seconds: float) -> float | None:
+    if seconds < 0:
+        raise InvalidInputError(f"--stall-timeout: expected 0 or more seconds, got {seconds:g}")
+    return seconds or None
 
 
 def _add_farm_shots(parser: argparse.ArgumentParser) -> None:
@@ -326,6 +343,7 @@ def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     actions = farm.add_subparsers(dest="action", required=True)
     run = actions.add_parser("run", help="matte a shot list (TOML) or inputs on the pool, with failover")
     _add_farm_shots(run)
+    _add_stall_timeout(run)
     run.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
     progress = run.add_mutually_exclusive_group()
     progress.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
@@ -423,7 +441,12 @@ def _farm_run(args: argparse.Namespace) -> int:
 
     shots = _farm_shots(args, split_now=True)
     ca = _read_ca(args.ca_file)
-    pool = NodePool(parse_nodes(args.nodes), token=_token(args.token_file), root_certificates=ca)
+    pool = NodePool(
+        parse_nodes(args.nodes),
+        token=_token(args.token_file),
+        root_certificates=ca,
+        stall_timeout=_stall_timeout(args.stall_timeout),
+    )
     started = time.monotonic()
     last_line = 0.0
     try:
@@ -1014,7 +1037,12 @@ def _convert(args: argparse.Namespace) -> int:
         from rvm_node.client import NodeClient, RemoteBackend
 
         ca = _read_ca(args.ca_file)
-        client = NodeClient(args.node, token=_token(args.token_file), root_certificates=ca)
+        client = NodeClient(
+            args.node,
+            token=_token(args.token_file),
+            root_certificates=ca,
+            stall_timeout=_stall_timeout(args.stall_timeout),
+        )
         backend = RemoteBackend(
             client,
             label=Path(args.input_source).name,

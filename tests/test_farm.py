@@ -308,3 +308,40 @@ def test_farm_cli_without_a_shot_list(three_nodes: list[Node], clip: Path, tmp_p
     assert sorted(p.name for p in (tmp_path / "mattes" / "plate_a").iterdir()) == [
         f"plate_a_matte.{n:04d}.png" for n in (1, 2, 3)
     ]
+
+
+def test_a_frozen_node_loses_its_shot_to_another_node_within_the_stall_timeout(
+    clip: Path, tmp_path: Path
+) -> None:
+    """SIGSTOP a node mid-shot (a hung driver, a stuck mount, a paused VM look the same): the stream's stall
+    timeout treats it as dead, the shot moves to the other node and resumes from its checkpoint, equal to an
+    uninterrupted run; the node, continued later, writes nothing."""
+    nodes = [Node("--backend", "onnxruntime") for _ in range(2)]
+    pool = NodePool([n.address for n in nodes], stall_timeout=3)
+    stopped: list[Node] = []
+    try:
+        shots = load_shot_list(shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {"a": "1-60"}))
+        started = time.monotonic()
+        events = []
+        for event in run_shots(shots, pool, backoff=0.05, checkpoint_every=10):
+            events.append(event)
+            if event.kind == "frame" and event.result.frames == 20 and not stopped:
+                victim = next(n for n in nodes if n.address == event.node)
+                victim.process.send_signal(signal.SIGSTOP)
+                stopped.append(victim)
+        print(f"\nfarm with a frozen node: {time.monotonic() - started:.1f} s (stall timeout 3 s)")
+        final = events[-1]
+        assert final.kind == "done" and final.result.retries == 1, final
+        assert final.result.nodes[0] == stopped[0].address and final.result.nodes[1] != stopped[0].address
+        retry = next(e for e in events if e.kind == "retry")
+        assert "stall timeout" in retry.message
+        written = {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "a").iterdir()}
+        stopped[0].process.send_signal(signal.SIGCONT)
+        time.sleep(2)  # the continued node finds its stream cancelled, and nothing of it reaches the files
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out" / "a").iterdir()} == written
+    finally:
+        pool.close()
+        for node in nodes:
+            node.process.send_signal(signal.SIGCONT)
+            node.kill()
+    same_frames(tmp_path / "out" / "a", reference(clip, "1-60", tmp_path / "ref"), "1-60")

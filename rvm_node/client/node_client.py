@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -81,6 +82,15 @@ _CLOSE = object()
 _MESSAGE_HEADROOM = 64 * 1024
 _LOCAL_HOSTS = ("localhost", "127.", "[::1]", "unix:")
 _SHM_REFUSALS = ("TRANSPORT_UNSUPPORTED", "RING_INVALID")
+# Keepalive pings find a connection whose node went silent (a frozen process, a paused VM, a lost
+# route): every 20 s without traffic, and the connection is dropped when one is not answered within
+# 10 s. Nodes permit pings this often (rvm_node.node.server).
+KEEPALIVE_OPTIONS = [
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+DEFAULT_STALL_TIMEOUT = 60.0
 _SPARE_RINGS = 4  # enough for the streams a client runs at once, within:
 _SPARE_BYTES = 512 << 20
 log = logging.getLogger("rvm_node.client")
@@ -185,6 +195,11 @@ class NodeClient:
     (an intercepted channel, one with custom options or credentials, a test
     double); ``address`` then only names the node in messages, and TLS and
     message-size options are the channel's own.
+
+    ``stall_timeout``: a stream that waits this many seconds for an answer
+    from the node (frames, a snapshot, `accepted`) is cancelled and fails with
+    :class:`NodeTimeoutError`, so a frozen node (a hung driver, a stuck mount,
+    a paused VM) is treated as dead for that shot; None waits for ever.
     """
 
     def __init__(
@@ -198,11 +213,16 @@ class NodeClient:
         retries: int = 3,
         backoff: float = 0.5,
         channel: grpc.Channel | None = None,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     ) -> None:
+        if stall_timeout is not None and stall_timeout <= 0:
+            raise InvalidInputError(f"stall_timeout: expected seconds above 0, got {stall_timeout:g}")
         self.address = address
+        self.stall_timeout = stall_timeout
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            *KEEPALIVE_OPTIONS,
         ]
 
         def make_channel(extra: list[tuple[str, Any]]) -> grpc.Channel:
@@ -455,6 +475,11 @@ class MatteStream:
         self._requests.put(pb.MatteRequest(open=open_message))
         self._call = client._matte_call()(self._request_iter(), timeout=timeout, metadata=client._metadata)
         self._responses = iter(self._call)
+        self.closed = False
+        self._waiting_since: float | None = None  # while the stream waits for the node's next answer
+        self._stalled = False
+        if client.stall_timeout is not None:
+            threading.Thread(target=self._watch, args=(client.stall_timeout,), daemon=True).start()
         first = self._next()
         if _kind(first) != "accepted":
             raise NodeProtocolError(f"node {client.address}: expected `accepted`, got {_kind(first)}")
@@ -467,7 +492,6 @@ class MatteStream:
         self._out_dtype = DTYPES[self._settings.output_format]
         self._in_transport = self._settings.transport or pb.TRANSPORT_RAW
         self._out_transport = self._settings.return_transport or self._in_transport
-        self.closed = False
         resolved = first.accepted.settings
         if (resolved.width, resolved.height, resolved.output_format, list(resolved.planes)) != (
             self._settings.width,
@@ -488,17 +512,36 @@ class MatteStream:
                 return
             yield item
 
+    def _watch(self, stall_timeout: float) -> None:
+        """Cancel the call when the node leaves the stream waiting for ``stall_timeout`` seconds."""
+        while not self.closed:
+            time.sleep(min(1.0, stall_timeout / 4))
+            since = self._waiting_since
+            if since is not None and time.monotonic() - since > stall_timeout:
+                self._stalled = True
+                self._call.cancel()
+                return
+
     def _next(self) -> Any:
         """The next response: a :class:`PlanePartView` or a ``MatteResponse``."""
+        self._waiting_since = time.monotonic()
         try:
             response = next(self._responses)
         except StopIteration:
             raise NodeProtocolError(f"node {self._client.address}: the stream ended early") from None
         except grpc.RpcError as exc:
+            if self._stalled:
+                raise NodeTimeoutError(
+                    f"node {self._client.address}: no answer for {self._client.stall_timeout:g} s while the "
+                    "stream waited for one (stall timeout); the node may be frozen",
+                    reason="STALLED",
+                ) from exc
             raise map_rpc_error(exc, self._client.address) from exc
         except BaseException:  # Ctrl-C or SIGTERM inside gRPC's wait: the call cannot be read again
             self.cancel()
             raise
+        finally:
+            self._waiting_since = None
         if isinstance(response, Undecodable):
             self.cancel()
             raise self._protocol_error(f"a response that does not decode ({response.problem})")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rvm_node.client import NodeClient
+from rvm_node.client.node_client import DEFAULT_STALL_TIMEOUT
 from rvm_node.errors import InvalidInputError, NodeError
 from rvm_node.tomlfile import load_toml
 
@@ -93,9 +94,19 @@ class NodePool:
         token: str | None = None,
         root_certificates: bytes | None = None,
         cooldown: float = 10.0,
+        stall_timeout: float | None = DEFAULT_STALL_TIMEOUT,
     ) -> None:
         self.nodes = [
-            FarmNode(a, NodeClient(a, token=token, root_certificates=root_certificates, retries=0))
+            FarmNode(
+                a,
+                NodeClient(
+                    a,
+                    token=token,
+                    root_certificates=root_certificates,
+                    retries=0,
+                    stall_timeout=stall_timeout,
+                ),
+            )
             for a in addresses
         ]
         self.cooldown = cooldown

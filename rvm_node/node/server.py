@@ -32,6 +32,15 @@ log = logging.getLogger("rvm_node.node")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MattingService"].full_name
 _EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _PASS_WAIT = 60.0  # seconds a drain waits for the forward pass under way
+# The node pings a silent client every 30 s (a client that vanished frees its stream slot), and
+# permits the clients' own keepalive pings (every 20 s, rvm_node.client.node_client) at any time.
+_KEEPALIVE = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -212,6 +221,7 @@ async def start_node(
     options = [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
+        *_KEEPALIVE,
     ]
     interceptors = [TokenAuthInterceptor(token)] if token else []
     server = grpc.aio.server(options=options, interceptors=interceptors)
