@@ -344,6 +344,11 @@ def _add_farm(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     run = actions.add_parser("run", help="matte a shot list (TOML) or inputs on the pool, with failover")
     _add_farm_shots(run)
     _add_stall_timeout(run)
+    run.add_argument(
+        "--require-same-backend",
+        action="store_true",
+        help="refuse a pool whose nodes run different backends or precisions, for bit-identical failover",
+    )
     run.add_argument("--backoff", type=float, default=1.0, help="seconds before the first retry (doubles)")
     progress = run.add_mutually_exclusive_group()
     progress.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
@@ -447,6 +452,17 @@ def _farm_run(args: argparse.Namespace) -> int:
         root_certificates=ca,
         stall_timeout=_stall_timeout(args.stall_timeout),
     )
+    pool.refresh()
+    mixed = pool.mixed_backends()
+    if mixed is not None and args.require_same_backend:
+        pool.close()
+        raise InvalidInputError(f"--require-same-backend: {mixed}")
+    if mixed is not None:
+        print(
+            f"rvm-node: warning: {mixed}; a shot moved between them may differ by one quantisation step "
+            "(--require-same-backend refuses such a pool)",
+            file=sys.stderr,
+        )
     started = time.monotonic()
     last_line = 0.0
     try:

@@ -533,3 +533,32 @@ def test_group_writable_outputs_for_studios_that_share_them(
         f'[[shot]]\ninput = "{clip}"\ngroup_writable = true\noutput_alpha = "o/m.####.png"\n'
     )
     assert load_shot_list(shot_list)[0].settings.group_writable
+
+
+class _OtherStandIn(StandInBackend):
+    """The stand-in under another backend name, as a node running another backend reports itself."""
+
+    name = "other stand-in"
+
+
+def test_a_pool_of_mixed_backends_warns_once_and_can_be_refused(
+    clip: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rvm_node.cli import EXIT_INPUT, main
+
+    servers = [NodeThread(StandInBackend()), NodeThread(_OtherStandIn())]
+    try:
+        shots = _shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {"a": "1-6"})
+        nodes = ",".join(s.address for s in servers)
+        assert main(["farm", "run", str(shots), "--nodes", nodes, "--require-same-backend"]) == EXIT_INPUT
+        err = capsys.readouterr().err
+        assert "--require-same-backend: the nodes run different backends or precisions" in err
+        assert "other stand-in fp32" in err and not (tmp_path / "out").exists()
+        assert main(["farm", "run", str(shots), "--nodes", nodes]) == 0
+        err = capsys.readouterr().err
+        assert err.count("warning: the nodes run different backends or precisions") == 1
+        assert main(["farm", "run", str(shots), "--nodes", servers[0].address]) == 0
+        assert "warning" not in capsys.readouterr().err
+    finally:
+        for server in servers:
+            server.stop()

@@ -78,6 +78,7 @@ class FarmNode:
     capacity: int = 0
     running: int = 0
     down_until: float = 0.0
+    runs: str = ""  # "backend precision", as the node last said
 
     @property
     def up(self) -> bool:
@@ -124,7 +125,17 @@ class NodePool:
             with self._lock:
                 node.capacity = max(0, info.max_streams - max(0, info.active_streams - node.running))
                 node.down_until = 0.0
+                node.runs = f"{info.backend} {info.precision}"
                 self._lock.notify_all()
+
+    def mixed_backends(self) -> str | None:
+        """Where the nodes that answered run different backends or precisions, a line that says which (a
+        shot moved between them may differ by a quantisation step); else None."""
+        runs = {node.address: node.runs for node in self.nodes if node.runs}
+        if len(set(runs.values())) < 2:
+            return None
+        listed = ", ".join(f"{address}: {what}" for address, what in runs.items())
+        return f"the nodes run different backends or precisions ({listed})"
 
     def acquire(self, avoid: set[str], timeout: float) -> FarmNode | None:
         """A free slot on an up node (preferring ones not in ``avoid``), or None after ``timeout``."""
