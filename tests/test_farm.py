@@ -325,7 +325,7 @@ def test_a_frozen_node_loses_its_shot_to_another_node_within_the_stall_timeout(
         events = []
         for event in run_shots(shots, pool, backoff=0.05, checkpoint_every=10):
             events.append(event)
-            if event.kind == "frame" and event.result.frames == 20 and not stopped:
+            if event.kind == "frame" and event.frame == 20 and not stopped:
                 victim = next(n for n in nodes if n.address == event.node)
                 victim.process.send_signal(signal.SIGSTOP)
                 stopped.append(victim)
@@ -345,3 +345,44 @@ def test_a_frozen_node_loses_its_shot_to_another_node_within_the_stall_timeout(
             node.process.send_signal(signal.SIGCONT)
             node.kill()
     same_frames(tmp_path / "out" / "a", reference(clip, "1-60", tmp_path / "ref"), "1-60")
+
+
+def test_a_node_drained_with_a_short_grace_hands_its_shot_to_the_other_node(
+    clip: Path, tmp_path: Path
+) -> None:
+    """`serve --grace 1`, SIGTERM mid-shot: the node exits 0, its stream ends NODE_DRAINING, and the farm
+    finishes the shot on the other node from its checkpoint, equal to an uninterrupted run on such a node."""
+    from rvm_node.client import matte_shot
+
+    nodes = [Node("--backend", "onnxruntime", "--grace", "1", "--threads", "1") for _ in range(2)]
+    pool = NodePool([n.address for n in nodes])
+    drained: list[Node] = []
+    try:
+        shots = load_shot_list(shot_list(tmp_path / "s.toml", clip, tmp_path / "out", {"a": "1-120"}))
+        events = []
+        for event in run_shots(shots, pool, backoff=0.05, checkpoint_every=10):
+            events.append(event)
+            if event.kind == "frame" and event.frame == 5 and not drained:  # 115 frames left: > 1 s
+                victim = next(n for n in nodes if n.address == event.node)
+                victim.process.send_signal(signal.SIGTERM)
+                drained.append(victim)
+        assert drained[0].process.wait(timeout=60) == 0
+        final = events[-1]
+        assert final.kind == "done" and final.result.nodes[-1] != drained[0].address, final
+        retry = [e for e in events if e.kind == "retry"]
+        assert retry and all("shutting down" in e.message for e in retry), [e.message for e in retry]
+        survivor = next(n for n in nodes if n is not drained[0])
+        with NodeClient(survivor.address) as client:  # one uninterrupted run on the same kind of node
+            matte_shot(
+                client,
+                clip,
+                output_alpha=tmp_path / "ref" / "m.####.png",
+                frames=parse_frame_range("1-120"),
+                downsample_ratio=RATIO,
+                progress=False,
+            )
+    finally:
+        pool.close()
+        for node in nodes:
+            node.kill()
+    same_frames(tmp_path / "out" / "a", tmp_path / "ref", "1-120")

@@ -562,3 +562,18 @@ def test_a_pool_of_mixed_backends_warns_once_and_can_be_refused(
     finally:
         for server in servers:
             server.stop()
+
+
+def test_farm_run_on_a_full_disk_is_one_line_and_exit_3(
+    standin_node: NodeThread, clip: Path, tmp_path: Path
+) -> None:
+    from tests.helpers import run_rvm_node
+
+    with _small_disk(tmp_path / "disk", "120k") as disk:
+        shots = _shot_list(tmp_path / "s.toml", clip, disk, {"a": "1-90"})
+        result = run_rvm_node("farm", "run", str(shots), "--nodes", standin_node.address, check=False)
+    assert result.returncode == 3, result.stderr
+    assert re.search(rf"{re.escape(str(disk))}/a/\S+: no space left on device \(", result.stderr), (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr
