@@ -240,11 +240,11 @@ class Stream:
             if not work.done():
                 work.cancel()
                 await asyncio.gather(work, return_exceptions=True)
-        if not work.cancelled() and work.exception() is None:
-            return
-        if self._stopped.done():
+        finished = not work.cancelled() and work.exception() is None
+        if not finished and self._stopped.done() and not self._stopped.cancelled():
             raise self._stopped.exception()  # type: ignore[misc]
-        work.result()  # the stream's own failure
+        self._stopped.cancel()  # a stop from now on finds the stream over
+        work.result()  # the stream's own failure, if any
 
     def stop(self, error: Exception) -> None:
         """End the stream with ``error`` (its status goes to the client), whatever it is doing."""
