@@ -577,3 +577,24 @@ def test_farm_run_on_a_full_disk_is_one_line_and_exit_3(
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_a_read_only_folder_is_one_error_naming_the_file(
+    standin: StandInBackend, clip: Path, tmp_path: Path
+) -> None:
+    from rvm_node.errors import OutputError
+
+    with _small_disk(tmp_path / "disk", "1m") as disk:
+        (disk / "shot").mkdir()
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        with pytest.raises(OutputError) as caught:
+            convert_video(
+                standin,
+                clip,
+                output_alpha=disk / "shot" / "m.####.exr",
+                frames=FrameRange(7, 9),
+                progress=False,
+            )
+    message = str(caught.value)
+    assert message.startswith(f"{disk}/shot/") and "read-only file system" in message, message
+    assert isinstance(caught.value, OSError)

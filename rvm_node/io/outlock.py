@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
-from rvm_node.errors import OutputInUseError
+from rvm_node.errors import OutputError, OutputInUseError
 from rvm_node.fsutil import make_directory
 
 __all__ = ["HEARTBEAT_SECONDS", "STALE_SECONDS", "LockHolder", "OutputLock", "lock_path"]
@@ -116,7 +116,13 @@ class OutputLock:
         self._release()
 
     def _take(self, path: Path, output: str) -> int:
-        make_directory(path.parent, group_writable=self._group_writable)  # the output's folder, made once
+        try:
+            make_directory(path.parent, group_writable=self._group_writable)  # the output's folder, made once
+            return self._lock(path, output)
+        except OSError as exc:  # a read-only folder, a full disk: the run cannot write there at all
+            raise OutputError.of(path, exc, f"the lock of {output}") from exc
+
+    def _lock(self, path: Path, output: str) -> int:
         for _ in range(10):
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
             try:
