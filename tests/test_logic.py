@@ -55,6 +55,18 @@ def _pngs(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.glob("*.png"))}
 
 
+def _cancelled_at(stop_at: int, **job: Any) -> ConvertJob:
+    """Run a ConvertJob that is cancelled once frame ``stop_at`` is written (its checkpoints stay)."""
+    cancel = threading.Event()
+    options = {"progress": "off", **job}
+    cancelled = ConvertJob(
+        cancel=cancel, on_frame=lambda n: cancel.set() if n == stop_at else None, **options
+    )
+    with pytest.raises(JobCancelledError):
+        run_job(cancelled)
+    return ConvertJob(**options)
+
+
 def test_the_converter_writes_every_frame_in_order_with_the_state_carried(
     standin: StandInBackend, clip: Path, clip_frames: np.ndarray, tmp_path: Path
 ) -> None:
@@ -78,20 +90,15 @@ def test_a_cancelled_convert_resumed_from_its_checkpoint_equals_one_run(
 ) -> None:
     options: dict[str, Any] = {"frames": FrameRange(1, 30), "seq_chunk": 4, "progress": False}
     convert_video(standin, clip, output_alpha=tmp_path / "one" / "m.####.png", **options)
-    cancel = threading.Event()
-    job = ConvertJob(
+    _cancelled_at(
+        17,
         backend=standin,
         input_source=str(clip),
         outputs={"alpha": str(tmp_path / "two" / "m.####.png")},
         frames=FrameRange(1, 30),
         seq_chunk=4,
         state_every=5,
-        progress="off",
-        cancel=cancel,
-        on_frame=lambda n: cancel.set() if n == 17 else None,
     )
-    with pytest.raises(JobCancelledError):
-        run_job(job)
     assert 17 <= len(_pngs(tmp_path / "two")) < 30
     report = convert_video(
         standin, clip, output_alpha=tmp_path / "two" / "m.####.png", resume=True, **options
@@ -109,20 +116,15 @@ def test_frames_and_checkpoints_get_the_mode_the_umask_gives(
     try:
         outputs = {"output_alpha": tmp_path / "a.####.exr", "output_foreground": tmp_path / "f.####.tif"}
         convert_video(standin, clip, frames=FrameRange(1, 6), seq_chunk=2, progress=False, **outputs)
-        cancel = threading.Event()  # stopped mid-shot, so its checkpoint stays
-        job = ConvertJob(
+        _cancelled_at(  # stopped mid-shot, so its checkpoint stays
+            6,
             backend=standin,
             input_source=str(clip),
             outputs={"alpha": str(tmp_path / "p.####.png")},
             frames=FrameRange(1, 12),
             seq_chunk=2,
             state_every=2,
-            progress="off",
-            cancel=cancel,
-            on_frame=lambda n: cancel.set() if n == 6 else None,
         )
-        with pytest.raises(JobCancelledError):
-            run_job(job)
     finally:
         os.umask(previous)
     written = sorted(p for p in tmp_path.iterdir() if p.is_file())
@@ -499,28 +501,17 @@ def test_group_writable_outputs_for_studios_that_share_them(
 
     previous = os.umask(0o022)
     try:
-        cancel = threading.Event()
-        job = ConvertJob(
+        job = _cancelled_at(
+            6,
             backend=standin,
             input_source=str(clip),
-            outputs={
-                "alpha": str(tmp_path / "new" / "deep" / "m.####.exr"),
-                "foreground": str(tmp_path / "f.mp4"),
-            },
+            outputs={"alpha": str(tmp_path / "new" / "deep" / "m.####.exr")},
             frames=FrameRange(1, 12),
             seq_chunk=2,
             state_every=2,
             settings=WriterSettings(group_writable=True),
-            progress="off",
-            cancel=cancel,
-            on_frame=lambda n: cancel.set() if n == 6 else None,
         )
-        with pytest.raises(JobCancelledError):
-            run_job(job)
-        job = dataclasses.replace(
-            job, cancel=None, on_frame=None, resume=True, outputs={"alpha": job.outputs["alpha"]}
-        )
-        run_job(dataclasses.replace(job, outputs={"foreground": str(tmp_path / "g.mp4")}, resume=False))
+        run_job(dataclasses.replace(job, outputs={"foreground": str(tmp_path / "g.mp4")}))
     finally:
         os.umask(previous)
     frames = tmp_path / "new" / "deep"
