@@ -8,10 +8,11 @@ anything, and a second run refuses with one line naming the holder.
 The lock is an ``flock`` on the file, which the kernel releases when the
 holder dies, however it dies. Some NFS setups do not make ``flock``
 exclusive across hosts, so the file also records the holder (host, PID,
-process start, time); a run whose ``flock`` succeeded still refuses while
-that holder is alive: on the same host, its process still runs; on another
-host, it has touched the file within :data:`STALE_SECONDS` (holders touch it
-every :data:`HEARTBEAT_SECONDS`). A holder that is gone is taken over.
+time); a run whose ``flock`` succeeded still refuses while
+a holder on another host has touched the file within
+:data:`STALE_SECONDS` (holders touch it every :data:`HEARTBEAT_SECONDS`).
+A holder on the same host whose ``flock`` is gone is gone itself (one host's
+kernel sees its own locks), and a silent one elsewhere: both are taken over.
 """
 
 from __future__ import annotations
@@ -45,34 +46,27 @@ def lock_path(target: Path, prefix: str | None = None) -> Path:
     return (target if prefix is not None else target.parent) / name
 
 
-def _process_start(pid: int) -> int | None:
-    """The start time of process ``pid`` in clock ticks since boot; None when it does not run."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat[stat.rindex(")") + 2 :].split()[19])
-
-
 @dataclass(frozen=True)
 class LockHolder:
     host: str
     pid: int
-    pid_start: int | None
     since: float
 
     @staticmethod
     def me() -> LockHolder:
-        return LockHolder(socket.gethostname(), os.getpid(), _process_start(os.getpid()), time.time())
+        return LockHolder(socket.gethostname(), os.getpid(), time.time())
 
     def describe(self) -> str:
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.since))
         return f"host {self.host}, pid {self.pid}, since {started}"
 
     def alive(self, path: Path) -> bool:
-        """Whether the run this record names still holds its lock (see the module docstring)."""
+        """Whether the run this record names may still hold its lock, once our ``flock`` succeeded (see the
+        module docstring)."""
         if self.host == socket.gethostname():
-            return self.pid_start is not None and _process_start(self.pid) == self.pid_start
+            return (
+                False  # its flock would have held: it ended (or is ending, a process killed but not reaped)
+            )
         try:
             return time.time() - path.stat().st_mtime < STALE_SECONDS
         except OSError:
