@@ -26,7 +26,7 @@ import pytest
 from rvm_node.client import NodeClient, RemoteBackend, matte_shot
 from rvm_node.convert import ConvertJob, convert_video, run_job
 from rvm_node.engine.samples import to_samples
-from rvm_node.errors import JobCancelledError
+from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.farm import NodePool, load_shot_list, run_shots
 from rvm_node.io.images import read_image
 from rvm_node.io.sequence import FrameRange
@@ -565,22 +565,21 @@ def test_farm_run_on_a_full_disk_is_one_line_and_exit_3(
     assert "Traceback" not in result.stderr
 
 
-def test_a_read_only_folder_is_one_error_naming_the_file(
+def test_a_read_only_folder_is_refused_before_anything_is_written(
     standin: StandInBackend, clip: Path, tmp_path: Path
 ) -> None:
-    from rvm_node.errors import OutputError
-
+    """A read-only mount (a snapshot, a published folder): one line naming the folder, nothing written."""
     with _small_disk(tmp_path / "disk", "1m") as disk:
         (disk / "shot").mkdir()
         subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
-        with pytest.raises(OutputError) as caught:
+        with pytest.raises(
+            InvalidInputError, match=rf"{re.escape(str(disk))}/shot is not a writable directory"
+        ):
             convert_video(
                 standin,
                 clip,
                 output_alpha=disk / "shot" / "m.####.exr",
-                frames=FrameRange(7, 9),
+                frames=FrameRange(1, 3),
                 progress=False,
             )
-    message = str(caught.value)
-    assert message.startswith(f"{disk}/shot/") and "read-only file system" in message, message
-    assert isinstance(caught.value, OSError)
+        assert list((disk / "shot").iterdir()) == []

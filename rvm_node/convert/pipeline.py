@@ -169,17 +169,19 @@ def _make_writer(
 
 
 def _lock_targets(job: ConvertJob) -> list[tuple[str, Path]]:
-    """(output, its lock file) for every output of the job."""
+    """(output, its lock file) for every output of the job, each folder checked writable first."""
     targets = []
     for target in job.outputs.values():
         pattern = FramePattern.detect(target)
         path = Path(target)
         if pattern is not None:
-            targets.append((target, lock_path(pattern.directory, pattern.prefix)))
+            lock = lock_path(pattern.directory, pattern.prefix)
         elif job.output_type == "png_sequence" and path.suffix.lower() not in VIDEO_EXTS:
-            targets.append((target, lock_path(path, "")))  # the official directory of 0000.png, ...
+            lock = lock_path(path, "")  # the official directory of 0000.png, ...
         else:
-            targets.append((target, lock_path(path)))
+            lock = lock_path(path)
+        _check_writable(lock.parent)
+        targets.append((target, lock))
     return targets
 
 
