@@ -531,3 +531,23 @@ def test_the_client_checks_what_a_node_sends(
         server.stop(0)
     assert f"node 127.0.0.1:{port}: " in str(info.value)
     assert message in str(info.value)
+
+
+def test_a_chunk_sent_as_the_node_shuts_down_is_unavailable_not_invalid(
+    standin: Any, clip_frames: np.ndarray
+) -> None:
+    """The scheduler closed under a stream: NODE_DRAINING (UNAVAILABLE), so a farm moves the shot."""
+    import asyncio
+
+    from rvm_node.node.scheduler import Scheduler
+    from rvm_node.node.status import REASON_CODES, StreamRefused
+
+    scheduler = Scheduler(standin)
+    scheduler.close(wait=5)
+    session = standin.new_session(0.5)
+    with pytest.raises(StreamRefused) as caught:
+        asyncio.run(scheduler.process(session, clip_frames[:1]))
+    assert (
+        caught.value.reason == "NODE_DRAINING"
+        and REASON_CODES["NODE_DRAINING"] == grpc.StatusCode.UNAVAILABLE
+    )
