@@ -413,30 +413,42 @@ def test_two_runs_on_one_output_one_refuses_naming_the_other(
 
     target = tmp_path / "shared" / "m.####.png"
     outcomes: dict[float, BaseException | None] = {}
+    ended = {ratio: threading.Event() for ratio in (0.5, 1.0)}
     started = threading.Barrier(2)
 
-    def run(ratio: float) -> None:
+    def run(ratio: float, other: threading.Event) -> None:
+        def hold(number: int) -> None:  # the run that writes keeps writing until the other has tried
+            if number == 2:
+                other.wait(10)
+
         started.wait()
+        job = ConvertJob(
+            backend=standin,
+            input_source=str(clip),
+            outputs={"alpha": str(target)},
+            frames=FrameRange(1, 40),
+            downsample_ratio=ratio,
+            progress="off",
+            on_frame=hold,
+        )
         try:
-            convert_video(
-                standin,
-                clip,
-                output_alpha=target,
-                frames=FrameRange(1, 40),
-                downsample_ratio=ratio,
-                progress=False,
-            )
+            run_job(job)
             outcomes[ratio] = None
         except BaseException as exc:
             outcomes[ratio] = exc
+        finally:
+            ended[ratio].set()
 
-    threads = [threading.Thread(target=run, args=(ratio,)) for ratio in (0.5, 1.0)]
+    threads = [
+        threading.Thread(target=run, args=(0.5, ended[1.0])),
+        threading.Thread(target=run, args=(1.0, ended[0.5])),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
     refused = [r for r, exc in outcomes.items() if exc is not None]
-    assert len(refused) == 1 and isinstance(outcomes[refused[0]], OutputInUseError)
+    assert len(refused) == 1 and isinstance(outcomes[refused[0]], OutputInUseError), outcomes
     message = str(outcomes[refused[0]])
     assert (
         str(target) in message and f"pid {os.getpid()}" in message and "another run is writing it" in message

@@ -123,6 +123,11 @@ class OutputLock:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 holder = _read(fd)
+                for _ in range(20):  # a holder that has just taken the lock writes its record a moment later
+                    if holder is not None:
+                        break
+                    time.sleep(0.025)
+                    holder = _read(fd)
                 os.close(fd)
                 raise OutputInUseError(
                     f"{output}: another run is writing it ({holder.describe() if holder else 'its holder is unknown'}); "
