@@ -350,11 +350,11 @@ def test_a_frozen_node_loses_its_shot_to_another_node_within_the_stall_timeout(
 def test_a_node_drained_with_a_short_grace_hands_its_shot_to_the_other_node(
     clip: Path, tmp_path: Path
 ) -> None:
-    """`serve --grace 1`, SIGTERM mid-shot: the node exits 0, its stream ends NODE_DRAINING, and the farm
+    """`serve --grace 0.5`, SIGTERM mid-shot: the node exits 0, its stream ends NODE_DRAINING, and the farm
     finishes the shot on the other node from its checkpoint, equal to an uninterrupted run on such a node."""
     from rvm_node.client import matte_shot
 
-    nodes = [Node("--backend", "onnxruntime", "--grace", "1", "--threads", "1") for _ in range(2)]
+    nodes = [Node("--backend", "onnxruntime", "--grace", "0.5", "--threads", "1") for _ in range(2)]
     pool = NodePool([n.address for n in nodes])
     drained: list[Node] = []
     try:
@@ -362,7 +362,7 @@ def test_a_node_drained_with_a_short_grace_hands_its_shot_to_the_other_node(
         events = []
         for event in run_shots(shots, pool, backoff=0.05, checkpoint_every=10):
             events.append(event)
-            if event.kind == "frame" and event.frame == 5 and not drained:  # 115 frames left: > 1 s
+            if event.kind == "frame" and event.frame == 2 and not drained:  # 118 frames left: far over 0.5 s
                 victim = next(n for n in nodes if n.address == event.node)
                 victim.process.send_signal(signal.SIGTERM)
                 drained.append(victim)
