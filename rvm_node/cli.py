@@ -286,7 +286,7 @@ def _add_pool_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_stall_timeout(parser: argparse.ArgumentParser | Any) -> None:
+def _add_stall_timeout(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--stall-timeout",
         type=float,
@@ -887,8 +887,6 @@ def _shm_policy(args: argparse.Namespace) -> Any:
 
     from rvm_node.node.service import ShmPolicy
 
-    if args.shm not in ("on", "off"):
-        raise InvalidInputError(f"--shm: expected on or off, got {args.shm!r}")
     if not args.shm_group:
         return ShmPolicy(enabled=args.shm == "on")
     try:
@@ -902,9 +900,9 @@ def _serve(args: argparse.Namespace) -> int:
     _configure_logging(args.log_format)
     if args.workers < 1:
         raise InvalidInputError(f"--workers: expected 1 or more, got {args.workers}")
-    _node_settings(args)  # every setting is checked before a worker starts
+    settings = _node_settings(args)  # every setting is checked before a worker starts
     if args.workers == 1:
-        _serve_node(args, None, None)
+        _serve_node(args, settings)
         return 0
     return _serve_workers(args)
 
@@ -935,13 +933,14 @@ def _node_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {"limits": limits, "token": _token(args.token_file), "tls": tls, "shm": _shm_policy(args)}
 
 
-def _serve_node(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> None:
+def _serve_node(
+    args: argparse.Namespace, settings: dict[str, Any], streams: Any = None, ready_pipe: Any = None
+) -> None:
     """Serve one node process: the node itself, or one of its ``--workers`` (``streams``, ``ready_pipe``)."""
     import asyncio
 
     from rvm_node.node.server import NodeServer, serve_forever, start_node
 
-    settings = _node_settings(args)
     backend = _load_local(args, _serve_options(args))
     batch = _batch_policy(args, str(backend.device))
 
@@ -974,7 +973,7 @@ def _serve_worker(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> No
     """One of ``serve --workers N``: a node process whose errors go to the supervisor as one line."""
     _configure_logging(args.log_format)
     try:
-        _serve_node(args, streams, ready_pipe)
+        _serve_node(args, _node_settings(args), streams, ready_pipe)
     except (InvalidInputError, WeightsError) as exc:
         ready_pipe.send(("input", str(exc)))
         sys.exit(EXIT_INPUT)

@@ -96,19 +96,29 @@ def test_chunks_of_several_frames_wait_for_free_slots(node: NodeThread, clip_fra
         stream.cancel()
 
 
-def test_a_group_ring_in_dev_shm_is_unlinked_once_accepted(node: NodeThread, clip_frames: np.ndarray) -> None:
-    """The path a node that runs as another user takes: a /dev/shm file in the node's group, read with pread."""
+def test_a_group_ring_in_dev_shm_is_unlinked_once_accepted(
+    node: NodeThread, standin: StandInBackend, clip_frames: np.ndarray
+) -> None:
+    """The path a node that runs as another user takes (`serve --shm-group`): a /dev/shm file in the node's
+    group, read with pread, its name gone once the node has it."""
     frames = frames_of(clip_frames, 5, (W, H))
-    group = grp.getgrgid(os.getegid()).gr_name
+    group = grp.getgrgid(os.getegid())
+    grouped = NodeThread(standin, shm=ShmPolicy(group=group.gr_gid, group_name=group.gr_name))
     before = _rings_left()
-    with NodeClient(node.address) as client:
-        assert client.info().shm_group == ""  # this node names its group by gid only (see ShmPolicy)
-        client._shm_group = group  # as a node with `serve --shm-group` tells its clients
-        kind, shm = _run(client, frames, "uint16", transport="shm")
-        client._shm_group = ""
-        _, memfd = _run(client, frames, "uint16", transport="shm")
-    assert kind == "shm"
-    assert all(np.array_equal(a[1], b[1]) for a, b in zip(shm, memfd, strict=True))
+    try:
+        with NodeClient(grouped.address) as client:
+            assert client.info().shm_group == group.gr_name
+            with client.open_stream(width=W, height=H, output_format="uint16", transport="shm") as stream:
+                assert stream._ring is not None and stream._ring.name.startswith(
+                    f"{RING_DIRECTORY}/{RING_PREFIX}"
+                )
+                assert _rings_left() == before  # unlinked as soon as `accepted` came
+                shm = [r.alpha for r in stream.process(frames)]
+        with NodeClient(node.address) as client:  # a node without a group: a memfd
+            _, memfd = _run(client, frames, "uint16", transport="shm")
+    finally:
+        grouped.stop()
+    assert all(np.array_equal(a, b[1]) for a, b in zip(shm, memfd, strict=True))
     assert _rings_left() == before
 
 

@@ -48,6 +48,7 @@ from rvm_node.node.protocol import (
     check_transport,
     pack,
     packed_limit,
+    ring_slot_bytes,
     split_parts,
     state_from_message,
     state_to_message,
@@ -238,7 +239,6 @@ class NodeClient:
         self._matte = _matte_method(self._channel)
         # A node of several worker processes gets a connection per stream (up to two per worker),
         # as the kernel gives each connection to one worker.
-        self._workers: int | None = None
         self._stream_channels: list[grpc.Channel] = []
         self._stream_calls: list[Any] = []
         self._turn = 0
@@ -246,9 +246,15 @@ class NodeClient:
         self.max_message_bytes = max_message_bytes
         self.retries = retries
         self.backoff = backoff
-        self._shm_group: str | None = None  # the node's, asked once
+        self._node: NodeInfo | None = None  # what the node said when first asked (workers, shm group)
         self._said_no_shm = False
         self._spare_rings: list[ClientRing] = []  # rings of streams that ended cleanly, for the next ones
+
+    def _known(self) -> NodeInfo:
+        """The node's description, asked once (its workers and shm group do not change while it runs)."""
+        if self._node is None:
+            self._node = self.info()
+        return self._node
 
     @property
     def is_local(self) -> bool:
@@ -265,14 +271,13 @@ class NodeClient:
         """The Matte method on the connection the next stream takes."""
         if self._make_channel is None:
             return self._matte
-        if self._workers is None:
-            try:
-                self._workers = max(1, self.info().workers)
-            except NodeError:
-                return self._matte  # opening the stream reports what is wrong with the node
-        if self._workers == 1:
+        try:
+            workers = self._known().workers
+        except NodeError:
+            return self._matte  # opening the stream reports what is wrong with the node
+        if workers == 1:
             return self._matte
-        if len(self._stream_calls) < 2 * self._workers:
+        if len(self._stream_calls) < 2 * workers:
             channel = self._make_channel([("grpc.use_local_subchannel_pool", 1)])  # a connection of its own
             self._stream_channels.append(channel)
             self._stream_calls.append(_matte_method(channel))
@@ -396,15 +401,17 @@ class NodeClient:
     def _open_shm(self, open_message: pb.OpenStream, slots: int, timeout: float | None) -> MatteStream | None:
         """A shared-memory stream, or None (said once) where this host or the node cannot have one."""
         settings = open_message.settings
-        pixels = settings.width * settings.height
         planes = list(dict.fromkeys(settings.planes)) or [pb.PLANE_ALPHA]
-        slot_bytes = pixels * 3 * DTYPES[settings.input_format].itemsize + pixels * DTYPES[
-            settings.output_format
-        ].itemsize * sum(PLANE_CHANNELS[plane] for plane in planes)
+        slot_bytes = ring_slot_bytes(
+            settings.width,
+            settings.height,
+            DTYPES[settings.input_format],
+            DTYPES[settings.output_format],
+            planes,
+        )
+        group = self._known().shm_group
         try:
-            if self._shm_group is None:
-                self._shm_group = self.info().shm_group
-            ring = self._spare_ring(slots, slot_bytes) or ClientRing(slots, slot_bytes, self._shm_group)
+            ring = self._spare_ring(slots, slot_bytes, group) or ClientRing(slots, slot_bytes, group)
         except (OSError, InvalidInputError) as exc:
             self._shm_fallback(f"node {self.address}: no shared-memory ring on this host ({exc})")
             return None
@@ -422,10 +429,10 @@ class NodeClient:
             ring.close()
             raise
 
-    def _spare_ring(self, slots: int, slot_bytes: int) -> ClientRing | None:
+    def _spare_ring(self, slots: int, slot_bytes: int, group: str) -> ClientRing | None:
         """A ring a finished stream left, of this size: its pages are already there, on both sides."""
         for ring in self._spare_rings:
-            if ring.fits(slots, slot_bytes, self._shm_group or ""):
+            if ring.fits(slots, slot_bytes, group):
                 self._spare_rings.remove(ring)
                 return ring
         return None

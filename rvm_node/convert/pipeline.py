@@ -90,7 +90,7 @@ class ConvertJob:
     progress: str = "bar"
     # Called from the writer thread with each frame number once it is written (or queued to the pool).
     on_frame: Callable[[int], None] | None = None
-    # Called once the source is open with the number of frames in the shot (None for a stream of unknown length).
+    # Called once the source is open, with the number of frames in the shot (None: unknown).
     on_total: Callable[[int | None], None] | None = None
     # Set from another thread to stop after the current chunk; run_job then raises JobCancelledError.
     cancel: threading.Event | None = None
@@ -151,10 +151,8 @@ def _make_writer(
         # The official form: a directory of 0000.png, 0001.png, ... 8-bit.
         pattern = FramePattern(path, "", 4, ".png")
         settings = dataclasses.replace(settings, bit_depth=8, official_png_composition=True)
-    if pattern is not None:
-        _check_writable(pattern.directory)
+    if pattern is not None:  # its folder was checked writable before the run took its lock
         return SequenceWriter(kind, pattern, settings)
-    _check_writable(path.parent)
     if path.suffix.lower() in SEQUENCE_EXTS:
         if count != 1:
             raise InvalidInputError(
@@ -416,9 +414,8 @@ def run_job(job: ConvertJob) -> ConvertReport:
         job.on_total(count)
     writers: list[FrameWriter] = []
     try:
-        with OutputLock(
-            _lock_targets(job), group_writable=job.settings.group_writable
-        ):  # one run per output: a second one refuses, naming the first
+        # One run per output: a second one refuses, naming the first.
+        with OutputLock(_lock_targets(job), group_writable=job.settings.group_writable):
             for kind, target in job.outputs.items():
                 writers.append(_make_writer(job, kind, target, source, count))
             return _run_writers(job, source, writers, numbers)

@@ -7,7 +7,7 @@ checked against the stream's settings and the node's limits.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,7 @@ __all__ = [
     "pack",
     "packed_limit",
     "png_size",
+    "ring_slot_bytes",
     "split_parts",
     "state_from_message",
     "state_to_message",
@@ -90,6 +91,16 @@ def check_transport(transport: pb.Transport, fmt: pb.SampleFormat, where: str) -
             field=where,
         )
     return transport
+
+
+def ring_slot_bytes(
+    width: int, height: int, in_dtype: np.dtype, out_dtype: np.dtype, planes: Iterable[pb.Plane]
+) -> int:
+    """What one slot of a shared-memory ring holds: a frame sent, then its planes returned."""
+    pixels = width * height
+    return pixels * 3 * in_dtype.itemsize + pixels * out_dtype.itemsize * sum(
+        PLANE_CHANNELS[p] for p in planes
+    )
 
 
 def packed_limit(transport: int, raw_bytes: int) -> int:

@@ -6,8 +6,8 @@ chunk that can share its forward pass (same backend, frame size, ratio, input
 format, chunk length and outputs; see ``batch_key``), never two of one
 stream, up to ``max_batch``. If the batch is not full, and more streams are
 open than it holds, it waits for more until the oldest chunk has waited
-``batch_delay`` seconds; a stream alone is never held at all. Each stream's state is stacked into the batch
-and split back out (``process_batch``).
+``batch_delay`` seconds; a stream alone is never held at all. Each stream's
+state is stacked into the batch and split back out (``process_batch``).
 
 A chunk whose stream is cancelled while it waits leaves the queue; one that
 is cancelled while its batch runs is computed and dropped. A forward pass
@@ -84,9 +84,8 @@ class Scheduler:
         self._pending: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._closed = False
-        self.open_streams: int | None = (
-            None  # streams that may send a chunk (kept by the service); None: unknown
-        )
+        # Streams that may send a chunk, kept by the service; None: unknown (wait for company as asked).
+        self.open_streams: int | None = None
         self.batches = 0
         self.batched_chunks = 0
         self.longest_wait = 0.0  # seconds the oldest chunk of a batch waited before its pass began

@@ -175,7 +175,7 @@ class NodeServer:
         await self.server.stop(1.0)
         # The pass under way finishes before the process goes on to exit: a backend's thread pools torn
         # down under a running pass abort the process ("terminate called without an active exception").
-        await asyncio.get_running_loop().run_in_executor(None, self.scheduler.close, _PASS_WAIT)
+        await loop.run_in_executor(None, self.scheduler.close, _PASS_WAIT)
         self.servicer.close()
         if self.scheduler.metrics is not None:
             self.scheduler.metrics.close()

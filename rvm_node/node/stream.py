@@ -28,10 +28,10 @@ from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MatteChunk, MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.protocol import (
-    PLANE_CHANNELS,
     FrameAssembler,
     pack,
     packed_limit,
+    ring_slot_bytes,
     split_parts,
     state_from_message,
     state_to_message,
@@ -80,9 +80,8 @@ class StreamPlan:
     @property
     def slot_bytes(self) -> int:
         """What one ring slot must hold: a frame and its planes."""
-        out_itemsize = np.dtype(self.outputs.sample_format).itemsize
-        channels = sum(PLANE_CHANNELS[plane] for plane in self.planes)
-        return self.frame_bytes + self.width * self.height * channels * out_itemsize
+        out_dtype = np.dtype(self.outputs.sample_format)
+        return ring_slot_bytes(self.width, self.height, self.in_dtype, out_dtype, self.planes)
 
 
 class Stream:
@@ -170,7 +169,7 @@ class Stream:
         kind = "chunk" if isinstance(first, ChunkRequest) else first.WhichOneof("kind")
         if kind is None:
             raise _empty_request()
-        if kind != "open" or isinstance(first, ChunkRequest):
+        if isinstance(first, ChunkRequest) or kind != "open":
             raise StreamRefused("OPEN_REQUIRED", "the first message of a stream must be `open`")
         if not first.open.HasField("settings"):
             raise InvalidInputError(
@@ -434,10 +433,8 @@ class Stream:
                 return
             if item[0] == "chunk":
                 _, numbers, frames, slots = item
-                last, after = (
-                    asyncio.ensure_future(self.servicer.scheduler.process(session, frames)),
-                    numbers[-1],
-                )
+                last = asyncio.ensure_future(self.servicer.scheduler.process(session, frames))
+                after = numbers[-1]
                 last.add_done_callback(_retrieve)  # awaited by the sender; a stream that ends drops it
                 self._passes.add(last)
                 last.add_done_callback(self._passes.discard)
@@ -546,7 +543,8 @@ class Stream:
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Take a finished write's outcome, so a stream that ended first leaves no unretrieved exception."""
+    """Take a finished task's outcome (a write, a pass), so a stream that ended first leaves no unretrieved
+    exception."""
     if not task.cancelled():
         task.exception()
 
