@@ -578,8 +578,11 @@ def test_client_killed_mid_stream_frees_the_slot(
         process.kill()
         process.wait()
         assert node.wait_idle() == 0
-    closed = [r.getMessage() for r in caplog.records if "the client cancelled or went away" in r.getMessage()]
-    assert len(closed) == 1 and "closed after frame 1" in closed[0]  # logged as closed, with why
+    # A client killed between chunks reaches gRPC either as a cancel or as the end of its requests,
+    # whichever the connection's teardown delivers first: either way one line says it closed, no error.
+    closed = [r.getMessage() for r in caplog.records if "closed after frame 1" in r.getMessage()]
+    assert len(closed) == 1, closed
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_matte_cli_equals_convert(node: NodeThread, tmp_path: Path) -> None:
