@@ -143,3 +143,45 @@ def test_output_spec_follows_the_writers(tmp_path: Path) -> None:
         assert output_spec([video]) == OutputSpec(False, "uint8")
     finally:
         video.abort()
+
+
+@pytest.mark.parametrize("case", ["alpha png16", "alpha exr + foreground png16"])
+def test_frames_decoded_into_the_ring_matte_as_a_local_convert(
+    node: NodeThread, backend, tmp_path: Path, case: str
+) -> None:
+    """After the stream opens, the reader decodes every frame straight into a ring slot, and the chunk
+    is sent from there; the mattes are those of a local convert, to the bit."""
+    from rvm_node.example import example_clip
+
+    chunk, frames = 2, FrameRange(1, 40)
+    streams: list[Any] = []
+    client = NodeClient(node.address)
+    open_stream = client.open_stream
+
+    def recording_open_stream(**kwargs: Any) -> Any:
+        streams.append(open_stream(**kwargs))
+        return streams[-1]
+
+    client.open_stream = recording_open_stream  # type: ignore[method-assign]
+    targets, settings, _, _ = CASES[case]
+    for where in ("node", "local"):
+        options: dict[str, Any] = {
+            "downsample_ratio": 0.5,
+            "frames": frames,
+            "settings": WriterSettings(**settings),
+            "progress": False,
+            "seq_chunk": chunk,
+            **{k: str(tmp_path / where / v) for k, v in targets.items()},
+        }
+        if where == "node":
+            matte_shot(client, example_clip(), transport="shm", **options)
+        else:
+            convert_video(backend, example_clip(), **options)
+    client.close()
+    (stream,) = streams
+    assert stream.transport == "shm"
+    # Only the chunks read before the stream opened are copied in: the first one, the reader's queue
+    # (4 frames or two chunks) and the chunk of the frame in the reader's hand.
+    assert stream.frames_in_place >= 40 - (2 * chunk + max(4, 2 * chunk))
+    _same_files(tmp_path / "node", tmp_path / "local")
+    assert node.wait_idle() == 0

@@ -96,6 +96,98 @@ def test_chunks_of_several_frames_wait_for_free_slots(node: NodeThread, clip_fra
         stream.cancel()
 
 
+def test_a_reader_thread_decodes_into_lent_blocks_and_chunks_go_from_there(
+    node: NodeThread, clip_frames: np.ndarray
+) -> None:
+    import queue
+    import threading
+
+    from rvm_node.client.node_client import StreamChunk
+
+    frames = frames_of(clip_frames, 12)
+    height, width = frames[0][1].shape[:2]
+    with NodeClient(node.address) as client:
+        _, expected = _run(client, frames, "uint8", transport="raw")
+        stream = client.open_stream(
+            width=width,
+            height=height,
+            output_format="uint8",
+            planes=("alpha", "foreground"),
+            downsample_ratio=0.5,
+            transport="shm",
+            ring_slots=4,
+        )
+        shape, dtype = (height, width, 3), np.dtype(np.uint8)
+        assert stream.lease_frames(2, shape, dtype) is None  # no leases allowed yet
+        stream.allow_leases(2)
+        decoded: queue.Queue[list[tuple[int, np.ndarray]]] = queue.Queue()
+
+        def reader() -> None:  # as the converter's reader: each chunk's frames straight into a lent block
+            for first in range(0, 12, 2):
+                block = stream.lease_frames(2, shape, dtype)
+                assert block is not None and block.shape == (2, *shape)
+                for t in range(2):
+                    np.copyto(block[t], frames[first + t][1])
+                decoded.put([(frames[first + t][0], block[t]) for t in range(2)])
+
+        thread = threading.Thread(target=reader)
+        thread.start()
+
+        def chunks() -> Iterator[StreamChunk]:
+            for _ in range(6):
+                pair = decoded.get(timeout=30)
+                chunk = stream.lent_chunk([f for _, f in pair])
+                assert chunk.shape == (2, 3, height, width) and np.shares_memory(
+                    chunk, pair[0][1]
+                )  # in place
+                yield StreamChunk(pair)
+
+        replies = stream.process_chunks(chunks())
+        results = [(r.number, r.alpha, r.foreground) for reply in replies for r in reply.results]
+        thread.join()
+        assert stream.frames_in_place == 12
+        stream.close()
+    for (n1, a1, f1), (n2, a2, f2) in zip(results, expected, strict=True):
+        assert n1 == n2 and np.array_equal(a1, a2) and np.array_equal(f1, f2)
+    assert node.wait_idle() == 0
+
+
+def test_a_lease_is_refused_for_other_frames_and_ends_with_the_stream(
+    node: NodeThread, clip_frames: np.ndarray
+) -> None:
+    import threading
+
+    shape = (H, W, 3)
+    with NodeClient(node.address) as client:
+        stream = client.open_stream(width=W, height=H, input_format="float16", transport="shm", ring_slots=4)
+        stream.allow_leases(8)  # held to half the ring
+        assert stream.lease_frames(3, shape, np.dtype(np.float16)) is None  # more than a block
+        assert stream.lease_frames(2, (H, W + 1, 3), np.dtype(np.float16)) is None  # another size
+        assert stream.lease_frames(2, shape, np.dtype(np.uint8)) is None  # another kind of sample
+        block = stream.lease_frames(2, shape, np.dtype(np.float32))  # float frames: cast on the way in
+        assert block is not None and block.dtype == np.float16 and block.shape == (2, *shape)
+        # Frames of an earlier chunk, read before the block was lent: copied, and the block stays lent.
+        earlier = stream.lent_chunk([np.zeros(shape, np.float16)] * 2)
+        assert not np.shares_memory(earlier, block)
+        assert np.shares_memory(stream.lent_chunk([block[0], block[1]]), block)
+        # Copied, not in place: the frames are not the block's in order, and the block goes back.
+        chunk = stream.lent_chunk([block[1], block[0]])
+        assert not np.shares_memory(chunk, block)
+        again = stream.lease_frames(2, shape, np.dtype(np.float16))
+        assert again is not None
+        waiting: list[object] = []
+        thread = threading.Thread(
+            target=lambda: waiting.append(stream.lease_frames(2, shape, np.dtype(np.float16)))
+        )
+        thread.start()  # a block is out and not sent: the next one waits
+        time.sleep(0.3)
+        assert thread.is_alive()
+        stream.cancel()
+        thread.join(timeout=10)
+        assert waiting == [None]  # the stream is over: no slots, and the reader is not left waiting
+    assert node.wait_idle() == 0
+
+
 def test_a_group_ring_in_dev_shm_is_unlinked_once_accepted(
     node: NodeThread, standin: StandInBackend, clip_frames: np.ndarray
 ) -> None:

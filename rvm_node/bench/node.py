@@ -449,6 +449,66 @@ def _long_stream(client: Any, pid: int, frames: int) -> tuple[float, float]:
     return early, rss_mb(pid)
 
 
+def _ring_shot_rate(address: str, clip: Path, frames: int, decode_into_ring: bool) -> tuple[float, float]:
+    """Frames/s and this process's CPU ms/frame of one co-located shot on the constant stand-in node."""
+    import tempfile
+
+    from rvm_node.client import NodeClient, RemoteBackend
+    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert.pipeline import encoder_threads
+    from rvm_node.io.writers import WriterSettings
+
+    with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp, NodeClient(address) as client:
+        job = ConvertJob(
+            backend=RemoteBackend(client, transport="shm", decode_into_ring=decode_into_ring),
+            input_source=str(clip),
+            downsample_ratio=0.25,
+            outputs={"alpha": str(Path(tmp) / "m.####.png")},
+            settings=WriterSettings(bit_depth=8),
+            seq_chunk=8,
+            state_every=0,  # the stand-in keeps no state to save
+            num_workers=encoder_threads(),
+            progress="off",
+        )
+        start, cpu = time.perf_counter(), time.process_time()
+        run_job(job)
+        return frames / (time.perf_counter() - start), (time.process_time() - cpu) * 1000 / frames
+
+
+def _ring_shot_rows(args: argparse.Namespace) -> list[list[str]]:
+    """(g) one co-located shot end to end over shared memory: frames decoded into the ring vs copied in."""
+    from rvm_node.bench.standins import STANDIN_NAME
+    from rvm_node.io.sources import open_source
+
+    process, address = _spawn_standin("--standin", "constant")
+    rows: list[list[str]] = []
+    try:
+        for width, height in parse_frame_sizes(args.sizes):
+            count = max(2 * _MIN_STREAM_FRAMES, round(args.stream_frames * 1920 * 1080 / (width * height)))
+            clip = upscaled_clip(width, height, count)
+            frames = len(open_source(clip).frame_numbers or []) or count
+            results: dict[bool, list[tuple[float, float]]] = {True: [], False: []}
+            for _ in range(args.rounds):
+                for into_ring in (True, False):
+                    results[into_ring].append(_ring_shot_rate(address, clip, frames, into_ring))
+            base = statistics.median(rate for rate, _ in results[False])
+            for into_ring in (True, False):
+                rates = [rate for rate, _ in results[into_ring]]
+                cpu = statistics.median(ms for _, ms in results[into_ring])
+                rows.append(
+                    [
+                        f"{width}x{height}",
+                        f"{STANDIN_NAME}: {'decoded into ring slots' if into_ring else 'copied into ring slots'}",
+                        spread(rates, 1),
+                        f"{cpu:.1f}",
+                        f"{statistics.median(rates) / base:.2f}x",
+                    ]
+                )
+    finally:
+        stop_process(process)
+    return rows
+
+
 def _inference_rows(args: argparse.Namespace, backend: Any) -> list[tuple[str, str]]:
     """(d) `rvm-node serve`, batching off and on, the end-to-end shot, and memory; ``backend`` is the
     in-process model of the same kind the nodes load."""
@@ -581,6 +641,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
     )
     started = time.perf_counter()
     header, standin_rows, stage_header, stage_rows = _standin_table(args)
+    ring_rows = _ring_shot_rows(args)
     inference_rows = [] if args.serving_only else _inference_rows(args, backend)
     print(f"Machine: {machine()}")
     print(
@@ -600,6 +661,14 @@ def run_node_bench(args: argparse.Namespace) -> int:
         "stages that ran on it)."
     )
     markdown(stage_header, stage_rows)
+    print()
+    print(
+        "(g) One co-located shot end to end over shared memory (`rvm-node matte`: decode, node, 8-bit PNG alpha, "
+        "seq_chunk 8), the example clip scaled to each size: the reader decodes each chunk straight into ring "
+        "slots, or each frame is copied in; client CPU = this process's user + system time; interleaved, "
+        f"median (min–max) of {args.rounds} rounds."
+    )
+    markdown(["size", "path", "frames/s", "client CPU ms/frame", "vs copied in"], ring_rows)
     if not inference_rows:
         print(f"\n({time.perf_counter() - started:.0f} s)")
         return 0

@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -464,7 +464,7 @@ class NodeClient:
 
 
 class MatteStream:
-    """One open Matte stream. Not thread-safe: use it from one thread."""
+    """One open Matte stream. Not thread-safe: use it from one thread, except :meth:`lease_frames`."""
 
     def __init__(
         self,
@@ -478,6 +478,10 @@ class MatteStream:
         self._ring = ring  # a shared-memory stream's ring, owned by the stream once it is accepted
         self._free_slots: deque[int] = deque(range(ring.slots) if ring is not None else ())
         self._slots_in_flight: deque[int] = deque()  # the slot of each frame sent and not yet answered
+        self._slot_change = threading.Condition()  # guards the free slots against a leasing thread
+        self._leased: set[int] = set()  # the block of slots lent to a frame reader, not yet sent
+        self._lease_block = 0  # the most slots a block may have (0: no leases)
+        self.frames_in_place = 0  # frames sent from the slot a reader decoded them into
         self._requests: queue.Queue[Any] = queue.Queue()
         self._requests.put(pb.MatteRequest(open=open_message))
         self._call = client._matte_call()(self._request_iter(), timeout=timeout, metadata=client._metadata)
@@ -572,22 +576,115 @@ class MatteStream:
         """How the stream's frames travel: ``shm``, ``raw``, ``zstd`` or ``png``."""
         return transport_name(self._in_transport)
 
-    def _send_to_ring(self, ring: ClientRing, chunk: StreamChunk) -> int:
-        """Write a chunk's frames into free ring slots and send their slot references."""
+    def allow_leases(self, block: int) -> None:
+        """Let :meth:`lease_frames` lend blocks of up to ``block`` adjacent slots, one at a time; at most
+        half the ring, so the frames sent before a lent block always find slots."""
+        if self._ring is not None:
+            self._lease_block = max(0, min(block, self._ring.slots // 2))
+
+    def lease_frames(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+        """``count`` adjacent free ring slots as one ``[count, H, W, 3]`` array of the stream's samples,
+        for a reader thread to decode the frames of one chunk into; :meth:`lent_chunk` then sends them
+        from there without a copy. Waits while the last block lent is not yet sent or no such slots are
+        free. None for a stream with no ring or leases, frames of another shape or kind of sample, or
+        once the stream is over. Safe from one thread besides the stream's own."""
+        ring = self._ring
         width, height = self._settings.width, self._settings.height
-        if len(chunk.frames) > len(self._free_slots):
-            raise InvalidInputError(
-                f"a chunk of {len(chunk.frames)} frames needs as many ring slots; the ring has {ring.slots} "
-                f"(ring_slots)"
-            )
+        kind = np.dtype(dtype).kind
+        if ring is None or tuple(shape) != (height, width, 3) or not 0 < count <= self._lease_block:
+            return None
+        if kind != self._in_dtype.kind or (kind != "f" and np.dtype(dtype) != self._in_dtype):
+            return None
+        with self._slot_change:
+            while self._ring is ring and (self._leased or self._free_block(count) is None):
+                self._slot_change.wait(0.5)
+            first = self._free_block(count)
+            if self._ring is not ring or first is None:
+                return None
+            for slot in range(first, first + count):
+                self._free_slots.remove(slot)
+                self._leased.add(slot)
+        return ring.frames(first, count, self._in_dtype, (height, width, 3))
+
+    def _reader_waits(self) -> bool:
+        """True while a reader of lent blocks has none and none is free for it."""
+        with self._slot_change:
+            block = self._lease_block
+            return bool(block) and not self._leased and self._free_block(block) is None
+
+    def _free_block(self, count: int) -> int | None:
+        """The first slot of ``count`` free adjacent slots starting at a multiple of ``count``, if any."""
+        ring = self._ring
+        if ring is None or count < 1:
+            return None
+        free = set(self._free_slots)
+        for first in range(0, ring.slots - count + 1, count):
+            if free.issuperset(range(first, first + count)):
+                return first
+        return None
+
+    def lent_chunk(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """The chunk ``[T, 3, H, W]`` over ``frames``: in place where they are the lent block's slots in
+        order; otherwise a copy. A block some of the frames were decoded into is then given back (the
+        reader is done with it); a block lent for a later chunk stays with the reader."""
+        ring = self._ring
+        slots = [None if ring is None else ring.slot_of(f) for f in frames]
+        if ring is None or not any(s in self._leased for s in slots):
+            return np.stack(frames).transpose(0, 3, 1, 2)
+        first = slots[0]
+        if first is not None and all(
+            slot == first + t and slot in self._leased and frame.dtype == self._in_dtype
+            for t, (frame, slot) in enumerate(zip(frames, slots, strict=True))
+        ):
+            return ring.frames(first, len(frames), self._in_dtype, frames[0].shape).transpose(0, 3, 1, 2)
+        chunk = np.stack(frames).transpose(0, 3, 1, 2)
+        with self._slot_change:
+            self._free_slots.extend(sorted(self._leased))
+            self._leased.clear()
+            self._slot_change.notify_all()
+        return chunk
+
+    def _take_slots(self, count: int) -> list[int]:
+        """``count`` free slots for frames copied in: a block where one is free, so blocks stay whole."""
+        first = self._free_block(count) if count > 1 else None
+        if first is None:
+            return [self._free_slots.popleft() for _ in range(count)]
+        for slot in range(first, first + count):
+            self._free_slots.remove(slot)
+        return list(range(first, first + count))
+
+    def _send_to_ring(self, ring: ClientRing, chunk: StreamChunk) -> int:
+        """Send a chunk's frames as slot references: frames in the lent block from their slots, the
+        others copied into free slots."""
+        width, height = self._settings.width, self._settings.height
         for number, frame in chunk.frames:  # all of them before any slot is taken
             self._check_frame(number, frame)
         frame_bytes = width * height * 3 * self._in_dtype.itemsize
+        with self._slot_change:
+            lent: list[int | None] = []
+            for _, frame in chunk.frames:
+                slot = ring.slot_of(frame)
+                usable = slot in self._leased and slot not in lent and frame.dtype == self._in_dtype
+                lent.append(slot if usable else None)
+            if lent.count(None) > len(self._free_slots):
+                raise InvalidInputError(
+                    f"a chunk of {len(chunk.frames)} frames needs as many ring slots; the ring has "
+                    f"{ring.slots} (ring_slots)"
+                )
+            copied = iter(self._take_slots(lent.count(None)))
+            slots = [next(copied) if s is None else s for s in lent]
+            if any(s is not None for s in lent):
+                self._leased.difference_update(slots)
+                self._free_slots.extend(sorted(self._leased))  # rows no frame used (a short last chunk)
+                self._leased.clear()
+                self._slot_change.notify_all()
         parts = []
-        for number, frame in chunk.frames:
-            slot = self._free_slots.popleft()
+        for (number, frame), slot, in_place in zip(chunk.frames, slots, lent, strict=True):
             offset = slot * ring.slot_bytes
-            np.copyto(ring.view(offset, self._in_dtype, (height, width, 3)), frame, casting="unsafe")
+            if in_place is None:
+                np.copyto(ring.view(offset, self._in_dtype, (height, width, 3)), frame, casting="unsafe")
+            else:
+                self.frames_in_place += 1
             self._slots_in_flight.append(slot)
             ref = pb.SlotRef(slot=slot, offset=offset, size=frame_bytes)
             parts.append(FramePartView(number, 0, frame_bytes, memoryview(b""), ref))
@@ -691,7 +788,9 @@ class MatteStream:
             except InvalidInputError as exc:
                 raise self._protocol_error(str(exc)) from None
         if self._ring is not None:
-            self._free_slots.append(self._slots_in_flight.popleft())
+            with self._slot_change:
+                self._free_slots.append(self._slots_in_flight.popleft())
+                self._slot_change.notify_all()
         return MatteResult(
             number,
             planes[pb.PLANE_ALPHA] if pb.PLANE_ALPHA in planes else np.empty(0, self._out_dtype),
@@ -712,8 +811,20 @@ class MatteStream:
         """
         pending: deque[tuple[StreamChunk, int]] = deque()
         in_flight = 0
-        for chunk in chunks:
-            while pending and len(chunk.frames) > len(self._free_slots) and self._ring is not None:
+        iterator = iter(chunks)
+        while True:
+            # A reader that decodes into lent slots needs a free block before it can hand over the
+            # next chunk: the oldest replies are read first, freeing their slots.
+            while pending and self._reader_waits():
+                done, done_size = pending.popleft()
+                in_flight -= done_size
+                yield self._receive_chunk(done)
+            chunk = next(iterator, None)
+            if chunk is None:
+                break
+            ring = self._ring
+            needed = 0 if ring is None else sum(ring.slot_of(f) not in self._leased for _, f in chunk.frames)
+            while pending and needed > len(self._free_slots) and self._ring is not None:
                 done, done_size = pending.popleft()  # a shared-memory stream waits for free slots
                 in_flight -= done_size
                 yield self._receive_chunk(done)
@@ -773,7 +884,9 @@ class MatteStream:
 
     def _release_ring(self, keep: bool = False) -> None:
         if self._ring is not None:
-            ring, self._ring = self._ring, None
+            with self._slot_change:
+                ring, self._ring = self._ring, None
+                self._slot_change.notify_all()  # a reader waiting for a slot gets none
             if keep:
                 self._client._keep_ring(ring)
             else:

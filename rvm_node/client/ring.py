@@ -69,6 +69,7 @@ class ClientRing:
             fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, _SEALS)
             self.name = f"/proc/{os.getpid()}/fd/{self._fd}"
         self._map = mmap.mmap(self._fd, size)
+        self._base = np.frombuffer(self._map, np.uint8, 1).ctypes.data  # the address slots are found by
 
     @property
     def reusable(self) -> bool:
@@ -93,6 +94,26 @@ class ClientRing:
         if self._map is None:
             raise InvalidInputError("shared-memory ring: already closed")
         return np.frombuffer(self._map, dtype, int(np.prod(shape)), offset).reshape(shape)
+
+    def slot_of(self, frame: np.ndarray) -> int | None:
+        """The slot whose start ``frame`` views as one contiguous block (as :meth:`view` made it), else None."""
+        if self._map is None or not frame.flags.c_contiguous or frame.nbytes > self.slot_bytes:
+            return None
+        offset = frame.__array_interface__["data"][0] - self._base
+        if not 0 <= offset < self.size or offset % self.slot_bytes:
+            return None
+        return offset // self.slot_bytes
+
+    def frames(self, first_slot: int, count: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """``count`` frames of ``shape`` from ``first_slot`` on, as one ``[count, *shape]`` array, in place."""
+        if self._map is None:
+            raise InvalidInputError("shared-memory ring: already closed")
+        if not 0 <= first_slot <= self.slots - count:
+            raise InvalidInputError(
+                f"shared-memory ring: slots {first_slot}+{count} are outside its {self.slots}"
+            )
+        frame = self.view(first_slot * self.slot_bytes, dtype, shape)
+        return np.lib.stride_tricks.as_strided(frame, (count, *shape), (self.slot_bytes, *frame.strides))
 
     def close(self) -> None:
         self.unlink()

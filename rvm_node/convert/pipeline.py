@@ -37,7 +37,13 @@ import numpy as np
 from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint, save_checkpoint
 from rvm_node.convert.progress import Progress
 from rvm_node.engine.samples import OutputSpec, finest_format
-from rvm_node.engine.session import ChunkJob, MattingBackend, RecurrentState, check_downsample_ratio
+from rvm_node.engine.session import (
+    ChunkJob,
+    FrameMemory,
+    MattingBackend,
+    RecurrentState,
+    check_downsample_ratio,
+)
 from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.io.outlock import OutputLock, lock_path
 from rvm_node.io.sequence import FramePattern, FrameRange
@@ -262,9 +268,29 @@ def _plan_resume(
     return plan
 
 
-def _reader(source: FrameSource, start: int | None, out: queue.Queue[Any], stop: threading.Event) -> None:
+def _fits(samples: np.dtype[Any], memory: np.dtype[Any]) -> bool:
+    """Whether samples keep their values in memory of that type (float frames go to float16 as sent)."""
+    return samples == memory or samples.kind == memory.kind == "f"
+
+
+def _reader(
+    source: FrameSource,
+    start: int | None,
+    out: queue.Queue[Any],
+    stop: threading.Event,
+    memory: FrameMemory | None,
+    chunk: int,
+) -> None:
     try:
-        for frame in source.frames(start):
+        block: np.ndarray | None = None
+        for index, frame in enumerate(source.frames(start)):
+            if memory is not None and index % chunk == 0:  # the chunks _chunks() will make, one block each
+                block = memory.take(chunk, frame.pixels.shape, frame.pixels.dtype)
+            pixels = frame.pixels
+            if block is not None and block.shape[1:] == pixels.shape and _fits(pixels.dtype, block.dtype):
+                target = block[index % chunk]  # straight from the decoder into the backend's memory
+                np.copyto(target, pixels, casting="unsafe")
+                frame = SourceFrame(frame.number, target)
             while not stop.is_set():
                 try:
                     out.put(frame, timeout=0.1)
@@ -471,7 +497,10 @@ def _run_writers(
     stop = threading.Event()
     frames: queue.Queue[Any] = queue.Queue(maxsize=max(4, 2 * job.seq_chunk))
     reader = threading.Thread(
-        target=_reader, args=(source, start, frames, stop), name="rvm-node-reader", daemon=True
+        target=_reader,
+        args=(source, start, frames, stop, session.frame_memory, job.seq_chunk),
+        name="rvm-node-reader",
+        daemon=True,
     )
     writer = _WriterThread(job, writers, numbering, background, progress)
     reader.start()
@@ -492,7 +521,10 @@ def _run_writers(
             )
             if snapshot:
                 since_checkpoint = 0
-            yield ChunkJob(np.stack([f.pixels for f in chunk]).transpose(0, 3, 1, 2), snapshot, chunk)
+            pixels = [f.pixels for f in chunk]
+            memory = session.frame_memory
+            stacked = np.stack(pixels).transpose(0, 3, 1, 2) if memory is None else memory.gather(pixels)
+            yield ChunkJob(stacked, snapshot, chunk)
 
     try:
         for done in session.run(chunk_jobs()):

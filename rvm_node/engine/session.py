@@ -15,7 +15,7 @@ import abc
 import importlib.util
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ __all__ = [
     "BACKENDS",
     "ChunkDone",
     "ChunkJob",
+    "FrameMemory",
     "MatteChunk",
     "MattingBackend",
     "MattingSession",
@@ -147,6 +148,19 @@ class ChunkDone:
     state: RecurrentState | None
 
 
+class FrameMemory(Protocol):
+    """Memory a backend lends the frame reader (a node's shared-memory ring): the frames of a chunk are
+    decoded straight into it, and the chunk reaches the backend with no further copy."""
+
+    def take(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+        """Writable ``[count, *shape]`` memory for the next chunk's frames (samples cast to the memory's
+        own type), waiting while none is free; None where they cannot go there."""
+
+    def gather(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """The chunk ``[T, 3, H, W]`` over a chunk's ``HxWx3`` frames: in place where they fill memory
+        from :meth:`take` in order, else a copy (and that memory is given back)."""
+
+
 class MattingBackend(abc.ABC, Generic[StateT]):
     """A loaded RVM model on one device. Thread-compatible; holds no stream state."""
 
@@ -219,6 +233,10 @@ class MattingBackend(abc.ABC, Generic[StateT]):
             "variant": self.variant,
         }
 
+    def frame_memory(self) -> FrameMemory | None:
+        """Memory for one session's decoded frames, where the backend has some to lend."""
+        return None
+
     def new_session(
         self, downsample_ratio: float | None = None, outputs: OutputSpec | None = None
     ) -> MattingSession:
@@ -253,6 +271,7 @@ class MattingSession:
         self.backend = backend
         self.downsample_ratio = check_downsample_ratio(downsample_ratio)
         self.outputs = outputs or OutputSpec()
+        self.frame_memory = backend.frame_memory()
         self._state: Any = None
         self._frame_size: tuple[int, int] | None = None
         self._batch: int | None = None
