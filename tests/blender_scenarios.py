@@ -11,11 +11,13 @@ object: what the operator reported and what the scene holds afterwards.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -72,7 +74,10 @@ def snapshot() -> dict[str, Any]:
                 strip["directory"] = bpy.path.abspath(s.directory)
                 strip["files"] = [e.filename for e in s.elements]
             strips.append(strip)
-    tree = scene.node_tree if scene.use_nodes else None
+    if bpy.app.version >= (5, 0, 0):  # 5.0: the compositor is a node group of the scene's own
+        tree = scene.compositing_node_group
+    else:
+        tree = scene.node_tree if scene.use_nodes else None
     image_nodes = [] if tree is None else [n for n in tree.nodes if n.bl_idname == "CompositorNodeImage"]
     return {
         "images": [
@@ -181,9 +186,12 @@ def _add_strips(specs: list[dict[str, Any]]) -> list[Any]:
         if spec["type"] == "MOVIE":
             strip = strips.new_movie(spec["name"], spec["path"], spec["channel"], spec["frame_start"])
         elif spec["type"] == "COLOR":
-            strip = strips.new_effect(
-                spec["name"], "COLOR", spec["channel"], spec["frame_start"], frame_end=spec["frame_end"]
+            extent = (  # 5.0 takes a length where 4.x took the end frame
+                {"length": spec["frame_end"] - spec["frame_start"]}
+                if bpy.app.version >= (5, 0, 0)
+                else {"frame_end": spec["frame_end"]}
             )
+            strip = strips.new_effect(spec["name"], "COLOR", spec["channel"], spec["frame_start"], **extent)
         else:
             files = spec["files"]
             strip = strips.new_image(spec["name"], files[0], spec["channel"], spec["frame_start"])
@@ -254,6 +262,10 @@ def _digest(path: str) -> str:
         return hashlib.sha256(handle.read()).hexdigest()
 
 
+def _raises_attribute_error(*args: Any, **kwargs: Any) -> None:
+    raise AttributeError("'CompositorNodeSetAlpha' object has no attribute 'mode'")
+
+
 def calls(args: dict[str, Any]) -> dict[str, Any]:
     """Several operator calls in one Blender; each says whether the scene is as it was before it.
 
@@ -279,9 +291,19 @@ def calls(args: dict[str, Any]) -> dict[str, Any]:
         saved = {key: getattr(prefs, key) for key in extra.get("prefs", {})}
         for key, value in extra.get("prefs", {}).items():
             setattr(prefs, key, value)
+        broken = extra.get("break")  # "module.function": made to raise what Blender raises on an API change
+        if broken:
+            where, function = broken.rsplit(".", 1)
+            target = importlib.import_module(f"{module}.{where}")
+            original = getattr(target, function)
+            setattr(target, function, _raises_attribute_error)
+        folders = set(glob.glob(os.path.join(tempfile.gettempdir(), "rvm-blender-*")))
         before = snapshot()
         outcome = _call(operators[operator], **kwargs)
-        results.append([name, {**outcome, "unchanged": snapshot() == before}])
+        left = sorted(set(glob.glob(os.path.join(tempfile.gettempdir(), "rvm-blender-*"))) - folders)
+        results.append([name, {**outcome, "unchanged": snapshot() == before, "folders_left": left}])
+        if broken:
+            setattr(target, function, original)
         for key, value in saved.items():
             setattr(prefs, key, value)
         for strip in made:
@@ -299,6 +321,8 @@ def _strips_for_call(setup: dict[str, Any]) -> list[Any]:
             setattr(strip, attribute, value)
         if strip.name in setup.get("retime", []):
             bpy.context.scene.sequence_editor.active_strip = strip
+            if hasattr(bpy.context.workspace, "sequencer_scene"):  # 5.0: the operators edit this scene
+                bpy.context.workspace.sequencer_scene = bpy.context.scene
             bpy.ops.sequencer.retiming_key_add(timeline_frame=int(strip.frame_final_start) + 5)
     return made
 

@@ -1,7 +1,7 @@
 """The Blender add-on in real Blender (the bpy module in its own venv) against real render nodes.
 
-Every test runs on Blender 4.2 and 4.5 LTS: scripts/setup-blender-venv makes
-``.venv-blender-4.2`` and ``.venv-blender-4.5``; ``RVM_NODE_BLENDER_PYTHON``
+Every test runs on Blender 4.2 LTS, 4.5 LTS and 5.0 (the test ids name the venv, so the output says
+which ran): scripts/setup-blender-venv makes ``.venv-blender-4.2``, ``-4.5`` and ``-5.0``; ``RVM_NODE_BLENDER_PYTHON``
 names one other Python with bpy to run them on instead. The add-on is built
 with plugins/blender/build.py (Linux wheels) and installed into a temporary
 ``BLENDER_USER_RESOURCES``; its rvm-node subprocess runs on Blender's Python
@@ -35,11 +35,23 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = Path(__file__).with_name("blender_scenarios.py")
 PYTHON_ENV = "RVM_NODE_BLENDER_PYTHON"
-BLENDER_VERSIONS = ("4.2", "4.5")  # the LTS releases the add-on supports
+BLENDER_VERSIONS = ("4.2", "4.5", "5.0")  # the releases the tests run on (bpy wheels for Python 3.11)
+
+
+def manifest_maximum() -> str:
+    """The manifest's (exclusive) maximum: the minor release after the newest one the tests run on."""
+    major, minor = max(tuple(int(p) for p in v.split(".")) for v in BLENDER_VERSIONS)
+    return f"{major}.{minor + 1}.0"
+
+
+def test_the_manifest_admits_exactly_the_tested_releases() -> None:
+    manifest = tomllib.loads((ROOT / "plugins/blender/rvm_blender/blender_manifest.toml").read_text())
+    assert manifest["blender_version_min"] == f"{min(BLENDER_VERSIONS)}.0"
+    assert manifest["blender_version_max"] == manifest_maximum()
 
 
 def _blender_pythons() -> list[str]:
-    """``RVM_NODE_BLENDER_PYTHON``, or both LTS venvs that scripts/setup-blender-venv makes."""
+    """``RVM_NODE_BLENDER_PYTHON``, or the venvs that scripts/setup-blender-venv makes."""
     given = os.environ.get(PYTHON_ENV)
     return (
         [given] if given else [str(ROOT / f".venv-blender-{v}" / "bin" / "python") for v in BLENDER_VERSIONS]
@@ -519,6 +531,12 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
                             "set": {"i": {"frame_offset_end": -3}},
                         },
                     ],
+                    [
+                        "loading breaks midway",  # as 5.0's API change broke the compositor setup
+                        "matte_clip",
+                        {**ok, "output": f"{tmp_path}/broken/m.####.exr", "compositor": True},
+                        {"break": "compat.set_replace_alpha"},
+                    ],
                     ["test connection, node down", "test_connection", {"node": "127.0.0.1:1"}],
                     ["test connection, wrong token", "test_connection", {"node": guarded_address}],
                 ],
@@ -548,6 +566,7 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
         "test connection, missing program": "cannot run rvm-node info",
         "no channel above": "m: mattes written but not loaded: no free channel above 128",
         "trimmed past its images": "strip i: shows frames outside its images",
+        "loading breaks midway": "mattes written but not loaded: 'CompositorNodeSetAlpha' object has no",
         "test connection, node down": "127.0.0.1:1",
         "test connection, wrong token": "token",
     }
@@ -556,7 +575,8 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
         assert call["result"] == "ERROR" and fragment in call["error"], (name, call)
         assert len(call["error"].splitlines()) == 1, (name, call["error"])
         assert call["error"].startswith("Error: RVM:"), (name, call["error"])
-        assert call["unchanged"], name
+        assert call["unchanged"], name  # what the broken load had added (nodes, image, clip) is gone
+        assert call["folders_left"] == [], name
     # only the call that got as far as loading wrote frames (5 of them, the strip's visible ones)
     assert sorted(p.name for p in out.iterdir()) == [f"m.{n:04d}.exr" for n in range(1, 6)]
 
@@ -576,7 +596,7 @@ def test_release_zip_bundles_every_platform_and_installs(
         manifest = tomllib.loads(archive.read("blender_manifest.toml").decode())
         names = set(archive.namelist())
     assert manifest["type"] == "add-on" and manifest["blender_version_min"] == "4.2.0"
-    assert manifest["blender_version_max"] == "5.0.0"
+    assert manifest["blender_version_max"] == manifest_maximum()
     assert set(manifest["permissions"]) == {"network", "files"}
     assert sorted(manifest["platforms"]) == ["linux-x64", "macos-arm64", "macos-x64", "windows-x64"]
     wheels = [w.removeprefix("./") for w in manifest["wheels"]]

@@ -72,6 +72,12 @@ class Outcome:
         return "RVM: " + (f"{self.submitted}, but " if self.submitted else "") + "; ".join(self.errors)
 
 
+def one_line(exc: BaseException) -> str:
+    """An exception as one line: its message (its type where it has none), never a traceback."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
 def blender_ocio_config() -> str | None:
     """Blender's own OCIO config: it names the colour spaces clips and strips are tagged with."""
     path = os.path.join(bpy.utils.system_resource("DATAFILES"), "colormanagement", "config.ocio")
@@ -121,9 +127,9 @@ class MatteRun:
                     clear_outputs(request)
             process = MatteProcess(argv, env, self.workdir, {r.name: len(r.frames) for r in requests})
             process.start()
-        except (PluginError, OSError) as exc:
+        except Exception as exc:  # nothing started; the temporary folder goes
             shutil.rmtree(self.workdir, ignore_errors=True)
-            raise PluginError(str(exc)) from None
+            raise PluginError(one_line(exc)) from None
         self.process = process
         return process
 
@@ -133,16 +139,26 @@ class MatteRun:
         outcome = Outcome(cancelled=process is not None and process.cancelled)
         if process is None:
             return outcome
+        try:
+            self._finish(context, process, outcome)
+        finally:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        return outcome
+
+    def _finish(self, context: Any, process: MatteProcess, outcome: Outcome) -> None:
         remove_temporaries(self.patterns)
         scene = bpy.data.scenes.get(self.scene_name) or context.scene
         for target in self.targets:
             shot = process.shots[target.request.name]
             if shot.state == "done":
                 try:
-                    self._load(scene, target)
+                    with loading.all_or_nothing(scene):
+                        self._load(scene, target)
                     outcome.loaded.append(target.request.name)
-                except (PluginError, RuntimeError, KeyError) as exc:
-                    outcome.errors.append(f"{target.request.name}: mattes written but not loaded: {exc}")
+                except Exception as exc:  # whatever Blender raises: one line, and the scene as it was
+                    outcome.errors.append(
+                        f"{target.request.name}: mattes written but not loaded: {one_line(exc)}"
+                    )
             elif process.cancelled:
                 outcome.errors.append(
                     f"{target.request.name}: cancelled; {shot.done} complete frames kept, run again to resume"
@@ -150,8 +166,6 @@ class MatteRun:
             else:
                 reason = shot.message.splitlines()[0] if shot.message else process.error_line()
                 outcome.errors.append(f"{target.request.name}: {reason}")
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        return outcome
 
     def _load(self, scene: Any, target: Target) -> None:
         load_matte(scene, target, self.choices.compositor)
@@ -227,10 +241,11 @@ def submit_to_farm(
     outcome = Outcome(submitted=f"{submitted.said} (bundle {submitted.bundle})")
     for target in targets:
         try:
-            load_matte(scene, target, choices.compositor, arriving=True)
+            with loading.all_or_nothing(scene):
+                load_matte(scene, target, choices.compositor, arriving=True)
             outcome.loaded.append(target.request.name)
-        except (PluginError, RuntimeError, KeyError) as exc:
-            outcome.errors.append(f"{target.request.name}: matte not loaded: {exc}")
+        except Exception as exc:  # the job is submitted whatever happens here: said as such
+            outcome.errors.append(f"{target.request.name}: matte not loaded: {one_line(exc)}")
     return outcome
 
 

@@ -14,17 +14,73 @@ in, and the compositor setup reads it through an Image node.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import bpy
 
+from . import compat
 from .shots import FrameMap, PluginError, frame_path
 from .sources import sequence_strips
 
-__all__ = ["add_compositor", "add_matte_clip", "add_matte_strip", "load_image_sequence", "matte_channel"]
+__all__ = [
+    "add_compositor",
+    "add_matte_clip",
+    "add_matte_strip",
+    "all_or_nothing",
+    "load_image_sequence",
+    "matte_channel",
+]
 
 NON_COLOR = "Non-Color"
 _PLATE_LABEL, _MATTE_LABEL = "Plate", "Matte"
+
+
+class _SceneBefore:
+    """What loading may add to a scene and to ``bpy.data``, as it was, so a failed load can be taken back."""
+
+    def __init__(self, scene: Any) -> None:
+        self.scene = scene
+        self.images = {i.as_pointer() for i in bpy.data.images}
+        self.clips = {c.as_pointer() for c in bpy.data.movieclips}
+        self.groups = {g.as_pointer() for g in bpy.data.node_groups}
+        editor = scene.sequence_editor
+        self.strips = set() if editor is None else {s.as_pointer() for s in sequence_strips(editor)}
+        tree = compat.existing_compositor_tree(scene)
+        self.nodes = set() if tree is None else {n.as_pointer() for n in tree.nodes}
+        self.compositor = compat.compositor_setting(scene)
+
+    def restore(self) -> None:
+        """Remove what was added since; the scene's compositor setting goes back to what it was."""
+        scene = self.scene
+        if scene.sequence_editor is not None:
+            strips = sequence_strips(scene.sequence_editor)
+            for strip in [s for s in strips if s.as_pointer() not in self.strips]:
+                strips.remove(strip)
+        tree = compat.existing_compositor_tree(scene)
+        if tree is not None:
+            for node in [n for n in tree.nodes if n.as_pointer() not in self.nodes]:
+                tree.nodes.remove(node)
+        compat.restore_compositor_setting(scene, self.compositor)
+        for datablocks, before in (
+            (bpy.data.node_groups, self.groups),
+            (bpy.data.images, self.images),
+            (bpy.data.movieclips, self.clips),
+        ):
+            for block in [b for b in datablocks if b.as_pointer() not in before]:
+                datablocks.remove(block)
+
+
+@contextmanager
+def all_or_nothing(scene: Any) -> Iterator[None]:
+    """What the block adds to ``scene`` (strips, compositor nodes, images, clips) is taken back if it raises."""
+    before = _SceneBefore(scene)
+    try:
+        yield
+    except BaseException:
+        before.restore()
+        raise
 
 
 def _same_file(path: str, absolute: str) -> bool:
@@ -160,8 +216,7 @@ def add_compositor(scene: Any, plate: Any, matte: Any, frames: FrameMap | None =
     relinked. A setup an earlier run made for this plate (the frame
     ``RVM matte: <plate>``) gets the new matte instead.
     """
-    scene.use_nodes = True
-    tree = scene.node_tree
+    tree = compat.compositor_tree(scene)
     label = f"RVM matte: {plate.name}"
     frame = next((n for n in tree.nodes if n.bl_idname == "NodeFrame" and n.label == label), None)
     if frame is not None:
@@ -187,7 +242,7 @@ def add_compositor(scene: Any, plate: Any, matte: Any, frames: FrameMap | None =
     plate_node.clip, plate_node.label = plate, _PLATE_LABEL
     matte_node = _matte_node(tree, frame, matte, frames)
     set_alpha = tree.nodes.new("CompositorNodeSetAlpha")
-    set_alpha.mode = "REPLACE_ALPHA"
+    compat.set_replace_alpha(set_alpha)
     viewer = tree.nodes.new("CompositorNodeViewer")
     tree.links.new(plate_node.outputs["Image"], set_alpha.inputs["Image"])
     # the matte's RGB carries the alpha in every channel (RGBA EXR and grey PNG alike)

@@ -23,6 +23,7 @@ from .jobs import (
     Outcome,
     Target,
     clip_targets,
+    one_line,
     selected_strips,
     strip_targets,
     submit_to_farm,
@@ -105,17 +106,20 @@ class _MatteOperator:
                 )
             run = MatteRun(context.scene, targets, choices)
             process = run.start()
-        except PluginError as exc:
-            self.report({"ERROR"}, f"RVM: {exc}")  # type: ignore[attr-defined]
+        except Exception as exc:  # whatever went wrong: one line, nothing started, the scene as it was
+            self.report({"ERROR"}, f"RVM: {one_line(exc)}")  # type: ignore[attr-defined]
             return {"CANCELLED"}
         wm = context.window_manager
         if self.blocking or context.window is None:
             wm.progress_begin(0, max(process.total, 1))
             try:
                 process.wait(lambda p: wm.progress_update(p.done))
+            except Exception as exc:
+                process.cancel()
+                self.report({"ERROR"}, f"RVM: {one_line(exc)}")  # type: ignore[attr-defined]
             finally:
                 wm.progress_end()
-            return self._report(run.finish(context))
+            return self._finish(run, context)
         self._run = run
         wm.progress_begin(0, max(process.total, 1))
         self._timer = wm.event_timer_add(0.25, window=context.window)
@@ -140,11 +144,23 @@ class _MatteOperator:
         context.window_manager.progress_end()
         context.workspace.status_text_set(None)
         self._run = None
-        return self._report(run.finish(context))
+        return self._finish(run, context)
+
+    def _finish(self, run: MatteRun, context: Any) -> set[str]:
+        try:
+            return self._report(run.finish(context))
+        except (
+            Exception
+        ) as exc:  # finish takes back what it loaded and removes its folder; say it in one line
+            self.report({"ERROR"}, f"RVM: {one_line(exc)}")  # type: ignore[attr-defined]
+            return {"CANCELLED"}
 
     def _report(self, outcome: Outcome) -> set[str]:
         if outcome.errors:
-            self.report({"WARNING" if outcome.cancelled else "ERROR"}, outcome.error_line())  # type: ignore[attr-defined]
+            level = "WARNING" if outcome.cancelled or outcome.submitted else "ERROR"
+            self.report({level}, outcome.error_line())  # type: ignore[attr-defined]
+            if outcome.submitted:
+                return {"FINISHED"}  # the job is on the farm: a matte not loaded does not undo that
         if outcome.submitted and not outcome.errors:
             loaded = f"; mattes load as frames arrive: {', '.join(outcome.loaded)}" if outcome.loaded else ""
             self.report({"INFO"}, f"RVM: {outcome.submitted}{loaded}")  # type: ignore[attr-defined]
