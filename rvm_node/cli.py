@@ -673,6 +673,20 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--shm-group's",
     )
     serve.set_defaults(serve_parser=serve)
+    serve.add_argument(
+        "--exit-with-pid",
+        type=int,
+        default=None,
+        metavar="PID",
+        help="stop (draining) once process PID has exited: a node private to one application (default: never)",
+    )
+    serve.add_argument(
+        "--exit-when-idle",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop once no stream has been open for SECONDS (default: never)",
+    )
     serve.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     serve.add_argument("--log-format", choices=["text", "json"], default="text")
     serve.add_argument(
@@ -901,6 +915,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise InvalidInputError(f"--workers: expected 1 or more, got {args.workers}")
     settings = _node_settings(args)  # every setting is checked before a worker starts
+    if args.workers != 1 and (args.exit_with_pid is not None or args.exit_when_idle is not None):
+        raise InvalidInputError("--exit-with-pid and --exit-when-idle serve with one worker (--workers 1)")
     if args.workers == 1:
         _serve_node(args, settings)
         return 0
@@ -939,8 +955,11 @@ def _serve_node(
     """Serve one node process: the node itself, or one of its ``--workers`` (``streams``, ``ready_pipe``)."""
     import asyncio
 
-    from rvm_node.node.server import NodeServer, serve_forever, start_node
+    from rvm_node.node.server import NodeServer, StopWhen, serve_forever, start_node
 
+    stop_when = None
+    if args.exit_with_pid is not None or args.exit_when_idle is not None:
+        stop_when = StopWhen(args.exit_with_pid, args.exit_when_idle)  # checked before the model loads
     backend = _load_local(args, _serve_options(args))
     batch = _batch_policy(args, str(backend.device))
 
@@ -964,7 +983,7 @@ def _serve_node(
             streams=streams,
             **settings,
         )
-        await serve_forever(node, args.grace, ready)
+        await serve_forever(node, args.grace, ready, stop_when)
 
     asyncio.run(main_async())
 

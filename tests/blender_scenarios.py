@@ -177,6 +177,25 @@ def matte_clip(args: dict[str, Any]) -> dict[str, Any]:
     return _run_op(bpy.ops.rvm.matte_clip, args, clip=clip.name)
 
 
+def this_computer(args: dict[str, Any]) -> dict[str, Any]:
+    """Shots on "This computer" with no render node set: the first starts the private node, the second
+    reuses it; then it is killed, and the third starts a new one. Each call says the node's process."""
+    install(args)
+    clip = _load_clip(args["clip"])
+    from rvm_node.client.private_node import private_folder
+
+    record = private_folder() / f"node-{os.getpid()}.json"
+    shots = []
+    for n, options in enumerate(args["shots"]):
+        outcome = _call(bpy.ops.rvm.matte_clip, clip=clip.name, **options)
+        pid = json.loads(record.read_text())["pid"] if record.exists() else None
+        shots.append({**outcome, "pid": pid})
+        if n == len(args["shots"]) - 2 and pid is not None:  # a node that dies between shots
+            os.kill(pid, 9)
+            time.sleep(0.5)
+    return {"shots": shots}
+
+
 def _add_strips(specs: list[dict[str, Any]]) -> list[Any]:
     scene = bpy.context.scene
     editor = scene.sequence_editor_create()
@@ -331,6 +350,7 @@ SCENARIOS = {
     "calls": calls,
     "matte_clip": matte_clip,
     "matte_strips": matte_strips,
+    "this_computer": this_computer,
     "test_connection": test_connection,
     "cancel_then_resume": cancel_then_resume,
 }

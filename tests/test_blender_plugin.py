@@ -154,6 +154,51 @@ def test_extension_zip_mattes_a_clip_and_loads_it_back(
     assert ["CompositorNodeSetAlpha", "Image", "CompositorNodeViewer", "Image"] in after["links"]
 
 
+def _gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_this_computer_mattes_with_no_node_set_and_stops_with_blender(
+    blender_python: Path, extension_zip: Path, node: str, clip: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    shot = {"output": f"{out}/{{shot}}/{{shot}}_matte.####.exr", "blocking": True}
+    result = blender(
+        blender_python,
+        "this_computer",
+        {
+            "zip": str(extension_zip),
+            "clip": {"path": str(clip)},
+            # No render node in the preferences: Run here is This computer. The engine runs on the
+            # rvm-node command the preferences name (this checkout's), as a GPU install would.
+            "prefs": {"executable": str(Path(sys.executable).with_name("rvm-node")), "nodes": ""},
+            "shots": [
+                shot,
+                {**shot, "output": f"{out}/again/{{shot}}_matte.####.exr", "target": "LOCAL"},
+                {**shot, "output": f"{out}/after-kill/{{shot}}_matte.####.exr"},
+            ],
+        },
+        tmp_path,
+    )
+    first, second, third = result["shots"]
+    for call in (first, second, third):
+        assert call["result"] == "FINISHED", call["error"]
+    assert first["pid"] is not None and second["pid"] == first["pid"]  # one node for both shots
+    assert third["pid"] not in (None, first["pid"])  # the killed node was replaced
+    assert _gone(third["pid"])  # Blender quit: its private node stopped
+    reference = tmp_path / "reference"
+    direct_matte(clip, node, "1-120", reference / "ref.####.exr")
+    assert_same_mattes(out / "carphone", reference, range(1, 121), "carphone_matte")
+    assert_same_mattes(out / "after-kill", reference, range(1, 121), "carphone_matte")
+
+
 def test_legacy_folder_with_offset_scene_range_and_png(
     blender_python: Path, node: str, clip: Path, tmp_path: Path
 ) -> None:

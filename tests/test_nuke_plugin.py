@@ -120,6 +120,73 @@ def test_matte_selected_read_end_to_end(node_address: str, script: Path, plate: 
     assert matte["file"].value() == str(script.parent / "mattes2" / "Read1.####.exr")
 
 
+def test_this_computer_with_no_node_set_starts_one_private_node(
+    script: Path, plate: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rvm_node.client.private_node import private_folder, stop_private_node
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    read = make_read(plate)
+    command = f"{sys.executable} -m rvm_node"
+    chosen = settings.Settings(ratio=0.5, rvm_node_command=command)  # no node set: this computer
+    assert settings.runs_here_on(chosen) == "local"
+    record = private_folder() / f"node-{os.getpid()}.json"
+    try:
+        results = job.matte_selected(chosen, blocking=True)
+        assert results is not None and results["Read1"].status == "done"
+        first = record.read_text()
+        for node in nuke.allNodes():
+            node.setSelected(node is read)
+        again = job.matte_selected(
+            settings.Settings(
+                target="local",
+                ratio=0.5,
+                rvm_node_command=command,
+                output="[script dir]/again/{read}.####.exr",
+            ),
+            blocking=True,
+        )
+        assert again is not None and again["Read1"].status == "done"
+        assert record.read_text() == first  # the same node served both
+        assert again["Read1"].nodes[0].startswith("unix://")  # over its socket (shared memory on this host)
+    finally:
+        assert stop_private_node()
+    direct = tmp_path / "direct"
+    convert_video(
+        load_model(backend="onnxruntime"),
+        plate,
+        downsample_ratio=0.5,
+        output_alpha=direct / "m.####.exr",
+        frames=parse_frame_range("1001-1008"),
+        progress=False,
+    )
+    out = script.parent / "mattes" / "Read1"
+    for n in range(1001, 1009):
+        ours, reference = read_image(out / f"Read1_matte.{n}.exr"), read_image(direct / f"m.{n}.exr")
+        assert np.abs(ours.pixels.astype(np.float32) - reference.pixels.astype(np.float32)).max() <= 1e-3
+
+
+def test_this_computer_that_cannot_start_is_one_line(
+    script: Path,
+    plate: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    monkeypatch.setenv("RVM_NODE_CACHE_DIR", str(tmp_path / "no-weights"))  # a machine with no weights yet
+    make_read(plate)
+    chosen = settings.Settings(ratio=0.5, rvm_node_command=f"{sys.executable} -m rvm_node")
+    assert job.matte_selected(chosen, blocking=True) is None
+    error = capsys.readouterr().err.strip()
+    assert (
+        error.startswith("RVM: this computer: private node did not start:") and len(error.splitlines()) == 1
+    )
+    assert "rvm-node weights fetch" in error  # says how to get them
+
+
 def test_worker_thread_changes_the_graph_through_the_main_thread(
     node_address: str, script: Path, plate: Path
 ) -> None:
@@ -258,13 +325,15 @@ def test_settings_persist_and_script_overrides(tmp_path: Path) -> None:
     with pytest.raises(settings.SettingsError, match="unknown RVM settings colour"):
         settings.load(tmp_path)
     for bad, message in (
-        (settings.Settings(nodes=[]), "at least one node"),
+        (settings.Settings(rvm_node_command=" "), "the rvm-node command is empty"),
         (settings.Settings(format="JPEG"), "format must be"),
         (settings.Settings(ratio=2.0), "ratio must be"),
         (settings.Settings(output="m.exr"), "frame field"),
     ):
         with pytest.raises(settings.SettingsError, match=message):
             bad.check()
+    assert settings.runs_here_on(settings.Settings(nodes=[]).check()) == "local"  # no node: this computer
+    assert settings.runs_here_on(settings.Settings(nodes=["a:1"])) == "here"
 
 
 def test_menu_and_init_register() -> None:

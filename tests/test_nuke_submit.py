@@ -264,7 +264,7 @@ def test_farm_settings_persist_and_default_to_run_here(
     settings.save(saved, tmp_path)
     assert settings.load(tmp_path) == saved
     for bad, message in (
-        (settings.Settings(target="cloud"), "target must be here or farm"),
+        (settings.Settings(target="cloud"), "target must be here, local or farm"),
         (settings.Settings(farm_format="tractor"), "farm format must be openjd or opencue"),
     ):
         with pytest.raises(settings.SettingsError, match=message):

@@ -62,6 +62,9 @@ def parse_nodes(spec: str) -> list[str]:
         if item.startswith("dns:"):
             addresses.extend(_resolve_dns(item))
             continue
+        if item.startswith("unix:"):  # a node's Unix socket on this host
+            addresses.append(item)
+            continue
         host, _, port = item.rpartition(":")
         if not host or not port.isdigit():
             raise InvalidInputError(f"--nodes: expected HOST:PORT, got {item!r}")

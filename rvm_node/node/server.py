@@ -26,7 +26,7 @@ from rvm_node.node.status import abort, failure
 from rvm_node.node.workers import LocalStreams
 from rvm_node.v1 import matting_pb2 as pb
 
-__all__ = ["NodeServer", "TlsFiles", "TokenAuthInterceptor", "start_node"]
+__all__ = ["NodeServer", "StopWhen", "TlsFiles", "TokenAuthInterceptor", "serve_forever", "start_node"]
 
 log = logging.getLogger("rvm_node.node")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MattingService"].full_name
@@ -296,13 +296,58 @@ def _bind_unix(server: Any, path: Path) -> None:
         raise InvalidInputError(f"--unix: cannot bind {path}")
 
 
-async def serve_forever(node: NodeServer, grace: float, on_ready: Callable[[NodeServer], None]) -> None:
-    """Serve until SIGTERM or SIGINT, then drain within ``grace`` seconds."""
+@dataclass(frozen=True)
+class StopWhen:
+    """When a node stops by itself (a private node): ``owner_pid`` has exited, or it has served no stream
+    for ``idle`` seconds. None: never."""
+
+    owner_pid: int | None = None
+    idle: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.idle is not None and not self.idle > 0:
+            raise InvalidInputError(f"exit_when_idle: expected seconds > 0, got {self.idle}")
+        if self.owner_pid is not None and not _alive(self.owner_pid):
+            raise InvalidInputError(f"exit_with_pid: no process {self.owner_pid}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, as another user's
+    return True
+
+
+async def _watch(node: NodeServer, when: StopWhen, stop: asyncio.Event, poll: float = 0.5) -> None:
+    loop = asyncio.get_running_loop()
+    idle_since = loop.time()
+    while not stop.is_set():
+        await asyncio.sleep(poll)
+        if node.servicer.active_streams:
+            idle_since = loop.time()
+        if when.owner_pid is not None and not _alive(when.owner_pid):
+            log.info("stopping: the process %d this node serves has exited", when.owner_pid)
+            stop.set()
+        elif when.idle is not None and loop.time() - idle_since >= when.idle:
+            log.info("stopping: no stream for %.0f s", when.idle)
+            stop.set()
+
+
+async def serve_forever(
+    node: NodeServer, grace: float, on_ready: Callable[[NodeServer], None], stop_when: StopWhen | None = None
+) -> None:
+    """Serve until SIGTERM or SIGINT (or what ``stop_when`` says), then drain within ``grace`` seconds."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    watcher = None if stop_when is None else asyncio.ensure_future(_watch(node, stop_when, stop))
     on_ready(node)
     await stop.wait()
+    if watcher is not None:
+        watcher.cancel()
     log.info("draining: %d active streams, grace %.0f s", node.servicer.active_streams, grace)
     await node.drain(grace)

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .shots import PluginError, ShotRequest, frame_path
 
@@ -26,6 +27,8 @@ __all__ = [
     "info_command",
     "last_error",
     "parse_nodes",
+    "program",
+    "start_private_node",
 ]
 
 FORMATS = ("EXR", "PNG16")
@@ -65,9 +68,24 @@ def parse_nodes(text: str) -> tuple[str, ...]:
 
 
 def _program(options: RunOptions) -> list[str]:
-    if options.executable:
-        return [options.executable]
-    return [sys.executable, "-m", "rvm_node"]
+    return program(options.executable)
+
+
+def program(executable: str) -> list[str]:
+    """The rvm-node command: the one the preferences name, else this Python with ``-m rvm_node``."""
+    return [executable] if executable else [sys.executable, "-m", "rvm_node"]
+
+
+def start_private_node(executable: str) -> Any:
+    """This application's private node ("This computer"), started on first use; it stops when the
+    application exits (rvm_node.client.private_node). Raises :class:`PluginError` in one line."""
+    from rvm_node.client.private_node import private_node
+    from rvm_node.errors import RvmNodeError
+
+    try:
+        return private_node(program(executable))
+    except RvmNodeError as exc:
+        raise PluginError(f"This computer: {exc}") from None
 
 
 def _connection(options: RunOptions) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
+from .command import start_private_node
 from .jobs import (
     Choices,
     MatteRun,
@@ -78,6 +79,9 @@ class _MatteOperator:
     def _given(self, name: str) -> bool:
         return bool(self.properties.is_property_set(name))  # type: ignore[attr-defined]
 
+    def _target(self, prefs: Any) -> str:
+        return str(prefs.target_for(self.target if self._given("target") else prefs.target, self.node))
+
     def choices(self, context: Any) -> Choices:
         prefs = addon_preferences(context)
         ratio = prefs.ratio()
@@ -85,7 +89,10 @@ class _MatteOperator:
             ratio = None if self.auto_ratio else float(self.downsample_ratio)
         file_format = self.file_format if self._given("file_format") else prefs.file_format
         kinds = set(self.outputs) if self._given("outputs") else set(prefs.outputs)
-        run = prefs.run_options(ratio, nodes=self.node, file_format=file_format)
+        local = None
+        if self._target(prefs) == "LOCAL":
+            local = start_private_node(prefs.executable_path())
+        run = prefs.run_options(ratio, nodes=self.node, file_format=file_format, local=local)
         return Choices(
             output=OutputChoice(self.output or prefs.output_pattern, file_format, frozenset(kinds)),
             run=run,
@@ -100,7 +107,7 @@ class _MatteOperator:
             choices = self.choices(context)
             targets = self.targets(context, choices)
             prefs = addon_preferences(context)
-            if (self.target if self._given("target") else prefs.target) == "FARM":
+            if self._target(prefs) == "FARM":
                 return self._report(
                     submit_to_farm(context.scene, targets, choices, prefs.farm_options(), bpy.data.filepath)
                 )

@@ -26,6 +26,12 @@ FORMAT_ITEMS = [
 ]
 TARGET_ITEMS = [
     ("HERE", "Run here", "Matte on the render nodes now and load the mattes when they are done"),
+    (
+        "LOCAL",
+        "This computer",
+        "Matte on a private rvm-node on this computer, started on first use and stopped when Blender quits "
+        "(also what Run here does when no render node is set)",
+    ),
     ("FARM", "Submit to the farm", "Submit a farm job bundle and load the mattes at once, as frames to come"),
 ]
 FARM_FORMAT_ITEMS = [
@@ -53,8 +59,9 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
 
     nodes: StringProperty(  # type: ignore[valid-type]
         name="Render nodes",
-        description="HOST:PORT of one or more rvm-node render nodes, comma-separated",
-        default="127.0.0.1:50051",
+        description="HOST:PORT of one or more rvm-node render nodes, comma-separated; "
+        "none: Run here mattes on This computer",
+        default="",
     )
     token_file: StringProperty(  # type: ignore[valid-type]
         name="Token file", description="File holding the bearer token the nodes expect", subtype="FILE_PATH"
@@ -109,16 +116,38 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
         """The preferred downsample ratio; None for auto."""
         return None if self.auto_ratio else float(self.downsample_ratio)
 
-    def run_options(self, ratio: float | None, nodes: str = "", file_format: str = "") -> RunOptions:
-        """RunOptions from these preferences; ``nodes`` and ``file_format`` override them when given."""
+    def run_options(
+        self, ratio: float | None, nodes: str = "", file_format: str = "", local: Any = None
+    ) -> RunOptions:
+        """RunOptions from these preferences; ``nodes`` and ``file_format`` override them when given;
+        ``local``: a private node (rvm_node's PrivateNode) instead of the render nodes."""
+        executable = self.executable_path()
+        if local is not None:
+            return RunOptions(
+                nodes=(local.address,),
+                file_format=file_format or self.file_format,
+                downsample_ratio=ratio,
+                token_file=str(local.token_file),
+                executable=executable,
+            )
         return RunOptions(
             nodes=parse_nodes(nodes or self.nodes),
             file_format=file_format or self.file_format,
             downsample_ratio=ratio,
             token_file=bpy.path.abspath(self.token_file) if self.token_file else "",
             ca_file=bpy.path.abspath(self.ca_file) if self.ca_file else "",
-            executable=bpy.path.abspath(self.executable) if self.executable else "",
+            executable=executable,
         )
+
+    def executable_path(self) -> str:
+        """The rvm-node command the preferences name (absolute), or "" for the bundled one."""
+        return bpy.path.abspath(self.executable) if self.executable else ""
+
+    def target_for(self, target: str, nodes: str = "") -> str:
+        """``target`` as it runs: Run here with no render node set (here or in the call) is This computer."""
+        if target == "HERE" and not (nodes or self.nodes).strip():
+            return "LOCAL"
+        return target
 
     def farm_options(self) -> FarmOptions:
         """Where and how to submit, from these preferences."""

@@ -57,6 +57,21 @@ def _pool(settings: Settings) -> Any:
     return NodePool(settings.nodes, token=_token(settings), root_certificates=ca)
 
 
+def _local_pool(settings: Settings) -> Any:
+    """A pool of this Nuke's private node, started on first use (it stops when Nuke quits)."""
+    import shlex
+
+    from rvm_node.client.private_node import private_node
+    from rvm_node.errors import RvmNodeError
+    from rvm_node.farm import NodePool
+
+    try:
+        node = private_node(shlex.split(settings.rvm_node_command))
+    except RvmNodeError as exc:
+        raise SettingsError(f"RVM: this computer: {exc}") from None
+    return NodePool([node.address], token=node.token)
+
+
 def _label(settings: Settings, nodes: list[str]) -> str:
     ratio = "auto" if settings.ratio is None else f"{settings.ratio:g}"
     return f"RVM matte\n{', '.join(nodes)}\n{settings.format}, ratio {ratio}"
@@ -242,12 +257,13 @@ def matte_selected(
     except (SettingsError, ValueError, RuntimeError) as exc:
         _report(str(exc).splitlines()[0])
         return None
-    if chosen.target == "farm":
+    where = settings_module.runs_here_on(chosen)
+    if where == "farm":
         return _submit_selected(selected, chosen, blocking)
     try:
         temporaries: list[str] = []
         jobs = [(node, _shot_for(node, chosen, temporaries)) for node in selected]
-        pool = _pool(chosen)
+        pool = _local_pool(chosen) if where == "local" else _pool(chosen)
     except (SettingsError, ValueError, RuntimeError) as exc:
         _report(str(exc).splitlines()[0])
         return None

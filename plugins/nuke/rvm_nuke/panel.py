@@ -7,7 +7,7 @@ import nukescripts
 
 from rvm_nuke import settings as settings_module
 
-TARGET_LABELS = {"here": "run here", "farm": "submit to the farm"}
+TARGET_LABELS = {"here": "run here", "local": "this computer", "farm": "submit to the farm"}
 
 
 class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
@@ -40,6 +40,9 @@ class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
         self.farm_rvm_node = nuke.String_Knob(
             "farm_rvm_node", "rvm-node on the workers", current.farm_rvm_node
         )
+        self.rvm_node_command = nuke.String_Knob(
+            "rvm_node_command", "rvm-node command (this computer)", current.rvm_node_command
+        )
         for knob in (
             self.nodes,
             self.token,
@@ -53,6 +56,7 @@ class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
             self.submit_command,
             self.cuebot,
             self.farm_rvm_node,
+            self.rvm_node_command,
         ):
             self.addKnob(knob)
 
@@ -77,6 +81,7 @@ class SettingsPanel(nukescripts.PythonPanel):  # type: ignore[misc]
             submit_command=self.submit_command.value().strip(),
             cuebot=self.cuebot.value().strip(),
             farm_rvm_node=self.farm_rvm_node.value().strip() or "rvm-node",
+            rvm_node_command=self.rvm_node_command.value().strip() or "rvm-node",
         ).check()
 
 

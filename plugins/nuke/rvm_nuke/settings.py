@@ -4,7 +4,10 @@ Script overrides are knobs on the script's root: ``rvm_nodes``, ``rvm_output``,
 ``rvm_format`` and ``rvm_ratio``; an empty knob does not override.
 
 ``target`` says what *Matte selected* does: ``here`` streams the shots to the
-render nodes now, ``farm`` writes a farm job bundle (``farm_format``) into
+render nodes now (with no node set, to this computer's private node),
+``local`` ("This computer") to a private node this Nuke starts on first use,
+runs with ``rvm_node_command`` and stops when it quits (see
+``rvm_node.client.private_node``), ``farm`` writes a farm job bundle (``farm_format``) into
 ``bundle_folder`` (empty: beside the script) and submits it with
 ``submit_command`` (Open Job Description) or to ``cuebot`` (OpenCue).
 """
@@ -26,7 +29,7 @@ else:  # Nuke 15: Python 3.10, tomli comes with the bundled wheels
 FORMATS = ("EXR RGBA", "EXR A", "PNG 16-bit")
 DEFAULT_OUTPUT = "[script dir]/mattes/{read}/{read}_matte.####.exr"
 SETTINGS_FILE = "rvm_node.toml"
-TARGETS = ("here", "farm")
+TARGETS = ("here", "local", "farm")
 FARM_FORMATS = ("openjd", "opencue")
 DEADLINE_CLOUD = "deadline bundle submit --yes {bundle}"  # rvm_node.farm.submit.DEADLINE_CLOUD
 
@@ -37,7 +40,7 @@ class SettingsError(ValueError):
 
 @dataclass
 class Settings:
-    nodes: list[str] = field(default_factory=lambda: ["127.0.0.1:50051"])
+    nodes: list[str] = field(default_factory=list)  # none: "here" runs on this computer's private node
     token_file: str = ""
     ca_file: str = ""
     output: str = DEFAULT_OUTPUT
@@ -49,10 +52,11 @@ class Settings:
     submit_command: str = DEADLINE_CLOUD  # {bundle}: the bundle folder
     cuebot: str = ""  # HOST:PORT of OpenCue's Cuebot
     farm_rvm_node: str = "rvm-node"  # the rvm-node command on the farm's workers
+    rvm_node_command: str = "rvm-node"  # what runs this computer's private node (an rvm-node with its engine)
 
     def check(self) -> Settings:
-        if not self.nodes:
-            raise SettingsError("RVM settings: give at least one node address (host:port)")
+        if not self.rvm_node_command.strip():
+            raise SettingsError("RVM settings: the rvm-node command is empty")
         if self.format not in FORMATS:
             raise SettingsError(
                 f"RVM settings: format must be one of {', '.join(FORMATS)}, not {self.format!r}"
@@ -62,7 +66,7 @@ class Settings:
                 f"RVM settings: the downsample ratio must be in (0, 1] or auto, not {self.ratio}"
             )
         if self.target not in TARGETS:
-            raise SettingsError(f"RVM settings: target must be here or farm, not {self.target!r}")
+            raise SettingsError(f"RVM settings: target must be here, local or farm, not {self.target!r}")
         if self.farm_format not in FARM_FORMATS:
             raise SettingsError(
                 f"RVM settings: farm format must be openjd or opencue, not {self.farm_format!r}"
@@ -70,6 +74,13 @@ class Settings:
         if "####" not in self.output and "%0" not in self.output:
             raise SettingsError(f"RVM settings: the output {self.output!r} needs a frame field such as ####")
         return self
+
+
+def runs_here_on(settings: Settings) -> str:
+    """Where *Matte selected* runs: ``local`` (this computer's private node), ``here`` (the nodes) or ``farm``."""
+    if settings.target == "here" and not settings.nodes:
+        return "local"
+    return settings.target
 
 
 def user_dir() -> Path:

@@ -1,0 +1,135 @@
+"""This computer's private node (rvm_node.client.private_node): real `rvm-node serve` processes, started on
+first use, reused, replaced when killed, stopped with their owner or when idle, closed to other users."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rvm_node.client import NodeClient, matte_shot
+from rvm_node.client.private_node import private_node, stop_private_node
+from rvm_node.errors import InvalidInputError, NodeAuthError, NodeUnavailableError
+
+
+def _gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "open"
+    folder.mkdir(mode=0o755)
+    folder.chmod(0o755)
+    with pytest.raises(InvalidInputError, match="closed to others"):
+        private_node(folder=folder)
+    with pytest.raises(InvalidInputError, match="idle_exit"):
+        private_node(folder=tmp_path / "p", idle_exit=0)
+
+
+@pytest.mark.slow
+def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path: Path) -> None:
+    folder = tmp_path / "private"
+    node = private_node(folder=folder)
+    try:
+        assert folder.stat().st_mode & 0o777 == 0o700 and node.token_file.stat().st_mode & 0o777 == 0o600
+        assert node.address.startswith("unix://")
+        assert private_node(folder=folder) == node  # the second shot: the same process
+        with pytest.raises(NodeAuthError), NodeClient(node.address, retries=0) as stranger:
+            stranger.info()  # no token: refused
+        os.kill(node.pid, signal.SIGKILL)
+        assert _gone(node.pid)
+        again = private_node(folder=folder)
+        assert again.pid != node.pid
+        with NodeClient(again.address, token=again.token) as client:
+            assert client.info().backend
+    finally:
+        stop_private_node(folder=folder)
+
+
+@pytest.mark.slow
+def test_mattes_through_it_equal_a_local_convert(tmp_path: Path) -> None:
+    from rvm_node import load_model
+    from rvm_node.convert import convert_video
+    from rvm_node.example import example_clip
+    from rvm_node.io.images import read_image
+    from rvm_node.io.sequence import FrameRange
+
+    folder = tmp_path / "private"
+    node = private_node(folder=folder)
+    options = {"downsample_ratio": 0.5, "frames": FrameRange(1, 8), "progress": False}
+    try:
+        with NodeClient(node.address, token=node.token) as client:
+            matte_shot(client, example_clip(), output_alpha=str(tmp_path / "node" / "m.####.png"), **options)
+    finally:
+        stop_private_node(folder=folder)
+    convert_video(
+        load_model(backend="onnxruntime"),
+        example_clip(),
+        output_alpha=str(tmp_path / "local" / "m.####.png"),
+        **options,
+    )
+    for n in range(1, 9):
+        ours, reference = (
+            read_image(tmp_path / where / f"m.{n:04d}.png").pixels for where in ("node", "local")
+        )
+        assert np.array_equal(ours, reference), n
+
+
+@pytest.mark.slow
+def test_it_stops_when_its_owner_exits_or_when_idle(tmp_path: Path) -> None:
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        node = private_node(folder=tmp_path / "a", owner_pid=owner.pid)
+        assert not _gone(node.pid, timeout=1)
+    finally:
+        owner.kill()
+        owner.wait()
+    assert _gone(node.pid)  # the application quit (or crashed): its node stopped
+    idle = private_node(folder=tmp_path / "b", idle_exit=1.0)
+    assert _gone(idle.pid)  # no stream for a second
+    assert not stop_private_node(folder=tmp_path / "b")  # nothing left to stop
+
+
+@pytest.mark.slow
+def test_no_weights_is_one_line_that_says_how_to_fetch_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RVM_NODE_CACHE_DIR", str(tmp_path / "empty-cache"))
+    with pytest.raises(NodeUnavailableError) as caught:
+        private_node(folder=tmp_path / "private")
+    message = str(caught.value)
+    assert message.startswith("private node did not start:") and "rvm-node weights fetch" in message
+    assert len(message.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--exit-when-idle", "0"], "exit_when_idle: expected seconds > 0, got 0"),
+        (["--exit-with-pid", "999999999"], "exit_with_pid: no process 999999999"),
+        (
+            ["--exit-when-idle", "5", "--workers", "2"],
+            "--exit-with-pid and --exit-when-idle serve with one worker",
+        ),
+    ],
+)
+def test_serve_refuses_a_stop_it_cannot_keep(
+    flags: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rvm_node.cli import EXIT_INPUT, main
+
+    assert main(["serve", "--port", "0", *flags]) == EXIT_INPUT  # before any model loads or port binds
+    assert said in capsys.readouterr().err
