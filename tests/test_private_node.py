@@ -42,6 +42,8 @@ def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path: Path) -> None:
     folder = tmp_path / "private"
+    folder.mkdir(mode=0o700)
+    (folder / f"node-{os.getpid()}.sock").write_text("left by a node that died")  # taken: replaced
     node = private_node(folder=folder)
     try:
         assert folder.stat().st_mode & 0o777 == 0o700 and node.token_file.stat().st_mode & 0o777 == 0o600
