@@ -159,23 +159,23 @@ def test_info_asks_each_node(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     (tmp_path / "wrong").write_text("nope\n")
     process, address = spawn_node("--token-file", str(tmp_path / "token"))
     try:
-        assert main(["info", "--node", address, "--token-file", str(tmp_path / "token"), "--json"]) == 0
+        assert main(["info", "--nodes", address, "--token-file", str(tmp_path / "token"), "--json"]) == 0
         info = json.loads(capsys.readouterr().out)
         assert info["ok"] and info["node"] == address and info["max_streams"] == 4 and info["device"] == "cpu"
-        assert main(["info", "--node", address, "--token-file", str(tmp_path / "token")]) == 0
+        assert main(["info", "--nodes", address, "--token-file", str(tmp_path / "token")]) == 0
         assert capsys.readouterr().out.startswith(f"{address}: rvm-node ")
         both = f"{address},127.0.0.1:1"
         assert (
-            main(["info", "--node", both, "--token-file", str(tmp_path / "wrong"), "--json"]) == EXIT_BACKEND
+            main(["info", "--nodes", both, "--token-file", str(tmp_path / "wrong"), "--json"]) == EXIT_BACKEND
         )
         lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
         assert [line["ok"] for line in lines] == [False, False]
         assert "bearer token" in lines[0]["error"] and "127.0.0.1:1" in lines[1]["error"]
         handler = signal.getsignal(signal.SIGTERM)
-        assert main(["info", "--node", " , "]) == EXIT_INPUT
+        assert main(["info", "--nodes", " , "]) == EXIT_INPUT
         assert signal.getsignal(signal.SIGTERM) is handler  # main() puts the caller's handlers back
-        assert "--node: expected HOST:PORT" in capsys.readouterr().err
-        assert main(["info", "--node", address, "--ca-file", str(tmp_path / "missing.pem")]) == EXIT_INPUT
+        assert "--nodes: expected HOST:PORT" in capsys.readouterr().err
+        assert main(["info", "--nodes", address, "--ca-file", str(tmp_path / "missing.pem")]) == EXIT_INPUT
         assert "cannot read the CA file" in capsys.readouterr().err
     finally:
         process.kill()

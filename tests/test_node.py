@@ -669,42 +669,6 @@ def test_metrics_endpoint(backend, clip_frames: np.ndarray) -> None:
     assert "rvm_node_chunk_seconds_count 3.0" in text and "rvm_node_queue_depth 0.0" in text
 
 
-def test_serve_settings_precedence(tmp_path: Path) -> None:
-    import argparse
-
-    from rvm_node.cli import build_parser
-    from rvm_node.node.config import apply_sources, given_on_command_line
-
-    config = tmp_path / "node.toml"
-    config.write_text('[node]\nmax_streams = 7\nidle_timeout = 12.5\nport = 6000\nbackend = "torch"\n')
-    argv = ["serve", "--port", "7000", "--config", str(config)]
-    args = build_parser().parse_args(argv)
-    serve = args.serve_parser
-    apply_sources(args, serve, given_on_command_line(serve, argv[1:]), {"RVM_NODE_MAX_STREAMS": "3"}, config)
-    assert (args.port, args.max_streams, args.idle_timeout, args.backend) == (7000, 3, 12.5, "torch")
-    # a flag beats the environment; an abbreviated flag is no flag at all
-    flagged = build_parser().parse_args(["serve", "--max-streams", "2"])
-    assert given_on_command_line(serve, ["--max-streams", "2"]) == {"max_streams"}
-    apply_sources(flagged, serve, {"max_streams"}, {"RVM_NODE_MAX_STREAMS": "8"}, None)
-    assert flagged.max_streams == 2
-    from rvm_node.cli import EXIT_USAGE, main
-
-    assert main(["serve", "--max-str", "2"]) == EXIT_USAGE
-    for text, message in (
-        ('[node]\nmax_streams = "many"\n', "max_streams: argument --max-streams: invalid int value: 'many'"),
-        ("[node]\nspeed = 3\n", r"unknown settings in \[node\]: speed"),
-        ("[node\n", "not valid TOML"),
-        ('[node]\nbackend = "tpu"\n', "invalid choice: 'tpu'"),
-    ):
-        config.write_text(text)
-        with pytest.raises(InvalidInputError, match=message):
-            apply_sources(
-                argparse.Namespace(**vars(build_parser().parse_args(["serve"]))), serve, set(), {}, config
-            )
-    with pytest.raises(InvalidInputError, match="cannot read the config file"):
-        apply_sources(args, serve, set(), {}, tmp_path / "missing.toml")
-
-
 def test_matte_killed_then_resumed_equals_an_uninterrupted_run(node: NodeThread, tmp_path: Path) -> None:
     from rvm_node.client import matte_shot
     from rvm_node.example import example_clip
@@ -836,7 +800,7 @@ def test_serve_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--max-streams", "0"], "--max-streams: expected 1 or more"),
         (["--max-frame-pixels", "0"], "--max-frame-pixels: expected 1 or more"),
         (["--workers", "0"], "--workers: expected 1 or more"),
-        (["--shm", "maybe"], "invalid choice"),
+        (["--shm", "maybe"], "--shm: expected one of on, off, got 'maybe'"),
         (["--shm-group", "no-such-group-here"], "--shm-group: no group named 'no-such-group-here'"),
     ):
         assert main(["serve", "--port", "0", *args]) in (EXIT_INPUT, 2)

@@ -431,6 +431,7 @@ def test_refusals_carry_retry_info_and_are_counted(backend: Any, clip_frames: np
     assert missing.value.code == 404
 
 
+@pytest.mark.slow  # a real `rvm-node serve`: it loads the official weights
 def test_serve_prints_the_metrics_port_it_bound() -> None:
     process = subprocess.Popen(
         rvm_node_command("serve", "--port", "0", "--metrics-port", "0"),

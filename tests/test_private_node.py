@@ -120,8 +120,11 @@ def test_no_weights_is_one_line_that_says_how_to_fetch_them(
 @pytest.mark.parametrize(
     ("flags", "said"),
     [
-        (["--exit-when-idle", "0"], "exit_when_idle: expected seconds > 0, got 0"),
-        (["--exit-with-pid", "999999999"], "exit_with_pid: no process 999999999"),
+        (
+            ["--exit-when-idle", "0"],
+            "--exit-when-idle: expected seconds > 0, got 0",
+        ),  # the library's name, as a flag
+        (["--exit-with-pid", "999999999"], "--exit-with-pid: no process 999999999"),
         (
             ["--exit-when-idle", "5", "--workers", "2"],
             "--exit-with-pid and --exit-when-idle serve with one worker",

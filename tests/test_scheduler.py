@@ -207,9 +207,9 @@ def test_a_failing_pass_fails_only_its_batch(ort, clip_frames: np.ndarray) -> No
 
 
 def test_batch_policy_refuses_bad_settings() -> None:
-    with pytest.raises(InvalidInputError, match="--max-batch: expected 1 or more"):
+    with pytest.raises(InvalidInputError, match="max_batch: expected 1 or more"):
         BatchPolicy(max_batch=0)
-    with pytest.raises(InvalidInputError, match="--batch-delay-ms: expected 0 to 1000"):
+    with pytest.raises(InvalidInputError, match="batch_delay_ms: expected 0 to 1000"):
         BatchPolicy(max_batch=2, delay=5.0)
     assert BatchPolicy.default_for("cpu").max_batch == 1
     assert BatchPolicy.default_for("cuda:0").max_batch == 4

@@ -119,19 +119,17 @@ def _validate(job: ConvertJob) -> None:
             "outputs: give at least one of --output-composition, --output-alpha, --output-foreground"
         )
     if job.output_type not in ("video", "png_sequence"):
-        raise InvalidInputError(f"--output-type: expected video or png_sequence, got {job.output_type!r}")
+        raise InvalidInputError(f"output_type: expected video or png_sequence, got {job.output_type!r}")
     if job.seq_chunk < 1:
-        raise InvalidInputError(f"--seq-chunk: expected 1 or more, got {job.seq_chunk}")
+        raise InvalidInputError(f"seq_chunk: expected 1 or more, got {job.seq_chunk}")
     if job.num_workers < 0:
-        raise InvalidInputError(f"--num-workers: expected 0 or more, got {job.num_workers}")
+        raise InvalidInputError(f"num_workers: expected 0 or more, got {job.num_workers}")
     if job.resume and job.overwrite:
-        raise InvalidInputError("--resume and --overwrite cannot be used together")
+        raise InvalidInputError("resume and overwrite: cannot be used together")
     if job.resume_warmup < 0:
-        raise InvalidInputError(f"--resume-warmup: expected 0 or more, got {job.resume_warmup}")
+        raise InvalidInputError(f"resume_warmup: expected 0 or more, got {job.resume_warmup}")
     if job.settings.video_mbps is not None and job.settings.video_mbps <= 0:
-        raise InvalidInputError(
-            f"--output-video-mbps: expected a positive number, got {job.settings.video_mbps}"
-        )
+        raise InvalidInputError(f"video_mbps: expected a positive number, got {job.settings.video_mbps}")
     check_downsample_ratio(job.downsample_ratio, "--downsample-ratio")
     targets = list(job.outputs.values())
     if len(set(targets)) != len(targets):
@@ -245,7 +243,7 @@ def _plan_resume(
                 )
         return plan
     if len(sequences) != len(writers):
-        raise InvalidInputError("--resume: needs image-sequence outputs; a video cannot be continued")
+        raise InvalidInputError("resume: needs image-sequence outputs; a video cannot be continued")
     if numbers is None:
         raise InvalidInputError(f"{job.input_source}: --resume needs a source whose frame count is known")
     for writer in sequences:

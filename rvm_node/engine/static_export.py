@@ -71,27 +71,27 @@ def parse_size(text: str) -> tuple[int, int]:
     """``"1920x1080"`` -> (1920, 1080)."""
     width, sep, height = text.lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
-        raise InvalidInputError(f"--size: expected WIDTHxHEIGHT such as 1920x1080, got {text!r}")
+        raise InvalidInputError(f"size: expected WIDTHxHEIGHT such as 1920x1080, got {text!r}")
     return int(width), int(height)
 
 
 def check_spec(format: str, spec: StaticSpec) -> None:
     """InvalidInputError for a format, size, ratio or precision that cannot be exported."""
     if format not in STATIC_FORMATS:
-        raise InvalidInputError(f"--format: expected one of {', '.join(STATIC_FORMATS)}, got {format!r}")
+        raise InvalidInputError(f"format: expected one of {', '.join(STATIC_FORMATS)}, got {format!r}")
     if not 0 < spec.ratio <= 1:
-        raise InvalidInputError(f"--downsample-ratio: expected a number in (0, 1], got {spec.ratio:g}")
+        raise InvalidInputError(f"downsample_ratio: expected a number in (0, 1], got {spec.ratio:g}")
     small = min(spec.width, spec.height) * spec.ratio
     if min(spec.width, spec.height) < 1 or small < MIN_SIDE:
         raise InvalidInputError(
-            f"--size {spec.width}x{spec.height} at ratio {spec.ratio:g}: the network would run at "
+            f"size {spec.width}x{spec.height} at ratio {spec.ratio:g}: the network would run at "
             f"{small:.0f} px on the short side; it needs at least {MIN_SIDE}"
         )
     if spec.precision not in ("fp32", "fp16"):
-        raise InvalidInputError(f"--precision: expected fp32 or fp16, got {spec.precision!r}")
+        raise InvalidInputError(f"precision: expected fp32 or fp16, got {spec.precision!r}")
     if spec.precision == "fp16" and format not in FP16_FORMATS:
         raise InvalidInputError(
-            f"--precision fp16: {format} exports are fp32 (fp16: {', '.join(FP16_FORMATS)})"
+            f"precision fp16: {format} exports are fp32 (fp16: {', '.join(FP16_FORMATS)})"
         )
 
 

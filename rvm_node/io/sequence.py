@@ -94,11 +94,11 @@ def parse_frame_range(text: str) -> FrameRange:
     """``"1001-1100"`` or ``"1047"``."""
     match = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", text)
     if match is None:
-        raise InvalidInputError(f"--frames: expected FIRST-LAST such as 1001-1100, got {text!r}")
+        raise InvalidInputError(f"frames: expected FIRST-LAST such as 1001-1100, got {text!r}")
     first = int(match.group(1))
     last = int(match.group(2)) if match.group(2) else first
     if last < first:
-        raise InvalidInputError(f"--frames: the last frame {last} comes before the first {first}")
+        raise InvalidInputError(f"frames: the last frame {last} comes before the first {first}")
     return FrameRange(first, last)
 
 

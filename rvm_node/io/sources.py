@@ -62,7 +62,7 @@ def _resize(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 def _check_resize(size: tuple[int, int] | None) -> tuple[int, int] | None:
     if size is not None and (len(size) != 2 or min(size) < 1):
-        raise InvalidInputError(f"--input-resize: expected two positive integers W H, got {size}")
+        raise InvalidInputError(f"input_resize: expected two positive integers W H, got {size}")
     return None if size is None else (int(size[0]), int(size[1]))
 
 

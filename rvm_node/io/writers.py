@@ -75,7 +75,7 @@ class Background:
         if len(parts) == 3 and all(p.strip().isdigit() for p in parts):
             values = [int(p) for p in parts]
             if any(v > 255 for v in values):
-                raise InvalidInputError(f"--background: expected R,G,B in 0..255, got {spec}")
+                raise InvalidInputError(f"background: expected R,G,B in 0..255, got {spec}")
             self._colour = np.array(values, np.float32) / 255
             return
         source = open_source(spec, resize=size)

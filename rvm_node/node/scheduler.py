@@ -43,9 +43,9 @@ class BatchPolicy:
 
     def __post_init__(self) -> None:
         if self.max_batch < 1:
-            raise InvalidInputError(f"--max-batch: expected 1 or more, got {self.max_batch}")
+            raise InvalidInputError(f"max_batch: expected 1 or more, got {self.max_batch}")
         if not (0.0 <= self.delay <= 1.0):
-            raise InvalidInputError(f"--batch-delay-ms: expected 0 to 1000, got {self.delay * 1000:g}")
+            raise InvalidInputError(f"batch_delay_ms: expected 0 to 1000, got {self.delay * 1000:g}")
 
     @staticmethod
     def default_for(device: str) -> BatchPolicy:

@@ -68,7 +68,7 @@ class TlsFiles:
             context.load_cert_chain(self.cert, self.key)
         except (ssl.SSLError, OSError) as exc:
             raise InvalidInputError(
-                f"--tls-cert/--tls-key: {self.cert} and {self.key} are not a PEM certificate chain and its "
+                f"tls_cert/tls_key: {self.cert} and {self.key} are not a PEM certificate chain and its "
                 f"private key ({exc.strerror or exc})"
             ) from None
         if self.client_ca is not None:
@@ -76,7 +76,7 @@ class TlsFiles:
                 context.load_verify_locations(cafile=str(self.client_ca))
             except (ssl.SSLError, OSError) as exc:
                 raise InvalidInputError(
-                    f"--tls-client-ca: {self.client_ca} is not a PEM CA certificate ({exc.strerror or exc})"
+                    f"tls_client_ca: {self.client_ca} is not a PEM CA certificate ({exc.strerror or exc})"
                 ) from None
         return (
             self.key.read_bytes(),
@@ -211,12 +211,12 @@ async def start_node(
 
     limits = limits or Limits()
     if limits.max_streams < 1:
-        raise InvalidInputError(f"--max-streams: expected 1 or more, got {limits.max_streams}")
+        raise InvalidInputError(f"max_streams: expected 1 or more, got {limits.max_streams}")
     if limits.max_frame_pixels < 1:
-        raise InvalidInputError(f"--max-frame-pixels: expected 1 or more, got {limits.max_frame_pixels}")
+        raise InvalidInputError(f"max_frame_pixels: expected 1 or more, got {limits.max_frame_pixels}")
     if limits.max_chunks_in_flight < 1:
         raise InvalidInputError(
-            f"--max-chunks-in-flight: expected 1 or more, got {limits.max_chunks_in_flight}"
+            f"max_chunks_in_flight: expected 1 or more, got {limits.max_chunks_in_flight}"
         )
     options = [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
@@ -250,7 +250,7 @@ async def start_node(
     except RuntimeError:  # gRPC's "Failed to bind": the port is taken, or the address is not this host's
         bound = 0
     if bound == 0:
-        raise InvalidInputError(f"--port: cannot bind {address}")
+        raise InvalidInputError(f"port: cannot bind {address}")
     if unix_socket is not None:
         _bind_unix(server, unix_socket)
     await server.start()
@@ -282,18 +282,18 @@ def _bind_unix(server: Any, path: Path) -> None:
 
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
-            raise InvalidInputError(f"--unix: {path} exists and is not a socket")
+            raise InvalidInputError(f"unix_socket: {path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX)
         try:
             probe.connect(str(path))
         except OSError:
             path.unlink()  # nobody listens: left by a node that died
         else:
-            raise InvalidInputError(f"--unix: {path} is in use by a running node")
+            raise InvalidInputError(f"unix_socket: {path} is in use by a running node")
         finally:
             probe.close()
     if server.add_insecure_port(f"unix:{path}") == 0:
-        raise InvalidInputError(f"--unix: cannot bind {path}")
+        raise InvalidInputError(f"unix_socket: cannot bind {path}")
 
 
 @dataclass(frozen=True)

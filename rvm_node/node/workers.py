@@ -107,7 +107,7 @@ def reserve_port(host: str, port: int) -> Iterator[int]:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise InvalidInputError(f"--port: cannot bind {host}:{port} ({exc.strerror})") from None
+            raise InvalidInputError(f"port: cannot bind {host}:{port} ({exc.strerror})") from None
         yield int(sock.getsockname()[1])
     finally:
         sock.close()

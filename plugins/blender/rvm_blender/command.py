@@ -158,7 +158,7 @@ def build_command(shots: Sequence[ShotRequest], options: RunOptions, workdir: Pa
 
 def info_command(options: RunOptions) -> list[str]:
     """``rvm-node info`` for every configured node, as JSON lines."""
-    return [*_program(options), "info", "--node", ",".join(options.nodes), *_connection(options), "--json"]
+    return [*_program(options), "info", "--nodes", ",".join(options.nodes), *_connection(options), "--json"]
 
 
 def environment(

@@ -1,0 +1,138 @@
+"""The ``rvm-node`` command line.
+
+``main()`` owns the mapping from errors to exit codes, so the console script
+and ``python -m rvm_node`` behave the same:
+
+===  =====================================================
+0    success
+1    an rvm-node error not covered below
+2    bad usage (unknown option, missing argument)
+3    bad input: a file, frame, setting or weights file at fault
+4    a backend, device or render node that cannot serve the request
+130  interrupted (Ctrl-C)
+===  =====================================================
+
+Each command is a module with ``add_parser(sub)`` and ``run(args) -> int``;
+:data:`COMMANDS` maps the command's name to its module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from types import ModuleType
+
+from rvm_node.cli import bench, common, convert, example, export, farm, nodes, serve, weights
+from rvm_node.cli.common import EXIT_BACKEND, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE
+from rvm_node.engine.session import fastest_parity_backend
+from rvm_node.errors import (
+    BackendError,
+    InvalidInputError,
+    NodeError,
+    OutputError,
+    OutputInUseError,
+    RvmNodeError,
+    WeightsError,
+)
+
+__all__ = [
+    "COMMANDS",
+    "EXIT_BACKEND",
+    "EXIT_ERROR",
+    "EXIT_INPUT",
+    "EXIT_INTERRUPTED",
+    "EXIT_USAGE",
+    "build_parser",
+    "in_flags",
+    "main",
+]
+
+# The order of the parsers in --help; convert's module also adds matte.
+_MODULES: tuple[ModuleType, ...] = (weights, export, bench, convert, serve, farm, nodes, example)
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "weights": weights.run,
+    "export": export.run,
+    "bench": bench.run,
+    "convert": convert.run,
+    "matte": convert.run,
+    "serve": serve.run,
+    "farm": farm.run,
+    "info": nodes.run,
+    "example": example.run,
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = common.Parser(prog="rvm-node", description="The rvm-node command line.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in _MODULES:
+        module.add_parser(sub)
+    return parser
+
+
+# Library parameters whose flag is spelt otherwise.
+_FLAG_OF = {"unix_socket": "--unix", "video_mbps": "--output-video-mbps"}
+_NAMED = re.compile(r"^([a-z][a-z0-9_]*)((?:/| and )[a-z][a-z0-9_]*)?( \S+)?$")
+
+
+def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Every option's destination and its flag, over all commands."""
+    flags = dict(_FLAG_OF)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags.update({k: v for k, v in _flags(sub).items() if k not in flags})
+        elif action.option_strings and action.option_strings[0].startswith("--"):
+            flags.setdefault(action.dest, action.option_strings[0])
+    return flags
+
+
+def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """A library error as the command line says it: ``seq_chunk: ...`` becomes ``--seq-chunk: ...``."""
+    head, colon, rest = message.partition(":")
+    if not colon or _NAMED.match(head) is None:
+        return message
+    flags = _flags(parser)
+    named = re.sub(r"[a-z][a-z0-9_]*", lambda m: flags.get(m.group(0), m.group(0)), head)
+    return f"{named}:{rest}" if named != head else message
+
+
+def _resolve(args: argparse.Namespace) -> None:
+    """Derived values, once every source of settings is in: ``--backend auto`` becomes a backend."""
+    if getattr(args, "backend", None) == "auto":
+        args.backend = fastest_parity_backend(getattr(args, "device", "cpu"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on bad usage, 0 on --help
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "serve":
+            serve.layer_settings(args, os.environ)
+            _resolve(args)
+            return COMMANDS["serve"](args)  # the node handles SIGTERM itself, by draining
+        _resolve(args)
+        with common.stop_on_sigterm():
+            return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("rvm-node: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (InvalidInputError, WeightsError, OutputError, OutputInUseError) as exc:
+        print(f"rvm-node: error: {in_flags(str(exc), parser)}", file=sys.stderr)
+        return EXIT_INPUT
+    except (BackendError, NodeError) as exc:
+        print(f"rvm-node: error: {exc}", file=sys.stderr)
+        return EXIT_BACKEND
+    except RvmNodeError as exc:
+        print(f"rvm-node: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

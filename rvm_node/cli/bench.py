@@ -1,0 +1,92 @@
+"""``rvm-node bench``: benchmarks, apart from the tests."""
+
+from __future__ import annotations
+
+import argparse
+
+from rvm_node.engine.session import BACKENDS
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="measure throughput (not a test)",
+        epilog="examples:\n  rvm-node bench engine --only onnxruntime\n  rvm-node bench node --serving-only\n"
+        "  rvm-node bench convert --frames 60\n",
+    )
+    kinds = bench.add_subparsers(dest="kind", required=True)
+    engine = kinds.add_parser("engine", help="tensor throughput per backend, precision and resolution")
+    engine.add_argument("--frames", type=int, default=20, help="timed frames per configuration and round")
+    engine.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+    engine.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated words: only the rows whose name has one (and the reference)",
+    )
+    engine.add_argument("--warmup", type=int, default=3, help="untimed frames before each configuration")
+    engine.add_argument(
+        "--sizes", default="640x360@0.8,1280x720@0.375,1920x1080@0.25", help="comma-separated WxH@ratio"
+    )
+    engine.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    convert = kinds.add_parser("convert", help="end-to-end convert vs tensor throughput vs a sequential loop")
+    convert.add_argument("--size", default="1280x720", help="WxH the example clip is re-encoded at")
+    convert.add_argument("--frames", type=int, default=60, help="frames of the clip")
+    convert.add_argument("--downsample-ratio", type=float, default=0.375, help="the model's internal scale")
+    convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="engine measured")
+    convert.add_argument("--formats", default="exr,png", help="alpha formats to measure")
+    convert.add_argument("--num-workers", type=int, default=1, help="threads encoding image sequences")
+    node = kinds.add_parser(
+        "node", help="a node on loopback: serving path vs a bare gRPC echo, real inference, memory"
+    )
+    node.add_argument(
+        "--sizes", default="1920x1080,3840x2160", help="frame sizes of the echo and stand-in rows"
+    )
+    node.add_argument(
+        "--stream-frames",
+        type=int,
+        default=120,
+        help="frames per stream in the echo and stand-in rows at 1920x1080 (scaled by pixels, at least 30)",
+    )
+    node.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians are reported")
+    node.add_argument(
+        "--device-ms",
+        default="1,5",
+        help="A,B: a simulated device pass of N streams takes A + N*B ms (default 1,5: about an RTX 3090 "
+        "at 1080p, so the busy column answers 'would a GPU idle?')",
+    )
+    node.add_argument(
+        "--serving-only",
+        action="store_true",
+        help="only the serving-path rows (echo, stand-in, shared memory, workers): no real inference",
+    )
+    node.add_argument(
+        "--size", default="640x360", help="WxH the example clip is re-encoded at (inference rows)"
+    )
+    node.add_argument("--frames", type=int, default=40, help="frames of the clip (inference rows)")
+    node.add_argument("--downsample-ratio", type=float, default=0.5, help="inference rows")
+    node.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="inference rows")
+    node.add_argument("--device", default="cpu", help="inference rows: cpu, cuda, cuda:N")
+    node.add_argument(
+        "--long-stream-frames",
+        type=int,
+        default=10_000,
+        help="frames of the one long stream whose node memory is reported (0: skip it)",
+    )
+    farm = kinds.add_parser("farm", help="nodes pinned to one core: 1 vs 2 nodes, and failover cost")
+    farm.add_argument("--frames", type=int, default=20, help="frames per shot (4 shots)")
+    farm.add_argument("--downsample-ratio", type=float, default=1.0, help="the model's internal scale")
+    farm.add_argument("--checkpoint-every", type=int, default=25, help="frames between state checkpoints")
+
+
+def run(args: argparse.Namespace) -> int:
+    from rvm_node.bench import run_convert_bench, run_engine_bench, run_farm_bench, run_node_bench
+
+    runners = {
+        "engine": run_engine_bench,
+        "convert": run_convert_bench,
+        "node": run_node_bench,
+        "farm": run_farm_bench,
+    }
+    return runners[args.kind](args)

@@ -1,0 +1,191 @@
+"""Option groups more than one command takes, each defined once: a shot's inputs and outputs, a pool of
+nodes, the stall timeout."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from rvm_node.cli import common
+from rvm_node.engine.session import BACKENDS
+
+VARIANTS = ("mobilenetv3", "resnet50")
+
+__all__ = [
+    "SHOT_OPTIONS",
+    "add_connection_options",
+    "add_pool_options",
+    "add_shot_option",
+    "add_shot_options",
+    "add_stall_timeout",
+]
+
+
+# The options a shot takes wherever shots are made (convert, matte, farm run, farm bundle): defined once
+# here; farm commands give them no default, so a shot list's own values show through.
+SHOT_OPTIONS: dict[str, dict[str, Any]] = {
+    "output_alpha": {
+        "help": "where the alpha goes: a video (.mp4, .mov) or a frame pattern such as mattes/m.####.exr "
+        "(EXR, PNG, TIFF; {shot} is the shot's name in farm commands)"
+    },
+    "output_foreground": {"help": "where the foreground goes: a video or a frame pattern"},
+    "output_composition": {"help": "the foreground over --background: a video or a frame pattern"},
+    "downsample_ratio": {
+        "type": common.ratio,
+        "help": "the model's internal scale in (0, 1], or auto: the longer side at most 512 px (default: auto)",
+    },
+    "frames": {"help": "frame range FIRST-LAST, e.g. 1001-1100 (default: every frame)"},
+    "start_frame": {"type": int, "default": 1, "help": "the number of a video's first frame"},
+    "input_colorspace": {
+        "help": "OCIO colourspace of the input (default: sRGB; EXR plates: Linear Rec.709 (sRGB))",
+    },
+    "exr_channels": {
+        "choices": ["RGBA", "A"],
+        "default": "RGBA",
+        "help": "channels of an alpha EXR: RGBA (R=G=B=A, for any viewer) or A (Nuke-style)",
+    },
+    "bit_depth": {
+        "type": int,
+        "choices": [8, 16],
+        "default": 16,
+        "help": "bit depth of PNG and TIFF outputs",
+    },
+    "premultiplied": {"action": "store_true", "help": "premultiply the foreground by its alpha"},
+    "group_writable": {
+        "action": "store_true",
+        "help": "give outputs, checkpoints and the folders made for them group read and write "
+        "(default: what the umask gives)",
+    },
+    "background": {
+        "help": "the composition's background: R,G,B (0..255), an image or a video (default: green, 120,255,155)"
+    },
+    "allow_gaps": {"action": "store_true", "help": "skip frames missing from the middle of a sequence"},
+}
+
+
+def add_shot_option(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **override: Any
+) -> None:
+    """The shot option ``name`` (see :data:`SHOT_OPTIONS`), with ``override`` on top (``default=None``)."""
+    parser.add_argument("--" + name.replace("_", "-"), **{**SHOT_OPTIONS[name], **override})
+
+
+def add_shot_options(convert: argparse.ArgumentParser) -> None:
+    """The input, output and model options shared by ``convert`` and ``matte``."""
+    official = convert.add_argument_group("the official convert_video options")
+    official.add_argument(
+        "--variant",
+        choices=list(VARIANTS),
+        default="mobilenetv3",
+        help="RVM backbone (resnet50: a .pth checkpoint)",
+    )
+    official.add_argument(
+        "--checkpoint", type=Path, default=None, help="weights file (default: the fetched official weights)"
+    )
+    official.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N")
+    official.add_argument(
+        "--input-source", required=True, help="a video file, a frame pattern or a directory"
+    )
+    official.add_argument(
+        "--input-resize",
+        type=int,
+        nargs=2,
+        metavar=("W", "H"),
+        default=None,
+        help="resize the input to W x H before matting (default: its own size)",
+    )
+    add_shot_option(official, "downsample_ratio", default=None)
+    official.add_argument(
+        "--output-type",
+        choices=["video", "png_sequence"],
+        default="video",
+        help="video, or png_sequence: the outputs are directories of PNGs (a frame pattern picks the format itself)",
+    )
+    for name in ("output_composition", "output_alpha", "output_foreground"):
+        add_shot_option(official, name, default=None)
+    official.add_argument(
+        "--output-video-mbps",
+        type=float,
+        default=None,
+        help="bit rate of video outputs in Mbit/s (default: 4)",
+    )
+    official.add_argument(
+        "--seq-chunk", type=int, default=None, help="frames per step (default: 1; 8 for matte)"
+    )
+    official.add_argument(
+        "--num-workers",
+        type=int,
+        default=None,
+        help="threads encoding image sequences (default: 0 for convert, up to 4 for matte)",
+    )
+    official.add_argument("--disable-progress", action="store_true", help="no progress bar (as --quiet)")
+    ours = convert.add_argument_group("rvm-node options")
+    ours.add_argument(
+        "--backend",
+        choices=["auto", *BACKENDS],
+        default="onnxruntime",
+        help="engine that runs the model; auto: the fastest one that matches the official model here",
+    )
+    ours.add_argument(
+        "--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="arithmetic precision"
+    )
+    add_shot_option(ours, "frames", default=None)
+    add_shot_option(ours, "start_frame")
+    ours.add_argument(
+        "--frame-rate", default=None, help="rate of video outputs from image sequences, e.g. 24000/1001"
+    )
+    for name in (
+        "input_colorspace",
+        "exr_channels",
+        "bit_depth",
+        "premultiplied",
+        "group_writable",
+        "background",
+    ):
+        add_shot_option(ours, name)
+    ours.add_argument(
+        "--video-codec",
+        choices=["h264", "prores4444"],
+        default=None,
+        help="codec of video outputs (default: h264 for .mp4, ProRes 4444 for .mov)",
+    )
+    add_shot_option(ours, "allow_gaps")
+    ours.add_argument("--resume", action="store_true", help="continue a killed run from its verified frames")
+    ours.add_argument(
+        "--resume-warmup", type=int, default=None, help="frames replayed before the first missing one"
+    )
+    ours.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    ours.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
+    ours.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_connection_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """How a client proves itself to nodes and checks them: the bearer token and the CA."""
+    parser.add_argument(
+        "--token-file",
+        type=common.optional_path,
+        default=None,
+        help="file holding the bearer token the nodes expect (default: $RVM_NODE_TOKEN, else none)",
+    )
+    parser.add_argument(
+        "--ca-file",
+        type=common.optional_path,
+        default=None,
+        help="CA certificate of the nodes: connect with TLS (default: plain gRPC)",
+    )
+
+
+def add_pool_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--nodes", required=True, help="HOST:PORT,HOST:PORT, dns:///NAME:PORT, or nodes.toml")
+    add_connection_options(parser)
+
+
+def add_stall_timeout(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument(
+        "--stall-timeout",
+        type=float,
+        default=60.0,
+        help="seconds a stream may wait for the node's answer before the node counts as dead for the shot "
+        "(a frozen node); 0: wait for ever (default: 60)",
+    )

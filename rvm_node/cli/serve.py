@@ -1,0 +1,325 @@
+"""``rvm-node serve``: a render node."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from rvm_node.cli import common
+from rvm_node.cli.settings import Setting, add_settings, layer
+from rvm_node.engine.session import BACKENDS
+from rvm_node.errors import InvalidInputError, RvmNodeError, WeightsError
+
+__all__ = ["SETTINGS", "add_parser", "layer_settings", "run"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+VARIANTS = ("mobilenetv3", "resnet50")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "address to bind; 0.0.0.0 serves the network"),
+    Setting("port", int, 50051, "port to serve on; 0 picks a free one (printed on stdout)"),
+    Setting("device", str, "cpu", "device the model runs on: cpu, cuda or cuda:N"),
+    Setting(
+        "backend",
+        str,
+        "onnxruntime",
+        "engine that runs the model; auto: the fastest one that matches the official model here",
+        choices=("auto", *BACKENDS),
+    ),
+    Setting("precision", str, "fp32", "arithmetic precision", choices=PRECISIONS),
+    Setting("variant", str, "mobilenetv3", "RVM backbone", choices=VARIANTS),
+    Setting(
+        "checkpoint",
+        Path,
+        None,
+        "weights file (.pth, .onnx, .torchscript); none: the official fetched ones",
+        optional=True,
+    ),
+    Setting("max_streams", int, 4, "streams served at once (the node's total over its workers)"),
+    Setting("threads", int, 0, "inference threads per device; 0: the backend's choice"),
+    Setting("idle_timeout", float, 60.0, "seconds a stream may sit idle before its state is released"),
+    Setting("max_message_mb", int, 64, "largest gRPC message, in MiB"),
+    Setting("max_frame_pixels", int, 8192 * 4320, "the most pixels a stream's frames may have"),
+    Setting(
+        "max_chunks_in_flight",
+        int,
+        4,
+        "chunks of one stream held at once (received, inferring, sending); bounds a stream's memory",
+    ),
+    Setting(
+        "batch",
+        str,
+        "auto",
+        "batch chunks of several streams into one forward pass: off, auto (on for GPUs, off for CPUs) or N streams",
+    ),
+    Setting("max_batch", int, 4, "streams per forward pass when batching is on"),
+    Setting("batch_delay_ms", float, 2.0, "how long the oldest chunk waits for others to join its batch"),
+    Setting(
+        "token_file",
+        Path,
+        None,
+        "require the bearer token in this file (else $RVM_NODE_TOKEN)",
+        optional=True,
+    ),
+    Setting("tls_cert", Path, None, "TLS certificate (PEM); with --tls-key, serve TLS", optional=True),
+    Setting("tls_key", Path, None, "TLS private key (PEM)", optional=True),
+    Setting(
+        "tls_client_ca", Path, None, "require client certificates signed by this CA (mTLS)", optional=True
+    ),
+    Setting("grace", float, 30.0, "seconds running streams get to finish on SIGTERM"),
+    Setting(
+        "workers",
+        int,
+        1,
+        "node processes serving one port (SO_REUSEPORT), each with its own event loop and model",
+    ),
+    Setting(
+        "shm",
+        str,
+        "on",
+        "shared-memory streams for clients on this host (loopback or --unix)",
+        choices=("on", "off"),
+    ),
+    Setting(
+        "shm_group",
+        str,
+        None,
+        "a group whose /dev/shm rings the node may open, for a node that runs as another user than its clients "
+        "(also the --unix socket's group)",
+        optional=True,
+    ),
+    Setting(
+        "unix",
+        Path,
+        None,
+        "also serve on this Unix domain socket (clients: --nodes unix:///PATH); owner-only, or the --shm-group's",
+        optional=True,
+    ),
+    Setting(
+        "exit_with_pid",
+        int,
+        None,
+        "stop (draining) once process PID has exited: a node private to one application",
+        metavar="PID",
+        optional=True,
+    ),
+    Setting(
+        "exit_when_idle",
+        float,
+        None,
+        "stop once no stream has been open for SECONDS",
+        metavar="SECONDS",
+        optional=True,
+    ),
+    Setting("metrics_port", int, None, "serve Prometheus metrics on this port", optional=True),
+    Setting("log_format", str, "text", "log lines as text or JSON objects", choices=("text", "json")),
+)
+
+_EPILOG = """examples:
+  rvm-node serve --port 50051 --device cuda --backend onnxruntime
+  RVM_NODE_MAX_STREAMS=8 rvm-node serve --config /etc/rvm-node/node.toml
+  rvm-node serve --port 0 --unix /run/rvm/node.sock --token-file /etc/rvm-node/token
+
+Every setting can also come from RVM_NODE_<NAME> or from <name> in the [node] table of --config;
+flags > environment > config file > defaults.
+"""
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    serve = sub.add_parser(
+        "serve",
+        help="run a render node (prints its address once serving)",
+        description="Run a render node: one per GPU, serving Matte streams over gRPC.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_settings(serve, SETTINGS)
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file with a [node] table of these settings (default: none; RVM_NODE_CONFIG)",
+    )
+
+
+def layer_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Every setting from its layers (defaults, --config, RVM_NODE_*, flags), onto ``args``."""
+    config = args.config if args.config is not None else environ.get("RVM_NODE_CONFIG") or None
+    for name, value in layer(SETTINGS, args, environ, None if config is None else Path(config)).items():
+        setattr(args, name, value)
+
+
+def _serve_options(args: argparse.Namespace) -> Any:
+    """Backend options for a node: no spinning (gRPC threads share the CPU), and ``--threads``."""
+    from dataclasses import replace
+
+    from rvm_node.engine.loader import shared_cpu_options
+
+    if args.threads < 0:
+        raise InvalidInputError(f"--threads: expected 0 or more, got {args.threads}")
+    options = shared_cpu_options(args.backend)
+    if args.threads and args.backend == "openvino":
+        from rvm_node.engine.openvino_backend import OpenVinoOptions
+
+        return OpenVinoOptions(threads=args.threads)
+    if args.threads and options is not None:
+        return replace(options, intra_op_threads=args.threads)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return options
+
+
+def _batch_policy(args: argparse.Namespace, device: str) -> Any:
+    """``--batch off|auto|N`` with ``--max-batch`` and ``--batch-delay-ms``."""
+    from rvm_node.node.scheduler import BatchPolicy
+
+    delay = args.batch_delay_ms / 1000
+    choice = str(args.batch).strip().lower()
+    if choice == "off":
+        return BatchPolicy(max_batch=1, delay=0.0)
+    if choice == "auto":
+        default = BatchPolicy.default_for(device)
+        return default if default.max_batch == 1 else BatchPolicy(max_batch=args.max_batch, delay=delay)
+    if not choice.isdigit():
+        raise InvalidInputError(f"--batch: expected off, auto or a number of streams, got {args.batch!r}")
+    return BatchPolicy(max_batch=int(choice), delay=delay)
+
+
+def _shm_policy(args: argparse.Namespace) -> Any:
+    """``--shm on|off`` and ``--shm-group NAME``."""
+    import grp
+
+    from rvm_node.node.service import ShmPolicy
+
+    if not args.shm_group:
+        return ShmPolicy(enabled=args.shm == "on")
+    try:
+        gid = grp.getgrnam(args.shm_group).gr_gid
+    except KeyError:
+        raise InvalidInputError(f"--shm-group: no group named {args.shm_group!r} on this host") from None
+    return ShmPolicy(enabled=args.shm == "on", group=gid, group_name=args.shm_group)
+
+
+def run(args: argparse.Namespace) -> int:
+    common.configure_logging(args.log_format)
+    if args.workers < 1:
+        raise InvalidInputError(f"--workers: expected 1 or more, got {args.workers}")
+    settings = _node_settings(args)  # every setting is checked before a worker starts
+    if args.workers != 1 and (args.exit_with_pid is not None or args.exit_when_idle is not None):
+        raise InvalidInputError("--exit-with-pid and --exit-when-idle serve with one worker (--workers 1)")
+    if args.workers == 1:
+        _serve_node(args, settings)
+        return 0
+    return _serve_workers(args)
+
+
+def _node_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The node's settings from ``serve``'s options, all checked (start_node's keywords)."""
+    from rvm_node.node.server import TlsFiles
+    from rvm_node.node.service import Limits
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise InvalidInputError("--tls-cert and --tls-key go together")
+    if args.tls_client_ca is not None and args.tls_cert is None:
+        raise InvalidInputError("--tls-client-ca needs --tls-cert and --tls-key")
+    tls = (
+        TlsFiles(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
+        if args.tls_cert
+        else None
+    )
+    if tls is not None:
+        tls.load()  # checked before the model loads and before anything binds
+    limits = Limits(
+        max_streams=args.max_streams,
+        idle_timeout=args.idle_timeout,
+        max_message_bytes=args.max_message_mb * 1024 * 1024,
+        max_chunks_in_flight=args.max_chunks_in_flight,
+        max_frame_pixels=args.max_frame_pixels,
+    )
+    return {"limits": limits, "token": common.token(args.token_file), "tls": tls, "shm": _shm_policy(args)}
+
+
+def _serve_node(
+    args: argparse.Namespace, settings: dict[str, Any], streams: Any = None, ready_pipe: Any = None
+) -> None:
+    """Serve one node process: the node itself, or one of its ``--workers`` (``streams``, ``ready_pipe``)."""
+    import asyncio
+
+    from rvm_node.node.server import NodeServer, StopWhen, serve_forever, start_node
+
+    stop_when = None
+    if args.exit_with_pid is not None or args.exit_when_idle is not None:
+        stop_when = StopWhen(args.exit_with_pid, args.exit_when_idle)  # checked before the model loads
+    backend = common.load_local(args, _serve_options(args))
+    batch = _batch_policy(args, str(backend.device))
+
+    def ready(node: NodeServer) -> None:
+        if ready_pipe is not None:
+            ready_pipe.send(None)
+            return
+        if node.metrics_port is not None:
+            print(f"metrics: http://{args.host}:{node.metrics_port}/metrics", file=sys.stderr, flush=True)
+        print(node.address, flush=True)  # the line scripts and tests wait for
+
+    async def main_async() -> None:
+        node = await start_node(
+            backend,
+            host=args.host,
+            port=args.port,
+            metrics_port=None if ready_pipe is not None else args.metrics_port,
+            collect_metrics=args.metrics_port is not None,
+            batch=batch,
+            unix_socket=args.unix if streams is None or streams.worker == 0 else None,
+            streams=streams,
+            **settings,
+        )
+        await serve_forever(node, args.grace, ready, stop_when)
+
+    asyncio.run(main_async())
+
+
+def _serve_worker(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> None:
+    """One of ``serve --workers N``: a node process whose errors go to the supervisor as one line."""
+    common.configure_logging(args.log_format)
+    try:
+        _serve_node(args, _node_settings(args), streams, ready_pipe)
+    except (InvalidInputError, WeightsError) as exc:
+        ready_pipe.send(("input", str(exc)))
+        sys.exit(common.EXIT_INPUT)
+    except RvmNodeError as exc:
+        ready_pipe.send(("backend", str(exc)))
+        sys.exit(common.EXIT_BACKEND)
+
+
+def _serve_workers(args: argparse.Namespace) -> int:
+    """``serve --workers N``: N node processes on one port (see :mod:`rvm_node.node.workers`)."""
+    import contextlib
+    import tempfile
+
+    from rvm_node.node.metrics import serve_multiprocess
+    from rvm_node.node.workers import reserve_port, run_workers
+
+    worker_args = argparse.Namespace(**vars(args))
+    env: dict[str, str] = {}
+    with contextlib.ExitStack() as stack:
+        worker_args.port = stack.enter_context(reserve_port(args.host, args.port))
+        if args.metrics_port is not None:
+            env["PROMETHEUS_MULTIPROC_DIR"] = stack.enter_context(
+                tempfile.TemporaryDirectory(prefix="rvm-node-metrics-")
+            )
+
+        def ready() -> None:
+            if args.metrics_port is not None:
+                bound = serve_multiprocess(env["PROMETHEUS_MULTIPROC_DIR"], args.metrics_port, args.host)
+                stack.callback(bound.close)
+                print(f"metrics: http://{args.host}:{bound.port}/metrics", file=sys.stderr, flush=True)
+            shown = f"[{args.host}]" if ":" in args.host else args.host
+            print(f"{shown}:{worker_args.port}", flush=True)  # the line scripts and tests wait for
+
+        return run_workers(_serve_worker, worker_args, args.workers, args.grace, ready, env)

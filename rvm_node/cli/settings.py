@@ -1,0 +1,138 @@
+"""Typed settings layered once: defaults, then the ``--config`` file's ``[node]`` table, then ``RVM_NODE_*``,
+then flags. Nothing derived (``backend = "auto"``) is resolved before every source is in.
+
+A :class:`Setting` is the one definition of an option: its flag, its environment variable and its config
+key come from its name, its help text and default from here. A bad value names the source it came from:
+``RVM_NODE_MAX_STREAMS=abc: expected an integer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rvm_node.errors import InvalidInputError
+from rvm_node.tomlfile import load_toml
+
+__all__ = ["ENV_PREFIX", "Setting", "add_settings", "layer"]
+
+ENV_PREFIX = "RVM_NODE_"
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("expected an integer") from None
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("expected a number") from None
+
+
+_KINDS: dict[type, tuple[Callable[[str], Any], str]] = {
+    int: (_integer, "an integer"),
+    float: (_number, "a number"),
+    str: (str, "text"),
+    Path: (Path, "a path"),
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: ``--NAME`` (dashes), ``RVM_NODE_NAME`` and ``NAME`` in the config file."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None = None
+    metavar: str | None = None
+    optional: bool = False  # None (unset) is a value: the default, and what an empty variable means
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    def parse(self, raw: Any) -> Any:
+        """``raw`` (text from a flag or the environment, or a TOML value) as this setting takes it."""
+        if self.optional and raw in ("", None):
+            return None
+        convert, expected = _KINDS[self.kind]
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise ValueError(f"expected {expected}, got {raw!r}")
+        if self.kind is int and isinstance(raw, float):
+            raise ValueError(f"expected an integer, got {raw!r}")
+        value = convert(str(raw)) if isinstance(raw, str) or self.kind in (str, Path) else self.kind(raw)
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"expected one of {', '.join(self.choices)}, got {value!r}")
+        return value
+
+    def argparse_type(self, text: str) -> Any:
+        try:
+            return self.parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_settings(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: Sequence[Setting]
+) -> None:
+    """The settings as flags. A flag not given leaves no attribute, so the layers below show through."""
+    for setting in settings:
+        shown = "none" if setting.default is None else setting.default
+        parser.add_argument(
+            setting.flag,
+            dest=setting.name,
+            type=setting.argparse_type,
+            default=argparse.SUPPRESS,
+            metavar=setting.metavar or ("{" + ",".join(setting.choices) + "}" if setting.choices else None),
+            help=f"{setting.help} (default: {shown}; {setting.env})",
+        )
+
+
+def layer(
+    settings: Sequence[Setting],
+    flags: argparse.Namespace,
+    environ: Mapping[str, str],
+    config: Path | None,
+    table_name: str = "node",
+) -> dict[str, Any]:
+    """Every setting's value: its default, the config file's, the environment's, then the flag's."""
+    values = {s.name: s.default for s in settings}
+    if config is not None:
+        table = load_toml(config, "the config file").get(table_name, {})
+        if not isinstance(table, dict):
+            raise InvalidInputError(f"{config}: [{table_name}] must be a table")
+        known = {s.name: s for s in settings}
+        unknown = sorted(set(table) - set(known))
+        if unknown:
+            raise InvalidInputError(f"{config}: unknown settings in [{table_name}]: {', '.join(unknown)}")
+        for name, raw in table.items():
+            values[name] = _parsed(known[name], raw, f"{config}: [{table_name}] {name}")
+    for setting in settings:
+        if setting.env in environ:
+            values[setting.name] = _parsed(
+                setting, environ[setting.env], f"{setting.env}={environ[setting.env]}"
+            )
+    for setting in settings:
+        if hasattr(flags, setting.name):
+            values[setting.name] = getattr(flags, setting.name)
+    return values
+
+
+def _parsed(setting: Setting, raw: Any, where: str) -> Any:
+    try:
+        return setting.parse(raw)
+    except ValueError as exc:
+        raise InvalidInputError(f"{where}: {exc}") from None

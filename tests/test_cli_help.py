@@ -1,0 +1,143 @@
+"""The command line as a newcomer meets it: every option described with its default, every command with
+examples that parse, one definition of the shot options, and the settings layered before anything
+resolves."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rvm_node.cli import COMMANDS, build_parser, main
+from rvm_node.errors import InvalidInputError
+
+
+def _parsers(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, f"{path} {name}")
+
+
+def test_every_option_has_a_description() -> None:
+    missing = [
+        f"{path} {action.option_strings[-1]}"
+        for path, parser in _parsers(build_parser(), "rvm-node")
+        for action in parser._actions
+        if action.option_strings and not isinstance(action, argparse._HelpAction) and not action.help
+    ]
+    assert missing == []
+
+
+def test_every_command_has_examples_that_parse() -> None:
+    top = dict(_parsers(build_parser(), "rvm-node"))
+    for command in COMMANDS:
+        epilog = top[f"rvm-node {command}"].epilog or ""
+        examples = [
+            line.split("  # ")[0].strip() for line in epilog.splitlines() if " rvm-node " in f" {line}"
+        ]
+        examples = [e[e.index("rvm-node ") :] for e in examples]  # after any VARIABLE=value
+        assert len(examples) >= 2, command
+        for example in examples:
+            words = shlex.split(example)[1:]
+            build_parser().parse_args(words)  # exits (a failure) if the example is not a valid command
+
+
+def test_help_shows_defaults_and_how_to_write_exr(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["convert", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "(default: 16)" in text and "(default: RGBA)" in text  # --bit-depth, --exr-channels
+    assert "mattes/plate.####.exr" in text and ".mp4, .mov" in text
+    assert main(["serve", "--help"]) == 0
+    assert "(default: 4; RVM_NODE_MAX_STREAMS)" in " ".join(capsys.readouterr().out.split())
+    assert main(["--help"]) == 0
+    assert "``" not in capsys.readouterr().out  # no RST markup
+
+
+def test_the_shot_options_are_defined_once() -> None:
+    from rvm_node.cli.options import SHOT_OPTIONS
+    from rvm_node.farm.shots import SETTING_KEYS
+
+    assert set(SHOT_OPTIONS) == set(SETTING_KEYS)  # what a shot list, a bundle and the flags know
+    for command in (
+        ["farm", "run", "a.mov", "--nodes", "n:1"],
+        ["farm", "bundle", "a.mov", "--nodes", "n:1", "--output", "b"],
+    ):
+        args = vars(build_parser().parse_args(command))
+        assert all(args[name] is None for name in SHOT_OPTIONS), command  # unset: the shot list shows through
+    convert = vars(build_parser().parse_args(["convert", "--input-source", "a.mov"]))
+    assert set(SHOT_OPTIONS) <= set(convert)
+
+
+def test_an_old_option_name_works_and_says_once_what_replaces_it(capsys: pytest.CaptureFixture[str]) -> None:
+    from rvm_node.cli.common import Renamed
+
+    Renamed._said.clear()
+    for _ in range(2):
+        assert build_parser().parse_args(["info", "--node", "a:1"]).nodes == "a:1"
+    assert capsys.readouterr().err.count("--node is now --nodes") == 1
+    assert build_parser().parse_args(["info", "--nodes", "a:1,b:2"]).nodes == "a:1,b:2"
+
+
+def _serve_settings(argv: list[str], environ: dict[str, str]) -> Any:
+    """``rvm-node serve ARGV`` settings as main() layers and resolves them, without serving."""
+    from rvm_node.cli import _resolve, build_parser
+    from rvm_node.cli.serve import layer_settings
+
+    args = build_parser().parse_args(["serve", *argv])
+    layer_settings(args, environ)
+    _resolve(args)
+    return args
+
+
+def test_serve_settings_precedence(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nmax_streams = 7\nidle_timeout = 12.5\nport = 6000\nbackend = "torch"\n')
+    args = _serve_settings(["--port", "7000", "--config", str(config)], {"RVM_NODE_MAX_STREAMS": "3"})
+    assert (args.port, args.max_streams, args.idle_timeout, args.backend) == (7000, 3, 12.5, "torch")
+    # a flag beats the environment, which beats the file; an abbreviated flag is no flag at all
+    assert _serve_settings(["--max-streams", "2"], {"RVM_NODE_MAX_STREAMS": "8"}).max_streams == 2
+    assert (
+        _serve_settings([], {"RVM_NODE_CONFIG": str(config)}).max_streams == 7
+    )  # the file, named by the environment
+    assert _serve_settings([], {}).max_streams == 4  # the default
+    from rvm_node.cli import EXIT_USAGE, main
+
+    assert main(["serve", "--max-str", "2"]) == EXIT_USAGE
+    for text, message in (
+        ('[node]\nmax_streams = "many"\n', r"node.toml: \[node\] max_streams: expected an integer"),
+        ("[node]\nmax_streams = 2.5\n", r"\[node\] max_streams: expected an integer, got 2.5"),
+        ("[node]\nspeed = 3\n", r"unknown settings in \[node\]: speed"),
+        ("[node\n", "not valid TOML"),
+        (
+            '[node]\nbackend = "tpu"\n',
+            r"\[node\] backend: expected one of auto, torch, onnxruntime, openvino, got 'tpu'",
+        ),
+    ):
+        config.write_text(text)
+        with pytest.raises(InvalidInputError, match=message):
+            _serve_settings(["--config", str(config)], {})
+    with pytest.raises(InvalidInputError, match="RVM_NODE_IDLE_TIMEOUT=soon: expected a number"):
+        _serve_settings([], {"RVM_NODE_IDLE_TIMEOUT": "soon"})
+    with pytest.raises(InvalidInputError, match="cannot read the config file"):
+        _serve_settings(["--config", str(tmp_path / "missing.toml")], {})
+    assert _serve_settings([], {"RVM_NODE_METRICS_PORT": ""}).metrics_port is None  # empty: unset
+
+
+def test_backend_auto_resolves_alike_from_every_source(tmp_path: Path) -> None:
+    from rvm_node.engine.session import fastest_parity_backend
+
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nbackend = "auto"\n')
+    expected = fastest_parity_backend("cpu")
+    for argv, environ in (
+        (["--backend", "auto"], {}),
+        ([], {"RVM_NODE_BACKEND": "auto"}),
+        (["--config", str(config)], {}),
+    ):
+        assert _serve_settings(argv, environ).backend == expected, (argv, environ)
