@@ -23,10 +23,10 @@ import pytest
 from rvm_node.client import NodeClient
 from rvm_node.errors import NodeBusyError, NodeProtocolError, NodeRejectedError, NonFiniteSamplesError
 from rvm_node.node.launch import rvm_node_command
-from rvm_node.node.protocol import state_to_message
 from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from rvm_node.v1.protocol import state_to_message
 from tests.helpers import error_info
 from tests.standin import standin_as_backend, standin_node_as_node
 from tests.test_node import NodeThread, frames_of, open_request, raw_stream

@@ -22,10 +22,10 @@ from hypothesis import strategies as st
 from rvm_node.client import NodeClient
 from rvm_node.client.ring import ClientRing
 from rvm_node.errors import InvalidInputError
-from rvm_node.node.protocol import RING_DIRECTORY, RING_PREFIX
 from rvm_node.node.service import Limits, ShmPolicy, is_local_peer
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from rvm_node.v1.protocol import RING_DIRECTORY, RING_PREFIX
 from tests.helpers import error_info
 from tests.standin import StandInBackend
 from tests.test_node import NodeThread, frames_of, open_request, raw_stream

@@ -9,8 +9,8 @@ import pytest
 from rvm_node.client import NodeClient
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.errors import InvalidInputError
-from rvm_node.node.protocol import pack
 from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.protocol import pack
 from tests.helpers import error_info
 from tests.standin import standin_as_backend, standin_node_as_node
 from tests.test_node import RATIO, NodeThread, chunk_request, frames_of, open_request, raw_stream

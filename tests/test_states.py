@@ -12,8 +12,7 @@ import torch
 
 from rvm_node import load_model
 from rvm_node.engine.network.matting import MattingNetwork
-from rvm_node.engine.session import RecurrentState
-from rvm_node.engine.states import check_state, state_shapes
+from rvm_node.engine.states import RecurrentState, check_state, state_shapes
 from rvm_node.errors import StateMismatchError
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender

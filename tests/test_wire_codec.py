@@ -1,4 +1,4 @@
-"""The copy-free codec of chunk requests and part responses (``rvm_node.node.wire``) against protobuf's own.
+"""The copy-free codec of chunk requests and part responses (``rvm_node.v1.wire``) against protobuf's own.
 
 Whatever bytes arrive, the fast reader must read what the generated classes read, or hand the bytes to
 them; what it writes must parse back, field for field, with the generated classes.
@@ -9,7 +9,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rvm_node.node.wire import (
+from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.wire import (
     ChunkRequest,
     FramePartView,
     PartReply,
@@ -20,7 +21,6 @@ from rvm_node.node.wire import (
     parse_request,
     parse_response,
 )
-from rvm_node.v1 import matting_pb2 as pb
 
 _INT64 = st.integers(-(2**63), 2**63 - 1)
 _UINT64 = st.integers(0, 2**64 - 1)

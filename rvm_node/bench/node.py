@@ -83,7 +83,7 @@ def _echo_stream(channel: Any, wire: _Wire, frames: list[np.ndarray]) -> None:
     from collections import deque
 
     from rvm_node.bench.standins import ECHO_METHOD
-    from rvm_node.node.protocol import TRANSPORTS, pack, unpack
+    from rvm_node.v1.protocol import TRANSPORTS, pack, unpack
 
     transport = TRANSPORTS[wire.transport]
     requests: queue.Queue[bytes | None] = queue.Queue()
@@ -220,8 +220,8 @@ def _standin_table(args: argparse.Namespace) -> tuple[list[str], list[list[str]]
 
     from rvm_node.bench.standins import STANDIN_NAME, echo_reply, parse_device_ms
     from rvm_node.client import NodeClient
-    from rvm_node.node.protocol import TRANSPORTS, pack
     from rvm_node.node.stages import STAGES
+    from rvm_node.v1.protocol import TRANSPORTS, pack
 
     sizes = parse_frame_sizes(args.sizes)
     fixed, per_stream = parse_device_ms(args.device_ms)

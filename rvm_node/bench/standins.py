@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from rvm_node.engine.samples import OutputSpec, SampleFormat, to_samples
-from rvm_node.engine.session import MattingBackend, RecurrentState
+from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError
 
 __all__ = [
@@ -78,7 +79,7 @@ def bench_matte(height: int, width: int) -> np.ndarray:
 
 def echo_reply(height: int, width: int, transport: str) -> bytes:
     """What the node returns for one frame of a uint16 alpha stream: the packed :func:`bench_matte`."""
-    from rvm_node.node.protocol import TRANSPORTS, pack
+    from rvm_node.v1.protocol import TRANSPORTS, pack
 
     if transport not in TRANSPORTS:
         raise InvalidInputError(f"transport: expected one of {', '.join(TRANSPORTS)}, got {transport!r}")

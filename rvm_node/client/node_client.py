@@ -28,7 +28,7 @@ import grpc
 import numpy as np
 
 from rvm_node.client.ring import ClientRing
-from rvm_node.engine.session import RecurrentState
+from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import (
     InvalidInputError,
     NodeAuthError,
@@ -39,7 +39,9 @@ from rvm_node.errors import (
     NodeTimeoutError,
     NodeUnavailableError,
 )
-from rvm_node.node.protocol import (
+from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from rvm_node.v1.protocol import (
     DTYPES,
     FORMAT_NAMES,
     PLANE_CHANNELS,
@@ -56,7 +58,7 @@ from rvm_node.node.protocol import (
     unpack,
     wire_bytes,
 )
-from rvm_node.node.wire import (
+from rvm_node.v1.wire import (
     ChunkRequest,
     FramePartView,
     PlanePartView,
@@ -64,8 +66,6 @@ from rvm_node.node.wire import (
     encode_request,
     parse_response,
 )
-from rvm_node.v1 import matting_pb2 as pb
-from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 
 __all__ = [
     "ChunkReply",
@@ -99,7 +99,7 @@ DEFAULT_WINDOW_BYTES = 128 * 1024 * 1024
 
 
 def _matte_method(channel: grpc.Channel) -> Any:
-    """Matte with the codec that writes and reads samples without protobuf's copies (node.wire)."""
+    """Matte with the codec that writes and reads samples without protobuf's copies (v1.wire)."""
     return channel.stream_stream(
         _MATTE_METHOD, request_serializer=_serialize_request, response_deserializer=parse_response
     )

@@ -26,8 +26,8 @@ import secrets
 import numpy as np
 
 from rvm_node.errors import InvalidInputError
-from rvm_node.node.protocol import RING_DIRECTORY, RING_PREFIX
 from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.protocol import RING_DIRECTORY, RING_PREFIX
 
 __all__ = ["ClientRing"]
 

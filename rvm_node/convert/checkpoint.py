@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.engine.session import RecurrentState
+from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import OutputError
 from rvm_node.fsutil import atomic_write_bytes
 from rvm_node.io.sequence import FramePattern

@@ -14,16 +14,51 @@ network's bilinear resize by a factor); each state then sits at 1/2, 1/4,
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from rvm_node.errors import StateMismatchError
 
-if TYPE_CHECKING:
-    from rvm_node.engine.session import RecurrentState
+__all__ = ["STATE_CHANNELS", "RecurrentState", "check_state", "check_state_shapes", "state_shapes"]
 
-__all__ = ["STATE_CHANNELS", "check_state", "check_state_shapes", "state_shapes"]
+
+@dataclass(frozen=True)
+class RecurrentState:
+    """The four ConvGRU states of a stream, on the host, after ``frames`` frames.
+
+    ``r1`` .. ``r4`` are float32 arrays ``[B, C, h, w]`` at 1/2, 1/4, 1/8 and
+    1/16 of the downsampled frame. ``frame_size`` is the (height, width) of the
+    frames they belong to and ``downsample_ratio`` the ratio they were computed
+    at; a state is only valid for that size and ratio.
+    """
+
+    r1: np.ndarray
+    r2: np.ndarray
+    r3: np.ndarray
+    r4: np.ndarray
+    frame_size: tuple[int, int]
+    downsample_ratio: float
+    frames: int
+    variant: str = ""  # the model variant; empty when unknown (older checkpoints)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (self.r1, self.r2, self.r3, self.r4)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        arrays: Sequence[np.ndarray],
+        frame_size: tuple[int, int] = (0, 0),
+        downsample_ratio: float = 0.0,
+        frames: int = 0,
+        variant: str = "",
+    ) -> RecurrentState:
+        """A state from its four tensors (r1..r4) and what it belongs to."""
+        r1, r2, r3, r4 = arrays
+        return cls(r1, r2, r3, r4, frame_size, downsample_ratio, frames, variant)
+
 
 # Channels of r1..r4 per variant: half of each decoder stage's channels.
 STATE_CHANNELS: dict[str, tuple[int, int, int, int]] = {

@@ -22,17 +22,28 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from rvm_node.engine.static_spec import (
+    FP16_FORMATS,
+    STATIC_FORMATS,
+    SUFFIX,
+    StaticSpec,
+    check_spec,
+    metadata,
+    parse_size,
+    static_onnx,
+    traced_module,
+)
 from rvm_node.engine.toolchains import FORMAT_TOOLCHAIN
 from rvm_node.errors import InvalidInputError
 from rvm_node.fsutil import TEMPORARY_MARK
 
-__all__ = [
+__all__ = [  # the spec's names too, as before they had a module of their own
     "FP16_FORMATS",
     "STATIC_FORMATS",
+    "SUFFIX",
     "StaticSpec",
     "check_spec",
     "export_static",
@@ -43,57 +54,6 @@ __all__ = [
     "traced_module",
 ]
 
-STATIC_FORMATS = ("tensorflow", "tflite", "tfjs", "coreml")
-FP16_FORMATS = ("tflite", "coreml")  # fp16 weights (TFLite) or compute (CoreML)
-SUFFIX = {"tensorflow": "_savedmodel", "tflite": ".tflite", "tfjs": "_tfjs", "coreml": ".mlpackage"}
-MIN_SIDE = 64  # the encoder halves the downsampled frame five times
-
-
-@dataclass(frozen=True)
-class StaticSpec:
-    variant: str
-    width: int
-    height: int
-    ratio: float
-    precision: str = "fp32"
-
-    @property
-    def name(self) -> str:
-        return f"rvm_{self.variant}_{self.width}x{self.height}_r{self.ratio:g}_{self.precision}"
-
-    def state_shapes(self) -> list[tuple[int, int, int, int]]:
-        from rvm_node.engine.states import state_shapes
-
-        return state_shapes(self.variant, (self.height, self.width), self.ratio, 1)[0]
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """``"1920x1080"`` -> (1920, 1080)."""
-    width, sep, height = text.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise InvalidInputError(f"size: expected WIDTHxHEIGHT such as 1920x1080, got {text!r}")
-    return int(width), int(height)
-
-
-def check_spec(format: str, spec: StaticSpec) -> None:
-    """InvalidInputError for a format, size, ratio or precision that cannot be exported."""
-    if format not in STATIC_FORMATS:
-        raise InvalidInputError(f"format: expected one of {', '.join(STATIC_FORMATS)}, got {format!r}")
-    if not 0 < spec.ratio <= 1:
-        raise InvalidInputError(f"downsample_ratio: expected a number in (0, 1], got {spec.ratio:g}")
-    small = min(spec.width, spec.height) * spec.ratio
-    if min(spec.width, spec.height) < 1 or small < MIN_SIDE:
-        raise InvalidInputError(
-            f"size {spec.width}x{spec.height} at ratio {spec.ratio:g}: the network would run at "
-            f"{small:.0f} px on the short side; it needs at least {MIN_SIDE}"
-        )
-    if spec.precision not in ("fp32", "fp16"):
-        raise InvalidInputError(f"precision: expected fp32 or fp16, got {spec.precision!r}")
-    if spec.precision == "fp16" and format not in FP16_FORMATS:
-        raise InvalidInputError(
-            f"precision fp16: {format} exports are fp32 (fp16: {', '.join(FP16_FORMATS)})"
-        )
-
 
 def require_toolchains(format: str) -> None:
     """MissingToolError, in one line, unless the toolchains ``format`` needs are installed."""
@@ -101,69 +61,6 @@ def require_toolchains(format: str) -> None:
 
     for name in ("tensorflow", "tfjs") if format == "tfjs" else (FORMAT_TOOLCHAIN[format],):
         toolchain_python(name, purpose=f"export --format {format}")
-
-
-def static_onnx(net: Any, spec: StaticSpec) -> Any:
-    """Our fp32 ONNX export with the ratio frozen and every input of static shape (batch 1)."""
-    import onnx
-
-    from rvm_node.engine.export import onnx_bytes
-    from rvm_node.engine.onnx_graph import freeze_ratio, policy_graphs, prune
-
-    refined, unrefined = policy_graphs(onnx.load_from_string(onnx_bytes(net)))
-    model = freeze_ratio(unrefined if spec.ratio == 1 else refined, spec.ratio)
-    shapes = {"src": (1, 3, spec.height, spec.width)}
-    shapes.update({f"r{i + 1}i": shape for i, shape in enumerate(spec.state_shapes())})
-    for value in model.graph.input:
-        dims = value.type.tensor_type.shape.dim
-        for dim, size in zip(dims, shapes[value.name], strict=True):
-            dim.Clear()
-            dim.dim_value = size
-    prune(model)
-    return model
-
-
-def traced_module(net: Any, spec: StaticSpec) -> Any:
-    """The network at the spec's ratio, traced with full-shape states: ``(src, r1i..r4i) -> 6 outputs``."""
-    import torch
-
-    class Fixed(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = net
-
-        def forward(self, src: Any, r1: Any, r2: Any, r3: Any, r4: Any) -> Any:
-            return tuple(self.net(src, r1, r2, r3, r4, spec.ratio))
-
-    sample = [torch.rand(1, 3, spec.height, spec.width)] + [torch.zeros(s) for s in spec.state_shapes()]
-    with torch.inference_mode():
-        return torch.jit.trace(Fixed().eval(), tuple(sample), check_trace=False)
-
-
-def metadata(format: str, spec: StaticSpec) -> dict[str, Any]:
-    from rvm_node.version import __version__
-
-    last = format != "coreml"  # TensorFlow formats are channels-last
-    states = spec.state_shapes()
-
-    def layout(shape: tuple[int, ...]) -> list[int]:
-        return [shape[0], shape[2], shape[3], shape[1]] if last else list(shape)
-
-    return {
-        "format": format,
-        **asdict(spec),
-        "layout": "NHWC" if last else "NCHW",
-        "inputs": {
-            "src": layout((1, 3, spec.height, spec.width)),
-            **{f"r{i + 1}i": layout(s) for i, s in enumerate(states)},
-        },
-        "outputs": {
-            "fgr": layout((1, 3, spec.height, spec.width)),
-            "pha": layout((1, 1, spec.height, spec.width)),
-            **{f"r{i + 1}o": layout(s) for i, s in enumerate(states)},
-        },
-        "rvm_node": __version__,
-    }
 
 
 def prepare_export(format: str, spec: StaticSpec, folder: Path, *, overwrite: bool = False) -> Path:

@@ -15,7 +15,8 @@ from torch import nn
 from rvm_node.engine.host_heap import retain_freed_memory
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import MattingBackend, RecurrentState
+from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
 
 __all__ = ["TorchBackend", "TorchOptions", "cpu_has_bf16", "fold_batchnorm"]

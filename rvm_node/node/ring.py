@@ -36,8 +36,8 @@ from typing import Any
 import numpy as np
 
 from rvm_node.errors import InvalidInputError
-from rvm_node.node.protocol import RING_DIRECTORY, RING_PREFIX, wire_bytes
 from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.protocol import RING_DIRECTORY, RING_PREFIX, wire_bytes
 
 __all__ = ["NodeRing", "open_ring"]
 

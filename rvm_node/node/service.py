@@ -31,21 +31,21 @@ from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MattingBackend, check_downsample_ratio
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
-from rvm_node.node.protocol import (
+from rvm_node.node.scheduler import Scheduler
+from rvm_node.node.stages import StageClock, timed
+from rvm_node.node.status import Failure, StreamRefused, abort, failure, failure_of, printable
+from rvm_node.node.stream import Stream, StreamPlan
+from rvm_node.node.workers import LocalStreams, StreamTable
+from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from rvm_node.v1.protocol import (
     DTYPES,
     PLANE_CHANNELS,
     SAMPLE_NAMES,
     TRANSPORTS,
     check_transport,
 )
-from rvm_node.node.scheduler import Scheduler
-from rvm_node.node.stages import StageClock, timed
-from rvm_node.node.status import Failure, StreamRefused, abort, failure, failure_of, printable
-from rvm_node.node.stream import Stream, StreamPlan
-from rvm_node.node.wire import Undecodable, encode_response, lenient_parser, parse_request
-from rvm_node.node.workers import LocalStreams, StreamTable
-from rvm_node.v1 import matting_pb2 as pb
-from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from rvm_node.v1.wire import Undecodable, encode_response, lenient_parser, parse_request
 
 __all__ = ["Limits", "MattingServicer", "Scheduler", "ShmPolicy", "add_matting_service", "is_local_peer"]
 

@@ -27,7 +27,11 @@ import numpy as np
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MatteChunk, MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
-from rvm_node.node.protocol import (
+from rvm_node.node.ring import NodeRing, open_ring
+from rvm_node.node.stages import timed
+from rvm_node.node.status import StreamRefused
+from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.protocol import (
     FrameAssembler,
     pack,
     packed_limit,
@@ -39,11 +43,7 @@ from rvm_node.node.protocol import (
     unpack,
     wire_bytes,
 )
-from rvm_node.node.ring import NodeRing, open_ring
-from rvm_node.node.stages import timed
-from rvm_node.node.status import StreamRefused
-from rvm_node.node.wire import ChunkRequest, PartReply, Undecodable
-from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.wire import ChunkRequest, PartReply, Undecodable
 
 if TYPE_CHECKING:
     from rvm_node.node.service import MattingServicer

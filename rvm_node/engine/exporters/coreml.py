@@ -1,6 +1,6 @@
 """CoreML ML Program export: trace here, convert with coremltools in the ``coreml`` toolchain.
 
-The traced network (:func:`rvm_node.engine.static_export.traced_module`) is
+The traced network (:func:`rvm_node.engine.static_spec.traced_module`) is
 saved as TorchScript beside a small JSON job description, and
 ``coreml_worker.py`` converts it inside the toolchain environment into
 ``<name>.mlpackage``: an ML Program (iOS 16+) taking ``src`` and the states
@@ -62,7 +62,7 @@ def build_coreml(net: Any, spec: Any, info: dict[str, Any], work: Path) -> Path:
     """Convert ``net`` for ``spec`` into ``work/<name>.mlpackage``; its path."""
     import torch
 
-    from rvm_node.engine.static_export import traced_module
+    from rvm_node.engine.static_spec import traced_module
     from rvm_node.engine.toolchains import run_worker
     from rvm_node.errors import ExportError
 

@@ -17,7 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rvm_node.engine.static_export import SUFFIX, StaticSpec, static_onnx
+from rvm_node.engine.static_spec import SUFFIX, StaticSpec, static_onnx
 from rvm_node.engine.toolchains import run_worker
 
 __all__ = ["build_tensorflow"]

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 from rvm_node.engine.samples import SAMPLE_DTYPES, SampleFormat, to_samples
-from rvm_node.engine.session import RecurrentState
-from rvm_node.engine.states import check_state, check_state_shapes
+from rvm_node.engine.states import RecurrentState, check_state, check_state_shapes
 from rvm_node.errors import InvalidInputError, StateMismatchError
 from rvm_node.v1 import matting_pb2 as pb
 

@@ -1,0 +1,191 @@
+"""The seam between rvm-node and the thing that runs the network: :class:`MattingBackend`.
+
+A backend holds a loaded model on one device and is shared by many streams. It is stateless between
+calls: each call takes the recurrent state and returns the next one, so a scheduler can batch streams
+together. :func:`fastest_parity_backend` chooses one by measurement.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib.util
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+import numpy as np
+
+from rvm_node.engine.samples import SAMPLE_DTYPES, OutputSpec, to_unit_float
+from rvm_node.engine.states import RecurrentState
+from rvm_node.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from rvm_node.engine.session import MattingSession
+
+__all__ = [
+    "BACKENDS",
+    "ChunkDone",
+    "ChunkJob",
+    "FrameMemory",
+    "MatteChunk",
+    "MattingBackend",
+    "fastest_parity_backend",
+]
+
+
+StateT = TypeVar("StateT")
+
+
+BACKENDS = ("torch", "onnxruntime", "openvino")  # the names load_model takes, besides "auto"
+
+
+def fastest_parity_backend(device: str) -> str:
+    """The fastest backend present that matches the official model (fp32; never bf16), by measurement.
+
+    ``rvm-node bench engine`` (see the README), on a 2-core AVX-512 CPU: OpenVINO
+    ran 1.28x, 1.18x and 1.09x the official ONNX at 640x360, 1280x720 and
+    1920x1080, onnxruntime (our export) 0.90x, 0.90x and 0.85x. So OpenVINO on
+    a CPU where the ``openvino`` extra is installed, else onnxruntime, which is
+    also the choice on GPUs. The TFLite export, run with XNNPACK, was faster
+    still at 1080p (1.26x); it is no backend (an export per frame size), so
+    it is not a choice here.
+    """
+    if device == "cpu" and importlib.util.find_spec("openvino") is not None:
+        return "openvino"
+    return "onnxruntime"
+
+
+@dataclass(frozen=True)
+class MatteChunk:
+    """One chunk's result: foreground ``[..., 3, H, W]`` and alpha ``[..., 1, H, W]``.
+
+    Samples are in the session's :class:`OutputSpec` format (float32 0..1 by
+    default); ``fgr`` is None when the spec leaves the foreground out.
+    """
+
+    fgr: np.ndarray | None
+    pha: np.ndarray
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """A chunk ``[T, 3, H, W]`` for :meth:`MattingSession.run`; ``snapshot`` asks for the state after it."""
+
+    frames: Any
+    snapshot: bool = False
+    tag: Any = None
+
+
+@dataclass(frozen=True)
+class ChunkDone:
+    """The result of one :class:`ChunkJob`, with the state after it when asked."""
+
+    job: ChunkJob
+    out: MatteChunk
+    state: RecurrentState | None
+
+
+class FrameMemory(Protocol):
+    """Memory a backend lends the frame reader (a node's shared-memory ring): the frames of a chunk are
+    decoded straight into it, and the chunk reaches the backend with no further copy."""
+
+    def take(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+        """Writable ``[count, *shape]`` memory for the next chunk's frames (samples cast to the memory's
+        own type), waiting while none is free; None where they cannot go there."""
+
+    def gather(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        """The chunk ``[T, 3, H, W]`` over a chunk's ``HxWx3`` frames: in place where they fill memory
+        from :meth:`take` in order, else a copy (and that memory is given back)."""
+
+
+class MattingBackend(abc.ABC, Generic[StateT]):
+    """A loaded RVM model on one device. Thread-compatible; holds no stream state."""
+
+    name: str
+    device: str
+    precision: str
+    variant: str
+
+    @abc.abstractmethod
+    def infer(
+        self, src: np.ndarray, state: StateT | None, downsample_ratio: float, outputs: OutputSpec
+    ) -> tuple[np.ndarray | None, np.ndarray, StateT]:
+        """Run ``[B, T, 3, H, W]`` frames (as :meth:`prepare` made them); return fgr, pha and the next state.
+
+        fgr and pha come back in ``outputs.sample_format``; fgr is None unless
+        ``outputs.foreground``. Backends that run on a device convert there, so
+        only what is asked for crosses to the host.
+        """
+
+    @abc.abstractmethod
+    def state_to_host(self, state: StateT) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The four state tensors as float32 host arrays."""
+
+    @abc.abstractmethod
+    def state_from_host(self, state: RecurrentState) -> StateT:
+        """A backend state from a host snapshot."""
+
+    def prepare(self, frames: Any) -> np.ndarray:
+        """Frames as this backend takes them: float32 in 0..1 unless it wants the raw samples."""
+        return _as_unit_float(frames, "frames")
+
+    def release(self, state: StateT) -> None:
+        """Free what a stream's state holds beyond memory (a remote stream, say)."""
+
+    def run_stream(self, session: MattingSession, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
+        """Chunks through ``session`` in order. Local backends run them one by one; a remote
+        backend keeps several in flight."""
+        for job in jobs:
+            out = session.process(job.frames)
+            yield ChunkDone(job, out, session.snapshot() if job.snapshot else None)
+
+    def stack_states(self, states: list[StateT]) -> StateT:
+        """One batch state from single-stream states of equal shape (batching across streams)."""
+        host = [self.state_to_host(s) for s in states]
+        return self._from_arrays(*(np.concatenate([h[i] for h in host]) for i in range(4)))
+
+    def split_state(self, state: StateT, count: int) -> list[StateT]:
+        """The ``count`` single-stream states of a batch state."""
+        r1, r2, r3, r4 = self.state_to_host(state)
+        return [
+            self._from_arrays(r1[i : i + 1], r2[i : i + 1], r3[i : i + 1], r4[i : i + 1])
+            for i in range(count)
+        ]
+
+    def zero_state_like(self, state: StateT) -> StateT:
+        """A state of zeros shaped like ``state`` (a fresh stream joining a batch).
+
+        Starting from full-shape zeros equals starting from no state.
+        """
+        return self._from_arrays(*(np.zeros_like(a) for a in self.state_to_host(state)))
+
+    def _from_arrays(self, *arrays: np.ndarray) -> StateT:
+        return self.state_from_host(RecurrentState.from_arrays(arrays))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "variant": self.variant,
+        }
+
+    def frame_memory(self) -> FrameMemory | None:
+        """Memory for one session's decoded frames, where the backend has some to lend."""
+        return None
+
+    def new_session(
+        self, downsample_ratio: float | None = None, outputs: OutputSpec | None = None
+    ) -> MattingSession:
+        from rvm_node.engine.session import MattingSession
+
+        return MattingSession(self, downsample_ratio=downsample_ratio, outputs=outputs)
+
+
+def _as_unit_float(frames: Any, where: str) -> np.ndarray:
+    array = np.asarray(frames)
+    if array.dtype not in SAMPLE_DTYPES.values():
+        raise InvalidInputError(
+            f"{where}: expected uint8, uint16, float16 or float32 frames, got {array.dtype}"
+        )
+    return to_unit_float(array)
