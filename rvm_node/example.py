@@ -58,6 +58,7 @@ def read_video_frames(path: Path, limit: int | None = None) -> tuple[np.ndarray,
 
 
 def run_example(args: argparse.Namespace) -> int:
+    from rvm_node.client.shots import NodeJobCut
     from rvm_node.convert import ConvertJob, run_job
     from rvm_node.engine.loader import load_model, shared_cpu_options
 
@@ -65,10 +66,13 @@ def run_example(args: argparse.Namespace) -> int:
     backend: MattingBackend[Any]
     if args.node:
         from rvm_node.client import NodeClient, RemoteBackend
+        from rvm_node.client.shots import node_job_cut
 
         backend = RemoteBackend(NodeClient(args.node), label="example")
+        cut = node_job_cut()
     else:
         backend = load_model("mobilenetv3", backend=args.backend, options=shared_cpu_options(args.backend))
+        cut = NodeJobCut(seq_chunk=1, num_workers=0)
     job = ConvertJob(
         backend=backend,
         input_source=str(example_clip()),
@@ -79,6 +83,8 @@ def run_example(args: argparse.Namespace) -> int:
         downsample_ratio=args.downsample_ratio,
         overwrite=args.overwrite,
         progress="bar",
+        seq_chunk=cut.seq_chunk,
+        num_workers=cut.num_workers,
     )
     report = run_job(job)
     where = f"the node at {args.node}" if args.node else job.backend.name

@@ -415,17 +415,18 @@ def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
     import tempfile
 
     from rvm_node.client import RemoteBackend
+    from rvm_node.client.shots import node_job_cut
     from rvm_node.convert import ConvertJob, run_job
-    from rvm_node.convert.pipeline import encoder_threads
 
+    cut = node_job_cut()
     with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
         job = ConvertJob(
             backend=RemoteBackend(client),
             input_source=str(clip),
             downsample_ratio=ratio,
             outputs={"alpha": str(Path(tmp) / "m.####.png")},
-            seq_chunk=8,
-            num_workers=encoder_threads(),
+            seq_chunk=cut.seq_chunk,
+            num_workers=cut.num_workers,
             progress="off",
         )
         start = time.perf_counter()
@@ -454,10 +455,11 @@ def _ring_shot_rate(address: str, clip: Path, frames: int, decode_into_ring: boo
     import tempfile
 
     from rvm_node.client import NodeClient, RemoteBackend
+    from rvm_node.client.shots import node_job_cut
     from rvm_node.convert import ConvertJob, run_job
-    from rvm_node.convert.pipeline import encoder_threads
     from rvm_node.io.writers import WriterSettings
 
+    cut = node_job_cut()
     with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp, NodeClient(address) as client:
         job = ConvertJob(
             backend=RemoteBackend(client, transport="shm", decode_into_ring=decode_into_ring),
@@ -465,9 +467,9 @@ def _ring_shot_rate(address: str, clip: Path, frames: int, decode_into_ring: boo
             downsample_ratio=0.25,
             outputs={"alpha": str(Path(tmp) / "m.####.png")},
             settings=WriterSettings(bit_depth=8),
-            seq_chunk=8,
+            seq_chunk=cut.seq_chunk,
             state_every=0,  # the stand-in keeps no state to save
-            num_workers=encoder_threads(),
+            num_workers=cut.num_workers,
             progress="off",
         )
         start, cpu = time.perf_counter(), time.process_time()

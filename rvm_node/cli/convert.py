@@ -73,8 +73,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from fractions import Fraction
 
+    from rvm_node.client.shots import NodeJobCut, node_job_cut
     from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
-    from rvm_node.convert.pipeline import encoder_threads
     from rvm_node.io.sequence import parse_frame_range
     from rvm_node.io.writers import WriterSettings
 
@@ -108,8 +108,11 @@ def run(args: argparse.Namespace) -> int:
         video_codec=args.video_codec,
     )
     backend: Any
+    cut = NodeJobCut(seq_chunk=1, num_workers=0)  # the official converter's, for convert
     if args.command == "matte":
         from rvm_node.client import NodeClient, RemoteBackend
+
+        cut = node_job_cut()
 
         ca = common.read_ca(args.ca_file)
         client = NodeClient(
@@ -136,11 +139,8 @@ def run(args: argparse.Namespace) -> int:
         output_type=args.output_type,
         downsample_ratio=args.downsample_ratio,
         input_resize=tuple(args.input_resize) if args.input_resize else None,
-        # on a node, 8 frames in flight per round trip
-        seq_chunk=args.seq_chunk if args.seq_chunk is not None else (8 if args.command == "matte" else 1),
-        num_workers=args.num_workers
-        if args.num_workers is not None
-        else (encoder_threads() if args.command == "matte" else 0),
+        seq_chunk=args.seq_chunk if args.seq_chunk is not None else cut.seq_chunk,
+        num_workers=args.num_workers if args.num_workers is not None else cut.num_workers,
         frames=parse_frame_range(args.frames) if args.frames else None,
         start_frame=args.start_frame,
         input_colorspace=args.input_colorspace,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,21 @@ from rvm_node.client.remote_backend import RemoteBackend
 from rvm_node.convert.api import convert_video
 from rvm_node.convert.pipeline import ConvertReport, encoder_threads
 
-__all__ = ["matte_shot"]
+__all__ = ["NODE_SEQ_CHUNK", "NodeJobCut", "matte_shot", "node_job_cut"]
+
+NODE_SEQ_CHUNK = 8  # frames per forward pass on a node: a round trip carries a chunk
+
+
+@dataclass(frozen=True)
+class NodeJobCut:
+    """How a shot on a node is cut, wherever one is made (matte, the farm, the example, the benches)."""
+
+    seq_chunk: int  # frames a round trip
+    num_workers: int  # threads encoding image sequences
+
+
+def node_job_cut() -> NodeJobCut:
+    return NodeJobCut(NODE_SEQ_CHUNK, encoder_threads())
 
 
 def matte_shot(
@@ -25,8 +40,9 @@ def matte_shot(
     node on this host, else raw; see :meth:`NodeClient.open_stream`).
     """
     client = NodeClient(node) if isinstance(node, str) else node
-    options.setdefault("seq_chunk", 8)  # frames per forward pass on the node
-    options.setdefault("num_workers", encoder_threads())
+    cut = node_job_cut()
+    options.setdefault("seq_chunk", cut.seq_chunk)
+    options.setdefault("num_workers", cut.num_workers)
     backend = RemoteBackend(client, label=Path(str(input_source)).name, transport=transport)
     try:
         return convert_video(backend, input_source, **options)

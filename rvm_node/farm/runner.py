@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rvm_node.client import RemoteBackend
-from rvm_node.convert.pipeline import ConvertJob, encoder_threads, run_job
+from rvm_node.client.shots import node_job_cut
+from rvm_node.convert.pipeline import ConvertJob, run_job
 from rvm_node.errors import (
     InvalidInputError,
     JobCancelledError,
@@ -250,6 +251,7 @@ class _FarmRun:
             fps = written[0] / max(time.monotonic() - started, 1e-9)
             self._post("frame", shot, node.address, fps=fps, frame=number)
 
+        cut = node_job_cut()
         return ConvertJob(
             backend=RemoteBackend(node.client, label=shot.name),
             input_source=shot.input,
@@ -262,8 +264,8 @@ class _FarmRun:
             background=shot.background,
             settings=shot.settings,
             resume=True,
-            seq_chunk=8,
-            num_workers=encoder_threads(),
+            seq_chunk=cut.seq_chunk,
+            num_workers=cut.num_workers,
             state_every=self.checkpoint_every,
             progress="off",
             on_frame=on_frame,
