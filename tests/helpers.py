@@ -6,6 +6,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +136,15 @@ def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Pa
     )
     command = f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} bundle submit --yes {{bundle}}"
     return command, record
+
+
+def process_gone(pid: int, timeout: float = 30) -> bool:
+    """Whether process ``pid`` has exited within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False

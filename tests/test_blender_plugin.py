@@ -28,7 +28,7 @@ import tomllib
 import yaml
 
 from rvm_node.io.images import write_exr, write_image
-from tests.helpers import alpha, assert_same_mattes, direct_matte, spawn_node
+from tests.helpers import alpha, assert_same_mattes, direct_matte, process_gone, spawn_node
 
 pytestmark = pytest.mark.slow
 
@@ -154,17 +154,6 @@ def test_extension_zip_mattes_a_clip_and_loads_it_back(
     assert ["CompositorNodeSetAlpha", "Image", "CompositorNodeViewer", "Image"] in after["links"]
 
 
-def _gone(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_this_computer_mattes_with_no_node_set_and_stops_with_blender(
     blender_python: Path, extension_zip: Path, node: str, clip: Path, tmp_path: Path
 ) -> None:
@@ -192,7 +181,7 @@ def test_this_computer_mattes_with_no_node_set_and_stops_with_blender(
         assert call["result"] == "FINISHED", call["error"]
     assert first["pid"] is not None and second["pid"] == first["pid"]  # one node for both shots
     assert third["pid"] not in (None, first["pid"])  # the killed node was replaced
-    assert _gone(third["pid"])  # Blender quit: its private node stopped
+    assert process_gone(third["pid"])  # Blender quit: its private node stopped
     reference = tmp_path / "reference"
     direct_matte(clip, node, "1-120", reference / "ref.####.exr")
     assert_same_mattes(out / "carphone", reference, range(1, 121), "carphone_matte")

@@ -66,6 +66,19 @@ def make_read(plate: Path, name: str = "Read1", colorspace: str = "sRGB") -> nuk
     return read
 
 
+def _local_reference(plate: Path, folder: Path) -> Path:
+    """The plate's frames 1001-1008 matted by a local convert at ratio 0.5: what every target must equal."""
+    convert_video(
+        load_model(backend="onnxruntime"),
+        plate,
+        downsample_ratio=0.5,
+        output_alpha=folder / "m.####.exr",
+        frames=parse_frame_range("1001-1008"),
+        progress=False,
+    )
+    return folder
+
+
 def test_matte_selected_read_end_to_end(node_address: str, script: Path, plate: Path, tmp_path: Path) -> None:
     read = make_read(plate)
     chosen = settings.Settings(nodes=[node_address], ratio=0.5)
@@ -73,15 +86,7 @@ def test_matte_selected_read_end_to_end(node_address: str, script: Path, plate: 
     assert results is not None and results["Read1"].status == "done"
     out = script.parent / "mattes" / "Read1"
     assert sorted(p.name for p in out.iterdir()) == [f"Read1_matte.{n}.exr" for n in range(1001, 1009)]
-    direct = tmp_path / "direct"
-    convert_video(
-        load_model(backend="onnxruntime"),
-        plate,
-        downsample_ratio=0.5,
-        output_alpha=direct / "m.####.exr",
-        frames=parse_frame_range("1001-1008"),
-        progress=False,
-    )
+    direct = _local_reference(plate, tmp_path / "direct")
     import OpenEXR
 
     for n in range(1001, 1009):
@@ -152,15 +157,7 @@ def test_this_computer_with_no_node_set_starts_one_private_node(
         assert again["Read1"].nodes[0].startswith("unix://")  # over its socket (shared memory on this host)
     finally:
         assert stop_private_node()
-    direct = tmp_path / "direct"
-    convert_video(
-        load_model(backend="onnxruntime"),
-        plate,
-        downsample_ratio=0.5,
-        output_alpha=direct / "m.####.exr",
-        frames=parse_frame_range("1001-1008"),
-        progress=False,
-    )
+    direct = _local_reference(plate, tmp_path / "direct")
     out = script.parent / "mattes" / "Read1"
     for n in range(1001, 1009):
         ours, reference = read_image(out / f"Read1_matte.{n}.exr"), read_image(direct / f"m.{n}.exr")

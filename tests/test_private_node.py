@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +15,7 @@ import pytest
 from rvm_node.client import NodeClient, matte_shot
 from rvm_node.client.private_node import private_node, stop_private_node
 from rvm_node.errors import InvalidInputError, NodeAuthError, NodeUnavailableError
-
-
-def _gone(pid: int, timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.1)
-    return False
+from tests.helpers import process_gone
 
 
 def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
@@ -52,7 +41,7 @@ def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path:
         with pytest.raises(NodeAuthError), NodeClient(node.address, retries=0) as stranger:
             stranger.info()  # no token: refused
         os.kill(node.pid, signal.SIGKILL)
-        assert _gone(node.pid)
+        assert process_gone(node.pid)
         again = private_node(folder=folder)
         assert again.pid != node.pid
         with NodeClient(again.address, token=again.token) as client:
@@ -95,13 +84,13 @@ def test_it_stops_when_its_owner_exits_or_when_idle(tmp_path: Path) -> None:
     owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     try:
         node = private_node(folder=tmp_path / "a", owner_pid=owner.pid)
-        assert not _gone(node.pid, timeout=1)
+        assert not process_gone(node.pid, timeout=1)
     finally:
         owner.kill()
         owner.wait()
-    assert _gone(node.pid)  # the application quit (or crashed): its node stopped
+    assert process_gone(node.pid)  # the application quit (or crashed): its node stopped
     idle = private_node(folder=tmp_path / "b", idle_exit=1.0)
-    assert _gone(idle.pid)  # no stream for a second
+    assert process_gone(idle.pid)  # no stream for a second
     assert not stop_private_node(folder=tmp_path / "b")  # nothing left to stop
 
 
