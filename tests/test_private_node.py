@@ -28,6 +28,14 @@ def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
         private_node(folder=tmp_path / "p", idle_exit=0)
 
 
+def test_a_system_without_private_folders_is_told_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rvm_node.client.private_node as module
+
+    monkeypatch.setattr(module.os, "name", "nt")  # as on Windows
+    with pytest.raises(NodeUnavailableError, match="needs Linux or macOS"):
+        private_node(folder=tmp_path / "p")
+
+
 @pytest.mark.slow
 def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path: Path) -> None:
     folder = tmp_path / "private"

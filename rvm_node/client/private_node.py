@@ -21,7 +21,6 @@ The node is ``rvm-node serve`` run by ``command`` (default: this Python with
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -69,6 +68,10 @@ def private_folder() -> Path:
 
 def _checked_folder(folder: Path) -> Path:
     """``folder``, made 0700 where it is missing; refused unless it is the user's own and closed to others."""
+    if os.name != "posix":
+        raise NodeUnavailableError(
+            "private node: needs Linux or macOS (private folders, file locks, sockets)"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         folder.mkdir(mode=0o700)
@@ -114,6 +117,8 @@ def _is_the_node(node: PrivateNode) -> bool:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    import fcntl  # POSIX: _checked_folder refuses other systems first
+
     with open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), "rb+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
