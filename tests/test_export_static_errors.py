@@ -3,20 +3,28 @@ nothing written. These run without the toolchains."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import run_rvm_node
 
+@pytest.fixture
+def export(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Callable[..., tuple[int, list[str]]]:
+    """``rvm-node export ARGS --random-weights`` in this process, with no toolchains: its exit code and
+    stderr lines."""
+    from rvm_node.cli import main
 
-def export(tmp_path: Path, *args: str, env_root: Path | None = None) -> tuple[int, list[str]]:
-    import os
+    monkeypatch.setenv("RVM_NODE_TOOLCHAINS", str(tmp_path / "no-toolchains"))
 
-    env = os.environ.copy()
-    env["RVM_NODE_TOOLCHAINS"] = str(env_root or tmp_path / "no-toolchains")
-    done = run_rvm_node("export", *args, "--random-weights", check=False, env=env)
-    return done.returncode, done.stderr.strip().splitlines()
+    def run(*args: str) -> tuple[int, list[str]]:
+        capsys.readouterr()
+        code = main(["export", *args, "--random-weights"])
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    return run
 
 
 @pytest.mark.parametrize(
@@ -36,16 +44,20 @@ def export(tmp_path: Path, *args: str, env_root: Path | None = None) -> tuple[in
          "--opset: only applies to --format onnx"),
     ],
 )  # fmt: skip
-def test_bad_settings(args: list[str], message: str, tmp_path: Path) -> None:
-    code, lines = export(tmp_path, *args, "--output", str(tmp_path / "out"))
+def test_bad_settings(
+    args: list[str], message: str, tmp_path: Path, export: Callable[..., tuple[int, list[str]]]
+) -> None:
+    code, lines = export(*args, "--output", str(tmp_path / "out"))
     assert code == 3 and len(lines) == 1 and message in lines[0], lines
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize("fmt, toolchain", [("tensorflow", "tensorflow"), ("tflite", "tensorflow"),
                                              ("tfjs", "tensorflow"), ("coreml", "coreml")])  # fmt: skip
-def test_a_missing_toolchain_says_what_to_install(fmt: str, toolchain: str, tmp_path: Path) -> None:
-    code, lines = export(tmp_path, "--format", fmt, "--size", "176x144", "--downsample-ratio", "0.5",
+def test_a_missing_toolchain_says_what_to_install(
+    fmt: str, toolchain: str, tmp_path: Path, export: Callable[..., tuple[int, list[str]]]
+) -> None:
+    code, lines = export("--format", fmt, "--size", "176x144", "--downsample-ratio", "0.5",
                          "--output", str(tmp_path / "out"))  # fmt: skip
     assert code != 0 and len(lines) == 1, lines
     assert f"the {toolchain} toolchain" in lines[0] and f"toolchains install {toolchain}" in lines[0], lines
@@ -53,12 +65,12 @@ def test_a_missing_toolchain_says_what_to_install(fmt: str, toolchain: str, tmp_
     assert leftovers == []
 
 
-def test_an_existing_export_is_kept(tmp_path: Path) -> None:
+def test_an_existing_export_is_kept(tmp_path: Path, export: Callable[..., tuple[int, list[str]]]) -> None:
     out = tmp_path / "out"
     out.mkdir()
     existing = out / "rvm_mobilenetv3_176x144_r0.5_fp32.tflite"
     existing.write_bytes(b"mine")
-    code, lines = export(tmp_path, "--format", "tflite", "--size", "176x144", "--downsample-ratio", "0.5",
+    code, lines = export("--format", "tflite", "--size", "176x144", "--downsample-ratio", "0.5",
                          "--output", str(out))  # fmt: skip
     assert code == 3 and lines == [
         f"rvm-node: error: {existing}: already exists; pass --overwrite to replace it"
