@@ -87,10 +87,11 @@ def test_an_old_option_name_works_and_says_once_what_replaces_it(capsys: pytest.
 def _serve_settings(argv: list[str], environ: dict[str, str]) -> Any:
     """``rvm-node serve ARGV`` settings as main() layers and resolves them, without serving."""
     from rvm_node.cli import _resolve, build_parser
-    from rvm_node.cli.serve import layer_settings
+    from rvm_node.cli.serve import ServeSettings, layer_settings
 
     args = build_parser().parse_args(["serve", *argv])
-    layer_settings(args, environ)
+    settings = layer_settings(args, environ)
+    assert isinstance(settings, ServeSettings) and vars(settings).items() <= vars(args).items()
     _resolve(args)
     return args
 
@@ -141,3 +142,14 @@ def test_backend_auto_resolves_alike_from_every_source(tmp_path: Path) -> None:
         (["--config", str(config)], {}),
     ):
         assert _serve_settings(argv, environ).backend == expected, (argv, environ)
+
+
+def test_the_serve_settings_are_one_typed_definition() -> None:
+    from rvm_node.cli.serve import SETTINGS, ServeSettings
+
+    defaults = ServeSettings()
+    assert [s.name for s in SETTINGS] == list(vars(defaults))
+    assert all(getattr(defaults, s.name) == s.default for s in SETTINGS)
+    kinds = {s.name: (s.kind, s.optional) for s in SETTINGS}
+    assert kinds["max_streams"] == (int, False) and kinds["checkpoint"] == (Path, True)
+    assert kinds["exit_when_idle"] == (float, True)

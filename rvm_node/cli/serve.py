@@ -5,119 +5,84 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rvm_node.cli import common
-from rvm_node.cli.settings import Setting, add_settings, layer
+from rvm_node.cli.settings import add_settings, layer, setting, settings_of
 from rvm_node.engine.session import BACKENDS
 from rvm_node.errors import InvalidInputError, RvmNodeError, WeightsError
 
-__all__ = ["SETTINGS", "add_parser", "layer_settings", "run"]
+__all__ = ["SETTINGS", "ServeSettings", "add_parser", "layer_settings", "run"]
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 VARIANTS = ("mobilenetv3", "resnet50")
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting("host", str, "127.0.0.1", "address to bind; 0.0.0.0 serves the network"),
-    Setting("port", int, 50051, "port to serve on; 0 picks a free one (printed on stdout)"),
-    Setting("device", str, "cpu", "device the model runs on: cpu, cuda or cuda:N"),
-    Setting(
-        "backend",
-        str,
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything ``rvm-node serve`` is told, typed: the one definition of its options. Each field is also
+    ``--FIELD`` (dashes), ``RVM_NODE_FIELD`` and ``FIELD`` in the config file's ``[node]`` table."""
+
+    host: str = setting("127.0.0.1", "address to bind; 0.0.0.0 serves the network")
+    port: int = setting(50051, "port to serve on; 0 picks a free one (printed on stdout)")
+    device: str = setting("cpu", "device the model runs on: cpu, cuda or cuda:N")
+    backend: str = setting(
         "onnxruntime",
         "engine that runs the model; auto: the fastest one that matches the official model here",
         choices=("auto", *BACKENDS),
-    ),
-    Setting("precision", str, "fp32", "arithmetic precision", choices=PRECISIONS),
-    Setting("variant", str, "mobilenetv3", "RVM backbone", choices=VARIANTS),
-    Setting(
-        "checkpoint",
-        Path,
-        None,
-        "weights file (.pth, .onnx, .torchscript); none: the official fetched ones",
-        optional=True,
-    ),
-    Setting("max_streams", int, 4, "streams served at once (the node's total over its workers)"),
-    Setting("threads", int, 0, "inference threads per device; 0: the backend's choice"),
-    Setting("idle_timeout", float, 60.0, "seconds a stream may sit idle before its state is released"),
-    Setting("max_message_mb", int, 64, "largest gRPC message, in MiB"),
-    Setting("max_frame_pixels", int, 8192 * 4320, "the most pixels a stream's frames may have"),
-    Setting(
-        "max_chunks_in_flight",
-        int,
-        4,
-        "chunks of one stream held at once (received, inferring, sending); bounds a stream's memory",
-    ),
-    Setting(
-        "batch",
-        str,
+    )
+    precision: str = setting("fp32", "arithmetic precision", choices=PRECISIONS)
+    variant: str = setting("mobilenetv3", "RVM backbone", choices=VARIANTS)
+    checkpoint: Path | None = setting(
+        None, "weights file (.pth, .onnx, .torchscript); none: the official fetched ones"
+    )
+    max_streams: int = setting(4, "streams served at once (the node's total over its workers)")
+    threads: int = setting(0, "inference threads per device; 0: the backend's choice")
+    idle_timeout: float = setting(60.0, "seconds a stream may sit idle before its state is released")
+    max_message_mb: int = setting(64, "largest gRPC message, in MiB")
+    max_frame_pixels: int = setting(8192 * 4320, "the most pixels a stream's frames may have")
+    max_chunks_in_flight: int = setting(
+        4, "chunks of one stream held at once (received, inferring, sending); bounds a stream's memory"
+    )
+    batch: str = setting(
         "auto",
         "batch chunks of several streams into one forward pass: off, auto (on for GPUs, off for CPUs) or N streams",
-    ),
-    Setting("max_batch", int, 4, "streams per forward pass when batching is on"),
-    Setting("batch_delay_ms", float, 2.0, "how long the oldest chunk waits for others to join its batch"),
-    Setting(
-        "token_file",
-        Path,
-        None,
-        "require the bearer token in this file (else $RVM_NODE_TOKEN)",
-        optional=True,
-    ),
-    Setting("tls_cert", Path, None, "TLS certificate (PEM); with --tls-key, serve TLS", optional=True),
-    Setting("tls_key", Path, None, "TLS private key (PEM)", optional=True),
-    Setting(
-        "tls_client_ca", Path, None, "require client certificates signed by this CA (mTLS)", optional=True
-    ),
-    Setting("grace", float, 30.0, "seconds running streams get to finish on SIGTERM"),
-    Setting(
-        "workers",
-        int,
-        1,
-        "node processes serving one port (SO_REUSEPORT), each with its own event loop and model",
-    ),
-    Setting(
-        "shm",
-        str,
-        "on",
-        "shared-memory streams for clients on this host (loopback or --unix)",
-        choices=("on", "off"),
-    ),
-    Setting(
-        "shm_group",
-        str,
+    )
+    max_batch: int = setting(4, "streams per forward pass when batching is on")
+    batch_delay_ms: float = setting(2.0, "how long the oldest chunk waits for others to join its batch")
+    token_file: Path | None = setting(None, "require the bearer token in this file (else $RVM_NODE_TOKEN)")
+    tls_cert: Path | None = setting(None, "TLS certificate (PEM); with --tls-key, serve TLS")
+    tls_key: Path | None = setting(None, "TLS private key (PEM)")
+    tls_client_ca: Path | None = setting(None, "require client certificates signed by this CA (mTLS)")
+    grace: float = setting(30.0, "seconds running streams get to finish on SIGTERM")
+    workers: int = setting(
+        1, "node processes serving one port (SO_REUSEPORT), each with its own event loop and model"
+    )
+    shm: str = setting(
+        "on", "shared-memory streams for clients on this host (loopback or --unix)", choices=("on", "off")
+    )
+    shm_group: str | None = setting(
         None,
         "a group whose /dev/shm rings the node may open, for a node that runs as another user than its clients "
         "(also the --unix socket's group)",
-        optional=True,
-    ),
-    Setting(
-        "unix",
-        Path,
+    )
+    unix: Path | None = setting(
         None,
         "also serve on this Unix domain socket (clients: --nodes unix:///PATH); owner-only, or the --shm-group's",
-        optional=True,
-    ),
-    Setting(
-        "exit_with_pid",
-        int,
-        None,
-        "stop (draining) once process PID has exited: a node private to one application",
-        metavar="PID",
-        optional=True,
-    ),
-    Setting(
-        "exit_when_idle",
-        float,
-        None,
-        "stop once no stream has been open for SECONDS",
-        metavar="SECONDS",
-        optional=True,
-    ),
-    Setting("metrics_port", int, None, "serve Prometheus metrics on this port", optional=True),
-    Setting("log_format", str, "text", "log lines as text or JSON objects", choices=("text", "json")),
-)
+    )
+    exit_with_pid: int | None = setting(
+        None, "stop (draining) once process PID has exited: a node private to one application", metavar="PID"
+    )
+    exit_when_idle: float | None = setting(
+        None, "stop once no stream has been open for SECONDS", metavar="SECONDS"
+    )
+    metrics_port: int | None = setting(None, "serve Prometheus metrics on this port")
+    log_format: str = setting("text", "log lines as text or JSON objects", choices=("text", "json"))
+
+
+SETTINGS = settings_of(ServeSettings)
 
 _EPILOG = """examples:
   rvm-node serve --port 50051 --device cuda --backend onnxruntime
@@ -146,11 +111,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
-def layer_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
-    """Every setting from its layers (defaults, --config, RVM_NODE_*, flags), onto ``args``."""
+def layer_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeSettings:
+    """The settings from their layers (defaults, --config, RVM_NODE_*, flags); also put onto ``args``."""
     config = args.config if args.config is not None else environ.get("RVM_NODE_CONFIG") or None
-    for name, value in layer(SETTINGS, args, environ, None if config is None else Path(config)).items():
-        setattr(args, name, value)
+    settings = ServeSettings(**layer(SETTINGS, args, environ, None if config is None else Path(config)))
+    vars(args).update(vars(settings))
+    return settings
 
 
 def _serve_options(args: argparse.Namespace) -> Any:

@@ -9,15 +9,16 @@ key come from its name, its help text and default from here. A bad value names t
 from __future__ import annotations
 
 import argparse
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rvm_node.errors import InvalidInputError
 from rvm_node.tomlfile import load_toml
 
-__all__ = ["ENV_PREFIX", "Setting", "add_settings", "layer"]
+__all__ = ["ENV_PREFIX", "Setting", "add_settings", "layer", "setting", "settings_of"]
 
 ENV_PREFIX = "RVM_NODE_"
 
@@ -83,6 +84,29 @@ class Setting:
             return self.parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def setting(
+    default: Any, help: str, *, choices: tuple[str, ...] | None = None, metavar: str | None = None
+) -> Any:
+    """A settings dataclass field: its default and what :class:`Setting` needs besides its name and type."""
+    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
+
+
+def settings_of(cls: type) -> tuple[Setting, ...]:
+    """The :class:`Setting` of each field of the settings dataclass ``cls`` (fields made by :func:`setting`)."""
+    hints = typing.get_type_hints(cls)
+    settings = []
+    for item in fields(cls):
+        kinds = [k for k in typing.get_args(hints[item.name]) if k is not type(None)] or [hints[item.name]]
+        optional = type(None) in typing.get_args(hints[item.name])
+        meta = item.metadata
+        settings.append(
+            Setting(
+                item.name, kinds[0], item.default, meta["help"], meta["choices"], meta["metavar"], optional
+            )
+        )
+    return tuple(settings)
 
 
 def add_settings(
