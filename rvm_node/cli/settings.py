@@ -113,15 +113,15 @@ def add_settings(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, settings: Sequence[Setting]
 ) -> None:
     """The settings as flags. A flag not given leaves no attribute, so the layers below show through."""
-    for setting in settings:
-        shown = "none" if setting.default is None else setting.default
+    for option in settings:
+        shown = "none" if option.default is None else option.default
         parser.add_argument(
-            setting.flag,
-            dest=setting.name,
-            type=setting.argparse_type,
+            option.flag,
+            dest=option.name,
+            type=option.argparse_type,
             default=argparse.SUPPRESS,
-            metavar=setting.metavar or ("{" + ",".join(setting.choices) + "}" if setting.choices else None),
-            help=f"{setting.help} (default: {shown}; {setting.env})",
+            metavar=option.metavar or ("{" + ",".join(option.choices) + "}" if option.choices else None),
+            help=f"{option.help} (default: {shown}; {option.env})",
         )
 
 
@@ -144,19 +144,17 @@ def layer(
             raise InvalidInputError(f"{config}: unknown settings in [{table_name}]: {', '.join(unknown)}")
         for name, raw in table.items():
             values[name] = _parsed(known[name], raw, f"{config}: [{table_name}] {name}")
-    for setting in settings:
-        if setting.env in environ:
-            values[setting.name] = _parsed(
-                setting, environ[setting.env], f"{setting.env}={environ[setting.env]}"
-            )
-    for setting in settings:
-        if hasattr(flags, setting.name):
-            values[setting.name] = getattr(flags, setting.name)
+    for option in options:
+        if option.env in environ:
+            values[option.name] = _parsed(option, environ[option.env], f"{option.env}={environ[option.env]}")
+    for option in settings:
+        if hasattr(flags, option.name):
+            values[option.name] = getattr(flags, option.name)
     return values
 
 
-def _parsed(setting: Setting, raw: Any, where: str) -> Any:
+def _parsed(option: Setting, raw: Any, where: str) -> Any:
     try:
-        return setting.parse(raw)
+        return option.parse(raw)
     except ValueError as exc:
         raise InvalidInputError(f"{where}: {exc}") from None
