@@ -144,7 +144,7 @@ def layer(
             raise InvalidInputError(f"{config}: unknown settings in [{table_name}]: {', '.join(unknown)}")
         for name, raw in table.items():
             values[name] = _parsed(known[name], raw, f"{config}: [{table_name}] {name}")
-    for option in options:
+    for option in settings:
         if option.env in environ:
             values[option.name] = _parsed(option, environ[option.env], f"{option.env}={environ[option.env]}")
     for option in settings:
