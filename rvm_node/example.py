@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.weights import WheelSource, cache_dir, fetch_wheel_member
 from rvm_node.errors import InvalidInputError
 

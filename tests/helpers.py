@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.io.images import read_image
 from rvm_node.node import launch
 
@@ -140,11 +140,11 @@ def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Pa
 
 def process_gone(pid: int, timeout: float = 30) -> bool:
     """Whether process ``pid`` has exited within ``timeout`` seconds."""
+    from rvm_node.processes import process_exists
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process_exists(pid):
             return True
         time.sleep(0.1)
     return False

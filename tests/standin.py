@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.samples import OutputSpec, convert_outputs
-from rvm_node.engine.session import MattingBackend
 from rvm_node.engine.states import RecurrentState, state_shapes
 
 __all__ = ["StandInBackend", "expected_alpha", "standin_as_backend", "standin_node_as_node"]

@@ -131,7 +131,7 @@ def test_serve_settings_precedence(tmp_path: Path) -> None:
 
 
 def test_backend_auto_resolves_alike_from_every_source(tmp_path: Path) -> None:
-    from rvm_node.engine.session import fastest_parity_backend
+    from rvm_node.engine.backend import fastest_parity_backend
 
     config = tmp_path / "node.toml"
     config.write_text('[node]\nbackend = "auto"\n')

@@ -13,9 +13,9 @@ import pytest
 
 from rvm_node import load_model
 from rvm_node.client import NodeClient
+from rvm_node.engine.backend import fastest_parity_backend
 from rvm_node.engine.openvino_backend import OpenVinoBackend, OpenVinoOptions
 from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import fastest_parity_backend
 from rvm_node.errors import (
     BackendUnavailableError,
     InvalidInputError,
@@ -178,7 +178,7 @@ def test_auto_picks_the_fastest_parity_backend(official_onnx: Path) -> None:
 
 
 def test_auto_without_openvino_is_onnxruntime() -> None:
-    probe = "import sys; sys.modules['openvino'] = None; from rvm_node.engine.session import fastest_parity_backend as f; print(f('cpu'))"
+    probe = "import sys; sys.modules['openvino'] = None; from rvm_node.engine.backend import fastest_parity_backend as f; print(f('cpu'))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "onnxruntime"
 

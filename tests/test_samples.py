@@ -82,7 +82,7 @@ def test_torch_raw_input_path_equals_host_float_input(clip_frames: np.ndarray) -
 
 @pytest.mark.slow  # the real model
 def test_torch_state_stacking_equals_the_host_default(clip_frames: np.ndarray) -> None:
-    from rvm_node.engine.session import MattingBackend
+    from rvm_node.engine.backend import MattingBackend
 
     backend = load_model(backend="torch")
     states = []

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from rvm_node import load_model
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import MattingBackend
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError, ResolutionChangedError
 from rvm_node.node.scheduler import BatchPolicy, Scheduler

@@ -11,7 +11,7 @@ from rvm_node.bench.common import (
     print_table,
     upscaled_clip,
 )
-from rvm_node.engine.session import fastest_parity_backend
+from rvm_node.engine.backend import fastest_parity_backend
 from rvm_node.node.launch import spawn_node
 
 __all__ = ["run_farm_bench"]

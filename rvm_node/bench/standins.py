@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.samples import OutputSpec, SampleFormat, to_samples
-from rvm_node.engine.session import MattingBackend
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError
 

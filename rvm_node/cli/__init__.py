@@ -27,7 +27,7 @@ from types import ModuleType
 
 from rvm_node.cli import bench, common, convert, example, export, farm, nodes, serve, weights
 from rvm_node.cli.common import EXIT_BACKEND, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE
-from rvm_node.engine.session import fastest_parity_backend
+from rvm_node.engine.backend import fastest_parity_backend
 from rvm_node.errors import (
     BackendError,
     InvalidInputError,

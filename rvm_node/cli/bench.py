@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rvm_node.engine.session import BACKENDS
+from rvm_node.engine.backend import BACKENDS
 
 __all__ = ["add_parser", "run"]
 

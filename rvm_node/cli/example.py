@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from rvm_node.cli import common
-from rvm_node.engine.session import BACKENDS
+from rvm_node.engine.backend import BACKENDS
 
 __all__ = ["add_parser", "run"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.cli import common
-from rvm_node.engine.session import BACKENDS
+from rvm_node.engine.backend import BACKENDS
 
 VARIANTS = ("mobilenetv3", "resnet50")
 

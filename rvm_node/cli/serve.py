@@ -11,7 +11,7 @@ from typing import Any
 
 from rvm_node.cli import common
 from rvm_node.cli.settings import add_settings, layer, setting, settings_of
-from rvm_node.engine.session import BACKENDS
+from rvm_node.engine.backend import BACKENDS
 from rvm_node.errors import InvalidInputError, RvmNodeError, WeightsError
 
 __all__ = ["SETTINGS", "ServeSettings", "add_parser", "layer_settings", "run"]

@@ -28,6 +28,7 @@ import grpc
 import numpy as np
 
 from rvm_node.client.ring import ClientRing
+from rvm_node.engine.samples import holds_samples
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import (
     InvalidInputError,
@@ -590,10 +591,9 @@ class MatteStream:
         once the stream is over. Safe from one thread besides the stream's own."""
         ring = self._ring
         width, height = self._settings.width, self._settings.height
-        kind = np.dtype(dtype).kind
         if ring is None or tuple(shape) != (height, width, 3) or not 0 < count <= self._lease_block:
             return None
-        if kind != self._in_dtype.kind or (kind != "f" and np.dtype(dtype) != self._in_dtype):
+        if not holds_samples(self._in_dtype, dtype):
             return None
         with self._slot_change:
             while self._ring is ring and (self._leased or self._free_block(count) is None):
@@ -628,21 +628,26 @@ class MatteStream:
         order; otherwise a copy. A block some of the frames were decoded into is then given back (the
         reader is done with it); a block lent for a later chunk stays with the reader."""
         ring = self._ring
-        slots = [None if ring is None else ring.slot_of(f) for f in frames]
-        if ring is None or not any(s in self._leased for s in slots):
-            return np.stack(frames).transpose(0, 3, 1, 2)
-        first = slots[0]
-        if first is not None and all(
-            slot == first + t and slot in self._leased and frame.dtype == self._in_dtype
-            for t, (frame, slot) in enumerate(zip(frames, slots, strict=True))
-        ):
+        slots = [None if ring is None else self._lent_slot(ring, f) for f in frames]
+        first = slots[0] if slots else None
+        if ring is not None and first is not None and slots == list(range(first, first + len(frames))):
             return ring.frames(first, len(frames), self._in_dtype, frames[0].shape).transpose(0, 3, 1, 2)
         chunk = np.stack(frames).transpose(0, 3, 1, 2)
-        with self._slot_change:
-            self._free_slots.extend(sorted(self._leased))
-            self._leased.clear()
-            self._slot_change.notify_all()
+        if any(s is not None for s in slots):
+            with self._slot_change:
+                self._return_lent()
         return chunk
+
+    def _lent_slot(self, ring: ClientRing, frame: np.ndarray) -> int | None:
+        """The lent slot ``frame`` was decoded into, as :meth:`lease_frames` gave it; else None."""
+        slot = ring.slot_of(frame)
+        return slot if slot in self._leased and frame.dtype == self._in_dtype else None
+
+    def _return_lent(self) -> None:
+        """The lent block's slots not sent go back to the free ones (the caller holds the slot lock)."""
+        self._free_slots.extend(sorted(self._leased))
+        self._leased.clear()
+        self._slot_change.notify_all()
 
     def _take_slots(self, count: int) -> list[int]:
         """``count`` free slots for frames copied in: a block where one is free, so blocks stay whole."""
@@ -663,9 +668,8 @@ class MatteStream:
         with self._slot_change:
             lent: list[int | None] = []
             for _, frame in chunk.frames:
-                slot = ring.slot_of(frame)
-                usable = slot in self._leased and slot not in lent and frame.dtype == self._in_dtype
-                lent.append(slot if usable else None)
+                slot = self._lent_slot(ring, frame)
+                lent.append(None if slot in lent else slot)  # a frame sent twice is copied the second time
             if lent.count(None) > len(self._free_slots):
                 raise InvalidInputError(
                     f"a chunk of {len(chunk.frames)} frames needs as many ring slots; the ring has "
@@ -675,9 +679,7 @@ class MatteStream:
             slots = [next(copied) if s is None else s for s in lent]
             if any(s is not None for s in lent):
                 self._leased.difference_update(slots)
-                self._free_slots.extend(sorted(self._leased))  # rows no frame used (a short last chunk)
-                self._leased.clear()
-                self._slot_change.notify_all()
+                self._return_lent()  # rows no frame used (a short last chunk)
         parts = []
         for (number, frame), slot, in_place in zip(chunk.frames, slots, lent, strict=True):
             offset = slot * ring.slot_bytes
@@ -809,34 +811,29 @@ class MatteStream:
         The next chunk is always sent before the previous reply is read, so
         the node infers one chunk while the client packs, sends and reads.
         """
-        pending: deque[tuple[StreamChunk, int]] = deque()
-        in_flight = 0
+        pending: deque[tuple[StreamChunk, int]] = deque()  # chunks sent, with their bytes
         iterator = iter(chunks)
+
+        def oldest() -> ChunkReply:
+            return self._receive_chunk(pending.popleft()[0])
+
         while True:
             # A reader that decodes into lent slots needs a free block before it can hand over the
             # next chunk: the oldest replies are read first, freeing their slots.
             while pending and self._reader_waits():
-                done, done_size = pending.popleft()
-                in_flight -= done_size
-                yield self._receive_chunk(done)
+                yield oldest()
             chunk = next(iterator, None)
             if chunk is None:
                 break
             ring = self._ring
-            needed = 0 if ring is None else sum(ring.slot_of(f) not in self._leased for _, f in chunk.frames)
-            while pending and needed > len(self._free_slots) and self._ring is not None:
-                done, done_size = pending.popleft()  # a shared-memory stream waits for free slots
-                in_flight -= done_size
-                yield self._receive_chunk(done)
-            size = self._send_chunk(chunk)
-            pending.append((chunk, size))
-            in_flight += size
-            while len(pending) > 1 and in_flight > window_bytes:
-                done, done_size = pending.popleft()
-                in_flight -= done_size
-                yield self._receive_chunk(done)
+            needed = 0 if ring is None else sum(self._lent_slot(ring, f) is None for _, f in chunk.frames)
+            while pending and needed > len(self._free_slots):  # a shared-memory stream waits for free slots
+                yield oldest()
+            pending.append((chunk, self._send_chunk(chunk)))
+            while len(pending) > 1 and sum(size for _, size in pending) > window_bytes:
+                yield oldest()
         while pending:
-            yield self._receive_chunk(pending.popleft()[0])
+            yield oldest()
 
     def process(self, frames: Iterable[tuple[int, np.ndarray]], window: int = 2) -> Iterator[MatteResult]:
         """Send numbered ``HxWx3`` frames and yield their results in order, ``window`` frames in flight."""

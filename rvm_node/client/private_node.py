@@ -37,6 +37,7 @@ from pathlib import Path
 
 from rvm_node.errors import InvalidInputError, NodeError, NodeUnavailableError
 from rvm_node.fsutil import atomic_write_bytes
+from rvm_node.processes import process_exists
 
 __all__ = ["DEFAULT_IDLE_EXIT", "PrivateNode", "private_folder", "private_node", "stop_private_node"]
 
@@ -81,16 +82,6 @@ def _checked_folder(folder: Path) -> Path:
             f"{folder}: a private node's folder must be a directory of this user's, closed to others (mode 0700)"
         )
     return folder
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False  # another user's process took the number: not ours
-    return True
 
 
 def _answers(node: PrivateNode) -> bool:
@@ -159,9 +150,9 @@ def private_node(
     files = _files(_checked_folder(folder or private_folder()), owner)
     with _locked(files["lock"]):
         earlier = _recorded(files["json"])
-        if earlier is not None and _alive(earlier.pid) and _answers(earlier):
+        if earlier is not None and _answers(earlier):
             return earlier
-        if earlier is not None and _alive(earlier.pid) and _is_the_node(earlier):
+        if earlier is not None and _is_the_node(earlier):
             os.kill(earlier.pid, signal.SIGKILL)  # alive but not answering: frozen
         node = _start(
             list(command or [sys.executable, "-m", "rvm_node"]),
@@ -263,12 +254,12 @@ def stop_private_node(
     with _locked(files["lock"]):
         node = _recorded(files["json"])
         files["json"].unlink(missing_ok=True)
-        if node is None or not _alive(node.pid) or not _is_the_node(node):
+        if node is None or not _is_the_node(node):
             return False
         os.kill(node.pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while _alive(node.pid) and time.monotonic() < deadline:
+        while process_exists(node.pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if _alive(node.pid):
+        if process_exists(node.pid):
             os.kill(node.pid, signal.SIGKILL)
         return True

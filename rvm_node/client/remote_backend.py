@@ -26,16 +26,10 @@ from rvm_node.client.node_client import (
     NodeClient,
     StreamChunk,
 )
+from rvm_node.engine.backend import ChunkDone, ChunkJob, FrameMemory, MatteChunk, MattingBackend
 from rvm_node.engine.samples import OutputSpec, sample_format_of
-from rvm_node.engine.session import (
-    ChunkDone,
-    ChunkJob,
-    FrameMemory,
-    MatteChunk,
-    MattingBackend,
-    MattingSession,
-    RecurrentState,
-)
+from rvm_node.engine.session import MattingSession
+from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError
 
 __all__ = ["RemoteBackend"]

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.convert.pipeline import ConvertJob, ConvertReport, run_job
-from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.errors import InvalidInputError
 from rvm_node.io.sequence import FrameRange
 from rvm_node.io.writers import OutputKind, WriterSettings

@@ -36,14 +36,10 @@ import numpy as np
 
 from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint, save_checkpoint
 from rvm_node.convert.progress import Progress
-from rvm_node.engine.samples import OutputSpec, finest_format
-from rvm_node.engine.session import (
-    ChunkJob,
-    FrameMemory,
-    MattingBackend,
-    RecurrentState,
-    check_downsample_ratio,
-)
+from rvm_node.engine.backend import ChunkJob, FrameMemory, MattingBackend
+from rvm_node.engine.samples import OutputSpec, finest_format, holds_samples
+from rvm_node.engine.session import check_downsample_ratio
+from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.io.outlock import OutputLock, lock_path
 from rvm_node.io.sequence import FramePattern, FrameRange
@@ -266,11 +262,6 @@ def _plan_resume(
     return plan
 
 
-def _fits(samples: np.dtype[Any], memory: np.dtype[Any]) -> bool:
-    """Whether samples keep their values in memory of that type (float frames go to float16 as sent)."""
-    return samples == memory or samples.kind == memory.kind == "f"
-
-
 def _reader(
     source: FrameSource,
     start: int | None,
@@ -285,7 +276,11 @@ def _reader(
             if memory is not None and index % chunk == 0:  # the chunks _chunks() will make, one block each
                 block = memory.take(chunk, frame.pixels.shape, frame.pixels.dtype)
             pixels = frame.pixels
-            if block is not None and block.shape[1:] == pixels.shape and _fits(pixels.dtype, block.dtype):
+            if (
+                block is not None
+                and block.shape[1:] == pixels.shape
+                and holds_samples(block.dtype, pixels.dtype)
+            ):
                 target = block[index % chunk]  # straight from the decoder into the backend's memory
                 np.copyto(target, pixels, casting="unsafe")
                 frame = SourceFrame(frame.number, target)

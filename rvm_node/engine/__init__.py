@@ -1,7 +1,8 @@
 """The matting engine: the RVM network, its weights, and the backends that run it.
 
-Names are loaded on first use, so that ``rvm_node.engine.session`` (numpy
-only) is usable by clients and plugins that have no torch or onnxruntime.
+Names are loaded on first use, so that ``rvm_node.engine.backend``,
+``session`` and ``states`` (numpy only) are usable by clients and plugins that
+have no torch or onnxruntime.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "BACKENDS": "rvm_node.engine.session",
+    "BACKENDS": "rvm_node.engine.backend",
     "load_model": "rvm_node.engine.loader",
     "load_network": "rvm_node.engine.loader",
     "MattingNetwork": "rvm_node.engine.network",
     "OpenVinoOptions": "rvm_node.engine.openvino_backend",
     "OrtOptions": "rvm_node.engine.ort_backend",
     "TorchOptions": "rvm_node.engine.torch_backend",
-    "MatteChunk": "rvm_node.engine.session",
-    "MattingBackend": "rvm_node.engine.session",
+    "MatteChunk": "rvm_node.engine.backend",
+    "MattingBackend": "rvm_node.engine.backend",
     "MattingSession": "rvm_node.engine.session",
-    "RecurrentState": "rvm_node.engine.session",
+    "RecurrentState": "rvm_node.engine.states",
     "auto_downsample_ratio": "rvm_node.engine.session",
 }
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
+from rvm_node.engine.backend import BACKENDS, MattingBackend, fastest_parity_backend
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.onnx_import import SEGMENTATION_KEYS, state_dict_from_onnx
-from rvm_node.engine.session import BACKENDS, MattingBackend, fastest_parity_backend
 from rvm_node.engine.weights import (
     IMPORTED_PTH_NAME,
     OFFICIAL_ONNX_MOBILENETV3,

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.onnx_graph import freeze_ratio, policy_graphs
 from rvm_node.engine.onnx_samples import with_samples
 from rvm_node.engine.samples import OutputSpec, SampleFormat, sample_format_of
-from rvm_node.engine.session import MattingBackend
 from rvm_node.engine.states import RecurrentState, state_shapes
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
 

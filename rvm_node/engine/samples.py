@@ -79,6 +79,12 @@ def finest_format(formats: list[SampleFormat]) -> SampleFormat:
     return "float32"
 
 
+def holds_samples(memory: np.dtype, samples: np.dtype) -> bool:
+    """Whether memory of type ``memory`` keeps frames of ``samples`` as they are sent: the same integer
+    type, or float in float (float frames travel as the stream's float type)."""
+    return np.dtype(memory) == np.dtype(samples) or np.dtype(memory).kind == np.dtype(samples).kind == "f"
+
+
 def to_samples(values: np.ndarray, fmt: SampleFormat) -> np.ndarray:
     """Float 0..1 ``values`` in ``fmt``: integers are clipped, scaled and rounded half to even.
 

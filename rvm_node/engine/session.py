@@ -14,34 +14,12 @@ from typing import Any
 
 import numpy as np
 
-# The backend's names, as importers knew them from here before the backend had a module of its own.
-from rvm_node.engine.backend import (
-    BACKENDS,
-    ChunkDone,
-    ChunkJob,
-    FrameMemory,
-    MatteChunk,
-    MattingBackend,
-    fastest_parity_backend,
-)
+from rvm_node.engine.backend import ChunkDone, ChunkJob, MatteChunk, MattingBackend
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError, NonFiniteSamplesError, ResolutionChangedError
 
-__all__ = [
-    "BACKENDS",
-    "ChunkDone",
-    "ChunkJob",
-    "FrameMemory",
-    "MatteChunk",
-    "MattingBackend",
-    "MattingSession",
-    "OutputSpec",
-    "RecurrentState",
-    "auto_downsample_ratio",
-    "check_downsample_ratio",
-    "fastest_parity_backend",
-]
+__all__ = ["MattingSession", "auto_downsample_ratio", "check_downsample_ratio"]
 
 
 def auto_downsample_ratio(height: int, width: int) -> float:

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.host_heap import retain_freed_memory
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import MattingBackend
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
 

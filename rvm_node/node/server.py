@@ -16,7 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from rvm_node.engine.session import MattingBackend
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
@@ -24,6 +24,7 @@ from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_mattin
 from rvm_node.node.stages import StageClock
 from rvm_node.node.status import abort, failure
 from rvm_node.node.workers import LocalStreams
+from rvm_node.processes import process_exists
 from rvm_node.v1 import matting_pb2 as pb
 
 __all__ = ["NodeServer", "StopWhen", "TlsFiles", "TokenAuthInterceptor", "serve_forever", "start_node"]
@@ -307,18 +308,8 @@ class StopWhen:
     def __post_init__(self) -> None:
         if self.idle is not None and not self.idle > 0:
             raise InvalidInputError(f"exit_when_idle: expected seconds > 0, got {self.idle}")
-        if self.owner_pid is not None and not _alive(self.owner_pid):
+        if self.owner_pid is not None and not process_exists(self.owner_pid):
             raise InvalidInputError(f"exit_with_pid: no process {self.owner_pid}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, as another user's
-    return True
 
 
 async def _watch(node: NodeServer, when: StopWhen, stop: asyncio.Event, poll: float = 0.5) -> None:
@@ -328,7 +319,7 @@ async def _watch(node: NodeServer, when: StopWhen, stop: asyncio.Event, poll: fl
         await asyncio.sleep(poll)
         if node.servicer.active_streams:
             idle_since = loop.time()
-        if when.owner_pid is not None and not _alive(when.owner_pid):
+        if when.owner_pid is not None and not process_exists(when.owner_pid):
             log.info("stopping: the process %d this node serves has exited", when.owner_pid)
             stop.set()
         elif when.idle is not None and loop.time() - idle_since >= when.idle:

@@ -27,8 +27,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import MattingBackend, check_downsample_ratio
+from rvm_node.engine.session import check_downsample_ratio
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import Scheduler

@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from rvm_node.engine.backend import MatteChunk
 from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import MatteChunk, MattingSession
+from rvm_node.engine.session import MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.ring import NodeRing, open_ring
 from rvm_node.node.stages import timed
