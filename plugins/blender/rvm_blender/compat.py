@@ -5,7 +5,9 @@ version rather than by catching the errors of the other one.
   with ``scene.use_nodes``) to ``scene.compositing_node_group``, a node
   group of its own that starts out empty (None);
 * 5.0 turned Set Alpha's ``mode`` property into a menu input socket,
-  ``inputs["Type"]``.
+  ``inputs["Type"]``;
+* 4.4 renamed the Sequencer's ``sequences`` and ``sequences_all`` to
+  ``strips`` and ``strips_all``.
 """
 
 from __future__ import annotations
@@ -15,16 +17,28 @@ from typing import Any
 import bpy
 
 __all__ = [
+    "all_strips",
     "compositor_setting",
     "compositor_tree",
     "existing_compositor_tree",
     "restore_compositor_setting",
+    "sequence_strips",
     "set_replace_alpha",
 ]
 
 
 def _at_least(major: int, minor: int) -> bool:
     return tuple(bpy.app.version[:2]) >= (major, minor)
+
+
+def sequence_strips(editor: Any) -> Any:
+    """The Sequencer editor's top-level strips."""
+    return editor.strips if _at_least(4, 4) else editor.sequences
+
+
+def all_strips(editor: Any) -> Any:
+    """Every strip of the Sequencer editor, those inside meta strips too."""
+    return editor.strips_all if _at_least(4, 4) else editor.sequences_all
 
 
 def compositor_tree(scene: Any) -> Any:

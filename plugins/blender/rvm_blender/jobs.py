@@ -23,12 +23,12 @@ from typing import Any
 
 import bpy
 
-from . import loading
+from . import compat, loading
 from .command import RunOptions, build_command, check_writable, clear_outputs, environment
 from .farm import FarmOptions, submit_requests
 from .process import MatteProcess, remove_temporaries
 from .shots import OutputChoice, PluginError, ShotRequest, shot_name, unique_names
-from .sources import clip_request, sequence_strips, strip_request
+from .sources import clip_request, strip_request
 
 __all__ = [
     "Choices",
@@ -172,9 +172,7 @@ class MatteRun:
 
 
 def _plate_strip(scene: Any, name: str) -> Any:
-    editor = scene.sequence_editor
-    everything = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
-    return everything[name]
+    return compat.all_strips(scene.sequence_editor)[name]
 
 
 def load_matte(scene: Any, target: Target, compositor: bool, arriving: bool = False) -> None:
@@ -253,4 +251,4 @@ def selected_strips(scene: Any) -> list[Any]:
     editor = scene.sequence_editor
     if editor is None:
         return []
-    return [s for s in sequence_strips(editor) if s.select and s.type in ("MOVIE", "IMAGE")]
+    return [s for s in compat.sequence_strips(editor) if s.select and s.type in ("MOVIE", "IMAGE")]

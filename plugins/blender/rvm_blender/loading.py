@@ -22,7 +22,6 @@ import bpy
 
 from . import compat
 from .shots import FrameMap, PluginError, frame_path
-from .sources import sequence_strips
 
 __all__ = [
     "add_compositor",
@@ -46,7 +45,7 @@ class _SceneBefore:
         self.clips = {c.as_pointer() for c in bpy.data.movieclips}
         self.groups = {g.as_pointer() for g in bpy.data.node_groups}
         editor = scene.sequence_editor
-        self.strips = set() if editor is None else {s.as_pointer() for s in sequence_strips(editor)}
+        self.strips = set() if editor is None else {s.as_pointer() for s in compat.sequence_strips(editor)}
         tree = compat.existing_compositor_tree(scene)
         self.nodes = set() if tree is None else {n.as_pointer() for n in tree.nodes}
         self.compositor = compat.compositor_setting(scene)
@@ -55,7 +54,7 @@ class _SceneBefore:
         """Remove what was added since; the scene's compositor setting goes back to what it was."""
         scene = self.scene
         if scene.sequence_editor is not None:
-            strips = sequence_strips(scene.sequence_editor)
+            strips = compat.sequence_strips(scene.sequence_editor)
             for strip in [s for s in strips if s.as_pointer() not in self.strips]:
                 strips.remove(strip)
         tree = compat.existing_compositor_tree(scene)
@@ -152,7 +151,7 @@ def matte_channel(scene: Any, plate: Any, name: str, frames: FrameMap) -> int:
             and s.frame_final_start < end
             and first < s.frame_final_end
             and s.name != name
-            for s in sequence_strips(scene.sequence_editor)
+            for s in compat.sequence_strips(scene.sequence_editor)
         ):
             return channel
     raise PluginError(f"no free channel above {plate.channel} for frames {first}-{end - 1}")
@@ -163,7 +162,7 @@ def add_matte_strip(scene: Any, channel: int, pattern: str, frames: FrameMap, na
 
     A strip an earlier run made for these mattes (same name, same folder) is replaced.
     """
-    strips = sequence_strips(scene.sequence_editor)
+    strips = compat.sequence_strips(scene.sequence_editor)
     first = frame_path(pattern, frames.first)
     earlier = strips.get(name)
     if (

@@ -121,22 +121,14 @@ class RvmPreferences(bpy.types.AddonPreferences):  # type: ignore[misc]
     ) -> RunOptions:
         """RunOptions from these preferences; ``nodes`` and ``file_format`` override them when given;
         ``local``: a private node (rvm_node's PrivateNode) instead of the render nodes."""
-        executable = self.executable_path()
-        if local is not None:
-            return RunOptions(
-                nodes=(local.address,),
-                file_format=file_format or self.file_format,
-                downsample_ratio=ratio,
-                token_file=str(local.token_file),
-                executable=executable,
-            )
+        token_file = bpy.path.abspath(self.token_file) if self.token_file else ""
         return RunOptions(
-            nodes=parse_nodes(nodes or self.nodes),
+            nodes=(local.address,) if local is not None else parse_nodes(nodes or self.nodes),
             file_format=file_format or self.file_format,
             downsample_ratio=ratio,
-            token_file=bpy.path.abspath(self.token_file) if self.token_file else "",
-            ca_file=bpy.path.abspath(self.ca_file) if self.ca_file else "",
-            executable=executable,
+            token_file=str(local.token_file) if local is not None else token_file,
+            ca_file=bpy.path.abspath(self.ca_file) if self.ca_file and local is None else "",
+            executable=self.executable_path(),
         )
 
     def executable_path(self) -> str:

@@ -17,16 +17,11 @@ from .shots import (
     strip_frame_map,
 )
 
-__all__ = ["clip_request", "sequence_strips", "strip_request"]
+__all__ = ["clip_request", "strip_request"]
 
 # Float images are scene-linear in Blender: they are converted to sRGB with
 # OCIO, as the converter does. Video and 8/16-bit images go as they are.
 _FLOAT_IMAGES = (".exr", ".hdr")
-
-
-def sequence_strips(editor: Any) -> Any:
-    """The editor's top-level strips (``strips`` from Blender 4.4, ``sequences`` before)."""
-    return editor.strips if hasattr(editor, "strips") else editor.sequences
 
 
 def _readable(path: str, what: str) -> None:
