@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rvm_node.engine.states import VARIANTS
 from rvm_node.errors import InvalidInputError
 
 __all__ = ["add_parser", "run"]
@@ -28,9 +29,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument(
         "--downsample-ratio", type=float, default=None, help="static formats: the ratio, e.g. 0.25"
     )
-    export.add_argument(
-        "--variant", choices=["mobilenetv3", "resnet50"], default="mobilenetv3", help="RVM backbone"
-    )
+    export.add_argument("--variant", choices=VARIANTS, default="mobilenetv3", help="RVM backbone")
     export.add_argument(
         "--refiner",
         choices=["deep_guided_filter", "fast_guided_filter"],

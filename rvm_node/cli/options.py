@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.cli import common
-from rvm_node.engine.backend import BACKENDS
-
-VARIANTS = ("mobilenetv3", "resnet50")
+from rvm_node.engine.backend import BACKENDS, PRECISIONS
+from rvm_node.engine.states import VARIANTS
 
 __all__ = [
     "SHOT_OPTIONS",
@@ -127,9 +126,7 @@ def add_shot_options(convert: argparse.ArgumentParser) -> None:
         default="onnxruntime",
         help="engine that runs the model; auto: the fastest one that matches the official model here",
     )
-    ours.add_argument(
-        "--precision", choices=["fp32", "fp16", "bf16"], default="fp32", help="arithmetic precision"
-    )
+    ours.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision")
     add_shot_option(ours, "frames", default=None)
     add_shot_option(ours, "start_frame")
     ours.add_argument(

@@ -11,13 +11,11 @@ from typing import Any
 
 from rvm_node.cli import common
 from rvm_node.cli.settings import add_settings, layer, setting, settings_of
-from rvm_node.engine.backend import BACKENDS
+from rvm_node.engine.backend import BACKENDS, PRECISIONS
+from rvm_node.engine.states import VARIANTS
 from rvm_node.errors import InvalidInputError, RvmNodeError, WeightsError
 
 __all__ = ["SETTINGS", "ServeSettings", "add_parser", "layer_settings", "run"]
-
-PRECISIONS = ("fp32", "fp16", "bf16")
-VARIANTS = ("mobilenetv3", "resnet50")
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "PRECISIONS",
     "ChunkDone",
     "ChunkJob",
     "FrameMemory",
@@ -37,6 +38,7 @@ StateT = TypeVar("StateT")
 
 
 BACKENDS = ("torch", "onnxruntime", "openvino")  # the names load_model takes, besides "auto"
+PRECISIONS = ("fp32", "fp16", "bf16")  # what load_model takes; each backend says which it runs
 
 
 def fastest_parity_backend(device: str) -> str:

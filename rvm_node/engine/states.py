@@ -21,7 +21,14 @@ import numpy as np
 
 from rvm_node.errors import StateMismatchError
 
-__all__ = ["STATE_CHANNELS", "RecurrentState", "check_state", "check_state_shapes", "state_shapes"]
+__all__ = [
+    "STATE_CHANNELS",
+    "VARIANTS",
+    "RecurrentState",
+    "check_state",
+    "check_state_shapes",
+    "state_shapes",
+]
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ STATE_CHANNELS: dict[str, tuple[int, int, int, int]] = {
     "mobilenetv3": (16, 20, 40, 64),
     "resnet50": (16, 32, 64, 128),
 }
+VARIANTS = tuple(STATE_CHANNELS)  # the RVM backbones
 
 
 def _downsampled(size: int, ratio: float) -> set[int]:

@@ -7,6 +7,7 @@ The module tree and parameter names match the official checkpoints
     fgr, pha, r1, r2, r3, r4 = model(src, r1, r2, r3, r4, downsample_ratio)
 """
 
-from rvm_node.engine.network.matting import REFINERS, VARIANTS, MattingNetwork
+from rvm_node.engine.network.matting import REFINERS, MattingNetwork
+from rvm_node.engine.states import VARIANTS
 
 __all__ = ["REFINERS", "VARIANTS", "MattingNetwork"]

@@ -17,8 +17,8 @@ from rvm_node.engine.network.lraspp import LRASPP
 from rvm_node.engine.network.mobilenetv3 import MobileNetV3LargeEncoder
 from rvm_node.engine.network.refiners import DeepGuidedFilterRefiner, FastGuidedFilterRefiner
 from rvm_node.engine.network.resnet import ResNet50Encoder
+from rvm_node.engine.states import VARIANTS
 
-VARIANTS = ("mobilenetv3", "resnet50")
 REFINERS = ("deep_guided_filter", "fast_guided_filter")
 
 
