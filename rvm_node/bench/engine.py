@@ -124,7 +124,8 @@ _TFJS_RUNNER = _REPO / "tests" / "tfjs_runner" / "run.js"
 def _static_export(format: str, size: _Size) -> Path:
     """The fp32 export of ``format`` for ``size``, made once and kept in the cache."""
     from rvm_node.engine.loader import load_network
-    from rvm_node.engine.static_export import SUFFIX, StaticSpec, export_static
+    from rvm_node.engine.static_export import export_static
+    from rvm_node.engine.static_spec import SUFFIX, StaticSpec
     from rvm_node.engine.weights import cache_dir
     from rvm_node.version import __version__
 

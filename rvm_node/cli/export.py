@@ -56,13 +56,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def run(args: argparse.Namespace) -> int:
     from rvm_node.engine.export import DEFAULT_OPSET, export_onnx, export_torchscript
     from rvm_node.engine.loader import load_network
-    from rvm_node.engine.static_export import (
-        STATIC_FORMATS,
-        StaticSpec,
-        export_static,
-        parse_size,
-        prepare_export,
-    )
+    from rvm_node.engine.static_export import export_static, prepare_export
+    from rvm_node.engine.static_spec import STATIC_FORMATS, StaticSpec, parse_size
 
     output: Path = args.output
     if args.format in STATIC_FORMATS:

@@ -26,33 +26,16 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.engine.static_spec import (
-    FP16_FORMATS,
-    STATIC_FORMATS,
     SUFFIX,
     StaticSpec,
     check_spec,
     metadata,
-    parse_size,
-    static_onnx,
-    traced_module,
 )
 from rvm_node.engine.toolchains import FORMAT_TOOLCHAIN
 from rvm_node.errors import InvalidInputError
 from rvm_node.fsutil import TEMPORARY_MARK
 
-__all__ = [  # the spec's names too, as before they had a module of their own
-    "FP16_FORMATS",
-    "STATIC_FORMATS",
-    "SUFFIX",
-    "StaticSpec",
-    "check_spec",
-    "export_static",
-    "parse_size",
-    "prepare_export",
-    "require_toolchains",
-    "static_onnx",
-    "traced_module",
-]
+__all__ = ["export_static", "prepare_export", "require_toolchains"]
 
 
 def require_toolchains(format: str) -> None:
