@@ -99,6 +99,10 @@ def clip(weights_cache: Path) -> Path:
 def _env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "OCIO")}
     env["BLENDER_USER_RESOURCES"] = str(tmp_path / "blender-user")
+    # A temporary folder of its own: the scenarios count the add-on's folders left there, which another
+    # Blender running on the machine must not add to.
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env["TMPDIR"] = str(tmp_path / "tmp")
     return env
 
 
