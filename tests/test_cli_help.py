@@ -59,11 +59,9 @@ def test_help_shows_defaults_and_how_to_write_exr(capsys: pytest.CaptureFixture[
     assert "``" not in capsys.readouterr().out  # no RST markup
 
 
-def test_the_shot_options_are_defined_once() -> None:
+def test_farm_commands_leave_the_shot_options_unset_so_a_shot_list_shows_through() -> None:
     from rvm_node.cli.options import SHOT_OPTIONS
-    from rvm_node.farm.shots import SETTING_KEYS
 
-    assert set(SHOT_OPTIONS) == set(SETTING_KEYS)  # what a shot list, a bundle and the flags know
     for command in (
         ["farm", "run", "a.mov", "--nodes", "n:1"],
         ["farm", "bundle", "a.mov", "--nodes", "n:1", "--output", "b"],
@@ -86,14 +84,9 @@ def test_an_old_option_name_works_and_says_once_what_replaces_it(capsys: pytest.
 
 def _serve_settings(argv: list[str], environ: dict[str, str]) -> Any:
     """``rvm-node serve ARGV`` settings as main() layers and resolves them, without serving."""
-    from rvm_node.cli import _resolve, build_parser
-    from rvm_node.cli.serve import ServeSettings, layer_settings
+    from rvm_node.cli.serve import layer_settings, resolve
 
-    args = build_parser().parse_args(["serve", *argv])
-    settings = layer_settings(args, environ)
-    assert isinstance(settings, ServeSettings) and vars(settings).items() <= vars(args).items()
-    _resolve(args)
-    return args
+    return resolve(layer_settings(build_parser().parse_args(["serve", *argv]), environ))
 
 
 def test_serve_settings_precedence(tmp_path: Path) -> None:

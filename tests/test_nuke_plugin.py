@@ -477,7 +477,8 @@ def test_more_error_paths(
         node.setSelected(node is broken)
     job.matte_selected(settings.Settings(nodes=[node_address]), blocking=True)
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "Broken" in err[0] and "no frames found" in err[0], err
+    # refused before any node is asked, as a shot list's missing input is
+    assert len(err) == 1 and "shot Broken: input" in err[0] and "does not exist" in err[0], err
     assert not nuke.allNodes("Copy")
 
 

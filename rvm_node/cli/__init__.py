@@ -19,7 +19,6 @@ Each command is a module with ``add_parser(sub)`` and ``run(args) -> int``;
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -27,7 +26,6 @@ from types import ModuleType
 
 from rvm_node.cli import bench, common, convert, example, export, farm, nodes, serve, weights
 from rvm_node.cli.common import EXIT_BACKEND, EXIT_ERROR, EXIT_INPUT, EXIT_INTERRUPTED, EXIT_USAGE
-from rvm_node.engine.backend import fastest_parity_backend
 from rvm_node.errors import (
     BackendError,
     InvalidInputError,
@@ -101,9 +99,10 @@ def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
 
 
 def _resolve(args: argparse.Namespace) -> None:
-    """Derived values, once every source of settings is in: ``--backend auto`` becomes a backend."""
-    if getattr(args, "backend", None) == "auto":
-        args.backend = fastest_parity_backend(getattr(args, "device", "cpu"))
+    """Derived values, once every source of settings is in: ``--backend auto`` becomes a backend (serve
+    layers its settings first, then resolves them itself)."""
+    if getattr(args, "backend", None) is not None:
+        args.backend = common.resolved_backend(args.backend, getattr(args, "device", "cpu"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,8 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     try:
         if args.command == "serve":
-            serve.layer_settings(args, os.environ)
-            _resolve(args)
             return COMMANDS["serve"](args)  # the node handles SIGTERM itself, by draining
         _resolve(args)
         with common.stop_on_sigterm():

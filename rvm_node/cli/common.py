@@ -8,7 +8,7 @@ import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from rvm_node.errors import InvalidInputError
 
@@ -100,18 +100,40 @@ def configure_logging(fmt: str) -> None:
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
 
 
-def load_local(args: argparse.Namespace, options: Any) -> Any:
+class ModelChoice(Protocol):
+    """What names a model: a command's arguments, or serve's settings."""
+
+    @property
+    def variant(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def checkpoint(self) -> Path | None: ...
+
+
+def load_local(choice: ModelChoice, options: Any) -> Any:
     """The model named by --variant/--backend/--device/--precision/--checkpoint."""
     from rvm_node.engine.loader import load_model
 
     return load_model(
-        args.variant,
-        backend=args.backend,
-        device=args.device,
-        precision=args.precision,
-        weights=args.checkpoint,
+        choice.variant,
+        backend=choice.backend,
+        device=choice.device,
+        precision=choice.precision,
+        weights=choice.checkpoint,
         options=options,
     )
+
+
+def resolved_backend(backend: str, device: str) -> str:
+    """``auto`` as the backend it stands for on ``device``; any other name as it is."""
+    from rvm_node.engine.backend import fastest_parity_backend
+
+    return fastest_parity_backend(device) if backend == "auto" else backend
 
 
 def stall_timeout(seconds: float) -> float | None:

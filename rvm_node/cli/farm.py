@@ -104,9 +104,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 def _farm_shots(args: argparse.Namespace, split_now: bool) -> list[Any]:
     """The shots ``farm run``/``farm bundle`` were given; with ``split_now``, split into segments."""
     from rvm_node.farm import DEFAULT_PREROLL, load_shot_list, make_shots, split_shot
-    from rvm_node.farm.shots import SHOT_KEYS, parse_shot_settings
+    from rvm_node.farm.shots import parse_shot_settings
+    from rvm_node.shot_settings import SETTING_KEYS
 
-    options = {k: getattr(args, k) for k in SHOT_KEYS if getattr(args, k, None) is not None}
+    options = {k: getattr(args, k) for k in SETTING_KEYS if getattr(args, k, None) is not None}
+    if args.name is not None:
+        options["name"] = args.name
     if args.shot_settings:
         for key, value in parse_shot_settings(args.shot_settings, "--shot-settings").items():
             if key in options and options[key] != value:

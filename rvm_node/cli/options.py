@@ -10,6 +10,7 @@ from typing import Any
 from rvm_node.cli import common
 from rvm_node.engine.backend import BACKENDS, PRECISIONS
 from rvm_node.engine.states import VARIANTS
+from rvm_node.shot_settings import SHOT_SETTINGS, ShotSetting
 
 __all__ = [
     "SHOT_OPTIONS",
@@ -21,53 +22,32 @@ __all__ = [
 ]
 
 
-# The options a shot takes wherever shots are made (convert, matte, farm run, farm bundle): defined once
-# here; farm commands give them no default, so a shot list's own values show through.
-SHOT_OPTIONS: dict[str, dict[str, Any]] = {
-    "output_alpha": {
-        "help": "where the alpha goes: a video (.mp4, .mov) or a frame pattern such as mattes/m.####.exr "
-        "(EXR, PNG, TIFF; {shot} is the shot's name in farm commands)"
-    },
-    "output_foreground": {"help": "where the foreground goes: a video or a frame pattern"},
-    "output_composition": {"help": "the foreground over --background: a video or a frame pattern"},
-    "downsample_ratio": {
-        "type": common.ratio,
-        "help": "the model's internal scale in (0, 1], or auto: the longer side at most 512 px (default: auto)",
-    },
-    "frames": {"help": "frame range FIRST-LAST, e.g. 1001-1100 (default: every frame)"},
-    "start_frame": {"type": int, "default": 1, "help": "the number of a video's first frame"},
-    "input_colorspace": {
-        "help": "OCIO colourspace of the input (default: sRGB; EXR plates: Linear Rec.709 (sRGB))",
-    },
-    "exr_channels": {
-        "choices": ["RGBA", "A"],
-        "default": "RGBA",
-        "help": "channels of an alpha EXR: RGBA (R=G=B=A, for any viewer) or A (Nuke-style)",
-    },
-    "bit_depth": {
-        "type": int,
-        "choices": [8, 16],
-        "default": 16,
-        "help": "bit depth of PNG and TIFF outputs",
-    },
-    "premultiplied": {"action": "store_true", "help": "premultiply the foreground by its alpha"},
-    "group_writable": {
-        "action": "store_true",
-        "help": "give outputs, checkpoints and the folders made for them group read and write "
-        "(default: what the umask gives)",
-    },
-    "background": {
-        "help": "the composition's background: R,G,B (0..255), an image or a video (default: green, 120,255,155)"
-    },
-    "allow_gaps": {"action": "store_true", "help": "skip frames missing from the middle of a sequence"},
-}
+_TYPES: dict[str, Any] = {"ratio": common.ratio, "int": int}
+
+
+def _argument(setting: ShotSetting) -> dict[str, Any]:
+    """argparse's keywords for a shot setting."""
+    if setting.kind == "bool":
+        return {"action": "store_true", "help": setting.help}
+    keywords: dict[str, Any] = {"help": setting.help, "default": setting.default}
+    if setting.kind in _TYPES:
+        keywords["type"] = _TYPES[setting.kind]
+    if setting.choices:
+        keywords["choices"] = list(setting.choices)
+    return keywords
+
+
+# The options a shot takes wherever shots are made (convert, matte, farm run, farm bundle), from the one
+# definition in rvm_node.shot_settings; farm commands give them no default, so a shot list's own values
+# show through.
+SHOT_OPTIONS: dict[str, dict[str, Any]] = {key: _argument(s) for key, s in SHOT_SETTINGS.items()}
 
 
 def add_shot_option(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **override: Any
 ) -> None:
     """The shot option ``name`` (see :data:`SHOT_OPTIONS`), with ``override`` on top (``default=None``)."""
-    parser.add_argument("--" + name.replace("_", "-"), **{**SHOT_OPTIONS[name], **override})
+    parser.add_argument(SHOT_SETTINGS[name].flag, **{**SHOT_OPTIONS[name], **override})
 
 
 def add_shot_options(convert: argparse.ArgumentParser) -> None:

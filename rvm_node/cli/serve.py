@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from rvm_node.engine.backend import BACKENDS, PRECISIONS
 from rvm_node.engine.states import VARIANTS
 from rvm_node.errors import InvalidInputError, RvmNodeError, WeightsError
 
-__all__ = ["SETTINGS", "ServeSettings", "add_parser", "layer_settings", "run"]
+__all__ = ["SETTINGS", "ServeSettings", "add_parser", "layer_settings", "resolve", "run"]
 
 
 @dataclass(frozen=True)
@@ -110,149 +111,152 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def layer_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> ServeSettings:
-    """The settings from their layers (defaults, --config, RVM_NODE_*, flags); also put onto ``args``."""
+    """The settings from their layers: defaults, then --config (or RVM_NODE_CONFIG), then RVM_NODE_*, then
+    flags. Nothing is resolved yet (see :func:`resolve`)."""
     config = args.config if args.config is not None else environ.get("RVM_NODE_CONFIG") or None
-    settings = ServeSettings(**layer(SETTINGS, args, environ, None if config is None else Path(config)))
-    vars(args).update(vars(settings))
-    return settings
+    return ServeSettings(**layer(SETTINGS, args, environ, None if config is None else Path(config)))
 
 
-def _serve_options(args: argparse.Namespace) -> Any:
-    """Backend options for a node: no spinning (gRPC threads share the CPU), and ``--threads``."""
-    from dataclasses import replace
+def resolve(settings: ServeSettings) -> ServeSettings:
+    """Derived values, once every layer is in: ``backend = "auto"`` becomes a backend."""
+    return replace(settings, backend=common.resolved_backend(settings.backend, settings.device))
 
+
+def _serve_options(settings: ServeSettings) -> Any:
+    """Backend options for a node: no spinning (gRPC threads share the CPU), and ``threads``."""
     from rvm_node.engine.loader import shared_cpu_options
 
-    if args.threads < 0:
-        raise InvalidInputError(f"--threads: expected 0 or more, got {args.threads}")
-    options = shared_cpu_options(args.backend)
-    if args.threads and args.backend == "openvino":
+    threads = settings.threads
+    if threads < 0:
+        raise InvalidInputError(f"--threads: expected 0 or more, got {threads}")
+    options = shared_cpu_options(settings.backend)
+    if threads and settings.backend == "openvino":
         from rvm_node.engine.openvino_backend import OpenVinoOptions
 
-        return OpenVinoOptions(threads=args.threads)
-    if args.threads and options is not None:
-        return replace(options, intra_op_threads=args.threads)
-    if args.threads:
+        return OpenVinoOptions(threads=threads)
+    if threads and options is not None:
+        return replace(options, intra_op_threads=threads)
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(threads)
     return options
 
 
-def _batch_policy(args: argparse.Namespace, device: str) -> Any:
-    """``--batch off|auto|N`` with ``--max-batch`` and ``--batch-delay-ms``."""
+def _batch_policy(settings: ServeSettings, device: str) -> Any:
+    """``batch`` (off, auto or N) with ``max_batch`` and ``batch_delay_ms``."""
     from rvm_node.node.scheduler import BatchPolicy
 
-    delay = args.batch_delay_ms / 1000
-    choice = str(args.batch).strip().lower()
+    delay = settings.batch_delay_ms / 1000
+    choice = settings.batch.strip().lower()
     if choice == "off":
         return BatchPolicy(max_batch=1, delay=0.0)
     if choice == "auto":
         default = BatchPolicy.default_for(device)
-        return default if default.max_batch == 1 else BatchPolicy(max_batch=args.max_batch, delay=delay)
+        return default if default.max_batch == 1 else BatchPolicy(max_batch=settings.max_batch, delay=delay)
     if not choice.isdigit():
-        raise InvalidInputError(f"--batch: expected off, auto or a number of streams, got {args.batch!r}")
+        raise InvalidInputError(f"--batch: expected off, auto or a number of streams, got {settings.batch!r}")
     return BatchPolicy(max_batch=int(choice), delay=delay)
 
 
-def _shm_policy(args: argparse.Namespace) -> Any:
-    """``--shm on|off`` and ``--shm-group NAME``."""
+def _shm_policy(settings: ServeSettings) -> Any:
+    """``shm`` (on or off) and ``shm_group``."""
     import grp
 
     from rvm_node.node.service import ShmPolicy
 
-    if not args.shm_group:
-        return ShmPolicy(enabled=args.shm == "on")
+    enabled = settings.shm == "on"
+    if not settings.shm_group:
+        return ShmPolicy(enabled=enabled)
     try:
-        gid = grp.getgrnam(args.shm_group).gr_gid
+        gid = grp.getgrnam(settings.shm_group).gr_gid
     except KeyError:
-        raise InvalidInputError(f"--shm-group: no group named {args.shm_group!r} on this host") from None
-    return ShmPolicy(enabled=args.shm == "on", group=gid, group_name=args.shm_group)
+        raise InvalidInputError(f"--shm-group: no group named {settings.shm_group!r} on this host") from None
+    return ShmPolicy(enabled=enabled, group=gid, group_name=settings.shm_group)
 
 
 def run(args: argparse.Namespace) -> int:
-    common.configure_logging(args.log_format)
-    if args.workers < 1:
-        raise InvalidInputError(f"--workers: expected 1 or more, got {args.workers}")
-    settings = _node_settings(args)  # every setting is checked before a worker starts
-    if args.workers != 1 and (args.exit_with_pid is not None or args.exit_when_idle is not None):
+    settings = resolve(layer_settings(args, os.environ))
+    common.configure_logging(settings.log_format)
+    if settings.workers < 1:
+        raise InvalidInputError(f"--workers: expected 1 or more, got {settings.workers}")
+    node = _node_settings(settings)  # every setting is checked before a worker starts
+    if settings.workers != 1 and (settings.exit_with_pid is not None or settings.exit_when_idle is not None):
         raise InvalidInputError("--exit-with-pid and --exit-when-idle serve with one worker (--workers 1)")
-    if args.workers == 1:
-        _serve_node(args, settings)
+    if settings.workers == 1:
+        _serve_node(settings, node)
         return 0
-    return _serve_workers(args)
+    return _serve_workers(settings)
 
 
-def _node_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The node's settings from ``serve``'s options, all checked (start_node's keywords)."""
+def _node_settings(settings: ServeSettings) -> dict[str, Any]:
+    """start_node's keywords from the settings, all checked: limits, token, TLS and shared memory."""
     from rvm_node.node.server import TlsFiles
     from rvm_node.node.service import Limits
 
-    if (args.tls_cert is None) != (args.tls_key is None):
+    if (settings.tls_cert is None) != (settings.tls_key is None):
         raise InvalidInputError("--tls-cert and --tls-key go together")
-    if args.tls_client_ca is not None and args.tls_cert is None:
+    if settings.tls_client_ca is not None and settings.tls_cert is None:
         raise InvalidInputError("--tls-client-ca needs --tls-cert and --tls-key")
-    tls = (
-        TlsFiles(cert=args.tls_cert, key=args.tls_key, client_ca=args.tls_client_ca)
-        if args.tls_cert
-        else None
-    )
-    if tls is not None:
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = TlsFiles(cert=settings.tls_cert, key=settings.tls_key, client_ca=settings.tls_client_ca)
         tls.load()  # checked before the model loads and before anything binds
     limits = Limits(
-        max_streams=args.max_streams,
-        idle_timeout=args.idle_timeout,
-        max_message_bytes=args.max_message_mb * 1024 * 1024,
-        max_chunks_in_flight=args.max_chunks_in_flight,
-        max_frame_pixels=args.max_frame_pixels,
+        max_streams=settings.max_streams,
+        idle_timeout=settings.idle_timeout,
+        max_message_bytes=settings.max_message_mb * 1024 * 1024,
+        max_chunks_in_flight=settings.max_chunks_in_flight,
+        max_frame_pixels=settings.max_frame_pixels,
     )
-    return {"limits": limits, "token": common.token(args.token_file), "tls": tls, "shm": _shm_policy(args)}
+    token = common.token(settings.token_file)
+    return {"limits": limits, "token": token, "tls": tls, "shm": _shm_policy(settings)}
 
 
 def _serve_node(
-    args: argparse.Namespace, settings: dict[str, Any], streams: Any = None, ready_pipe: Any = None
+    settings: ServeSettings, node_settings: dict[str, Any], streams: Any = None, ready_pipe: Any = None
 ) -> None:
-    """Serve one node process: the node itself, or one of its ``--workers`` (``streams``, ``ready_pipe``)."""
+    """Serve one node process: the node itself, or one of its ``workers`` (``streams``, ``ready_pipe``)."""
     import asyncio
 
     from rvm_node.node.server import NodeServer, StopWhen, serve_forever, start_node
 
-    stop_when = None
-    if args.exit_with_pid is not None or args.exit_when_idle is not None:
-        stop_when = StopWhen(args.exit_with_pid, args.exit_when_idle)  # checked before the model loads
-    backend = common.load_local(args, _serve_options(args))
-    batch = _batch_policy(args, str(backend.device))
+    stop_when = None  # checked before the model loads
+    if settings.exit_with_pid is not None or settings.exit_when_idle is not None:
+        stop_when = StopWhen(settings.exit_with_pid, settings.exit_when_idle)
+    backend = common.load_local(settings, _serve_options(settings))
+    batch = _batch_policy(settings, str(backend.device))
 
     def ready(node: NodeServer) -> None:
         if ready_pipe is not None:
             ready_pipe.send(None)
             return
         if node.metrics_port is not None:
-            print(f"metrics: http://{args.host}:{node.metrics_port}/metrics", file=sys.stderr, flush=True)
+            print(f"metrics: http://{settings.host}:{node.metrics_port}/metrics", file=sys.stderr, flush=True)
         print(node.address, flush=True)  # the line scripts and tests wait for
 
     async def main_async() -> None:
         node = await start_node(
             backend,
-            host=args.host,
-            port=args.port,
-            metrics_port=None if ready_pipe is not None else args.metrics_port,
-            collect_metrics=args.metrics_port is not None,
+            host=settings.host,
+            port=settings.port,
+            metrics_port=None if ready_pipe is not None else settings.metrics_port,
+            collect_metrics=settings.metrics_port is not None,
             batch=batch,
-            unix_socket=args.unix if streams is None or streams.worker == 0 else None,
+            unix_socket=settings.unix if streams is None or streams.worker == 0 else None,
             streams=streams,
-            **settings,
+            **node_settings,
         )
-        await serve_forever(node, args.grace, ready, stop_when)
+        await serve_forever(node, settings.grace, ready, stop_when)
 
     asyncio.run(main_async())
 
 
-def _serve_worker(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> None:
+def _serve_worker(settings: ServeSettings, streams: Any, ready_pipe: Any) -> None:
     """One of ``serve --workers N``: a node process whose errors go to the supervisor as one line."""
-    common.configure_logging(args.log_format)
+    common.configure_logging(settings.log_format)
     try:
-        _serve_node(args, _node_settings(args), streams, ready_pipe)
+        _serve_node(settings, _node_settings(settings), streams, ready_pipe)
     except (InvalidInputError, WeightsError) as exc:
         ready_pipe.send(("input", str(exc)))
         sys.exit(common.EXIT_INPUT)
@@ -261,7 +265,7 @@ def _serve_worker(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> No
         sys.exit(common.EXIT_BACKEND)
 
 
-def _serve_workers(args: argparse.Namespace) -> int:
+def _serve_workers(settings: ServeSettings) -> int:
     """``serve --workers N``: N node processes on one port (see :mod:`rvm_node.node.workers`)."""
     import contextlib
     import tempfile
@@ -269,21 +273,22 @@ def _serve_workers(args: argparse.Namespace) -> int:
     from rvm_node.node.metrics import serve_multiprocess
     from rvm_node.node.workers import reserve_port, run_workers
 
-    worker_args = argparse.Namespace(**vars(args))
+    host, metrics_port = settings.host, settings.metrics_port
     env: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        worker_args.port = stack.enter_context(reserve_port(args.host, args.port))
-        if args.metrics_port is not None:
+        port = stack.enter_context(reserve_port(host, settings.port))
+        if metrics_port is not None:
             env["PROMETHEUS_MULTIPROC_DIR"] = stack.enter_context(
                 tempfile.TemporaryDirectory(prefix="rvm-node-metrics-")
             )
 
         def ready() -> None:
-            if args.metrics_port is not None:
-                bound = serve_multiprocess(env["PROMETHEUS_MULTIPROC_DIR"], args.metrics_port, args.host)
+            if metrics_port is not None:
+                bound = serve_multiprocess(env["PROMETHEUS_MULTIPROC_DIR"], metrics_port, host)
                 stack.callback(bound.close)
-                print(f"metrics: http://{args.host}:{bound.port}/metrics", file=sys.stderr, flush=True)
-            shown = f"[{args.host}]" if ":" in args.host else args.host
-            print(f"{shown}:{worker_args.port}", flush=True)  # the line scripts and tests wait for
+                print(f"metrics: http://{host}:{bound.port}/metrics", file=sys.stderr, flush=True)
+            shown = f"[{host}]" if ":" in host else host
+            print(f"{shown}:{port}", flush=True)  # the line scripts and tests wait for
 
-        return run_workers(_serve_worker, worker_args, args.workers, args.grace, ready, env)
+        worker_settings = replace(settings, port=port)
+        return run_workers(_serve_worker, worker_settings, settings.workers, settings.grace, ready, env)

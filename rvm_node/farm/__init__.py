@@ -2,7 +2,14 @@
 
 from rvm_node.farm.pool import NodePool, parse_nodes
 from rvm_node.farm.runner import FarmEvent, ShotResult, run_shots
-from rvm_node.farm.shots import DEFAULT_PREROLL, Shot, load_shot_list, make_shots, split_shot
+from rvm_node.farm.shots import (
+    DEFAULT_PREROLL,
+    Shot,
+    load_shot_list,
+    make_shots,
+    shots_from_entries,
+    split_shot,
+)
 
 __all__ = [
     "DEFAULT_PREROLL",
@@ -14,5 +21,6 @@ __all__ = [
     "make_shots",
     "parse_nodes",
     "run_shots",
+    "shots_from_entries",
     "split_shot",
 ]

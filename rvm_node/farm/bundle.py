@@ -30,9 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.errors import InvalidInputError
-from rvm_node.farm.shots import OUTPUT_KEYS, Shot, shot_settings, split_shot
+from rvm_node.farm.shots import Shot, shot_settings, split_shot
 from rvm_node.fsutil import TEMPORARY_MARK
 from rvm_node.io.sequence import FrameRange
+from rvm_node.shot_settings import OUTPUT_KEYS, SHOT_SETTINGS
 
 __all__ = [
     "JOB_PARAMETERS",
@@ -251,10 +252,8 @@ def task_argv(job: FarmJob, values: Mapping[str, str | None], *, progress: str |
     argv += option("--nodes", "Nodes") + option("--token-file", "TokenFile") + option("--ca-file", "CaFile")
     argv += option("--retries", "Retries") + option("--checkpoint-every", "CheckpointEvery")
     argv += option("--wait-for-node", "WaitForNode") + option("--shot-settings", "Settings")
-    for key in job.outputs:
-        argv += option("--" + key.replace("_", "-"), JOB_PARAMETERS[key])
-    if "downsample_ratio" in job.shared:
-        argv += option("--downsample-ratio", "DownsampleRatio")
+    for key in dict.fromkeys((*job.outputs, *job.shared)):  # flags of the one shot-settings definition
+        argv += option(SHOT_SETTINGS[key].flag, JOB_PARAMETERS[key])
     if job.split > 1:
         argv += ["--split", str(job.split), "--preroll", str(job.preroll), *option("--segment", "Segment")]
     if progress is not None:

@@ -18,6 +18,7 @@ and resume without redoing or losing a frame.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,17 +26,18 @@ from typing import Any
 from rvm_node.errors import InvalidInputError
 from rvm_node.io.sequence import FramePattern, FrameRange, parse_frame_range
 from rvm_node.io.writers import WriterSettings
+from rvm_node.shot_settings import OUTPUT_KEYS, SETTING_KEYS, changed_settings, check_settings
 from rvm_node.tomlfile import load_toml
 
 __all__ = [
     "DEFAULT_PREROLL",
-    "SETTING_KEYS",
     "SHOT_KEYS",
     "Shot",
     "load_shot_list",
     "make_shots",
     "parse_shot_settings",
     "shot_settings",
+    "shots_from_entries",
     "split_shot",
 ]
 
@@ -45,23 +47,7 @@ __all__ = [
 # with 45 frames.
 DEFAULT_PREROLL = 45
 
-OUTPUT_KEYS = ("output_alpha", "output_foreground", "output_composition")
-SHOT_KEYS = (
-    "input",
-    "name",
-    "frames",
-    *OUTPUT_KEYS,
-    "downsample_ratio",
-    "input_colorspace",
-    "exr_channels",
-    "bit_depth",
-    "premultiplied",
-    "group_writable",
-    "background",
-    "start_frame",
-    "allow_gaps",
-)
-SETTING_KEYS = tuple(k for k in SHOT_KEYS if k not in ("input", "name"))
+SHOT_KEYS = ("input", "name", *SETTING_KEYS)  # a shot-list entry: what it mattes, then its settings
 
 
 @dataclass(frozen=True)
@@ -92,12 +78,7 @@ def _stem(path: str) -> str:
 
 
 def _shot(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Shot:
-    unknown = sorted(set(entry) - set(SHOT_KEYS))
-    if unknown:
-        raise InvalidInputError(
-            f"{where}: unknown keys {', '.join(unknown)}; expected some of {', '.join(SHOT_KEYS)}"
-        )
-    merged = {**defaults, **entry}
+    merged = check_settings({**defaults, **entry}, where, extra=("input", "name"))
     source = merged.get("input")
     if not isinstance(source, str) or not source:
         raise InvalidInputError(f"{where}: every shot needs an input")
@@ -111,7 +92,7 @@ def _shot(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Shot:
     name = str(merged.get("name") or _stem(source))
     outputs = {}
     for key in OUTPUT_KEYS:
-        if merged.get(key):
+        if merged[key]:
             target = str(merged[key]).replace("{shot}", name)
             if FramePattern.detect(target) is None:
                 raise InvalidInputError(
@@ -120,26 +101,23 @@ def _shot(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Shot:
             outputs[key.removeprefix("output_")] = target
     if not outputs:
         raise InvalidInputError(f"{where}: shot {name} has no output")
-    frames = merged.get("frames")
-    settings = WriterSettings(
-        exr_channels=merged.get("exr_channels", "RGBA"),
-        bit_depth=int(merged.get("bit_depth", 16)),  # type: ignore[arg-type]
-        premultiplied=bool(merged.get("premultiplied", False)),
-        group_writable=bool(merged.get("group_writable", False)),
-    )
-    ratio = merged.get("downsample_ratio")
     return Shot(
         name=name,
         input=source,
         outputs=outputs,
-        frames=parse_frame_range(str(frames)) if frames else None,
-        downsample_ratio=None if ratio in (None, "auto") else float(ratio),
-        input_colorspace=merged.get("input_colorspace"),
-        background=merged.get("background"),
-        start_frame=int(merged.get("start_frame", 1)),
-        allow_gaps=bool(merged.get("allow_gaps", False)),
-        settings=settings,
-        output_templates={k: str(merged[k]) for k in OUTPUT_KEYS if merged.get(k)},
+        frames=parse_frame_range(merged["frames"]) if merged["frames"] else None,
+        downsample_ratio=merged["downsample_ratio"],
+        input_colorspace=merged["input_colorspace"],
+        background=merged["background"],
+        start_frame=merged["start_frame"],
+        allow_gaps=merged["allow_gaps"],
+        settings=WriterSettings(
+            exr_channels=merged["exr_channels"],
+            bit_depth=merged["bit_depth"],
+            premultiplied=merged["premultiplied"],
+            group_writable=merged["group_writable"],
+        ),
+        output_templates={k: str(merged[k]) for k in OUTPUT_KEYS if merged[k]},
     )
 
 
@@ -178,24 +156,22 @@ def load_shot_list(path: Path) -> list[Shot]:
 def shot_settings(shot: Shot) -> dict[str, Any]:
     """The shot's settings as shot-list keys (``SETTING_KEYS`` but the outputs), defaults left out:
     ``--shot-settings`` of these, with the shot's input, name and outputs, makes the same shot."""
-    settings: dict[str, Any] = {}
-    if shot.frames is not None:
-        settings["frames"] = f"{shot.frames.first}-{shot.frames.last}"
-    if shot.downsample_ratio is not None:
-        settings["downsample_ratio"] = shot.downsample_ratio
-    if shot.input_colorspace is not None:
-        settings["input_colorspace"] = shot.input_colorspace
-    if shot.background is not None:
-        settings["background"] = shot.background
-    if shot.start_frame != 1:
-        settings["start_frame"] = shot.start_frame
-    if shot.allow_gaps:
-        settings["allow_gaps"] = True
-    defaults = WriterSettings()
-    for key in ("exr_channels", "bit_depth", "premultiplied", "group_writable"):
-        if getattr(shot.settings, key) != getattr(defaults, key):
-            settings[key] = getattr(shot.settings, key)
-    return settings
+    frames = None if shot.frames is None else f"{shot.frames.first}-{shot.frames.last}"
+    writer = shot.settings
+    return changed_settings(
+        {
+            "frames": frames,
+            "downsample_ratio": shot.downsample_ratio,
+            "input_colorspace": shot.input_colorspace,
+            "background": shot.background,
+            "start_frame": shot.start_frame,
+            "allow_gaps": shot.allow_gaps,
+            "exr_channels": writer.exr_channels,
+            "bit_depth": writer.bit_depth,
+            "premultiplied": writer.premultiplied,
+            "group_writable": writer.group_writable,
+        }
+    )
 
 
 def parse_shot_settings(text: str, where: str) -> dict[str, Any]:
@@ -208,12 +184,8 @@ def parse_shot_settings(text: str, where: str) -> dict[str, Any]:
         raise InvalidInputError(f"{where}: expected a JSON object, got {text!r} ({exc.msg})") from None
     if not isinstance(settings, dict):
         raise InvalidInputError(f"{where}: expected a JSON object, got {text!r}")
-    unknown = sorted(set(settings) - set(SETTING_KEYS))
-    if unknown:
-        raise InvalidInputError(
-            f"{where}: unknown keys {', '.join(unknown)}; expected some of {', '.join(SETTING_KEYS)}"
-        )
-    return settings
+    checked = check_settings(settings, where)
+    return {key: checked[key] for key in settings}
 
 
 def make_shots(inputs: list[str], options: dict[str, Any]) -> list[Shot]:
@@ -222,6 +194,14 @@ def make_shots(inputs: list[str], options: dict[str, Any]) -> list[Shot]:
         raise InvalidInputError("farm run: give a shot list file or at least one input")
     shots = [_shot({"input": source}, options, f"input {source}") for source in inputs]
     return _check_unique(shots, "farm run")
+
+
+def shots_from_entries(entries: Sequence[Mapping[str, Any]], where: str) -> list[Shot]:
+    """Shots from shot-list entries made in code (the plugins): checked as a shot list's are."""
+    shots = [
+        _shot(dict(entry), {}, f"{where}: shot {entry.get('name', i + 1)}") for i, entry in enumerate(entries)
+    ]
+    return _check_unique(shots, where)
 
 
 def split_shot(shot: Shot, parts: int, preroll: int = DEFAULT_PREROLL) -> list[Shot]:

@@ -28,6 +28,7 @@ __all__ = [
     "last_error",
     "parse_nodes",
     "program",
+    "shot_entry",
     "start_private_node",
 ]
 
@@ -97,25 +98,30 @@ def _connection(options: RunOptions) -> list[str]:
     return args
 
 
-def _format_args(options: RunOptions) -> list[str]:
-    return ["--exr-channels", "RGBA"] if options.file_format == "EXR" else ["--bit-depth", "16"]
+def _shot_settings(shot: ShotRequest, options: RunOptions) -> dict[str, Any]:
+    """The shot's settings, checked by rvm-node's one definition of them (``rvm_node.shot_settings``);
+    a value it refuses is a :class:`PluginError`."""
+    from rvm_node.errors import RvmNodeError
+    from rvm_node.shot_settings import check_settings
 
-
-def _shot_entry(shot: ShotRequest, options: RunOptions) -> dict[str, object]:
-    entry: dict[str, object] = {
-        "name": shot.name,
-        "input": shot.input,
+    given: dict[str, Any] = {
         "frames": f"{shot.frames.first}-{shot.frames.last}",
         **{f"output_{kind}": pattern for kind, pattern in shot.outputs.items()},
-        "downsample_ratio": "auto" if options.downsample_ratio is None else options.downsample_ratio,
+        "downsample_ratio": options.downsample_ratio,
+        "input_colorspace": shot.input_colorspace or None,
+        **({"exr_channels": "RGBA"} if options.file_format == "EXR" else {"bit_depth": 16}),
     }
-    if shot.input_colorspace:
-        entry["input_colorspace"] = shot.input_colorspace
-    if options.file_format == "EXR":
-        entry["exr_channels"] = "RGBA"
-    else:
-        entry["bit_depth"] = 16
-    return entry
+    try:
+        checked = check_settings(given, f"shot {shot.name}")
+    except RvmNodeError as exc:
+        raise PluginError(str(exc)) from None
+    return {key: checked[key] for key in given}
+
+
+def shot_entry(shot: ShotRequest, options: RunOptions) -> dict[str, object]:
+    from rvm_node.shot_settings import setting_entries
+
+    return {"name": shot.name, "input": shot.input, **setting_entries(_shot_settings(shot, options))}
 
 
 def _toml_value(value: object) -> str:
@@ -130,7 +136,7 @@ def write_shot_list(shots: Sequence[ShotRequest], options: RunOptions, path: Pat
     lines = ["# written by the rvm-node Blender add-on"]
     for shot in shots:
         lines.append("\n[[shot]]")
-        lines += [f"{key} = {_toml_value(value)}" for key, value in _shot_entry(shot, options).items()]
+        lines += [f"{key} = {_toml_value(value)}" for key, value in shot_entry(shot, options).items()]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
@@ -140,17 +146,12 @@ def build_command(shots: Sequence[ShotRequest], options: RunOptions, workdir: Pa
     if not shots:
         raise PluginError("nothing to matte")
     if len(shots) == 1 and len(options.nodes) == 1:
+        from rvm_node.shot_settings import setting_flags
+
         shot = shots[0]
         args = [*_program(options), "matte", "--input-source", shot.input, "--node", options.nodes[0]]
-        args += _connection(options)
-        args += ["--frames", f"{shot.frames.first}-{shot.frames.last}"]
-        for kind, pattern in shot.outputs.items():
-            args += [f"--output-{kind}", pattern]
-        ratio = options.downsample_ratio
-        args += ["--downsample-ratio", "auto" if ratio is None else f"{ratio:g}"]
-        if shot.input_colorspace:
-            args += ["--input-colorspace", shot.input_colorspace]
-        return [*args, *_format_args(options), "--resume", "--progress-json"]
+        args += [*_connection(options), *setting_flags(_shot_settings(shot, options))]
+        return [*args, "--resume", "--progress-json"]
     shot_list = write_shot_list(shots, options, workdir / "shots.toml")
     args = [*_program(options), "farm", "run", str(shot_list), "--nodes", ",".join(options.nodes)]
     return [*args, *_connection(options), "--progress-json"]

@@ -1,7 +1,7 @@
 """Submit to the farm: the operator's shots as a farm job bundle, written and handed to the farm manager.
 
 No bpy here. The shots are the ones "run here" gives ``rvm-node farm run``
-(the same shot list, read back by the farm layer), planned into a job with
+(the same shot-list entries, made into shots by the farm layer), planned into a job with
 the library and written into a new folder ``<job name>-<YYYYmmdd-HHMMSS>``
 under the bundle folder, or under ``<blend dir>/<blend name>_rvm_jobs`` when
 none is set. Open Job Description bundles go to the submit command
@@ -11,14 +11,13 @@ none is set. Open Job Description bundles go to the submit command
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .command import RunOptions, write_shot_list
+from .command import RunOptions, shot_entry
 from .shots import PluginError, ShotRequest
 
 if TYPE_CHECKING:
@@ -79,11 +78,10 @@ def jobs_folder(folder: str, blend_path: str) -> Path:
 
 
 def farm_shots(requests: Sequence[ShotRequest], options: RunOptions) -> list[Any]:
-    """The ``rvm_node.farm.Shot`` of each request: the shot list "run here" gives ``farm run``, read back."""
-    from rvm_node.farm import load_shot_list
+    """The ``rvm_node.farm.Shot`` of each request: the shots "run here" gives ``farm run``."""
+    from rvm_node.farm import shots_from_entries
 
-    with tempfile.TemporaryDirectory(prefix="rvm-blender-farm-") as tmp:
-        return load_shot_list(write_shot_list(requests, options, Path(tmp) / "shots.toml"))
+    return shots_from_entries([shot_entry(r, options) for r in requests], "farm job")
 
 
 def submit_requests(

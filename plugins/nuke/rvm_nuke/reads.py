@@ -58,10 +58,10 @@ def script_dir(root: Any) -> str:
 
 
 def shot_for_read(read: Any, settings: Settings, root: Any) -> Any:
-    """A farm Shot mattes the Read's file frames and keeps their numbers."""
-    from rvm_node.farm import Shot
-    from rvm_node.io.sequence import FrameRange
-    from rvm_node.io.writers import WriterSettings
+    """A farm Shot mattes the Read's file frames and keeps their numbers; its settings are checked by
+    rvm-node's one definition of them (``rvm_node.shot_settings``), as a shot list's are."""
+    from rvm_node.errors import RvmNodeError
+    from rvm_node.farm import shots_from_entries
 
     if read.Class() != "Read":
         raise SettingsError(f"RVM: {read.name()} is a {read.Class()}; select Read nodes")
@@ -76,13 +76,18 @@ def shot_for_read(read: Any, settings: Settings, root: Any) -> Any:
     stem, ext = os.path.splitext(output)
     wanted = ".png" if settings.format == "PNG 16-bit" else ".exr"
     output = stem + wanted if ext.lower() != wanted else output
-    writer = WriterSettings(exr_channels="A" if settings.format == "EXR A" else "RGBA", bit_depth=16)
-    return Shot(
-        name=read.name(),
-        input=source,
-        outputs={"alpha": output},
-        frames=FrameRange(first, last),
-        downsample_ratio=settings.ratio,
-        input_colorspace=input_colourspace(str(_value(read, "colorspace", "") or "")),
-        settings=writer,
-    )
+    entry = {
+        "name": read.name(),
+        "input": source,
+        "output_alpha": output,
+        "frames": f"{first}-{last}",
+        "downsample_ratio": settings.ratio,
+        "input_colorspace": input_colourspace(str(_value(read, "colorspace", "") or "")),
+        "exr_channels": "A" if settings.format == "EXR A" else "RGBA",
+        "bit_depth": 16,
+    }
+    try:
+        (shot,) = shots_from_entries([entry], "Nuke")
+    except RvmNodeError as exc:
+        raise SettingsError(f"RVM: {exc}") from None
+    return shot
