@@ -148,3 +148,25 @@ def process_gone(pid: int, timeout: float = 30) -> bool:
             return True
         time.sleep(0.1)
     return False
+
+
+# ``rvm-node`` in this Python as an engine of onnxruntime alone sees it (the Blender extension's bundle):
+# an import hook refuses torch. The command's arguments follow it, as after ``rvm-node``.
+_NO_TORCH = (
+    "import sys\n"
+    "class NoTorch:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name == 'torch' or name.startswith('torch.'):\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, NoTorch())\n"
+    "from rvm_node.cli import main\n"
+    "sys.exit(main())\n"
+)
+RVM_NODE_WITHOUT_TORCH = [sys.executable, "-c", _NO_TORCH]
+
+
+def no_package_index(monkeypatch: Any, tmp_path: Path) -> None:
+    """pip finds nothing from here on, as on a machine that cannot reach PyPI."""
+    (tmp_path / "no-wheels").mkdir(exist_ok=True)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-wheels"))

@@ -186,3 +186,28 @@ def test_example_mattes_its_clip_on_a_node(
     assert (
         f"{FRAMES} frames of the example clip matted on the node at {node.address}" in capsys.readouterr().err
     )
+
+
+def test_without_torch_the_torch_paths_say_so_in_one_line(plate: Path, tmp_path: Path) -> None:
+    import subprocess
+
+    from tests.helpers import RVM_NODE_WITHOUT_TORCH
+
+    for flags in (
+        ["--backend", "torch"],
+        ["--backend", "onnxruntime", "--checkpoint", str(tmp_path / "w.pth")],
+    ):
+        (tmp_path / "w.pth").write_bytes(b"weights")
+        argv = [
+            "convert",
+            "--input-source",
+            str(plate),
+            "--output-alpha",
+            str(tmp_path / "m.####.png"),
+            *flags,
+        ]
+        done = subprocess.run([*RVM_NODE_WITHOUT_TORCH, *argv], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 4, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert line.startswith("rvm-node: error: ") and "needs torch, which is not installed here" in line
+        assert not (tmp_path / "m.0001.png").exists()

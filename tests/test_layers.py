@@ -28,3 +28,15 @@ def _loaded_after(statement: str) -> set[str]:
 def test_imports_flow_one_way(statement: str, never: str) -> None:
     loaded = _loaded_after(statement)
     assert not [m for m in loaded if m == never or m.startswith(never + ".")]
+
+
+def test_the_onnxruntime_engine_and_the_node_do_not_import_torch() -> None:
+    """What the Blender extension bundles (onnxruntime, no torch) must load without it."""
+    code = (
+        "import sys\n"
+        "import rvm_node.engine.loader, rvm_node.engine.ort_backend, rvm_node.node.server, rvm_node.cli\n"
+        "import rvm_node.client.private_node\n"
+        "print('torch' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"

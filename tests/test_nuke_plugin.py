@@ -21,7 +21,7 @@ from rvm_node import load_model  # noqa: E402
 from rvm_node.convert import convert_video  # noqa: E402
 from rvm_node.io.images import read_image, write_image  # noqa: E402
 from rvm_node.io.sequence import parse_frame_range  # noqa: E402
-from tests.helpers import spawn_node  # noqa: E402
+from tests.helpers import no_package_index, spawn_node  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
@@ -174,6 +174,7 @@ def test_this_computer_that_cannot_start_is_one_line(
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "run").mkdir(mode=0o700)
     monkeypatch.setenv("RVM_NODE_CACHE_DIR", str(tmp_path / "no-weights"))  # a machine with no weights yet
+    no_package_index(monkeypatch, tmp_path)  # and no way to fetch them
     make_read(plate)
     chosen = settings.Settings(ratio=0.5, rvm_node_command=f"{sys.executable} -m rvm_node")
     assert job.matte_selected(chosen, blocking=True) is None

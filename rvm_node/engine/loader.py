@@ -6,19 +6,22 @@ MobileNetV3 weights fetched by ``rvm-node weights fetch`` and imported into
 PyTorch once (cached as a ``.pth``). Files whose name is in the official
 registry are checked against their SHA-256 first. There is never a silent
 fallback to random weights: ``random_weights=True`` must be asked for.
+
+torch is needed only where weights pass through PyTorch. Without it (an
+engine of onnxruntime alone, as the Blender extension bundles), onnxruntime
+and OpenVINO run the official ONNX file as it is, with our refiner policy
+applied to its graph; ``.pth`` and ``.torchscript`` weights, our own export
+and the torch backend say in one line that they need torch.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from rvm_node.engine.backend import BACKENDS, MattingBackend, fastest_parity_backend
-from rvm_node.engine.network import MattingNetwork
-from rvm_node.engine.onnx_import import SEGMENTATION_KEYS, state_dict_from_onnx
 from rvm_node.engine.weights import (
     IMPORTED_PTH_NAME,
     OFFICIAL_ONNX_MOBILENETV3,
@@ -28,6 +31,7 @@ from rvm_node.engine.weights import (
     verify_file,
 )
 from rvm_node.errors import (
+    BackendUnavailableError,
     InvalidInputError,
     WeightsFormatError,
     WeightsIntegrityError,
@@ -35,16 +39,37 @@ from rvm_node.errors import (
 )
 from rvm_node.fsutil import atomic_write_bytes
 
+if TYPE_CHECKING:
+    import torch
+
+    from rvm_node.engine.network import MattingNetwork
+
 __all__ = [
     "BACKENDS",
     "load_model",
     "load_network",
     "read_state_dict",
     "shared_cpu_options",
+    "torch_installed",
 ]
 
 _PTH = (".pth", ".pt", ".ckpt")
 _TORCHSCRIPT = (".torchscript", ".ts", ".jit")
+
+
+def torch_installed() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # an import hook that refuses it, or a module set to None
+        return False
+
+
+def _needs_torch(what: str) -> None:
+    if not torch_installed():
+        raise BackendUnavailableError(
+            f"{what} needs torch, which is not installed here: install rvm-node with its engine "
+            "(pip install rvm-node), or run the official ONNX weights on onnxruntime"
+        )
 
 
 def _check_known(path: Path) -> None:
@@ -59,6 +84,11 @@ def _variant_of(state: dict[str, torch.Tensor]) -> str:
 
 def read_state_dict(path: Path, variant: str, refiner: str = "deep_guided_filter") -> dict[str, torch.Tensor]:
     """A state dict of official structure from a ``.pth``, ``.onnx`` or ``.torchscript`` file."""
+    _needs_torch(f"reading weights into PyTorch ({Path(path).name})")
+    import torch
+
+    from rvm_node.engine.onnx_import import state_dict_from_onnx
+
     path = Path(path)
     if not path.is_file():
         raise WeightsNotFoundError(f"{path}: no such weights file")
@@ -92,6 +122,10 @@ def _imported_official() -> Path:
     if not target.is_file():
         import io
 
+        import torch
+
+        from rvm_node.engine.onnx_import import state_dict_from_onnx
+
         buffer = io.BytesIO()
         torch.save(state_dict_from_onnx(onnx_path, "mobilenetv3"), buffer)
         atomic_write_bytes(target, buffer.getvalue(), private=True)
@@ -106,6 +140,10 @@ def load_network(
     random_weights: bool = False,
 ) -> MattingNetwork:
     """A :class:`MattingNetwork` in eval mode with verified weights."""
+    _needs_torch("the PyTorch network")
+    from rvm_node.engine.network import MattingNetwork
+    from rvm_node.engine.onnx_import import SEGMENTATION_KEYS
+
     try:
         net = MattingNetwork(variant, refiner)
     except ValueError as exc:
@@ -203,6 +241,7 @@ def load_model(
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend: expected auto or one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
+        _needs_torch("the torch backend")
         from rvm_node.engine.torch_backend import TorchBackend
 
         net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
@@ -232,13 +271,16 @@ def load_model(
 def _onnx_file(
     variant: str, weights: str | Path | None, refiner: str, random_weights: bool, precision: str
 ) -> Path:
-    """The ONNX file to run: an ``.onnx`` weights file as it is, else our export of the weights."""
+    """The ONNX file to run: an ``.onnx`` weights file as it is, else our export of the weights; without
+    torch, the official ONNX file as it is."""
     if weights is not None and Path(weights).suffix.lower() == ".onnx":
         path = Path(weights)
         if not path.is_file():
             raise WeightsNotFoundError(f"{path}: no such weights file")
         _check_known(path)
         return path
+    if weights is None and not random_weights and variant == "mobilenetv3" and not torch_installed():
+        return official_path(OFFICIAL_ONNX_MOBILENETV3)
     net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
     source = (
         None if weights is None and random_weights else Path(weights) if weights else _imported_official()
