@@ -4,15 +4,24 @@
     python plugins/blender/build.py --platform linux-x64  # one platform: a smaller zip
     python plugins/blender/build.py --legacy ~/blender/scripts/addons --platform linux-x64
 
-Blender 4.2+ runs Python 3.11. The wheels are downloaded with pip (binary
-only, for that interpreter and each platform) at build time; rvm-node's own
-wheel is built from this checkout. numpy is not bundled: Blender ships it.
-torch and onnxruntime are not needed: the add-on talks to render nodes.
+Blender 4.2 to 5.0 run Python 3.11, Blender 5.1 and later Python 3.13; the
+zip carries wheels for both, and Blender installs the ones for its own. The
+wheels are downloaded with pip (binary only, for each interpreter and
+platform) at build time; rvm-node's own wheel is built from this checkout.
+numpy is not bundled: Blender ships it.
+
+The zip carries the CPU engine too (onnxruntime and onnx, no torch), so "This
+computer" mattes with nothing else installed: the private node runs the
+official ONNX weights as they are, fetched once into the user's cache.
+onnxruntime is taken at the version this Python has, where it has one, so
+the add-on's mattes equal those of rvm-node installed beside it, bit for bit.
+``--no-engine`` leaves the engine out, for studios that only use render nodes.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -26,7 +35,7 @@ import tomllib
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PACKAGE = HERE / "rvm_blender"
-PYTHON = "3.11"
+PYTHONS = ("3.11", "3.13")  # Blender 4.2-5.0, and 5.1 on
 CLIENT_REQUIREMENTS = [
     "grpcio>=1.60",
     "protobuf>=4.25",
@@ -36,6 +45,13 @@ CLIENT_REQUIREMENTS = [
     "platformdirs>=3",
     "typing-extensions>=4.12",  # grpcio's
     "pyyaml>=6",  # farm job bundles (Open Job Description templates)
+]
+ENGINE_REQUIREMENTS = [
+    "onnxruntime",  # pinned to this Python's version, where it has one (see engine_requirements)
+    "onnx>=1.15",  # our refiner policy is applied to the official graph
+    "ml_dtypes>=0.5",  # onnx's
+    "flatbuffers",  # onnxruntime's
+    "packaging",  # onnxruntime's
 ]
 # Blender's platform names, and the pip platform tags whose wheels run there.
 PLATFORMS = {
@@ -51,29 +67,61 @@ def project_version() -> str:
         return str(tomllib.load(handle)["project"]["version"])
 
 
-def fetch_wheels(platforms: list[str], out: Path) -> list[Path]:
-    """rvm-node's wheel from this checkout, and the client's dependencies for each platform."""
+def engine_requirements() -> list[str]:
+    """The engine's requirements, onnxruntime at the version this Python has (where it has one)."""
+    try:
+        pinned = f"onnxruntime=={importlib.metadata.version('onnxruntime')}"
+    except importlib.metadata.PackageNotFoundError:
+        pinned = "onnxruntime>=1.17"
+    return [pinned if r.startswith("onnxruntime") else r for r in ENGINE_REQUIREMENTS]
+
+
+def _project(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def pinned_like(requirements: list[str], wheels: set[Path]) -> list[str]:
+    """``requirements`` pinned to the versions of ``wheels``: an abi3 wheel then serves every Python,
+    rather than a newer one for a newer Python beside it (Blender would install both)."""
+    versions = {_project(w.name.split("-")[0]): w.name.split("-")[1] for w in wheels}
+    pinned = []
+    for requirement in requirements:
+        name = _project(re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0])
+        pinned.append(f"{name}=={versions[name]}" if name in versions else requirement)
+    return pinned
+
+
+def fetch_wheels(
+    platforms: list[str], out: Path, *, engine: bool = True, pythons: tuple[str, ...] = PYTHONS
+) -> list[Path]:
+    """rvm-node's wheel from this checkout, and the client's (and engine's) dependencies for each
+    platform and Python."""
     out.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)], check=True)
+    requirements = [*CLIENT_REQUIREMENTS, *(engine_requirements() if engine else [])]
+    wanted = requirements
     for platform in platforms:
         tags = [arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)]
-        subprocess.run(
-            [
-                *pip,
-                "download",
-                "--quiet",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--python-version",
-                PYTHON,
-                *tags,
-                "-d",
-                str(out),
-                *CLIENT_REQUIREMENTS,
-            ],
-            check=True,
-        )
+        for python in pythons:
+            subprocess.run(
+                [
+                    *pip,
+                    "download",
+                    "--quiet",
+                    "--no-deps",
+                    "--only-binary=:all:",
+                    "--python-version",
+                    python,
+                    *tags,
+                    "-d",
+                    str(out),
+                    *wanted,
+                ],
+                check=True,
+            )
+            if wanted is requirements:  # every other Python and platform gets the same versions
+                wanted = pinned_like(requirements, set(out.glob("*.whl")))
     return sorted(out.glob("*.whl"))
 
 
@@ -99,11 +147,12 @@ def manifest(wheels: list[Path], platforms: list[str]) -> str:
     return text
 
 
-def build_zip(platforms: list[str], dist: Path) -> Path:
+def build_zip(platforms: list[str], dist: Path, *, engine: bool = True) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
-        wheels = fetch_wheels(platforms, Path(tmp))
+        wheels = fetch_wheels(platforms, Path(tmp), engine=engine)
         dist.mkdir(parents=True, exist_ok=True)
         suffix = "" if len(platforms) == len(PLATFORMS) else "-" + "-".join(platforms)
+        suffix += "" if engine else "-client"
         target = dist / f"rvm_blender-{project_version()}{suffix}.zip"
         partial = target.with_suffix(".zip.partial")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -119,13 +168,14 @@ def build_zip(platforms: list[str], dist: Path) -> Path:
     return target
 
 
-def build_legacy(platform: str, addons: Path) -> Path:
-    """``addons/rvm_blender``: the add-on with its dependencies unpacked into ``site-packages``."""
+def build_legacy(platform: str, addons: Path, *, python: str = PYTHONS[0], engine: bool = True) -> Path:
+    """``addons/rvm_blender``: the add-on with its dependencies unpacked into ``site-packages``, for one
+    Blender's Python (a legacy folder has no per-interpreter choice of wheels)."""
     target = addons / "rvm_blender"
     if target.exists():
         shutil.rmtree(target)
     with tempfile.TemporaryDirectory() as tmp:
-        wheels = fetch_wheels([platform], Path(tmp))
+        wheels = fetch_wheels([platform], Path(tmp), engine=engine, pythons=(python,))
         for path in _package_files():
             destination = target / path.relative_to(PACKAGE)
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -146,14 +196,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--dist", type=Path, default=ROOT / "dist", help="where the zip goes")
     parser.add_argument("--legacy", type=Path, default=None, help="install as a legacy add-on folder here")
+    parser.add_argument(
+        "--no-engine", action="store_true", help="leave out the CPU engine: render nodes only, a smaller zip"
+    )
+    parser.add_argument(
+        "--python", choices=PYTHONS, default=PYTHONS[0], help="--legacy: the Python of that Blender"
+    )
     args = parser.parse_args(argv)
     platforms = args.platform or sorted(PLATFORMS)
     if args.legacy is not None:
         if len(platforms) != 1:
             parser.error("--legacy: name exactly one --platform")
-        print(build_legacy(platforms[0], args.legacy))
+        print(build_legacy(platforms[0], args.legacy, python=args.python, engine=not args.no_engine))
     else:
-        print(build_zip(platforms, args.dist))
+        print(build_zip(platforms, args.dist, engine=not args.no_engine))
     return 0
 
 

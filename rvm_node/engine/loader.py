@@ -7,11 +7,14 @@ PyTorch once (cached as a ``.pth``). Files whose name is in the official
 registry are checked against their SHA-256 first. There is never a silent
 fallback to random weights: ``random_weights=True`` must be asked for.
 
-torch is needed only where weights pass through PyTorch. Without it (an
-engine of onnxruntime alone, as the Blender extension bundles), onnxruntime
-and OpenVINO run the official ONNX file as it is, with our refiner policy
-applied to its graph; ``.pth`` and ``.torchscript`` weights, our own export
-and the torch backend say in one line that they need torch.
+The official weights in fp32 on onnxruntime are the official
+``rvm_mobilenetv3_fp32.onnx`` run as it is, with our refiner policy applied to
+its graph: the official model exactly, no torch needed, and as fast as our
+export. OpenVINO runs our export, whose graph its merged resizes need (the
+official file where torch is not installed). Other precisions, other weights
+files and the torch backend go through PyTorch (our export, cached by the
+weights' hash); where torch is not installed (the Blender extension's bundled
+engine) they say so in one line.
 """
 
 from __future__ import annotations
@@ -250,7 +253,7 @@ def load_model(
     if backend == "openvino":
         from rvm_node.engine.openvino_backend import OpenVinoBackend
 
-        model = _onnx_file(variant, weights, refiner, random_weights, "fp32")
+        model = _onnx_file(variant, weights, refiner, random_weights, "fp32", as_is=not torch_installed())
         return OpenVinoBackend(
             model, variant=variant, device=device, precision=precision, options=options, where=str(model)
         )
@@ -259,7 +262,7 @@ def load_model(
 
     if precision not in ("fp32", "fp16"):
         raise InvalidInputError(f"precision: onnxruntime runs fp32 or fp16, got {precision!r}")
-    model = _onnx_file(variant, weights, refiner, random_weights, precision)
+    model = _onnx_file(variant, weights, refiner, random_weights, precision, as_is=True)
     ort_backend = OrtBackend(model, variant=variant, device=device, options=options, where=str(model))
     if ort_backend.precision != precision:
         raise InvalidInputError(
@@ -269,17 +272,23 @@ def load_model(
 
 
 def _onnx_file(
-    variant: str, weights: str | Path | None, refiner: str, random_weights: bool, precision: str
+    variant: str,
+    weights: str | Path | None,
+    refiner: str,
+    random_weights: bool,
+    precision: str,
+    *,
+    as_is: bool,
 ) -> Path:
-    """The ONNX file to run: an ``.onnx`` weights file as it is, else our export of the weights; without
-    torch, the official ONNX file as it is."""
+    """The ONNX file to run: an ``.onnx`` weights file as it is; with ``as_is``, the official weights in fp32
+    as the official file itself; else our export of the weights."""
     if weights is not None and Path(weights).suffix.lower() == ".onnx":
         path = Path(weights)
         if not path.is_file():
             raise WeightsNotFoundError(f"{path}: no such weights file")
         _check_known(path)
         return path
-    if weights is None and not random_weights and variant == "mobilenetv3" and not torch_installed():
+    if as_is and weights is None and not random_weights and variant == "mobilenetv3" and precision == "fp32":
         return official_path(OFFICIAL_ONNX_MOBILENETV3)
     net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
     source = (
