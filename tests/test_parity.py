@@ -69,14 +69,14 @@ def reference(
     ],
 )
 def test_matches_official_onnx(name: str, kwargs: dict, frames: np.ndarray, reference: tuple) -> None:
-    from rvm_node.engine.loader import _imported_official
+    from rvm_node.engine.loader import imported_official_weights
     from rvm_node.engine.torch_backend import TorchOptions
 
     ratio, ref_fgr, ref_pha = reference
     if kwargs.get("options") == "freeze":
         kwargs = {**kwargs, "options": TorchOptions(torchscript="freeze")}
     if kwargs.get("weights") == "imported":  # the official weights through PyTorch, then our export
-        kwargs = {**kwargs, "weights": _imported_official()}
+        kwargs = {**kwargs, "weights": imported_official_weights()}
     fgr, pha = run_frames(load_model("mobilenetv3", **kwargs), frames, ratio)
     pha_err, fgr_err = per_frame_max(pha, ref_pha), per_frame_max(fgr, ref_fgr)
     print(

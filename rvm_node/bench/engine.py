@@ -235,14 +235,23 @@ def _static_configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
 
 
 def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
-    from rvm_node.engine.loader import load_model, shared_cpu_options
+    from rvm_node.engine.loader import imported_official_weights, load_model, shared_cpu_options
     from rvm_node.engine.torch_backend import TorchOptions, cpu_has_bf16
 
     configs: list[tuple[str, Callable[[], Runner]]] = [
         (REFERENCE, lambda: _official_runner(size)),
-        ("our ONNX export, onnxruntime", _session_runner(lambda: load_model(backend="onnxruntime"), size)),
         (
-            "our ONNX export, onnxruntime, no spinning (node and converter options)",
+            "onnxruntime: the official file in our backend (the default)",
+            _session_runner(lambda: load_model(backend="onnxruntime"), size),
+        ),
+        (
+            "our ONNX export, onnxruntime",
+            _session_runner(
+                lambda: load_model(backend="onnxruntime", weights=imported_official_weights()), size
+            ),
+        ),
+        (
+            "onnxruntime, the default, no spinning (node and converter options)",
             _session_runner(
                 lambda: load_model(backend="onnxruntime", options=shared_cpu_options("onnxruntime")), size
             ),

@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BACKENDS",
+    "imported_official_weights",
     "load_model",
     "load_network",
     "read_state_dict",
@@ -118,7 +119,7 @@ def read_state_dict(path: Path, variant: str, refiner: str = "deep_guided_filter
     return {key: value.float() if value.is_floating_point() else value for key, value in state.items()}
 
 
-def _imported_official() -> Path:
+def imported_official_weights() -> Path:
     """The official ONNX weights as a cached ``.pth``, imported on first use."""
     onnx_path = official_path(OFFICIAL_ONNX_MOBILENETV3)
     target = cache_dir() / IMPORTED_PTH_NAME
@@ -161,7 +162,7 @@ def load_network(
                 f"{variant}: no official weights are reachable from a package index; "
                 "pass the path of the official rvm_resnet50.pth (or .onnx/.torchscript)"
             )
-        weights = _imported_official()
+        weights = imported_official_weights()
     path = Path(weights)
     state = read_state_dict(path, variant, refiner)
     found = _variant_of(state)
@@ -292,6 +293,10 @@ def _onnx_file(
         return official_path(OFFICIAL_ONNX_MOBILENETV3)
     net = load_network(variant, weights, refiner=refiner, random_weights=random_weights)
     source = (
-        None if weights is None and random_weights else Path(weights) if weights else _imported_official()
+        None
+        if weights is None and random_weights
+        else Path(weights)
+        if weights
+        else imported_official_weights()
     )
     return _exported_onnx(net, source, precision)
