@@ -96,12 +96,14 @@ def alpha(path: Path) -> np.ndarray:
     return pixels[..., 0].astype(np.float32) / (65535.0 if pixels.dtype == np.uint16 else 255.0)
 
 
-def assert_same_mattes(ours: Path, reference: Path, numbers: range, name: str, ext: str = "exr") -> None:
+def assert_same_mattes(
+    ours: Path, reference: Path, numbers: range, name: str, ext: str = "exr", tolerance: float = 1e-3
+) -> None:
     files = sorted(p.name for p in ours.iterdir())
     assert files == [f"{name}.{n:04d}.{ext}" for n in numbers]
     for n in numbers:
         a, b = alpha(ours / f"{name}.{n:04d}.{ext}"), alpha(reference / f"ref.{n:04d}.{ext}")
-        assert np.abs(a - b).max() <= 1e-3, f"frame {n}"
+        assert np.abs(a - b).max() <= tolerance, f"frame {n}"
 
 
 def error_info(error: Any) -> tuple[str, dict[str, str]]:

@@ -46,12 +46,18 @@ CLIENT_REQUIREMENTS = [
     "typing-extensions>=4.12",  # grpcio's
     "pyyaml>=6",  # farm job bundles (Open Job Description templates)
 ]
-ENGINE_REQUIREMENTS = [
+ENGINE_REQUIREMENTS = [  # the private node: the engine and what `rvm-node serve` imports beside the client
     "onnxruntime",  # pinned to this Python's version, where it has one (see engine_requirements)
     "onnx>=1.15",  # our refiner policy is applied to the official graph
-    "ml_dtypes>=0.5",  # onnx's
+    "ml_dtypes>=0.5.4,<0.6",  # onnx's; 0.6 and later need numpy 2, and Blender 4.2 to 5.0 ship numpy 1.26
     "flatbuffers",  # onnxruntime's
     "packaging",  # onnxruntime's
+    "grpcio-health-checking>=1.60",
+    "grpcio-reflection>=1.60",
+    "grpcio-status>=1.60",
+    "googleapis-common-protos>=1.5",  # grpcio-status's
+    "prometheus-client>=0.17",
+    "zstandard>=0.22",
 ]
 # Blender's platform names, and the pip platform tags whose wheels run there.
 PLATFORMS = {

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,11 +138,13 @@ def private_node(
     folder: Path | None = None,
     serve_options: Sequence[str] = (),
     start_timeout: float = _START_TIMEOUT,
+    env: Mapping[str, str] | None = None,
 ) -> PrivateNode:
     """The private node of process ``owner_pid`` (default: this one), started if it runs no live one.
 
-    Raises :class:`NodeUnavailableError` with the node's own last line when it cannot start (no weights:
-    it says how to fetch them), and :class:`InvalidInputError` for an unsafe folder.
+    ``command`` runs in ``env`` (default: this process's environment), as ``COMMAND serve ...``. Raises
+    :class:`NodeUnavailableError` with the node's own last line when it cannot start (no weights: it
+    says how to fetch them), and :class:`InvalidInputError` for an unsafe folder.
     """
     if not idle_exit > 0:
         raise InvalidInputError(f"idle_exit: expected seconds > 0, got {idle_exit}")
@@ -161,6 +163,7 @@ def private_node(
             files,
             serve_options,
             start_timeout,
+            env,
         )
         atomic_write_bytes(
             files["json"],
@@ -179,6 +182,7 @@ def _start(
     files: dict[str, Path],
     serve_options: Sequence[str],
     timeout: float,
+    env: Mapping[str, str] | None,
 ) -> PrivateNode:
     atomic_write_bytes(files["token"], secrets.token_urlsafe(32).encode(), private=True)
     files["sock"].unlink(missing_ok=True)
@@ -212,6 +216,7 @@ def _start(
                 stdin=subprocess.DEVNULL,
                 text=True,
                 start_new_session=True,
+                env=None if env is None else dict(env),
             )
         except OSError as exc:
             raise NodeUnavailableError(f"private node: cannot run {command[0]} ({exc.strerror})") from None

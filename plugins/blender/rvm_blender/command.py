@@ -77,14 +77,15 @@ def program(executable: str) -> list[str]:
     return [executable] if executable else [sys.executable, "-m", "rvm_node"]
 
 
-def start_private_node(executable: str) -> Any:
-    """This application's private node ("This computer"), started on first use; it stops when the
-    application exits (rvm_node.client.private_node). Raises :class:`PluginError` in one line."""
+def start_private_node(executable: str, env: Mapping[str, str]) -> Any:
+    """This application's private node ("This computer"), started on first use in ``env`` (see
+    :func:`environment`: the bundled engine's import path); it stops when the application exits
+    (rvm_node.client.private_node). Raises :class:`PluginError` in one line."""
     from rvm_node.client.private_node import private_node
     from rvm_node.errors import RvmNodeError
 
     try:
-        return private_node(program(executable))
+        return private_node(program(executable), env=env)
     except RvmNodeError as exc:
         raise PluginError(f"This computer: {exc}") from None
 

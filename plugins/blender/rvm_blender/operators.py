@@ -12,17 +12,20 @@ farm as one job bundle instead, and loads the mattes at once, as frames to come.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
 
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 
-from .command import start_private_node
+from .command import environment, start_private_node
 from .jobs import (
     Choices,
     MatteRun,
     Outcome,
     Target,
+    blender_ocio_config,
     clip_targets,
     one_line,
     selected_strips,
@@ -91,7 +94,8 @@ class _MatteOperator:
         kinds = set(self.outputs) if self._given("outputs") else set(prefs.outputs)
         local = None
         if self._target(prefs) == "LOCAL":
-            local = start_private_node(prefs.executable_path())
+            env = environment(os.environ, sys.path, blender_ocio_config())
+            local = start_private_node(prefs.executable_path(), env)
         run = prefs.run_options(ratio, nodes=self.node, file_format=file_format, local=local)
         return Choices(
             output=OutputChoice(self.output or prefs.output_pattern, file_format, frozenset(kinds)),
