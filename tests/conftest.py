@@ -63,3 +63,16 @@ def standin_node(standin: StandInBackend) -> Iterator[Any]:
     server = NodeThread(standin, limits=Limits(max_streams=8, idle_timeout=30))
     yield server
     server.stop()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Which Blender releases the add-on's tests ran on, and which they could not run on here."""
+    import sys
+
+    module = sys.modules.get("tests.test_blender_plugin")
+    if module is None or not module.BLENDERS_RUN:
+        return
+    ran = ", ".join(f"{blender} ({python})" for blender, python in sorted(module.BLENDERS_RUN.items()))
+    terminalreporter.write_line(f"Blender add-on tests ran on: {ran}")
+    if module.python_313() is None:
+        terminalreporter.write_line(f"not run: {', '.join(module.NEEDS_PYTHON_313)} (no Python 3.13 here)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,7 +36,10 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = Path(__file__).with_name("blender_scenarios.py")
 PYTHON_ENV = "RVM_NODE_BLENDER_PYTHON"
-BLENDER_VERSIONS = ("4.2", "4.5", "5.0")  # the releases the tests run on (bpy wheels for Python 3.11)
+# The releases the tests run on: bpy wheels for Python 3.11, and for Python 3.13 (5.1 and later).
+BLENDER_VERSIONS = ("4.2", "4.5", "5.0", "5.2")
+NEEDS_PYTHON_313 = ("5.2",)
+BLENDERS_RUN: dict[str, str] = {}  # said at the end of the run (tests/conftest.py)
 
 
 def manifest_maximum() -> str:
@@ -50,11 +54,25 @@ def test_the_manifest_admits_exactly_the_tested_releases() -> None:
     assert manifest["blender_version_max"] == manifest_maximum()
 
 
+def python_313() -> str | None:
+    """A Python 3.13 on this machine, found as scripts/setup-blender-venv finds it, or None."""
+    done = subprocess.run(
+        [str(ROOT / "scripts/setup-blender-venv"), "--find-python-3.13"], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None
+
+
+def tested_versions() -> tuple[str, ...]:
+    """The releases the tests run on here: the 3.13 ones only where a Python 3.13 is."""
+    has_313 = python_313() is not None
+    return tuple(v for v in BLENDER_VERSIONS if has_313 or v not in NEEDS_PYTHON_313)
+
+
 def _blender_pythons() -> list[str]:
     """``RVM_NODE_BLENDER_PYTHON``, or the venvs that scripts/setup-blender-venv makes."""
     given = os.environ.get(PYTHON_ENV)
     return (
-        [given] if given else [str(ROOT / f".venv-blender-{v}" / "bin" / "python") for v in BLENDER_VERSIONS]
+        [given] if given else [str(ROOT / f".venv-blender-{v}" / "bin" / "python") for v in tested_versions()]
     )
 
 
@@ -63,7 +81,19 @@ def blender_python(request: pytest.FixtureRequest) -> Path:
     path = Path(request.param)
     if not path.exists():
         pytest.fail(f"{path}: no Python with bpy; run scripts/setup-blender-venv or set {PYTHON_ENV}")
+    code = "import bpy, sys; print('.'.join(map(str, bpy.app.version)), sys.version.split()[0])"
+    done = subprocess.run([str(path), "-c", code], capture_output=True, text=True, check=True)
+    blender, python = done.stdout.split()[-2:]
+    BLENDERS_RUN[f"Blender {blender}"] = f"Python {python}"
     return path
+
+
+def _python_of(blender_python: Path) -> str:
+    """MAJOR.MINOR of a Blender's Python."""
+    code = "import sys; print('%d.%d' % sys.version_info[:2])"
+    return subprocess.run(
+        [str(blender_python), "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
 
 
 @pytest.fixture(scope="session")
@@ -204,6 +234,8 @@ def test_legacy_folder_with_offset_scene_range_and_png(
         "linux-x64",
         "--legacy",
         str(addons),
+        "--python",
+        _python_of(blender_python),  # a legacy folder carries the wheels of one Python
     ]
     subprocess.run(build, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     out = tmp_path / "out"
@@ -620,6 +652,14 @@ def test_errors_are_one_line_and_leave_the_scene_alone(
     assert sorted(p.name for p in out.iterdir()) == [f"m.{n:04d}.exr" for n in range(1, 6)]
 
 
+def _runs_on(wheel: str, python: int) -> bool:
+    """Whether ``wheel`` runs on CPython ``python`` (311: 3.11): its own tag, an older abi3, or pure."""
+    tag = re.search(r"-cp(\d+)-(cp\d+|abi3)-", wheel)
+    if tag is None:
+        return "-none-any" in wheel
+    return int(tag.group(1)) == python or (tag.group(2) == "abi3" and int(tag.group(1)) <= python)
+
+
 def test_release_zip_bundles_every_platform_and_installs(
     blender_python: Path, node: str, tmp_path: Path
 ) -> None:
@@ -646,16 +686,30 @@ def test_release_zip_bundles_every_platform_and_installs(
         "macos-arm64": ("arm64", "universal2"),
         "macos-x64": ("x86_64", "universal2"),
     }
-    for package in ("grpcio", "protobuf", "av", "openexr", "opencolorio"):
+    engine = ("onnxruntime", "onnx", "zstandard", "ml_dtypes")  # where onnxruntime has wheels: not Intel Macs
+    for package in ("grpcio", "protobuf", "av", "openexr", "opencolorio", *engine):
         for platform, tags in platform_tags.items():
-            assert any(w.startswith(f"wheels/{package}-") and any(t in w for t in tags) for w in wheels), (
-                f"no {package} wheel for {platform}"
-            )
+            if package in engine and platform == "macos-x64":
+                continue
+            for python in (311, 313):  # Blender 4.2-5.0, and 5.1 on
+                assert any(
+                    w.startswith(f"wheels/{package}-") and any(t in w for t in tags) and _runs_on(w, python)
+                    for w in wheels
+                ), f"no {package} wheel for {platform}, Python {python}"
+    assert not any(w.startswith("wheels/onnxruntime-") and "x86_64" in w and "macosx" in w for w in wheels)
+    versions: dict[str, set[str]] = {}
+    for w in wheels:
+        project, version = w.removeprefix("wheels/").split("-")[:2]
+        versions.setdefault(project, set()).add(version)
+    assert {
+        p: v for p, v in versions.items() if len(v) > 1
+    } == {}  # one version of each: Blender installs all
     assert any(w.startswith("wheels/rvm_node-") for w in wheels)
-    assert not any(w.startswith(("wheels/numpy-", "wheels/torch-", "wheels/onnxruntime")) for w in wheels)
+    assert not any(w.startswith(("wheels/numpy-", "wheels/torch-")) for w in wheels)
     result = blender(blender_python, "test_connection", {"zip": str(release), "op": {"node": node}}, tmp_path)
     assert result["result"] == "FINISHED", result["error"]
-    site = tmp_path / "blender-user" / "extensions" / ".local" / "lib" / "python3.11" / "site-packages"
+    site = tmp_path / "blender-user" / "extensions" / ".local" / "lib" / f"python{_python_of(blender_python)}"
+    site = site / "site-packages"
     assert list(site.glob("av/*.so")) and not list(site.rglob("*.pyd"))  # Linux binaries only
 
 

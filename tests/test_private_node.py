@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -178,3 +179,52 @@ def test_serve_refuses_a_stop_it_cannot_keep(
 
     assert main(["serve", "--port", "0", *flags]) == EXIT_INPUT  # before any model loads or port binds
     assert said in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_node_that_dies_mid_shot_fails_it_in_one_line_and_the_next_press_resumes(tmp_path: Path) -> None:
+    """What the plugins run: `rvm-node matte --resume --progress-json` on the private node. The node is killed
+    mid-shot: one error line, frames written so far kept; the next press replaces the node and finishes the
+    shot, equal to one uninterrupted convert."""
+    import json
+
+    from rvm_node.example import example_clip
+    from tests.helpers import run_rvm_node
+
+    clip = example_clip()
+    folder = tmp_path / "private"
+    out = tmp_path / "node" / "m.####.png"
+
+    def press(node: Any) -> subprocess.Popen[str]:
+        argv = ["matte", "--input-source", str(clip), "--node", node.address, "--output-alpha", str(out)]
+        argv += ["--token-file", str(node.token_file), "--resume", "--progress-json", "--seq-chunk", "2"]
+        return subprocess.Popen(
+            [*RVM_NODE_WITHOUT_TORCH, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    try:
+        node = private_node(RVM_NODE_WITHOUT_TORCH, folder=folder)
+        first = press(node)
+        assert first.stdout is not None
+        for line in first.stdout:  # the node dies 30 frames in
+            if json.loads(line)["done"] >= 30:
+                os.kill(node.pid, signal.SIGKILL)
+                break
+        _, err = first.communicate(timeout=120)
+        assert first.returncode == 4, err
+        lines = err.strip().splitlines()
+        assert lines[-1].startswith("rvm-node: error: ") and "Traceback" not in err, err
+        kept = sorted(p.name for p in out.parent.iterdir() if p.suffix == ".png")
+        assert 30 <= len(kept) < 120
+        again = private_node(RVM_NODE_WITHOUT_TORCH, folder=folder)
+        assert again.pid != node.pid
+        second = press(again)
+        _, err = second.communicate(timeout=300)
+        assert second.returncode == 0, err
+    finally:
+        stop_private_node(folder=folder)
+    reference = tmp_path / "local" / "m.####.png"
+    run_rvm_node("convert", "--input-source", str(clip), "--output-alpha", str(reference))
+    for n in range(1, 121):
+        name = f"m.{n:04d}.png"
+        assert (out.parent / name).read_bytes() == (reference.parent / name).read_bytes(), n

@@ -59,6 +59,9 @@ ENGINE_REQUIREMENTS = [  # the private node: the engine and what `rvm-node serve
     "prometheus-client>=0.17",
     "zstandard>=0.22",
 ]
+# Where onnxruntime has wheels: the engine goes there. Intel Macs have none (onnxruntime stopped
+# building them), so "This computer" there runs an rvm-node installed beside Blender.
+ENGINE_PLATFORMS = ("linux-x64", "windows-x64", "macos-arm64")
 # Blender's platform names, and the pip platform tags whose wheels run there.
 PLATFORMS = {
     "linux-x64": ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64"],
@@ -105,11 +108,14 @@ def fetch_wheels(
     out.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
     subprocess.run([*pip, "wheel", "--quiet", "--no-deps", "-w", str(out), str(ROOT)], check=True)
-    requirements = [*CLIENT_REQUIREMENTS, *(engine_requirements() if engine else [])]
-    wanted = requirements
     for platform in platforms:
+        requirements = CLIENT_REQUIREMENTS
+        if engine and platform in ENGINE_PLATFORMS:
+            requirements = [*requirements, *engine_requirements()]
         tags = [arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)]
         for python in pythons:
+            # the versions already fetched, for every other Python and platform: one of each in the zip
+            wanted = pinned_like(requirements, set(out.glob("*.whl")))
             subprocess.run(
                 [
                     *pip,
@@ -126,8 +132,6 @@ def fetch_wheels(
                 ],
                 check=True,
             )
-            if wanted is requirements:  # every other Python and platform gets the same versions
-                wanted = pinned_like(requirements, set(out.glob("*.whl")))
     return sorted(out.glob("*.whl"))
 
 
