@@ -62,7 +62,7 @@ def python_313() -> str | None:
     return done.stdout.strip() or None
 
 
-def tested_versions() -> tuple[str, ...]:
+def versions_to_run() -> tuple[str, ...]:
     """The releases the tests run on here: the 3.13 ones only where a Python 3.13 is."""
     has_313 = python_313() is not None
     return tuple(v for v in BLENDER_VERSIONS if has_313 or v not in NEEDS_PYTHON_313)
@@ -72,7 +72,7 @@ def _blender_pythons() -> list[str]:
     """``RVM_NODE_BLENDER_PYTHON``, or the venvs that scripts/setup-blender-venv makes."""
     given = os.environ.get(PYTHON_ENV)
     return (
-        [given] if given else [str(ROOT / f".venv-blender-{v}" / "bin" / "python") for v in tested_versions()]
+        [given] if given else [str(ROOT / f".venv-blender-{v}" / "bin" / "python") for v in versions_to_run()]
     )
 
 

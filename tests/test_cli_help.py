@@ -84,7 +84,7 @@ def test_an_old_option_name_works_and_says_once_what_replaces_it(capsys: pytest.
 
 def _serve_settings(argv: list[str], environ: dict[str, str]) -> Any:
     """``rvm-node serve ARGV`` settings as main() layers and resolves them, without serving."""
-    from rvm_node.cli.serve import layer_settings, resolve
+    from rvm_node.cli.serve_settings import layer_settings, resolve
 
     return resolve(layer_settings(build_parser().parse_args(["serve", *argv]), environ))
 
@@ -138,7 +138,7 @@ def test_backend_auto_resolves_alike_from_every_source(tmp_path: Path) -> None:
 
 
 def test_the_serve_settings_are_one_typed_definition() -> None:
-    from rvm_node.cli.serve import SETTINGS, ServeSettings
+    from rvm_node.cli.serve_settings import SETTINGS, ServeSettings
 
     defaults = ServeSettings()
     assert [s.name for s in SETTINGS] == list(vars(defaults))
