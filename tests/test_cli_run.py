@@ -193,11 +193,11 @@ def test_without_torch_the_torch_paths_say_so_in_one_line(plate: Path, tmp_path:
 
     from tests.helpers import RVM_NODE_WITHOUT_TORCH
 
+    (tmp_path / "w.pth").write_bytes(b"weights")
     for flags in (
         ["--backend", "torch"],
         ["--backend", "onnxruntime", "--checkpoint", str(tmp_path / "w.pth")],
     ):
-        (tmp_path / "w.pth").write_bytes(b"weights")
         argv = [
             "convert",
             "--input-source",

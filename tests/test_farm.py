@@ -217,7 +217,7 @@ def test_farm_client_killed_and_rerun_redoes_nothing(
         ('[[shot]]\ninput = "{clip}"\ncolour = 1\noutput_alpha = "o/m.####.png"\n', "unknown keys colour"),
         ('[[shot]]\ninput = "{clip}"\noutput_alpha = "o/m.png"\n', "needs a frame field"),
         ('[[shot]]\ninput = "{clip}"\n', "has no output"),
-        ('[defaults]\nspeed = 1\n[[shot]]\ninput = "{clip}"\n', "[defaults] has unknown keys speed"),
+        ('[defaults]\nspeed = 1\n[[shot]]\ninput = "{clip}"\n', "[defaults]: unknown keys speed"),
         ("[[shots]]\ninput = 1\n", "unknown tables shots"),
         ("", "no [[shot]] entries"),
         ("[[shot\n", "not valid TOML"),

@@ -147,6 +147,13 @@ def test_a_shot_list_with_a_bad_value_names_the_file_the_shot_and_the_key(tmp_pa
         InvalidInputError, match=r"shots.toml: shot 2: bit_depth: expected an integer, got '16'"
     ):
         load_shot_list(shots)
+    shots.write_text(
+        f'[defaults]\nallow_gaps = "yes"\n[[shot]]\ninput = "{plate}"\noutput_alpha = "o/m.####.png"\n'
+    )
+    with pytest.raises(
+        InvalidInputError, match=r"shots.toml: \[defaults\]: allow_gaps: expected true or false"
+    ):
+        load_shot_list(shots)
     with pytest.raises(
         InvalidInputError, match=r"unknown keys colour; expected some of input, name, output_alpha"
     ):

@@ -143,9 +143,7 @@ def load_shot_list(path: Path) -> list[Shot]:
             f"{path}: unknown tables {', '.join(unknown)}; expected [defaults] and [[shot]]"
         )
     defaults = table.get("defaults", {})
-    unknown = sorted(set(defaults) - set(SHOT_KEYS))
-    if unknown:
-        raise InvalidInputError(f"{path}: [defaults] has unknown keys {', '.join(unknown)}")
+    check_settings(defaults, f"{path}: [defaults]", extra=("input", "name"))  # its own faults named as its
     entries = table.get("shot", [])
     if not entries:
         raise InvalidInputError(f"{path}: no [[shot]] entries")
