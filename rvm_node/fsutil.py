@@ -133,8 +133,12 @@ def atomic_write(
     tmp = Path(name)
     try:
         write(tmp)
+        mode = new_file_mode(private=private, group_writable=group_writable)
         with tmp.open("rb+") as handle:
-            os.fchmod(handle.fileno(), new_file_mode(private=private, group_writable=group_writable))
+            if hasattr(os, "fchmod"):
+                os.fchmod(handle.fileno(), mode)
+            else:  # Windows before Python 3.13; there a mode only says read-only or not
+                os.chmod(tmp, mode)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

@@ -29,14 +29,6 @@ def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
         private_node(folder=tmp_path / "p", idle_exit=0)
 
 
-def test_a_system_without_private_folders_is_told_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import rvm_node.client.private_node as module
-
-    monkeypatch.setattr(module.os, "name", "nt")  # as on Windows
-    with pytest.raises(NodeUnavailableError, match="needs Linux or macOS"):
-        private_node(folder=tmp_path / "p")
-
-
 @pytest.mark.slow
 def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path: Path) -> None:
     folder = tmp_path / "private"
@@ -55,6 +47,9 @@ def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path:
         assert again.pid != node.pid
         with NodeClient(again.address, token=again.token) as client:
             assert client.info().backend
+        os.kill(again.pid, signal.SIGSTOP)  # frozen: it holds its lock file but does not answer
+        third = private_node(folder=folder)
+        assert third.pid != again.pid and process_gone(again.pid)  # killed, not left frozen
     finally:
         stop_private_node(folder=folder)
 
@@ -179,6 +174,23 @@ def test_serve_refuses_a_stop_it_cannot_keep(
 
     assert main(["serve", "--port", "0", *flags]) == EXIT_INPUT  # before any model loads or port binds
     assert said in capsys.readouterr().err
+
+
+def test_serve_refuses_a_lock_file_it_cannot_hold(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from rvm_node import filelocks
+    from rvm_node.cli import EXIT_INPUT, main
+
+    held = tmp_path / "node.alive"
+    fd = os.open(held, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600)
+    try:
+        assert filelocks.try_lock(fd)  # another node's
+        assert main(["serve", "--port", "0", "--lock-file", str(held)]) == EXIT_INPUT
+    finally:
+        os.close(fd)
+    assert f"--lock-file: {held} is held by another running node" in capsys.readouterr().err
+    missing = tmp_path / "no-such-folder" / "node.alive"
+    assert main(["serve", "--port", "0", "--lock-file", str(missing)]) == EXIT_INPUT
+    assert f"--lock-file: cannot open {missing} (No such file or directory)" in capsys.readouterr().err
 
 
 @pytest.mark.slow

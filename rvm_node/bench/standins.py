@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fcntl
 import os
-import signal
 import struct
 import sys
 import time
@@ -35,10 +33,12 @@ from typing import Any
 
 import numpy as np
 
+from rvm_node import filelocks
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.samples import OutputSpec, SampleFormat, to_samples
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError
+from rvm_node.processes import on_stop_signals
 
 __all__ = [
     "ECHO_METHOD",
@@ -121,7 +121,9 @@ class ConstantMatteBackend(MattingBackend[int]):
         self.busy = 0.0
         self._mattes: dict[tuple[int, int, SampleFormat], np.ndarray] = {}
         # Not truncated: the workers of one stand-in node share the file, and the device it stands for.
-        self._busy_fd = os.open(busy_file, os.O_RDWR | os.O_CREAT, 0o600) if busy_file else None
+        self._busy_fd = (
+            os.open(busy_file, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600) if busy_file else None
+        )
 
     def _matte(self, height: int, width: int, fmt: SampleFormat) -> np.ndarray:
         key = (height, width, fmt)
@@ -137,17 +139,17 @@ class ConstantMatteBackend(MattingBackend[int]):
             time.sleep(seconds)
             self.busy += seconds
             return
-        fcntl.flock(self._busy_fd, fcntl.LOCK_EX)
+        filelocks.lock(self._busy_fd)
         try:
             started = time.perf_counter()
             time.sleep(seconds)
             held = time.perf_counter() - started
-            before = os.pread(self._busy_fd, 8, 0)
+            before = filelocks.read_start(self._busy_fd, 8)
             total = (struct.unpack("<d", before)[0] if len(before) == 8 else 0.0) + held
-            os.pwrite(self._busy_fd, struct.pack("<d", total), 0)
+            filelocks.write_start(self._busy_fd, struct.pack("<d", total))
             self.busy += held
         finally:
-            fcntl.flock(self._busy_fd, fcntl.LOCK_UN)
+            filelocks.unlock(self._busy_fd)
 
     def prepare(self, frames: Any) -> np.ndarray:
         return np.asarray(frames)
@@ -270,8 +272,7 @@ async def _serve_echo(args: argparse.Namespace) -> None:
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(loop, stop.set)
     print(f"{args.host}:{port}", flush=True)
     await stop.wait()
     await server.stop(0)

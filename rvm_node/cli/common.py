@@ -144,13 +144,16 @@ def stall_timeout(seconds: float) -> float | None:
 
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
-    """SIGTERM (and SIGINT, even where a parent ignored it) stop a job as Ctrl-C does: complete frames are kept.
+    """SIGTERM (and SIGINT, even where a parent ignored it; Ctrl-Break on Windows) stop a job as Ctrl-C does:
+    complete frames are kept.
 
     Plugins cancel their rvm-node subprocess this way. The node (`serve`)
     handles SIGTERM itself, by draining. The caller's handlers come back after.
     """
     import signal
     import threading
+
+    from rvm_node.processes import stop_signals
 
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -159,14 +162,12 @@ def stop_on_sigterm() -> Iterator[None]:
     def interrupt(_signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = (
-        signal.signal(signal.SIGTERM, interrupt),
-        signal.signal(signal.SIGINT, signal.default_int_handler),
-    )
+    signals = stop_signals()
+    previous = [signal.signal(signum, interrupt) for signum in signals]
     try:
         yield
     finally:
-        for signum, handler in zip((signal.SIGTERM, signal.SIGINT), previous, strict=True):
+        for signum, handler in zip(signals, previous, strict=True):
             if handler is not None:  # None: a handler set outside Python, which cannot be put back
                 signal.signal(signum, handler)
 

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -83,13 +86,14 @@ def _batch_policy(settings: ServeSettings, device: str) -> Any:
 
 def _shm_policy(settings: ServeSettings) -> Any:
     """``shm`` (on or off) and ``shm_group``."""
-    import grp
-
     from rvm_node.node.service import ShmPolicy
+    from rvm_node.v1.protocol import rings_supported
 
-    enabled = settings.shm == "on"
+    enabled = settings.shm == "on" and rings_supported()  # Windows has no rings: the node offers none
     if not settings.shm_group:
         return ShmPolicy(enabled=enabled)
+    import grp  # POSIX: a group's rings are /dev/shm files
+
     try:
         gid = grp.getgrnam(settings.shm_group).gr_gid
     except KeyError:
@@ -102,15 +106,43 @@ def run(args: argparse.Namespace) -> int:
     common.configure_logging(settings.log_format)
     if settings.workers < 1:
         raise InvalidInputError(f"--workers: expected 1 or more, got {settings.workers}")
+    if settings.workers > 1 and not hasattr(socket, "SO_REUSEPORT"):
+        raise InvalidInputError(
+            "--workers: several node processes share a port through SO_REUSEPORT, which this "
+            "system lacks (Windows); serve with --workers 1, one node per GPU"
+        )
     node = _node_settings(settings)  # every setting is checked before a worker starts
-    if settings.fetch_weights == "on" and settings.checkpoint is None and settings.variant == "mobilenetv3":
-        _fetch_weights()
     if settings.workers != 1 and (settings.exit_with_pid is not None or settings.exit_when_idle is not None):
         raise InvalidInputError("--exit-with-pid and --exit-when-idle serve with one worker (--workers 1)")
-    if settings.workers == 1:
-        _serve_node(settings, node)
-        return 0
-    return _serve_workers(settings)
+    with contextlib.nullcontext() if settings.lock_file is None else _held_lock(settings.lock_file):
+        if (
+            settings.fetch_weights == "on"
+            and settings.checkpoint is None
+            and settings.variant == "mobilenetv3"
+        ):
+            _fetch_weights()
+        if settings.workers == 1:
+            _serve_node(settings, node)
+            return 0
+        return _serve_workers(settings)
+
+
+@contextlib.contextmanager
+def _held_lock(path: Path) -> Iterator[None]:
+    """``path``'s lock, held while the node runs (the system lets go of it however the node ends)."""
+    from rvm_node import filelocks
+
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600)
+    except OSError as exc:
+        raise InvalidInputError(f"--lock-file: cannot open {path} ({exc.strerror})") from None
+    try:
+        if not filelocks.try_lock(fd):
+            raise InvalidInputError(f"--lock-file: {path} is held by another running node")
+        yield
+        filelocks.unlock(fd)
+    finally:
+        os.close(fd)
 
 
 def _fetch_weights() -> None:

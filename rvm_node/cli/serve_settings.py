@@ -80,6 +80,11 @@ class ServeSettings:
     exit_when_idle: float | None = setting(
         None, "stop once no stream has been open for SECONDS", metavar="SECONDS"
     )
+    lock_file: Path | None = setting(
+        None,
+        "hold an exclusive lock on this file while the node runs; a node given a file that another holds "
+        "refuses to start (one node per file; how a private node is known to be alive)",
+    )
     metrics_port: int | None = setting(None, "serve Prometheus metrics on this port")
     log_format: str = setting("text", "log lines as text or JSON objects", choices=("text", "json"))
 

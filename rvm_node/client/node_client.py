@@ -52,6 +52,7 @@ from rvm_node.v1.protocol import (
     pack,
     packed_limit,
     ring_slot_bytes,
+    rings_supported,
     split_parts,
     state_from_message,
     state_to_message,
@@ -352,12 +353,14 @@ class NodeClient:
 
         ``shm`` moves frames and planes through a shared-memory ring of
         ``ring_slots`` slots (one per frame in flight) on a node on this host;
-        ``auto`` is ``shm`` for a node on this host and ``raw`` otherwise. A
+        ``auto`` is ``shm`` for a node on this host where the host has rings
+        (not Windows) and ``raw`` otherwise. A
         node that refuses shared memory gets the stream as raw, and the client
         says so once.
         """
         if transport == "auto":
-            transport = "shm" if self.is_local and return_transport in (None, "shm") else "raw"
+            local = self.is_local and rings_supported()
+            transport = "shm" if local and return_transport in (None, "shm") else "raw"
         if transport == "shm" and return_transport not in (None, "shm"):
             raise InvalidInputError(
                 f"return_transport: a shared-memory stream returns its planes through the ring, "

@@ -1,18 +1,24 @@
 """A render node private to one application on this machine ("This computer"): started on first use,
 reused for the shots after, stopped when the application exits or after an idle time.
 
-* It listens on a Unix socket in a folder only the user can enter (0700),
-  and on a loopback port, never on the network. The address clients get is
-  the socket where the platform has Unix sockets, so co-located streams
-  take shared memory by themselves.
-* A random token, kept in a 0600 file beside the socket, so other users of
-  the machine cannot use the node.
+* It listens on a loopback port, never on the network, and on a Unix socket
+  in a folder only the user can enter (0700) where the platform has them.
+  The address clients get is the socket, so co-located streams take shared
+  memory by themselves (Linux).
+* A random token, kept in an owner-only file beside the socket, so other
+  users of the machine cannot use the node.
 * ``serve --exit-with-pid APP --exit-when-idle SECONDS``: the node stops by
   itself when the application that started it exits (a crash included) or
   after an idle time; nothing is left running.
-* A node that was killed or froze is replaced on the next use; a second
-  call while one starts waits for it (a lock), so an application never
-  runs two.
+* The node holds a lock file while it runs (``serve --lock-file``), so a
+  node that is gone is told from one that runs (answering or frozen)
+  without trusting a process number the system may have given again. A
+  frozen node is killed and replaced on the next use, a dead one replaced;
+  a second call while one starts waits for it (another lock), so an
+  application never runs two.
+* Windows: the folder is the user's own (its profile's ACL); the node runs
+  in a process group of its own with no console window, on the loopback
+  port only (see :mod:`rvm_node.processes` for how it is stopped).
 
 The node is ``rvm-node serve`` run by ``command`` (default: this Python with
 ``-m rvm_node``; a plugin passes the "rvm-node command" of its preferences).
@@ -24,7 +30,6 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import stat
 import subprocess
@@ -35,9 +40,9 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from rvm_node import filelocks, processes
 from rvm_node.errors import InvalidInputError, NodeError, NodeUnavailableError
 from rvm_node.fsutil import atomic_write_bytes
-from rvm_node.processes import process_exists
 
 __all__ = ["DEFAULT_IDLE_EXIT", "PrivateNode", "private_folder", "private_node", "stop_private_node"]
 
@@ -59,25 +64,28 @@ class PrivateNode:
 
 
 def private_folder() -> Path:
-    """The user's own folder for private nodes: ``$XDG_RUNTIME_DIR/rvm-node``, else the cache's ``private``."""
+    """The user's own folder for private nodes: ``$XDG_RUNTIME_DIR/rvm-node``, else ``private`` in the cache
+    (``$RVM_NODE_CACHE_DIR``, or the platform's user cache folder)."""
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime and os.path.isdir(runtime):
         return Path(runtime) / "rvm-node"
-    base = os.environ.get("RVM_NODE_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "rvm-node")
-    return Path(base) / "private"
+    from rvm_node.engine.weights import cache_dir
+
+    return cache_dir() / "private"
 
 
 def _checked_folder(folder: Path) -> Path:
-    """``folder``, made 0700 where it is missing; refused unless it is the user's own and closed to others."""
-    if os.name != "posix":
-        raise NodeUnavailableError(
-            "private node: needs Linux or macOS (private folders, file locks, sockets)"
-        )
+    """``folder``, made 0700 where it is missing; refused unless it is the user's own and closed to others.
+    Windows keeps no such modes: there the folder is in the user's profile, which its ACL closes."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileExistsError):
         folder.mkdir(mode=0o700)
     info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+    if processes.WINDOWS:
+        closed = stat.S_ISDIR(info.st_mode)
+    else:
+        closed = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+    if not closed:
         raise InvalidInputError(
             f"{folder}: a private node's folder must be a directory of this user's, closed to others (mode 0700)"
         )
@@ -96,30 +104,45 @@ def _answers(node: PrivateNode) -> bool:
     return True
 
 
-def _is_the_node(node: PrivateNode) -> bool:
-    """Whether process ``node.pid`` is still that node (its command line names its token file), not a
-    process that has since taken its number; False where the system cannot tell."""
+def _runs(files: dict[str, Path]) -> bool:
+    """Whether a node holds the private node's lock file: it runs, answering or frozen."""
     try:
-        arguments = Path(f"/proc/{node.pid}/cmdline").read_bytes().split(b"\0")
+        fd = os.open(files["alive"], os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600)
     except OSError:
         return False
-    return str(node.token_file).encode() in arguments
+    try:
+        if not filelocks.try_lock(fd):
+            return True
+        filelocks.unlock(fd)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _wait_gone(files: dict[str, Path], timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for the node to let go of its lock file; whether it has."""
+    deadline = time.monotonic() + timeout
+    while _runs(files):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    import fcntl  # POSIX: _checked_folder refuses other systems first
-
-    with open(os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600), "rb+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with open(os.open(path, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600), "rb+") as lock:
+        filelocks.lock(lock.fileno())
         try:
             yield
         finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+            filelocks.unlock(lock.fileno())
 
 
 def _files(folder: Path, owner: int) -> dict[str, Path]:
-    return {kind: folder / f"node-{owner}.{kind}" for kind in ("json", "lock", "token", "sock", "log")}
+    return {
+        kind: folder / f"node-{owner}.{kind}" for kind in ("json", "lock", "alive", "token", "sock", "log")
+    }
 
 
 def _recorded(path: Path) -> PrivateNode | None:
@@ -154,8 +177,12 @@ def private_node(
         earlier = _recorded(files["json"])
         if earlier is not None and _answers(earlier):
             return earlier
-        if earlier is not None and _is_the_node(earlier):
-            os.kill(earlier.pid, signal.SIGKILL)  # alive but not answering: frozen
+        if earlier is not None and _runs(files):
+            processes.kill_process(earlier.pid)  # running but not answering: frozen
+            if not _wait_gone(files, 10.0):
+                raise NodeUnavailableError(
+                    f"private node: process {earlier.pid} is frozen and cannot be ended"
+                )
         node = _start(
             list(command or [sys.executable, "-m", "rvm_node"]),
             owner,
@@ -186,7 +213,7 @@ def _start(
 ) -> PrivateNode:
     atomic_write_bytes(files["token"], secrets.token_urlsafe(32).encode(), private=True)
     files["sock"].unlink(missing_ok=True)
-    unix = hasattr(socket, "AF_UNIX") and os.name == "posix"
+    unix = hasattr(socket, "AF_UNIX") and not processes.WINDOWS
     argv = [
         *command,
         "serve",
@@ -200,13 +227,15 @@ def _start(
         str(owner),
         "--exit-when-idle",
         f"{idle_exit:g}",
+        "--lock-file",
+        str(files["alive"]),
         *(["--unix", str(files["sock"])] if unix else []),
         "--fetch-weights",
         "on",
         *serve_options,
     ]
     with open(
-        os.open(files["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "wb"
+        os.open(files["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | filelocks.OPEN_FLAGS, 0o600), "wb"
     ) as log:
         try:
             process = subprocess.Popen(
@@ -215,7 +244,7 @@ def _start(
                 stderr=log,
                 stdin=subprocess.DEVNULL,
                 text=True,
-                start_new_session=True,
+                **processes.popen_options(detach=True),
                 env=None if env is None else dict(env),
             )
         except OSError as exc:
@@ -261,12 +290,10 @@ def stop_private_node(
     with _locked(files["lock"]):
         node = _recorded(files["json"])
         files["json"].unlink(missing_ok=True)
-        if node is None or not _is_the_node(node):
+        if node is None or not _runs(files):
             return False
-        os.kill(node.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while process_exists(node.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if process_exists(node.pid):
-            os.kill(node.pid, signal.SIGKILL)
+        processes.stop_process(node.pid)
+        if not _wait_gone(files, timeout):
+            processes.kill_process(node.pid)
+            _wait_gone(files, 10.0)
         return True

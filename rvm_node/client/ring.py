@@ -17,8 +17,6 @@ The memory is freed when both the client and the node have let go of it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import grp
 import mmap
 import os
 import secrets
@@ -27,15 +25,11 @@ import numpy as np
 
 from rvm_node.errors import InvalidInputError
 from rvm_node.v1 import matting_pb2 as pb
-from rvm_node.v1.protocol import RING_DIRECTORY, RING_PREFIX
+from rvm_node.v1.protocol import RING_DIRECTORY, RING_PREFIX, rings_supported
 
 __all__ = ["ClientRing"]
 
-_SEALS = (
-    getattr(fcntl, "F_SEAL_SHRINK", 0x0002)
-    | getattr(fcntl, "F_SEAL_GROW", 0x0004)
-    | getattr(fcntl, "F_SEAL_SEAL", 0x0001)
-)
+_SEALS = 0x0002 | 0x0004 | 0x0001  # F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL (Linux, as are memfds)
 
 
 class ClientRing:
@@ -49,12 +43,16 @@ class ClientRing:
         self.size = size = slots * slot_bytes
         self._path: str | None = None
         self._map: mmap.mmap | None = None
+        if not rings_supported():
+            raise InvalidInputError(f"shared-memory rings: this host has neither memfds nor {RING_DIRECTORY}")
         if group or not hasattr(os, "memfd_create"):
             self._path = f"{RING_DIRECTORY}/{RING_PREFIX}{secrets.token_hex(12)}"
             flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW
             self._fd = os.open(self._path, flags, 0o600)
             try:
                 if group:
+                    import grp  # POSIX: /dev/shm exists
+
                     os.fchown(self._fd, -1, grp.getgrnam(group).gr_gid)
                     os.fchmod(self._fd, 0o660)
                 os.ftruncate(self._fd, size)
@@ -66,6 +64,8 @@ class ClientRing:
             self._fd = os.memfd_create("rvm-node-ring", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
             os.fchmod(self._fd, 0o600)  # memfds start as 0777; only /proc/PID/fd reaches them, but say it
             os.ftruncate(self._fd, size)
+            import fcntl  # Linux: memfds exist
+
             fcntl.fcntl(self._fd, fcntl.F_ADD_SEALS, _SEALS)
             self.name = f"/proc/{os.getpid()}/fd/{self._fd}"
         self._map = mmap.mmap(self._fd, size)

@@ -5,7 +5,8 @@ otherwise both write the sequence and leave it a mix of their frames. A run
 takes ``.<name>rvmlock`` beside each of its outputs before it writes
 anything, and a second run refuses with one line naming the holder.
 
-The lock is an ``flock`` on the file, which the kernel releases when the
+The lock is an ``flock`` on the file (a byte lock on Windows: see
+:mod:`rvm_node.filelocks`), which the kernel releases when the
 holder dies, however it dies. Some NFS setups do not make ``flock``
 exclusive across hosts, so the file also records the holder (host, PID,
 time); a run whose ``flock`` succeeded still refuses while
@@ -18,7 +19,6 @@ kernel sees its own locks), and a silent one elsewhere: both are taken over.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
 
+from rvm_node import filelocks
 from rvm_node.errors import OutputError, OutputInUseError
 from rvm_node.fsutil import make_directory
 
@@ -75,7 +76,7 @@ class LockHolder:
 
 def _read(fd: int) -> LockHolder | None:
     try:
-        record = json.loads(os.pread(fd, 4096, 0) or b"null")
+        record = json.loads(filelocks.read_start(fd, 4096) or b"null")
         return LockHolder(**record) if isinstance(record, dict) else None
     except (OSError, ValueError, TypeError):
         return None  # empty, or written by something else: nobody holds it
@@ -118,10 +119,8 @@ class OutputLock:
 
     def _lock(self, path: Path, output: str) -> int:
         for _ in range(10):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o666)
+            if not filelocks.try_lock(fd):
                 holder = _read(fd)
                 for _ in range(20):  # a holder that has just taken the lock writes its record a moment later
                     if holder is not None:
@@ -147,8 +146,7 @@ class OutputLock:
                     f"{output}: another run is writing it ({holder.describe()}; its lock file says so, where "
                     "this storage's locks are not exclusive); wait for it to finish, or stop it"
                 )
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(asdict(self._me)).encode(), 0)
+            filelocks.write_start(fd, json.dumps(asdict(self._me)).encode())
             return fd
         raise OutputInUseError(f"{output}: its lock file {path} keeps changing; another run is starting")
 
@@ -161,7 +159,15 @@ class OutputLock:
     def _release(self) -> None:
         self._stop.set()
         for path, fd in reversed(self._held):
-            with contextlib.suppress(OSError):
+            try:
                 path.unlink()  # while still locked: a run that opens it now gets a new file
+                removed = True
+            except FileNotFoundError:
+                removed = True
+            except OSError:
+                removed = False  # Windows removes no file that is open
             os.close(fd)
+            if not removed:
+                with contextlib.suppress(OSError):  # one that another run holds open stays
+                    path.unlink()
         self._held.clear()

@@ -25,7 +25,6 @@ the ring before any memory is touched (:meth:`NodeRing.check_frame`).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import gc
 import mmap
 import os
@@ -35,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from rvm_node import filelocks
 from rvm_node.errors import InvalidInputError
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1.protocol import RING_DIRECTORY, RING_PREFIX, wire_bytes
@@ -43,7 +43,8 @@ __all__ = ["NodeRing", "open_ring"]
 
 _MEMFD_NAME = re.compile(r"/proc/[0-9]{1,10}/fd/[0-9]{1,10}")
 _FILE_NAME = re.compile(re.escape(f"{RING_DIRECTORY}/{RING_PREFIX}") + r"[A-Za-z0-9_-]{8,64}")
-_SEALS = getattr(fcntl, "F_SEAL_SHRINK", 0x0002) | getattr(fcntl, "F_SEAL_GROW", 0x0004)
+_SEALS = 0x0002 | 0x0004  # F_SEAL_SHRINK | F_SEAL_GROW (Linux; memfds exist nowhere else)
+_F_GET_SEALS = 1034
 _MAX_RING_BYTES = 1 << 40
 _FIELD = "open.settings.ring"
 
@@ -194,7 +195,7 @@ def _open_fd(name: str) -> tuple[int, bool]:
             f"or {RING_DIRECTORY}/{RING_PREFIX}*",
             f"{_FIELD}.name",
         )
-    flags = os.O_RDWR | os.O_CLOEXEC | (0 if memfd else os.O_NOFOLLOW)
+    flags = os.O_RDWR | filelocks.OPEN_FLAGS | (0 if memfd else getattr(os, "O_NOFOLLOW", 0))
     try:
         return os.open(name, flags), memfd
     except FileNotFoundError:
@@ -236,8 +237,10 @@ def open_ring(ring: pb.SharedMemoryRing, need_slot_bytes: int, group: int | None
             raise _refuse(f"{ring.name} holds {info.st_size} bytes, the ring needs {size}", f"{_FIELD}.name")
         mapped: Any = None
         if memfd:
+            import fcntl  # POSIX, as are the names that reach here
+
             try:
-                seals = fcntl.fcntl(fd, getattr(fcntl, "F_GET_SEALS", 1034))
+                seals = fcntl.fcntl(fd, _F_GET_SEALS)
             except OSError:  # not a memfd at all
                 seals = 0
             if seals & _SEALS != _SEALS:

@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import logging
 import os
-import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_mattin
 from rvm_node.node.stages import StageClock
 from rvm_node.node.status import abort, failure
 from rvm_node.node.workers import LocalStreams
-from rvm_node.processes import process_exists
+from rvm_node.processes import on_stop_signals, process_exists
 from rvm_node.v1 import matting_pb2 as pb
 
 __all__ = ["NodeServer", "StopWhen", "TlsFiles", "TokenAuthInterceptor", "serve_forever", "start_node"]
@@ -333,8 +332,7 @@ async def serve_forever(
     """Serve until SIGTERM or SIGINT (or what ``stop_when`` says), then drain within ``grace`` seconds."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(loop, stop.set)
     watcher = None if stop_when is None else asyncio.ensure_future(_watch(node, stop_when, stop))
     on_ready(node)
     await stop.wait()

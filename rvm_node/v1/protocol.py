@@ -7,6 +7,7 @@ checked against the stream's settings and the node's limits.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "packed_limit",
     "png_size",
     "ring_slot_bytes",
+    "rings_supported",
     "split_parts",
     "state_from_message",
     "state_to_message",
@@ -62,6 +64,13 @@ TRANSPORTS: dict[str, pb.Transport] = {
 # Shared-memory rings that are files: directly under this directory, with this prefix.
 RING_DIRECTORY = "/dev/shm"
 RING_PREFIX = "rvm-node-"
+
+
+def rings_supported() -> bool:
+    """Whether this host has shared-memory rings: memfds (Linux), or the ring directory. Windows has neither."""
+    return hasattr(os, "memfd_create") or os.path.isdir(RING_DIRECTORY)
+
+
 PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
 _ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
 

@@ -4,7 +4,9 @@ Blender's Python must not start threads, and the gRPC streaming client
 does; so the client runs in its own process. Its stdout goes to a file that
 :meth:`MatteProcess.poll` reads from where it stopped, which never blocks
 and works the same on every platform. Cancelling sends SIGTERM,
-which rvm-node treats as Ctrl-C: it stops and keeps its complete frames.
+which rvm-node treats as Ctrl-C: it stops and keeps its complete frames
+(Windows has no SIGTERM: there it is ended at once, and runs with no
+console window).
 Each frame is written to a temporary name and renamed, so only complete
 frames remain whatever happens; temporaries of a killed run are removed.
 """
@@ -23,6 +25,7 @@ from typing import IO
 from rvm_node import fsutil
 from rvm_node.errors import InvalidInputError
 from rvm_node.events import ProgressEvent
+from rvm_node.processes import popen_options
 
 from .command import last_error
 
@@ -75,6 +78,7 @@ class MatteProcess:
                 stdout=self._stdout,
                 stderr=self._stderr,
                 env=self.env,
+                **popen_options(detach=False),
             )
         except OSError as exc:
             self._close_files()

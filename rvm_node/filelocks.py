@@ -1,0 +1,101 @@
+"""Exclusive locks on open files, which the system releases when the holder dies, however it dies.
+
+* POSIX: ``flock`` on the whole file. It belongs to the open file, so two
+  opens in one process exclude each other as two processes do.
+* Windows: ``msvcrt.locking`` of one byte far past anything the file holds.
+  Windows' byte locks are mandatory: a lock on the file's content would stop
+  others from reading what a lock file records about its holder.
+
+Also here: reading and writing a small file from its start through a
+descriptor, and the flags every descriptor opened here takes, on both.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import os
+import sys
+import time
+from typing import Any
+
+__all__ = ["OPEN_FLAGS", "WINDOWS", "lock", "read_start", "try_lock", "unlock", "write_start"]
+
+WINDOWS = sys.platform == "win32"
+
+#: Not inherited by child processes, and binary (Windows would translate line ends otherwise).
+OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOINHERIT", 0) | getattr(os, "O_BINARY", 0)
+
+_WINDOWS_LOCKED_BYTE = 1 << 30  # past any lock file's record; Windows lets a lock lie past the end
+_WINDOWS_HELD = (errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK))
+
+
+def try_lock(fd: int) -> bool:
+    """Take the exclusive lock of open file ``fd`` if nobody holds it; False if somebody does."""
+    if WINDOWS:
+        msvcrt = _msvcrt()
+        try:
+            _windows_locking(msvcrt, fd, msvcrt.LK_NBLCK)
+        except OSError as exc:
+            if exc.errno in _WINDOWS_HELD:
+                return False
+            raise
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def lock(fd: int, poll: float = 0.05) -> None:
+    """Take the exclusive lock of open file ``fd``, waiting for its holder as long as it takes."""
+    if not WINDOWS:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    while not try_lock(fd):  # msvcrt's own waiting lock gives up after ten seconds
+        time.sleep(poll)
+
+
+def unlock(fd: int) -> None:
+    """Let go of the lock of ``fd`` (closing it does too)."""
+    if WINDOWS:
+        msvcrt = _msvcrt()
+        _windows_locking(msvcrt, fd, msvcrt.LK_UNLCK)
+        return
+    import fcntl
+
+    fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _msvcrt() -> Any:
+    return importlib.import_module("msvcrt")
+
+
+def _windows_locking(msvcrt: Any, fd: int, mode: int) -> None:
+    """``msvcrt.locking`` works from the file's position: lock the far byte, and keep the position."""
+    position = os.lseek(fd, 0, os.SEEK_CUR)
+    os.lseek(fd, _WINDOWS_LOCKED_BYTE, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, mode, 1)
+    finally:
+        os.lseek(fd, position, os.SEEK_SET)
+
+
+def read_start(fd: int, size: int) -> bytes:
+    """Up to ``size`` bytes from the start of ``fd`` (``os.pread`` is POSIX only)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, size)
+
+
+def write_start(fd: int, data: bytes) -> None:
+    """Make ``data`` the whole content of ``fd``."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
