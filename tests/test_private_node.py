@@ -55,6 +55,43 @@ def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path:
 
 
 @pytest.mark.slow
+def test_a_node_it_cannot_record_is_stopped_and_said_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rvm_node.client.private_node as module
+
+    folder = tmp_path / "private"
+    write = module.atomic_write_bytes
+
+    def full_disk(path: Path, data: bytes, **options: Any) -> None:
+        if path.suffix == ".json":
+            raise OSError(28, "No space left on device")
+        write(path, data, **options)
+
+    monkeypatch.setattr(module, "atomic_write_bytes", full_disk)
+    started: list[int] = []
+    start = module._start
+
+    def recorded_start(*args: Any) -> Any:
+        node = start(*args)
+        started.append(node.pid)
+        return node
+
+    monkeypatch.setattr(module, "_start", recorded_start)
+    with pytest.raises(
+        NodeUnavailableError, match=r"^private node: cannot record it in .*\.json \(No space left"
+    ):
+        private_node(folder=folder)
+    assert len(started) == 1 and process_gone(started[0])  # not left running unrecorded
+    monkeypatch.setattr(module, "atomic_write_bytes", write)
+    node = private_node(folder=folder)  # the next press starts one: nothing holds its lock
+    try:
+        assert node.pid != started[0]
+    finally:
+        stop_private_node(folder=folder)
+
+
+@pytest.mark.slow
 def test_mattes_through_it_equal_a_local_convert(tmp_path: Path) -> None:
     from rvm_node import load_model
     from rvm_node.convert import convert_video

@@ -192,13 +192,16 @@ def private_node(
             start_timeout,
             env,
         )
-        atomic_write_bytes(
-            files["json"],
-            json.dumps(
-                {"address": node.address, "token_file": str(node.token_file), "pid": node.pid}
-            ).encode(),
-            private=True,
-        )
+        record = {"address": node.address, "token_file": str(node.token_file), "pid": node.pid}
+        try:
+            atomic_write_bytes(files["json"], json.dumps(record).encode(), private=True)
+        except BaseException as exc:  # unrecorded, it would hold the lock under another node's record
+            processes.kill_process(node.pid)
+            if isinstance(exc, OSError):
+                raise NodeUnavailableError(
+                    f"private node: cannot record it in {files['json']} ({exc.strerror or exc})"
+                ) from None
+            raise
         return node
 
 
