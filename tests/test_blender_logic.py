@@ -111,7 +111,9 @@ def test_run_options_are_checked(tmp_path: Path) -> None:
         command.RunOptions(nodes=())
     with pytest.raises(PluginError, match="format 'TIFF'"):
         command.RunOptions(nodes=("a:1",), file_format="TIFF")
-    with pytest.raises(PluginError, match=r"downsample ratio 1.5"):
+    with pytest.raises(
+        PluginError, match=r"^preferences: downsample_ratio: expected a number in \(0, 1\] or auto, got 1.5$"
+    ):
         command.RunOptions(nodes=("a:1",), downsample_ratio=1.5)
     with pytest.raises(PluginError, match=r"token file .*: not found"):
         command.RunOptions(nodes=("a:1",), token_file=str(tmp_path / "missing"))

@@ -51,8 +51,7 @@ class RunOptions:
             raise PluginError("no render node: set one in the add-on preferences or pass node=")
         if self.file_format not in FORMATS:
             raise PluginError(f"format {self.file_format!r}: expected one of {', '.join(FORMATS)}")
-        if self.downsample_ratio is not None and not 0 < self.downsample_ratio <= 1:
-            raise PluginError(f"downsample ratio {self.downsample_ratio}: expected (0, 1] or auto")
+        _checked({"downsample_ratio": self.downsample_ratio}, "preferences")  # before any shot is planned
         for what, path in (("token file", self.token_file), ("CA file", self.ca_file)):
             if path and not os.path.isfile(path):
                 raise PluginError(f"{what} {path}: not found")
@@ -102,9 +101,6 @@ def _connection(options: RunOptions) -> list[str]:
 def _shot_settings(shot: ShotRequest, options: RunOptions) -> dict[str, Any]:
     """The shot's settings, checked by rvm-node's one definition of them (``rvm_node.shot_settings``);
     a value it refuses is a :class:`PluginError`."""
-    from rvm_node.errors import RvmNodeError
-    from rvm_node.shot_settings import check_settings
-
     given: dict[str, Any] = {
         "frames": f"{shot.frames.first}-{shot.frames.last}",
         **{f"output_{kind}": pattern for kind, pattern in shot.outputs.items()},
@@ -112,11 +108,19 @@ def _shot_settings(shot: ShotRequest, options: RunOptions) -> dict[str, Any]:
         "input_colorspace": shot.input_colorspace or None,
         **({"exr_channels": "RGBA"} if options.file_format == "EXR" else {"bit_depth": 16}),
     }
+    checked = _checked(given, f"shot {shot.name}")
+    return {key: checked[key] for key in given}
+
+
+def _checked(given: dict[str, Any], where: str) -> dict[str, Any]:
+    """``given`` checked by rvm-node's one definition of a shot's settings; a refusal is a :class:`PluginError`."""
+    from rvm_node.errors import RvmNodeError
+    from rvm_node.shot_settings import check_settings
+
     try:
-        checked = check_settings(given, f"shot {shot.name}")
+        return check_settings(given, where)
     except RvmNodeError as exc:
         raise PluginError(str(exc)) from None
-    return {key: checked[key] for key in given}
 
 
 def shot_entry(shot: ShotRequest, options: RunOptions) -> dict[str, object]:
