@@ -137,6 +137,44 @@ def test_backend_auto_resolves_alike_from_every_source(tmp_path: Path) -> None:
         assert _serve_settings(argv, environ).backend == expected, (argv, environ)
 
 
+def test_device_auto_resolves_alike_from_every_source(tmp_path: Path) -> None:
+    """Here (no CUDA) ``auto`` is the CPU; with it, the backend is resolved for the device it became."""
+    from rvm_node.engine.backend import fastest_device, fastest_parity_backend
+
+    assert fastest_device() == "cpu"
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\ndevice = "auto"\nbackend = "auto"\n')
+    for argv, environ in (
+        (["--device", "auto", "--backend", "auto"], {}),
+        ([], {"RVM_NODE_DEVICE": "auto", "RVM_NODE_BACKEND": "auto"}),
+        (["--config", str(config)], {}),
+    ):
+        settings = _serve_settings(argv, environ)
+        assert (settings.device, settings.backend) == ("cpu", fastest_parity_backend("cpu")), (argv, environ)
+
+
+@pytest.mark.parametrize(
+    ("providers", "driver", "expected"),
+    [
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], True, "cuda"),
+        (["CUDAExecutionProvider", "CPUExecutionProvider"], False, "cpu"),  # onnxruntime-gpu, no driver
+        (["CPUExecutionProvider"], True, "cpu"),  # a driver, but the CPU onnxruntime
+    ],
+)
+def test_device_auto_takes_a_gpu_only_where_rvm_node_can_use_one(
+    providers: list[str], driver: bool, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU edge, faked (no GPU here): what onnxruntime offers, and whether NVIDIA's driver loads."""
+    import onnxruntime
+
+    from rvm_node.engine import backend
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: providers)
+    monkeypatch.setattr(backend, "cuda_driver_loads", lambda: driver)
+    assert backend.fastest_device() == expected
+    assert _serve_settings(["--device", "auto"], {}).device == expected
+
+
 def test_the_serve_settings_are_one_typed_definition() -> None:
     from rvm_node.cli.serve_settings import SETTINGS, ServeSettings
 

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rvm_node.cli import EXIT_INPUT, main
+from rvm_node.engine.backend import fastest_parity_backend
 from tests.standin import StandInBackend
 from tests.test_node import NodeThread
 
@@ -76,9 +77,9 @@ def test_convert_writes_every_frame_and_refuses_to_overwrite(
 ) -> None:
     out = tmp_path / "m.####.png"
     argv = ["convert", "--input-source", str(plate), "--output-alpha", str(out), "--quiet"]
-    assert main([*argv, "--backend", "auto"]) == 0
+    assert main([*argv, "--backend", "auto", "--device", "auto"]) == 0
     assert sorted(_files(tmp_path)) == [f"m.{n:04d}.png" for n in range(1, FRAMES + 1)]
-    assert local_standin[0][1] != "auto"  # resolved before the model loads
+    assert local_standin[0][1:3] == (fastest_parity_backend("cpu"), "cpu")  # resolved before the model loads
     assert main(argv) == EXIT_INPUT
     assert "m.0001.png: already exists; pass --overwrite to replace" in capsys.readouterr().err
 

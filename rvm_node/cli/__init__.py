@@ -99,8 +99,10 @@ def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
 
 
 def _resolve(args: argparse.Namespace) -> None:
-    """Derived values, once every source of settings is in: ``--backend auto`` becomes a backend (serve
-    layers its settings first, then resolves them itself)."""
+    """Derived values, once every source of settings is in: ``--device auto`` becomes a device, then
+    ``--backend auto`` a backend (serve layers its settings first, then resolves them itself)."""
+    if getattr(args, "device", None) is not None:
+        args.device = common.resolved_device(args.device)
     if getattr(args, "backend", None) is not None:
         args.backend = common.resolved_backend(args.backend, getattr(args, "device", "cpu"))
 

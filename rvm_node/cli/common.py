@@ -129,6 +129,13 @@ def load_local(choice: ModelChoice, options: Any) -> Any:
     )
 
 
+def resolved_device(device: str) -> str:
+    """``auto`` as the device it stands for here (a GPU where rvm-node can use one); any other as it is."""
+    from rvm_node.engine.backend import fastest_device
+
+    return fastest_device() if device == "auto" else device
+
+
 def resolved_backend(backend: str, device: str) -> str:
     """``auto`` as the backend it stands for on ``device``; any other name as it is."""
     from rvm_node.engine.backend import fastest_parity_backend

@@ -62,7 +62,11 @@ def add_shot_options(convert: argparse.ArgumentParser) -> None:
     official.add_argument(
         "--checkpoint", type=Path, default=None, help="weights file (default: the fetched official weights)"
     )
-    official.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N")
+    official.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model runs: cpu, cuda, cuda:N, or auto (cuda where rvm-node[gpu] can use one)",
+    )
     official.add_argument(
         "--input-source", required=True, help="a video file, a frame pattern or a directory"
     )

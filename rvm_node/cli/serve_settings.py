@@ -23,7 +23,9 @@ class ServeSettings:
 
     host: str = setting("127.0.0.1", "address to bind; 0.0.0.0 serves the network")
     port: int = setting(50051, "port to serve on; 0 picks a free one (printed on stdout)")
-    device: str = setting("cpu", "device the model runs on: cpu, cuda or cuda:N")
+    device: str = setting(
+        "cpu", "device the model runs on: cpu, cuda, cuda:N, or auto (cuda where rvm-node[gpu] can use one)"
+    )
     backend: str = setting(
         "onnxruntime",
         "engine that runs the model; auto: the fastest one that matches the official model here",
@@ -100,5 +102,7 @@ def layer_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Serv
 
 
 def resolve(settings: ServeSettings) -> ServeSettings:
-    """Derived values, once every layer is in: ``backend = "auto"`` becomes a backend."""
-    return replace(settings, backend=common.resolved_backend(settings.backend, settings.device))
+    """Derived values, once every layer is in: ``device = "auto"`` becomes a device, then ``backend = "auto"``
+    a backend for it."""
+    device = common.resolved_device(settings.device)
+    return replace(settings, device=device, backend=common.resolved_backend(settings.backend, device))

@@ -7,6 +7,8 @@ reused for the shots after, stopped when the application exits or after an idle 
   memory by themselves (Linux).
 * A random token, kept in an owner-only file beside the socket, so other
   users of the machine cannot use the node.
+* ``serve --device auto``: the GPU where the rvm-node that runs it can use
+  one, else the CPU.
 * ``serve --exit-with-pid APP --exit-when-idle SECONDS``: the node stops by
   itself when the application that started it exits (a crash included) or
   after an idle time; nothing is left running.
@@ -235,6 +237,8 @@ def _start(
         *(["--unix", str(files["sock"])] if unix else []),
         "--fetch-weights",
         "on",
+        "--device",
+        "auto",  # the GPU, where the rvm-node that runs it can use one
         *serve_options,
     ]
     with open(

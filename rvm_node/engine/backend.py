@@ -2,13 +2,14 @@
 
 A backend holds a loaded model on one device and is shared by many streams. It is stateless between
 calls: each call takes the recurrent state and returns the next one, so a scheduler can batch streams
-together. :func:`fastest_parity_backend` chooses one by measurement.
+together. :func:`fastest_parity_backend` chooses one by measurement, :func:`fastest_device` a device.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib.util
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
@@ -30,6 +31,7 @@ __all__ = [
     "FrameMemory",
     "MatteChunk",
     "MattingBackend",
+    "fastest_device",
     "fastest_parity_backend",
 ]
 
@@ -55,6 +57,32 @@ def fastest_parity_backend(device: str) -> str:
     if device == "cpu" and importlib.util.find_spec("openvino") is not None:
         return "openvino"
     return "onnxruntime"
+
+
+def fastest_device() -> str:
+    """What ``--device auto`` stands for: ``cuda`` where onnxruntime offers CUDA (``rvm-node[gpu]``) and a
+    CUDA driver is installed, else ``cpu``. A node that starts by itself (the plugins' private node) takes
+    the GPU where there is one."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "cpu"
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        return "cpu"
+    return "cuda" if cuda_driver_loads() else "cpu"
+
+
+def cuda_driver_loads() -> bool:
+    """Whether NVIDIA's driver library loads here (onnxruntime-gpu lists CUDA on machines without one)."""
+    import ctypes
+
+    if sys.platform == "darwin":
+        return False
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
