@@ -406,3 +406,22 @@ def test_bundle_folders() -> None:
     assert farm.DEADLINE_CLOUD == DEADLINE_CLOUD == farm.FarmOptions().submit_command
     assert farm.jobs_folder("", "/p/x.blend") == Path("/p/x_rvm_jobs")
     assert farm.jobs_folder(" /studio/jobs ", "") == Path("/studio/jobs")
+
+
+def test_the_build_pins_the_engines_to_this_pythons_and_adds_openvino_on_request() -> None:
+    import importlib.metadata
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "plugins" / "blender" / "build.py"
+    spec = importlib.util.spec_from_file_location("rvm_blender_build", path)
+    assert spec is not None and spec.loader is not None
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    plain, faster = build.engine_requirements(), build.engine_requirements(openvino=True)
+    assert f"onnxruntime=={importlib.metadata.version('onnxruntime')}" in plain
+    assert not any(r.startswith("openvino") for r in plain)
+    assert faster[: len(plain)] == plain
+    assert f"openvino=={importlib.metadata.version('openvino')}" in faster
+    assert "openvino-telemetry>=2023.2.1" in faster
+    with pytest.raises(SystemExit):
+        build.main(["--openvino", "--no-engine"])

@@ -29,7 +29,15 @@ import tomllib
 import yaml
 
 from rvm_node.io.images import write_exr, write_image
-from tests.helpers import alpha, assert_same_mattes, direct_matte, process_gone, run_rvm_node, spawn_node
+from tests.helpers import (
+    RVM_NODE_WITHOUT_TORCH,
+    alpha,
+    assert_same_mattes,
+    direct_matte,
+    process_gone,
+    run_rvm_node,
+    spawn_node,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -109,6 +117,14 @@ def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     subprocess.run(build, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return next(dist.glob("rvm_blender-*.zip"))
+
+
+@pytest.fixture(scope="session")
+def openvino_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dist = tmp_path_factory.mktemp("dist-openvino")
+    build = [sys.executable, str(ROOT / "plugins/blender/build.py"), "--platform", "linux-x64", "--openvino"]
+    subprocess.run([*build, "--dist", str(dist)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return next(dist.glob("rvm_blender-*-openvino.zip"))
 
 
 @pytest.fixture(scope="module")
@@ -221,6 +237,47 @@ def test_this_computer_mattes_with_no_node_set_and_stops_with_blender(
     run_rvm_node("convert", "--input-source", str(clip), "--output-alpha", str(reference / "ref.####.exr"))
     for folder in ("carphone", "again", "after-kill"):
         assert_same_mattes(out / folder, reference, range(1, 121), "carphone_matte", tolerance=0.0)
+
+
+def test_this_computer_takes_openvino_where_the_zip_bundles_it(
+    blender_python: Path, openvino_zip: Path, clip: Path, tmp_path: Path
+) -> None:
+    """A zip built with --openvino: the private node runs OpenVINO (no torch), and its mattes equal
+    `rvm-node convert --backend openvino` without torch bit for bit (and not onnxruntime's)."""
+    out = tmp_path / "out"
+    result = blender(
+        blender_python,
+        "this_computer",
+        {
+            "zip": str(openvino_zip),
+            "clip": {"path": str(clip)},
+            "prefs": {"executable": "", "nodes": ""},
+            "shots": [{"output": f"{out}/{{shot}}/{{shot}}_matte.####.exr", "blocking": True}],
+        },
+        tmp_path,
+    )
+    (shot,) = result["shots"]
+    assert shot["result"] == "FINISHED", shot["error"]
+    assert process_gone(shot["pid"])
+    references = {}
+    for backend in ("openvino", "onnxruntime"):
+        references[backend] = tmp_path / backend
+        argv = ["convert", "--backend", backend, "--input-source", str(clip)]
+        argv += ["--output-alpha", str(references[backend] / "ref.####.exr")]
+        done = subprocess.run([*RVM_NODE_WITHOUT_TORCH, *argv], capture_output=True, text=True, check=False)
+        assert done.returncode == 0, done.stderr
+    assert_same_mattes(
+        out / "carphone", references["openvino"], range(1, 121), "carphone_matte", tolerance=0.0
+    )
+    differs = [
+        n
+        for n in range(1, 121)
+        if not np.array_equal(
+            alpha(out / "carphone" / f"carphone_matte.{n:04d}.exr"),
+            alpha(references["onnxruntime"] / f"ref.{n:04d}.exr"),
+        )
+    ]
+    assert differs  # the engine was OpenVINO, not onnxruntime
 
 
 def test_legacy_folder_with_offset_scene_range_and_png(

@@ -16,6 +16,9 @@ official ONNX weights as they are, fetched once into the user's cache.
 onnxruntime is taken at the version this Python has, where it has one, so
 the add-on's mattes equal those of rvm-node installed beside it, bit for bit.
 ``--no-engine`` leaves the engine out, for studios that only use render nodes.
+``--openvino`` adds OpenVINO where it has wheels (Linux, Windows, Apple
+silicon): the faster CPU engine, which the private node then takes
+(``serve --backend auto``), at the cost of a larger zip (see the README).
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ CLIENT_REQUIREMENTS = [
     "pyyaml>=6",  # farm job bundles (Open Job Description templates)
 ]
 ENGINE_REQUIREMENTS = [  # the private node: the engine and what `rvm-node serve` imports beside the client
-    "onnxruntime",  # pinned to this Python's version, where it has one (see engine_requirements)
+    "onnxruntime>=1.17",  # pinned to this Python's version, where it has one (see engine_requirements)
     "onnx>=1.15",  # our refiner policy is applied to the official graph
     "ml_dtypes>=0.5.4,<0.6",  # onnx's; 0.6 and later need numpy 2, and Blender 4.2 to 5.0 ship numpy 1.26
     "flatbuffers",  # onnxruntime's
@@ -59,6 +62,8 @@ ENGINE_REQUIREMENTS = [  # the private node: the engine and what `rvm-node serve
     "prometheus-client>=0.17",
     "zstandard>=0.22",
 ]
+OPENVINO_REQUIREMENTS = ["openvino>=2024.0", "openvino-telemetry>=2023.2.1"]  # --openvino
+PINNED_AS_HERE = ("onnxruntime", "openvino")
 # Where onnxruntime has wheels: the engine goes there. Intel Macs have none (onnxruntime stopped
 # building them), so "This computer" there runs an rvm-node installed beside Blender.
 ENGINE_PLATFORMS = ("linux-x64", "windows-x64", "macos-arm64")
@@ -76,13 +81,25 @@ def project_version() -> str:
         return str(tomllib.load(handle)["project"]["version"])
 
 
-def engine_requirements() -> list[str]:
-    """The engine's requirements, onnxruntime at the version this Python has (where it has one)."""
+def engine_requirements(*, openvino: bool = False) -> list[str]:
+    """The engine's requirements (and OpenVINO's), the engines at the versions this Python has."""
+    return [_as_here(r) for r in (*ENGINE_REQUIREMENTS, *(OPENVINO_REQUIREMENTS if openvino else ()))]
+
+
+def _as_here(requirement: str) -> str:
+    """An engine at the version this Python has, where it has one, so the add-on's mattes equal those of
+    the rvm-node installed beside it, bit for bit; any other requirement as it is."""
+    name = _requirement_name(requirement)
+    if name not in PINNED_AS_HERE:
+        return requirement
     try:
-        pinned = f"onnxruntime=={importlib.metadata.version('onnxruntime')}"
+        return f"{name}=={importlib.metadata.version(name)}"
     except importlib.metadata.PackageNotFoundError:
-        pinned = "onnxruntime>=1.17"
-    return [pinned if r.startswith("onnxruntime") else r for r in ENGINE_REQUIREMENTS]
+        return requirement
+
+
+def _requirement_name(requirement: str) -> str:
+    return re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0]
 
 
 def _project(name: str) -> str:
@@ -95,13 +112,18 @@ def pinned_like(requirements: list[str], wheels: set[Path]) -> list[str]:
     versions = {_project(w.name.split("-")[0]): w.name.split("-")[1] for w in wheels}
     pinned = []
     for requirement in requirements:
-        name = _project(re.split(r"[<>=!~ ;\[]", requirement, maxsplit=1)[0])
+        name = _project(_requirement_name(requirement))
         pinned.append(f"{name}=={versions[name]}" if name in versions else requirement)
     return pinned
 
 
 def fetch_wheels(
-    platforms: list[str], out: Path, *, engine: bool = True, pythons: tuple[str, ...] = PYTHONS
+    platforms: list[str],
+    out: Path,
+    *,
+    engine: bool = True,
+    openvino: bool = False,
+    pythons: tuple[str, ...] = PYTHONS,
 ) -> list[Path]:
     """rvm-node's wheel from this checkout, and the client's (and engine's) dependencies for each
     platform and Python."""
@@ -111,7 +133,7 @@ def fetch_wheels(
     for platform in platforms:
         requirements = CLIENT_REQUIREMENTS
         if engine and platform in ENGINE_PLATFORMS:
-            requirements = [*requirements, *engine_requirements()]
+            requirements = [*requirements, *engine_requirements(openvino=openvino)]
         tags = [arg for tag in PLATFORMS[platform] for arg in ("--platform", tag)]
         for python in pythons:
             # the versions already fetched, for every other Python and platform: one of each in the zip
@@ -157,12 +179,12 @@ def manifest(wheels: list[Path], platforms: list[str]) -> str:
     return text
 
 
-def build_zip(platforms: list[str], dist: Path, *, engine: bool = True) -> Path:
+def build_zip(platforms: list[str], dist: Path, *, engine: bool = True, openvino: bool = False) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
-        wheels = fetch_wheels(platforms, Path(tmp), engine=engine)
+        wheels = fetch_wheels(platforms, Path(tmp), engine=engine, openvino=openvino)
         dist.mkdir(parents=True, exist_ok=True)
         suffix = "" if len(platforms) == len(PLATFORMS) else "-" + "-".join(platforms)
-        suffix += "" if engine else "-client"
+        suffix += ("-openvino" if openvino else "") if engine else "-client"
         target = dist / f"rvm_blender-{project_version()}{suffix}.zip"
         partial = target.with_suffix(".zip.partial")
         with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as archive:
@@ -178,14 +200,16 @@ def build_zip(platforms: list[str], dist: Path, *, engine: bool = True) -> Path:
     return target
 
 
-def build_legacy(platform: str, addons: Path, *, python: str = PYTHONS[0], engine: bool = True) -> Path:
+def build_legacy(
+    platform: str, addons: Path, *, python: str = PYTHONS[0], engine: bool = True, openvino: bool = False
+) -> Path:
     """``addons/rvm_blender``: the add-on with its dependencies unpacked into ``site-packages``, for one
     Blender's Python (a legacy folder has no per-interpreter choice of wheels)."""
     target = addons / "rvm_blender"
     if target.exists():
         shutil.rmtree(target)
     with tempfile.TemporaryDirectory() as tmp:
-        wheels = fetch_wheels([platform], Path(tmp), engine=engine, pythons=(python,))
+        wheels = fetch_wheels([platform], Path(tmp), engine=engine, openvino=openvino, pythons=(python,))
         for path in _package_files():
             destination = target / path.relative_to(PACKAGE)
             destination.parent.mkdir(parents=True, exist_ok=True)
@@ -210,16 +234,24 @@ def main(argv: list[str] | None = None) -> int:
         "--no-engine", action="store_true", help="leave out the CPU engine: render nodes only, a smaller zip"
     )
     parser.add_argument(
+        "--openvino",
+        action="store_true",
+        help="add OpenVINO, the faster CPU engine, where it has wheels: a larger zip",
+    )
+    parser.add_argument(
         "--python", choices=PYTHONS, default=PYTHONS[0], help="--legacy: the Python of that Blender"
     )
     args = parser.parse_args(argv)
     platforms = args.platform or sorted(PLATFORMS)
+    if args.openvino and args.no_engine:
+        parser.error("--openvino is an engine: it cannot go with --no-engine")
+    engine = {"engine": not args.no_engine, "openvino": args.openvino}
     if args.legacy is not None:
         if len(platforms) != 1:
             parser.error("--legacy: name exactly one --platform")
-        print(build_legacy(platforms[0], args.legacy, python=args.python, engine=not args.no_engine))
+        print(build_legacy(platforms[0], args.legacy, python=args.python, **engine))
     else:
-        print(build_zip(platforms, args.dist, engine=not args.no_engine))
+        print(build_zip(platforms, args.dist, **engine))
     return 0
 
 

@@ -237,6 +237,7 @@ def _static_configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
 def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
     from rvm_node.engine.loader import imported_official_weights, load_model, shared_cpu_options
     from rvm_node.engine.torch_backend import TorchOptions, cpu_has_bf16
+    from rvm_node.engine.weights import official_path
 
     configs: list[tuple[str, Callable[[], Runner]]] = [
         (REFERENCE, lambda: _official_runner(size)),
@@ -272,12 +273,16 @@ def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
     ]
     openvino = importlib.util.find_spec("openvino") is not None
     if openvino:
-        configs.append(
+        configs += [
             (
                 "OpenVINO fp32 (static shapes, ratio frozen)",
                 _session_runner(lambda: load_model(backend="openvino"), size),
-            )
-        )
+            ),
+            (
+                "OpenVINO fp32, the official file (the engine without torch)",
+                _session_runner(lambda: load_model(backend="openvino", weights=official_path()), size),
+            ),
+        ]
     if cpu_has_bf16():
         if openvino:
             configs.append(

@@ -79,12 +79,13 @@ def program(executable: str) -> list[str]:
 def start_private_node(executable: str, env: Mapping[str, str]) -> Any:
     """This application's private node ("This computer"), started on first use in ``env`` (see
     :func:`environment`: the bundled engine's import path); it stops when the application exits
-    (rvm_node.client.private_node). Raises :class:`PluginError` in one line."""
+    (rvm_node.client.private_node). It runs the fastest engine it has: OpenVINO on a CPU where the zip
+    bundles it (``build.py --openvino``), else onnxruntime. Raises :class:`PluginError` in one line."""
     from rvm_node.client.private_node import private_node
     from rvm_node.errors import RvmNodeError
 
     try:
-        return private_node(program(executable), env=env)
+        return private_node(program(executable), env=env, serve_options=("--backend", "auto"))
     except RvmNodeError as exc:
         raise PluginError(f"This computer: {exc}") from None
 
