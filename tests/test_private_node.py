@@ -92,6 +92,25 @@ def test_a_node_it_cannot_record_is_stopped_and_said_in_one_line(
 
 
 @pytest.mark.slow
+def test_a_frozen_node_that_cannot_be_ended_is_said_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rvm_node.client.private_node as module
+
+    folder = tmp_path / "private"
+    node = private_node(folder=folder)
+    os.kill(node.pid, signal.SIGSTOP)
+    try:
+        monkeypatch.setattr(module, "_KILL_WAIT", 0.5)
+        monkeypatch.setattr(module.processes, "kill_process", lambda _pid: None)  # as if it would not end
+        with pytest.raises(NodeUnavailableError, match=f"^private node: process {node.pid} is frozen"):
+            private_node(folder=folder)
+    finally:
+        os.kill(node.pid, signal.SIGKILL)
+    assert process_gone(node.pid)
+
+
+@pytest.mark.slow
 def test_mattes_through_it_equal_a_local_convert(tmp_path: Path) -> None:
     from rvm_node import load_model
     from rvm_node.convert import convert_video

@@ -49,6 +49,7 @@ from rvm_node.fsutil import atomic_write_bytes
 __all__ = ["DEFAULT_IDLE_EXIT", "PrivateNode", "private_folder", "private_node", "stop_private_node"]
 
 DEFAULT_IDLE_EXIT = 900.0  # seconds without a stream before the node stops by itself
+_KILL_WAIT = 10.0  # seconds a killed node may take to let go of its lock file
 _START_TIMEOUT = 300.0  # loading a model on a cold machine, or compiling for a GPU, takes a while
 
 
@@ -181,7 +182,7 @@ def private_node(
             return earlier
         if earlier is not None and _runs(files):
             processes.kill_process(earlier.pid)  # running but not answering: frozen
-            if not _wait_gone(files, 10.0):
+            if not _wait_gone(files, _KILL_WAIT):
                 raise NodeUnavailableError(
                     f"private node: process {earlier.pid} is frozen and cannot be ended"
                 )
@@ -302,5 +303,5 @@ def stop_private_node(
         processes.stop_process(node.pid)
         if not _wait_gone(files, timeout):
             processes.kill_process(node.pid)
-            _wait_gone(files, 10.0)
+            _wait_gone(files, _KILL_WAIT)
         return True
