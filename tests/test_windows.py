@@ -263,3 +263,18 @@ def test_serve_refuses_several_workers_where_ports_cannot_be_shared(
     monkeypatch.delattr(socket, "SO_REUSEPORT")  # as on Windows
     assert main(["serve", "--port", "0", "--workers", "2"]) == EXIT_INPUT  # before any model loads
     assert "--workers: several node processes share a port through SO_REUSEPORT" in capsys.readouterr().err
+
+
+def test_a_unix_socket_is_refused_in_one_line_where_there_are_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    from rvm_node.errors import InvalidInputError
+    from rvm_node.node.server import _bind_unix
+
+    monkeypatch.delattr(socket, "AF_UNIX")  # as in Python on Windows
+    with pytest.raises(
+        InvalidInputError, match=r"unix_socket: .*node\.sock: this system has no Unix domain sockets"
+    ):
+        _bind_unix(None, tmp_path / "node.sock")

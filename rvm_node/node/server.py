@@ -280,6 +280,8 @@ def _bind_unix(server: Any, path: Path) -> None:
     import socket
     import stat
 
+    if not hasattr(socket, "AF_UNIX"):
+        raise InvalidInputError(f"unix_socket: {path}: this system has no Unix domain sockets (Windows)")
     if path.exists() or path.is_symlink():
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise InvalidInputError(f"unix_socket: {path} exists and is not a socket")
