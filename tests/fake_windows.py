@@ -49,7 +49,7 @@ CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
 _STILL_ACTIVE = 259
 _ERROR_INVALID_PARAMETER = 87
-_MISSING_MODULES = ("fcntl", "grp", "pwd", "resource", "termios")
+MISSING_MODULES = ("fcntl", "grp", "pwd", "resource", "termios")
 POSIX_KILL = os.kill  # the real one, for a test's own signals while the fake is installed
 _MISSING_OS = ("fchmod", "pread", "pwrite", "getuid", "geteuid", "memfd_create", "O_CLOEXEC", "O_NOFOLLOW")
 
@@ -123,7 +123,7 @@ def install(monkeypatch: Any, ring_folder: Path) -> tuple[types.ModuleType, Fake
 
     msvcrt, kernel32 = fake_msvcrt(), FakeKernel32()
     monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
-    for name in _MISSING_MODULES:
+    for name in MISSING_MODULES:
         monkeypatch.setitem(sys.modules, name, None)
     for name in _MISSING_OS:
         monkeypatch.delattr(os, name, raising=False)
@@ -164,11 +164,16 @@ def _no_signal_watch(self: Any, sig: int, callback: Any, *args: Any) -> None:
     raise NotImplementedError  # as Windows' event loops do
 
 
-def main() -> int:
-    """``rvm-node ARGS...`` on the fake Windows (a whole process of it)."""
+def install_for_good() -> None:
+    """:func:`install` for the rest of this process (a whole process on the fake Windows)."""
     import tempfile
 
     install(_ForGood(), Path(tempfile.gettempdir()) / "no-shared-memory-on-windows")
+
+
+def main() -> int:
+    """``rvm-node ARGS...`` on the fake Windows."""
+    install_for_good()
     from rvm_node.cli import main as rvm_node
 
     return rvm_node(sys.argv[1:])
