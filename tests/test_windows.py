@@ -277,3 +277,13 @@ def test_a_unix_socket_is_refused_in_one_line_where_there_are_none(
         InvalidInputError, match=r"unix_socket: .*node\.sock: this system has no Unix domain sockets"
     ):
         _bind_unix(None, tmp_path / "node.sock")
+
+
+def test_a_shared_memory_ring_is_refused_in_one_line_where_there_are_none(windows: Any) -> None:
+    from rvm_node.client.ring import ClientRing
+    from rvm_node.errors import InvalidInputError
+    from rvm_node.v1.protocol import rings_supported
+
+    assert not rings_supported()
+    with pytest.raises(InvalidInputError, match=r"^shared-memory rings: this host has neither memfds nor "):
+        ClientRing(2, 64)

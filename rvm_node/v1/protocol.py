@@ -64,15 +64,13 @@ TRANSPORTS: dict[str, pb.Transport] = {
 # Shared-memory rings that are files: directly under this directory, with this prefix.
 RING_DIRECTORY = "/dev/shm"
 RING_PREFIX = "rvm-node-"
+PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
+_ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
 
 
 def rings_supported() -> bool:
     """Whether this host has shared-memory rings: memfds (Linux), or the ring directory. Windows has neither."""
     return hasattr(os, "memfd_create") or os.path.isdir(RING_DIRECTORY)
-
-
-PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
-_ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
 
 
 def transport_name(transport: int) -> str:
