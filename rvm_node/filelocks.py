@@ -19,7 +19,16 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["OPEN_FLAGS", "WINDOWS", "lock", "read_start", "try_lock", "unlock", "write_start"]
+__all__ = [
+    "OPEN_FLAGS",
+    "WINDOWS",
+    "lock",
+    "open_lock_file",
+    "read_start",
+    "try_lock",
+    "unlock",
+    "write_start",
+]
 
 WINDOWS = sys.platform == "win32"
 
@@ -28,6 +37,11 @@ OPEN_FLAGS = getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOINHERIT", 0) | getat
 
 _WINDOWS_LOCKED_BYTE = 1 << 30  # past any lock file's record; Windows lets a lock lie past the end
 _WINDOWS_HELD = (errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK))
+
+
+def open_lock_file(path: str | os.PathLike[str], mode: int = 0o600) -> int:
+    """A descriptor of ``path``, made with ``mode`` (under the umask) where it is missing, to lock."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | OPEN_FLAGS, mode)
 
 
 def try_lock(fd: int) -> bool:

@@ -237,7 +237,7 @@ def test_serve_refuses_a_lock_file_it_cannot_hold(tmp_path: Path, capsys: pytest
     from rvm_node.cli import EXIT_INPUT, main
 
     held = tmp_path / "node.alive"
-    fd = os.open(held, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600)
+    fd = filelocks.open_lock_file(held)
     try:
         assert filelocks.try_lock(fd)  # another node's
         assert main(["serve", "--port", "0", "--lock-file", str(held)]) == EXIT_INPUT

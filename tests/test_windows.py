@@ -31,7 +31,7 @@ def windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Any, fake_
 
 
 def _open(path: Path) -> int:
-    return os.open(path, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600)
+    return filelocks.open_lock_file(path)
 
 
 def test_file_locks_exclude_a_second_open_and_leave_the_content_readable(

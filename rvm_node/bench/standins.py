@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import struct
 import sys
 import time
@@ -121,9 +120,7 @@ class ConstantMatteBackend(MattingBackend[int]):
         self.busy = 0.0
         self._mattes: dict[tuple[int, int, SampleFormat], np.ndarray] = {}
         # Not truncated: the workers of one stand-in node share the file, and the device it stands for.
-        self._busy_fd = (
-            os.open(busy_file, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600) if busy_file else None
-        )
+        self._busy_fd = filelocks.open_lock_file(busy_file) if busy_file else None
 
     def _matte(self, height: int, width: int, fmt: SampleFormat) -> np.ndarray:
         key = (height, width, fmt)

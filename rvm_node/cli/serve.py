@@ -133,7 +133,7 @@ def _held_lock(path: Path) -> Iterator[None]:
     from rvm_node import filelocks
 
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600)
+        fd = filelocks.open_lock_file(path)
     except OSError as exc:
         raise InvalidInputError(f"--lock-file: cannot open {path} ({exc.strerror})") from None
     try:

@@ -110,7 +110,7 @@ def _answers(node: PrivateNode) -> bool:
 def _runs(files: dict[str, Path]) -> bool:
     """Whether a node holds the private node's lock file: it runs, answering or frozen."""
     try:
-        fd = os.open(files["alive"], os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600)
+        fd = filelocks.open_lock_file(files["alive"])
     except OSError:
         return False
     try:
@@ -134,7 +134,7 @@ def _wait_gone(files: dict[str, Path], timeout: float) -> bool:
 
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    with open(os.open(path, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o600), "rb+") as lock:
+    with open(filelocks.open_lock_file(path), "rb+") as lock:
         filelocks.lock(lock.fileno())
         try:
             yield

@@ -119,7 +119,7 @@ class OutputLock:
 
     def _lock(self, path: Path, output: str) -> int:
         for _ in range(10):
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | filelocks.OPEN_FLAGS, 0o666)
+            fd = filelocks.open_lock_file(path, 0o666)
             if not filelocks.try_lock(fd):
                 holder = _read(fd)
                 for _ in range(20):  # a holder that has just taken the lock writes its record a moment later
