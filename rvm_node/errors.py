@@ -126,9 +126,19 @@ class ResolutionChangedError(InvalidInputError):
 
 
 class NonFiniteSamplesError(InvalidInputError):
-    """Float frames hold NaN or infinity, which would poison the recurrent state."""
+    """Float frames hold NaN or infinity, which would poison the recurrent state.
+
+    ``index``: the position of the first such frame in its chunk, where the
+    frame's number is not known (the engine's own check).
+    """
 
     default_reason = "SAMPLES_NOT_FINITE"
+
+    def __init__(
+        self, message: str, *, index: int | None = None, field: str | None = None, frame: int | None = None
+    ) -> None:
+        super().__init__(message, field=field, frame=frame)
+        self.index = index
 
 
 class StateMismatchError(InvalidInputError):

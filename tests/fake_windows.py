@@ -17,9 +17,9 @@ the flags and stands in for what those modules call on Windows:
 * What Windows lacks is taken away: ``fcntl``, ``grp``, ``pwd``, ``resource``
   and ``termios`` cannot be imported; ``os`` has no ``fchmod`` (before Python
   3.13), ``pread``, ``pwrite``, ``getuid``, ``geteuid``, ``memfd_create``,
-  ``O_CLOEXEC`` or ``O_NOFOLLOW``; the event loop watches no signals;
-  shared-memory rings have no folder. (``socket.AF_UNIX`` stays: Python's
-  own socket pairs need it here.)
+  ``O_CLOEXEC`` or ``O_NOFOLLOW`` (so no shared-memory rings either); the
+  event loop watches no signals. (``socket.AF_UNIX`` stays: Python's own
+  socket pairs need it here.)
 * Process creation: ``creationflags`` (which POSIX refuses) are checked to be
   the ones rvm-node uses, ``CREATE_NEW_PROCESS_GROUP`` becomes a new session,
   and ``TerminateProcess`` (``os.kill`` with any signal but Ctrl-C and
@@ -113,13 +113,12 @@ class FakeKernel32:
         return self, lambda: self.last_error
 
 
-def install(monkeypatch: Any, ring_folder: Path) -> tuple[types.ModuleType, FakeKernel32]:
+def install(monkeypatch: Any) -> tuple[types.ModuleType, FakeKernel32]:
     """Windows, as far as rvm-node can tell, in this process until ``monkeypatch`` undoes it."""
     import asyncio
 
     import rvm_node.filelocks
     import rvm_node.processes
-    import rvm_node.v1.protocol
 
     msvcrt, kernel32 = fake_msvcrt(), FakeKernel32()
     monkeypatch.setitem(sys.modules, "msvcrt", msvcrt)
@@ -131,7 +130,6 @@ def install(monkeypatch: Any, ring_folder: Path) -> tuple[types.ModuleType, Fake
     monkeypatch.setattr(rvm_node.filelocks, "WINDOWS", True)
     monkeypatch.setattr(rvm_node.processes, "WINDOWS", True)
     monkeypatch.setattr(rvm_node.processes, "_windows_api", kernel32.api)
-    monkeypatch.setattr(rvm_node.v1.protocol, "RING_DIRECTORY", str(ring_folder))
     monkeypatch.setattr(subprocess.Popen, "__init__", _windows_popen(subprocess.Popen.__init__))
     monkeypatch.setattr(os, "kill", _windows_kill(os.kill))
     monkeypatch.setattr(asyncio.unix_events._UnixSelectorEventLoop, "add_signal_handler", _no_signal_watch)
@@ -166,9 +164,7 @@ def _no_signal_watch(self: Any, sig: int, callback: Any, *args: Any) -> None:
 
 def install_for_good() -> None:
     """:func:`install` for the rest of this process (a whole process on the fake Windows)."""
-    import tempfile
-
-    install(_ForGood(), Path(tempfile.gettempdir()) / "no-shared-memory-on-windows")
+    install(_ForGood())
 
 
 def main() -> int:

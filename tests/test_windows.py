@@ -27,7 +27,7 @@ RVM_NODE_ON_FAKE_WINDOWS = [sys.executable, str(ROOT / "tests" / "fake_windows.p
 
 @pytest.fixture
 def windows(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Any, fake_windows.FakeKernel32]:
-    return fake_windows.install(monkeypatch, tmp_path / "no-shm")
+    return fake_windows.install(monkeypatch)
 
 
 def _open(path: Path) -> int:
@@ -282,8 +282,8 @@ def test_a_unix_socket_is_refused_in_one_line_where_there_are_none(
 def test_a_shared_memory_ring_is_refused_in_one_line_where_there_are_none(windows: Any) -> None:
     from rvm_node.client.ring import ClientRing
     from rvm_node.errors import InvalidInputError
-    from rvm_node.v1.protocol import rings_supported
+    from rvm_node.v1.protocol import SlotLayout, rings_supported
 
     assert not rings_supported()
-    with pytest.raises(InvalidInputError, match=r"^shared-memory rings: this host has neither memfds nor "):
-        ClientRing(2, 64)
+    with pytest.raises(InvalidInputError, match=r"^shared-memory rings: this host has no memfds "):
+        ClientRing(SlotLayout(48, (16,), 64), 2)

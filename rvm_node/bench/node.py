@@ -118,7 +118,7 @@ def _echo_stream(channel: Any, wire: _Wire, frames: list[np.ndarray]) -> None:
 
 def _node_stream(client: Any, wire: _Wire, frames: list[np.ndarray], ratio: float = 0.25) -> None:
     """One stream through a node: uint8 RGB in, uint16 alpha back, one frame per chunk."""
-    from rvm_node.client.node_client import StreamChunk
+    from rvm_node.client import StreamChunk
 
     with client.open_stream(
         width=wire.width,
@@ -436,7 +436,7 @@ def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
 
 def _long_stream(client: Any, pid: int, frames: int) -> tuple[float, float]:
     """The node's RSS (MB) after the first tenth of one ``frames``-long 176x144 stream and at its end."""
-    from rvm_node.client.node_client import StreamChunk
+    from rvm_node.client import StreamChunk
 
     pixels = np.zeros((144, 176, 3), np.uint8)
     early = 0.0

@@ -84,21 +84,46 @@ def _batch_policy(settings: ServeSettings, device: str) -> Any:
     return BatchPolicy(max_batch=int(choice), delay=delay)
 
 
-def _shm_policy(settings: ServeSettings) -> Any:
-    """``shm`` (on or off) and ``shm_group``."""
-    from rvm_node.node.service import ShmPolicy
-    from rvm_node.v1.protocol import rings_supported
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
-    enabled = settings.shm == "on" and rings_supported()  # Windows has no rings: the node offers none
-    if not settings.shm_group:
-        return ShmPolicy(enabled=enabled)
-    import grp  # POSIX: a group's rings are /dev/shm files
+
+def _size(text: str, where: str) -> int:
+    """Bytes from ``8G``, ``512M``, ``1.5GiB`` or a plain number of bytes."""
+    number = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = number[-1:] if number[-1:] in _SIZE_UNITS else ""
+    try:
+        value = float(number[: len(number) - len(unit)]) * _SIZE_UNITS[unit]
+    except ValueError:
+        value = -1
+    if not value >= 1:
+        raise InvalidInputError(f"{where}: expected a size such as 8G, 512M or 1048576, got {text!r}")
+    return int(value)
+
+
+def _shm_policy(settings: ServeSettings) -> Any:
+    """``shm`` (on or off), ``shm_budget`` and ``max_ring_slots``."""
+    from rvm_node.node.service import ShmPolicy
+
+    if settings.max_ring_slots < 1:
+        raise InvalidInputError(f"--max-ring-slots: expected 1 or more, got {settings.max_ring_slots}")
+    budget = None if settings.shm_budget is None else _size(settings.shm_budget, "--shm-budget")
+    return ShmPolicy(enabled=settings.shm == "on", budget=budget)
+
+
+def _unix_group(settings: ServeSettings) -> int | None:
+    """The gid of ``unix_group``, checked: the group must exist here."""
+    if settings.unix_group is None:
+        return None
+    if settings.unix is None:
+        raise InvalidInputError("--unix-group: it opens the --unix socket to a group; give --unix too")
+    import grp  # POSIX: Unix sockets exist
 
     try:
-        gid = grp.getgrnam(settings.shm_group).gr_gid
+        return grp.getgrnam(settings.unix_group).gr_gid
     except KeyError:
-        raise InvalidInputError(f"--shm-group: no group named {settings.shm_group!r} on this host") from None
-    return ShmPolicy(enabled=enabled, group=gid, group_name=settings.shm_group)
+        raise InvalidInputError(
+            f"--unix-group: no group named {settings.unix_group!r} on this host"
+        ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -177,9 +202,16 @@ def _node_settings(settings: ServeSettings) -> dict[str, Any]:
         max_message_bytes=settings.max_message_mb * 1024 * 1024,
         max_chunks_in_flight=settings.max_chunks_in_flight,
         max_frame_pixels=settings.max_frame_pixels,
+        max_ring_slots=settings.max_ring_slots,
     )
     token = common.token(settings.token_file)
-    return {"limits": limits, "token": token, "tls": tls, "shm": _shm_policy(settings)}
+    return {
+        "limits": limits,
+        "token": token,
+        "tls": tls,
+        "shm": _shm_policy(settings),
+        "unix_group": _unix_group(settings),
+    }
 
 
 def _serve_node(

@@ -65,17 +65,25 @@ class ServeSettings:
         1, "node processes serving one port (SO_REUSEPORT), each with its own event loop and model"
     )
     shm: str = setting(
-        "on", "shared-memory streams for clients on this host (loopback or --unix)", choices=("on", "off")
+        "on",
+        "shared-memory streams for clients on this host: rings handed over as descriptors on the node's own "
+        "Unix sockets (Linux)",
+        choices=("on", "off"),
     )
-    shm_group: str | None = setting(
+    shm_budget: str | None = setting(
         None,
-        "a group whose /dev/shm rings the node may open, for a node that runs as another user than its clients "
-        "(also the --unix socket's group)",
+        "the most shared memory the node maps for streams' rings at once, over all its workers, such as 8G or "
+        "512M; none: a quarter of this host's memory",
+        metavar="SIZE",
+    )
+    max_ring_slots: int = setting(
+        64, "the most slots (frames in flight) a stream's shared-memory ring may have"
     )
     unix: Path | None = setting(
         None,
-        "also serve on this Unix domain socket (clients: --nodes unix:///PATH); owner-only, or the --shm-group's",
+        "also serve on this Unix domain socket (clients: --node unix:///PATH); owner-only, or the --unix-group's",
     )
+    unix_group: str | None = setting(None, "a group whose members may use the --unix socket too (mode 0660)")
     exit_with_pid: int | None = setting(
         None, "stop (draining) once process PID has exited: a node private to one application", metavar="PID"
     )

@@ -19,13 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from rvm_node.client.node_client import (
-    DEFAULT_WINDOW_BYTES,
-    MatteResult,
-    MatteStream,
-    NodeClient,
-    StreamChunk,
-)
+from rvm_node.client.node_client import NodeClient
+from rvm_node.client.ring import ClientRing
+from rvm_node.client.stream import DEFAULT_WINDOW_BYTES, MatteResult, MatteStream, StreamChunk
 from rvm_node.engine.backend import ChunkDone, ChunkJob, FrameMemory, MatteChunk, MattingBackend
 from rvm_node.engine.samples import OutputSpec, sample_format_of
 from rvm_node.engine.session import MattingSession
@@ -35,19 +31,20 @@ from rvm_node.errors import InvalidInputError
 __all__ = ["RemoteBackend"]
 
 
-class _StreamFrames:
-    """The open stream's ring slots, lent to the converter's reader (see :class:`FrameMemory`)."""
+class _StreamRing:
+    """The open stream's ring, which lends the converter's reader its slots (see :class:`FrameMemory`); the
+    session holds this before the stream, and its ring, exist."""
 
     def __init__(self) -> None:
-        self.stream: MatteStream | None = None
+        self.ring: ClientRing | None = None
 
-    def take(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
-        stream = self.stream
-        return None if stream is None else stream.lease_frames(count, shape, dtype)
+    def lend(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+        ring = self.ring
+        return None if ring is None else ring.lend(count, shape, dtype)
 
-    def gather(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        stream = self.stream
-        return np.stack(frames).transpose(0, 3, 1, 2) if stream is None else stream.lent_chunk(frames)
+    def chunk_of(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+        ring = self.ring
+        return np.stack(frames).transpose(0, 3, 1, 2) if ring is None else ring.chunk_of(frames)
 
 
 @dataclass
@@ -98,7 +95,7 @@ class RemoteBackend(MattingBackend[_RemoteState]):
         return info
 
     def frame_memory(self) -> FrameMemory | None:
-        return _StreamFrames() if self.decode_into_ring else None
+        return _StreamRing() if self.decode_into_ring else None
 
     def prepare(self, frames: Any) -> np.ndarray:
         array = np.asarray(frames)
@@ -173,9 +170,9 @@ class RemoteBackend(MattingBackend[_RemoteState]):
         src, ratio = session.admit(job.frames)  # the first chunk opens the stream
         state, stream = self._stream_for(src, session.state, ratio, session.outputs)
         memory = session.frame_memory
-        if isinstance(memory, _StreamFrames):  # the reader decodes the next chunks into the ring
-            stream.allow_leases(src.shape[1])
-            memory.stream = stream
+        if isinstance(memory, _StreamRing) and stream.ring is not None:  # the reader decodes into the ring
+            stream.ring.allow_lending(src.shape[1])
+            memory.ring = stream.ring
 
         failed: list[BaseException] = []
 
@@ -200,8 +197,8 @@ class RemoteBackend(MattingBackend[_RemoteState]):
                 snapshot = reply.snapshot[1] if reply.snapshot is not None else None
                 yield ChunkDone(done_job, self._chunk(reply.results, session.outputs), snapshot)
         finally:
-            if isinstance(memory, _StreamFrames):
-                memory.stream = None
+            if isinstance(memory, _StreamRing):
+                memory.ring = None
         if failed:
             raise failed[0]
 

@@ -274,7 +274,7 @@ def _reader(
         block: np.ndarray | None = None
         for index, frame in enumerate(source.frames(start)):
             if memory is not None and index % chunk == 0:  # the chunks _chunks() will make, one block each
-                block = memory.take(chunk, frame.pixels.shape, frame.pixels.dtype)
+                block = memory.lend(chunk, frame.pixels.shape, frame.pixels.dtype)
             pixels = frame.pixels
             if (
                 block is not None
@@ -516,7 +516,7 @@ def _run_writers(
                 since_checkpoint = 0
             pixels = [f.pixels for f in chunk]
             memory = session.frame_memory
-            stacked = np.stack(pixels).transpose(0, 3, 1, 2) if memory is None else memory.gather(pixels)
+            stacked = np.stack(pixels).transpose(0, 3, 1, 2) if memory is None else memory.chunk_of(pixels)
             yield ChunkJob(stacked, snapshot, chunk)
 
     try:

@@ -119,13 +119,13 @@ class FrameMemory(Protocol):
     """Memory a backend lends the frame reader (a node's shared-memory ring): the frames of a chunk are
     decoded straight into it, and the chunk reaches the backend with no further copy."""
 
-    def take(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
-        """Writable ``[count, *shape]`` memory for the next chunk's frames (samples cast to the memory's
-        own type), waiting while none is free; None where they cannot go there."""
+    def lend(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
+        """Writable ``[count, *shape]`` memory lent for the next chunk's frames (samples cast to the
+        memory's own type), waiting while none is free; None where they cannot go there."""
 
-    def gather(self, frames: Sequence[np.ndarray]) -> np.ndarray:
+    def chunk_of(self, frames: Sequence[np.ndarray]) -> np.ndarray:
         """The chunk ``[T, 3, H, W]`` over a chunk's ``HxWx3`` frames: in place where they fill memory
-        from :meth:`take` in order, else a copy (and that memory is given back)."""
+        from :meth:`lend` in order, else a copy (and the lent memory is given back)."""
 
 
 class MattingBackend(abc.ABC, Generic[StateT]):

@@ -101,10 +101,15 @@ class MattingSession:
             raise InvalidInputError(f"frames: expected 3 RGB channels, got {channels}")
         if height < 1 or width < 1:
             raise InvalidInputError(f"frames: expected a non-empty frame, got {height}x{width}")
-        if src.dtype.kind == "f" and not np.isfinite(src).all():  # NaN would poison every later frame
-            raise NonFiniteSamplesError(
-                "frames: NaN or infinite samples; float frames must be finite (display-referred 0..1)"
-            )
+        if src.dtype.kind == "f":  # NaN would poison every later frame
+            finite = np.isfinite(src).all(axis=(0, 2, 3, 4))
+            if not finite.all():
+                index = int(np.argmin(finite))
+                raise NonFiniteSamplesError(
+                    f"frames[{index}]: NaN or infinite samples; float frames must be finite "
+                    "(display-referred 0..1)",
+                    index=index,
+                )
         if self._frame_size is not None and (self._frame_size != (height, width) or self._batch != batch):
             raise ResolutionChangedError(
                 f"frames: this session holds state for {self._batch} x {self._frame_size[1]}x"

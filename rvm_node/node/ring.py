@@ -1,25 +1,18 @@
-"""The node's side of a shared-memory ring (``TRANSPORT_SHM``): open it safely, read frames, write planes.
+"""The node's side of a shared-memory ring (``TRANSPORT_SHM``): take it, map it, read frames, write planes.
 
-A ring is a file the client created on the node's host, named in the
-stream's settings. The node opens only two kinds of name, and checks the
-file before it uses a byte of it:
+A stream names a ring by the handle its client got when it handed the ring
+over as a descriptor (:mod:`rvm_node.node.handover`); the node never opens
+memory by a name. Before it maps a byte, :func:`open_ring` checks the ring
+against what the stream needs: the slots no more than ``max_ring_slots``,
+each slot one frame and its planes (:class:`~rvm_node.v1.protocol.SlotLayout`)
+plus at most 4 KiB, the memfd itself no larger than the slots plus a page,
+and the mapping within the node's shared-memory budget (across its
+workers). The memfd is sealed against shrinking, so the node maps it and
+reads frames **in place** and writes planes into it directly; mapping, with
+its pages populated at once, runs beside the event loop, never on it.
 
-* ``/proc/PID/fd/FD``: a memfd sealed against shrinking and growing
-  (``F_SEAL_SHRINK | F_SEAL_GROW``). Only the memfd's user (or root) can open
-  that path, and the seals guarantee the memory stays as large as declared,
-  so the node maps it and reads frames **in place** and writes planes into
-  it directly.
-* ``/dev/shm/rvm-node-*``: a plain shared-memory file, for a node that runs
-  as another user than its clients and shares a group with them. Such a file
-  could be truncated while the node uses it, and touching a mapping beyond
-  its end kills a process (SIGBUS), so the node never maps it: it reads and
-  writes with ``pread``/``pwrite`` (one kernel copy), and a ring that shrank
-  ends the stream with a clear error.
-
-Either way the file must belong to the node's user, or to the group the node
-names (``serve --shm-group``), and give no access to other users; it must
-hold ``slots * slot_bytes`` bytes. Every slot reference is checked against
-the ring before any memory is touched (:meth:`NodeRing.check_frame`).
+Every slot reference is checked against the ring before any memory is
+touched (:meth:`NodeRing.check_frame`).
 """
 
 from __future__ import annotations
@@ -27,25 +20,23 @@ from __future__ import annotations
 import asyncio
 import gc
 import mmap
-import os
-import re
-import stat
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
-from rvm_node import filelocks
 from rvm_node.errors import InvalidInputError
+from rvm_node.node.handover import HandedRing, RingDesk
+from rvm_node.node.status import StreamRefused
 from rvm_node.v1 import matting_pb2 as pb
-from rvm_node.v1.protocol import RING_DIRECTORY, RING_PREFIX, wire_bytes
+from rvm_node.v1.protocol import SlotLayout
 
-__all__ = ["NodeRing", "open_ring"]
+__all__ = ["FILE_SLACK", "SLOT_SLACK", "NodeRing", "RingBudget", "RingTable", "open_ring"]
 
-_MEMFD_NAME = re.compile(r"/proc/[0-9]{1,10}/fd/[0-9]{1,10}")
-_FILE_NAME = re.compile(re.escape(f"{RING_DIRECTORY}/{RING_PREFIX}") + r"[A-Za-z0-9_-]{8,64}")
-_SEALS = 0x0002 | 0x0004  # F_SEAL_SHRINK | F_SEAL_GROW (Linux; memfds exist nowhere else)
-_F_GET_SEALS = 1034
-_MAX_RING_BYTES = 1 << 40
+SLOT_SLACK = 4096  # bytes a slot may hold beyond its frame and planes (alignment)
+FILE_SLACK = 4096  # bytes a memfd may hold beyond its slots (a page, for page rounding)
 _FIELD = "open.settings.ring"
 
 
@@ -53,22 +44,49 @@ def _refuse(message: str, field: str = _FIELD) -> InvalidInputError:
     return InvalidInputError(f"{field}: {message}", reason="RING_INVALID", field=field)
 
 
-class NodeRing:
-    """An open ring: ``slots`` slots of ``slot_bytes``, read in place where it is sealed."""
+class RingTable(Protocol):
+    """The node's table of mapped rings, shared by its workers (:mod:`rvm_node.node.workers`)."""
 
-    def __init__(self, fd: int, slots: int, slot_bytes: int, mapped: mmap.mmap | None) -> None:
-        self._fd = fd
+    def reserve_ring(self, key: tuple[int, int], nbytes: int, budget: int) -> str: ...
+
+    def release_ring(self, key: tuple[int, int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RingBudget:
+    """The node's shared-memory budget: at most ``total`` bytes of rings mapped at once, across its workers,
+    each ring (device, inode) by one stream at a time."""
+
+    table: RingTable
+    total: int
+
+    def reserve(self, key: tuple[int, int], nbytes: int) -> str:
+        """Count the ring as mapped: "" if done, else why not ("in use", "budget")."""
+        return self.table.reserve_ring(key, nbytes, self.total)
+
+    def release(self, key: tuple[int, int]) -> None:
+        self.table.release_ring(key)
+
+
+class NodeRing:
+    """A stream's ring, mapped: ``layout.slot_bytes`` per slot, frames read where they lie."""
+
+    def __init__(
+        self,
+        handed: HandedRing,
+        layout: SlotLayout,
+        slots: int,
+        mapped: mmap.mmap,
+        on_close: Callable[[], None],
+    ) -> None:
+        self.handed = handed
+        self.layout = layout
         self.slots = slots
-        self.slot_bytes = slot_bytes
-        self._map = mapped
+        self._map: mmap.mmap | None = mapped
+        self._on_close: Callable[[], None] | None = on_close
         self._busy: set[int] = set()
 
-    @property
-    def in_place(self) -> bool:
-        """True when frames are read where they lie (a sealed memfd)."""
-        return self._map is not None
-
-    def check_frame(self, index: int, ref: pb.SlotRef | None, data_bytes: int, frame_bytes: int) -> int:
+    def check_frame(self, index: int, ref: pb.SlotRef | None, data_bytes: int) -> int:
         """The slot of a frame part, after checking every field against the ring; marks the slot busy."""
         where = f"chunk.parts[{index}].shm"
         if ref is None:
@@ -89,16 +107,16 @@ class NodeRing:
                 reason="FRAME_PARTS_INVALID",
                 field=f"{where}.slot",
             )
-        start = ref.slot * self.slot_bytes
+        start = self.layout.frame_at(ref.slot)
         if ref.offset != start:
             raise InvalidInputError(
                 f"{where}.offset: {ref.offset}, expected {start}, the start of slot {ref.slot}",
                 reason="FRAME_PARTS_INVALID",
                 field=f"{where}.offset",
             )
-        if ref.size != frame_bytes:
+        if ref.size != self.layout.frame_bytes:
             raise InvalidInputError(
-                f"{where}.size: {ref.size}, expected the frame's {frame_bytes} bytes",
+                f"{where}.size: {ref.size}, expected the frame's {self.layout.frame_bytes} bytes",
                 reason="FRAME_SIZE_MISMATCH",
                 field=f"{where}.size",
             )
@@ -115,35 +133,101 @@ class NodeRing:
         """The slot's frame has been answered: the client may reuse it."""
         self._busy.discard(slot)
 
-    def read(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
-        """Samples at ``offset`` (checked by :meth:`check_frame`): a view of a sealed ring, else a copy."""
-        count = int(np.prod(shape))
-        if self._map is not None:
-            return np.frombuffer(self._map, dtype, count, offset).reshape(shape)
-        out = np.empty(shape, dtype)
-        got = os.preadv(self._fd, [out.data.cast("B")], offset)
-        if got != out.nbytes:
-            raise _refuse(f"the ring holds fewer bytes than declared (it shrank at {offset + got})")
-        return out
+    def frame(self, slot: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        """The frame in ``slot`` (checked by :meth:`check_frame`), in place."""
+        return self._view(self.layout.frame_at(slot), dtype, shape)
 
-    def write(self, offset: int, values: np.ndarray) -> None:
-        """Write a plane's samples at ``offset`` (within a slot checked by :meth:`check_frame`)."""
-        if self._map is not None:
-            target = np.frombuffer(self._map, values.dtype.newbyteorder("<"), values.size, offset)
-            np.copyto(target.reshape(values.shape), values)
-            return
-        data = wire_bytes(values)
-        if os.pwritev(self._fd, [data], offset) != len(data):
-            raise _refuse(f"the ring took fewer bytes than written at {offset}")
+    def write_plane(self, slot: int, index: int, values: np.ndarray) -> None:
+        """Write the stream's ``index``-th plane of the frame in ``slot``."""
+        target = self._view(self.layout.plane_at(slot, index), values.dtype.newbyteorder("<"), values.shape)
+        np.copyto(target, values)
+
+    def _view(self, offset: int, dtype: np.dtype, shape: tuple[int, ...]) -> np.ndarray:
+        if self._map is None:
+            raise InvalidInputError("shared-memory ring: the stream is over")
+        return np.frombuffer(self._map, dtype, int(np.prod(shape)), offset).reshape(shape)
 
     def close(self) -> None:
-        """Let go of the ring (a mapping is unmapped once no frame views it, see :func:`_unmap`)."""
+        """Let go of the ring: unmapped once no frame views it (see :func:`_unmap`), and given back."""
         mapped, self._map = self._map, None
         if mapped is not None:
             _unmap(mapped)
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()
+
+
+async def open_ring(
+    message: pb.SharedMemoryRing,
+    need: SlotLayout,
+    *,
+    desk: RingDesk,
+    budget: RingBudget,
+    max_slots: int,
+    stream_id: str,
+    executor: Executor,
+) -> NodeRing:
+    """Take the ring ``message`` names for ``stream_id``, check it against what the stream ``need`` s, and
+    map it (beside the event loop). RING_INVALID names the field at fault; SHM_BUDGET_EXHAUSTED when the
+    node's budget is spent."""
+    if message.name:  # a deprecated field: memory is never opened by a name
+        raise _refuse(
+            "rings are named by the handle the node gave when the ring was handed over as a descriptor, "
+            "never by a name",
+            f"{_FIELD}.name",
+        )
+    if not 1 <= message.slots <= max_slots:
+        raise _refuse(f"{message.slots} slots; expected 1 to {max_slots}", f"{_FIELD}.slots")
+    if not need.needed_bytes <= message.slot_bytes <= need.needed_bytes + SLOT_SLACK:
+        raise _refuse(
+            f"{message.slot_bytes} bytes a slot; one frame and its planes take {need.needed_bytes} "
+            f"(at most {need.needed_bytes + SLOT_SLACK} with alignment)",
+            f"{_FIELD}.slot_bytes",
+        )
+    layout = replace(need, slot_bytes=int(message.slot_bytes))
+    length = int(message.slots) * layout.slot_bytes
+    handed = desk.take(message.handle, stream_id)
+    try:
+        size = handed.file.size
+        if not length <= size <= length + FILE_SLACK:
+            raise _refuse(
+                f"the ring holds {size} bytes; the stream's {message.slots} slots of {layout.slot_bytes} bytes "
+                f"take {length} (at most {length + FILE_SLACK})"
+            )
+        why = budget.reserve(handed.file.key, length)
+        if why == "in use":
+            raise _refuse(
+                "the ring serves another stream; a ring serves one stream at a time", f"{_FIELD}.handle"
+            )
+        if why:
+            raise StreamRefused(
+                "SHM_BUDGET_EXHAUSTED",
+                f"{_FIELD}: {length} more bytes of shared memory would take the node beyond its budget of "
+                f"{budget.total}; send raw frames or retry later",
+            )
+    except BaseException:
+        desk.give_back(handed)
+        raise
+    key = handed.file.key
+
+    def on_close() -> None:
+        budget.release(key)
+        desk.give_back(handed)
+
+    try:
+        # Mapped with its pages at once (a fault per page would slow the first frames), off the event loop.
+        mapped = await asyncio.get_running_loop().run_in_executor(executor, _map, handed.fd, length)
+    except BaseException:
+        on_close()
+        raise
+    return NodeRing(handed, layout, int(message.slots), mapped, on_close)
+
+
+def _map(fd: int, length: int) -> mmap.mmap:
+    try:
+        return mmap.mmap(fd, length, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    except (OSError, ValueError) as exc:
+        raise _refuse(f"the ring cannot be mapped ({exc})") from None
 
 
 _UNMAPPED_LATER: list[mmap.mmap] = []
@@ -184,70 +268,3 @@ def _close_unviewed() -> bool:
             continue
         _UNMAPPED_LATER.remove(pending)
     return not _UNMAPPED_LATER
-
-
-def _open_fd(name: str) -> tuple[int, bool]:
-    """(an fd of the ring, whether it is a memfd), for the two kinds of name a node opens."""
-    memfd = _MEMFD_NAME.fullmatch(name) is not None
-    if not memfd and _FILE_NAME.fullmatch(name) is None:
-        raise _refuse(
-            f"{name[:200]!r} is not a ring name; expected /proc/PID/fd/FD of a sealed memfd "
-            f"or {RING_DIRECTORY}/{RING_PREFIX}*",
-            f"{_FIELD}.name",
-        )
-    flags = os.O_RDWR | filelocks.OPEN_FLAGS | (0 if memfd else getattr(os, "O_NOFOLLOW", 0))
-    try:
-        return os.open(name, flags), memfd
-    except FileNotFoundError:
-        raise _refuse(f"{name} does not exist", f"{_FIELD}.name") from None
-    except OSError as exc:
-        raise _refuse(
-            f"{name} cannot be opened by the node's user ({exc.strerror})", f"{_FIELD}.name"
-        ) from None
-
-
-def _check_owner(info: os.stat_result, name: str, group: int | None) -> None:
-    if not stat.S_ISREG(info.st_mode):
-        raise _refuse(f"{name} is not a regular file", f"{_FIELD}.name")
-    if info.st_uid != os.geteuid() and (group is None or info.st_gid != group):
-        raise _refuse(f"{name} belongs to another user", f"{_FIELD}.name")
-    if info.st_mode & 0o007:
-        raise _refuse(
-            f"{name} is open to other users (mode {stat.S_IMODE(info.st_mode):o})", f"{_FIELD}.name"
-        )
-
-
-def open_ring(ring: pb.SharedMemoryRing, need_slot_bytes: int, group: int | None) -> NodeRing:
-    """Open and check the ring of a stream whose frame and planes take ``need_slot_bytes`` per slot."""
-    if ring.slots < 1:
-        raise _refuse("slots: expected 1 or more", f"{_FIELD}.slots")
-    if ring.slot_bytes < need_slot_bytes:
-        raise _refuse(
-            f"slot_bytes: {ring.slot_bytes} is too small for one frame and its planes ({need_slot_bytes})",
-            f"{_FIELD}.slot_bytes",
-        )
-    size = ring.slots * ring.slot_bytes
-    if size > _MAX_RING_BYTES:
-        raise _refuse(f"slots x slot_bytes: {size} bytes is beyond {_MAX_RING_BYTES}", f"{_FIELD}.slot_bytes")
-    fd, memfd = _open_fd(ring.name)
-    try:
-        info = os.fstat(fd)
-        _check_owner(info, ring.name, group)
-        if info.st_size < size:
-            raise _refuse(f"{ring.name} holds {info.st_size} bytes, the ring needs {size}", f"{_FIELD}.name")
-        mapped: Any = None
-        if memfd:
-            import fcntl  # POSIX, as are the names that reach here
-
-            try:
-                seals = fcntl.fcntl(fd, _F_GET_SEALS)
-            except OSError:  # not a memfd at all
-                seals = 0
-            if seals & _SEALS != _SEALS:
-                raise _refuse(f"{ring.name} is not sealed against shrinking and growing", f"{_FIELD}.name")
-            # Mapped with its pages at once: one call instead of a fault per page on the first frames.
-            mapped = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-        return NodeRing(fd, int(ring.slots), int(ring.slot_bytes), mapped)
-    except BaseException:
-        os.close(fd)
-        raise

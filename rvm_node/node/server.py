@@ -17,14 +17,16 @@ from grpc_reflection.v1alpha import reflection
 
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.errors import InvalidInputError
+from rvm_node.node.handover import RingDesk
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
-from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_matting_service
+from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_matting_service, endpoint_names
 from rvm_node.node.stages import StageClock
 from rvm_node.node.status import abort, failure
 from rvm_node.node.workers import LocalStreams
 from rvm_node.processes import on_stop_signals, process_exists
 from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.protocol import rings_supported
 
 __all__ = ["NodeServer", "StopWhen", "TlsFiles", "TokenAuthInterceptor", "serve_forever", "start_node"]
 
@@ -176,6 +178,8 @@ class NodeServer:
         # The pass under way finishes before the process goes on to exit: a backend's thread pools torn
         # down under a running pass abort the process ("terminate called without an active exception").
         await loop.run_in_executor(None, self.scheduler.close, _PASS_WAIT)
+        if self.servicer.rings is not None:
+            await self.servicer.rings.close()
         self.servicer.close()
         if self.scheduler.metrics is not None:
             self.scheduler.metrics.close()
@@ -193,6 +197,7 @@ async def start_node(
     batch: BatchPolicy | None = None,
     shm: ShmPolicy | None = None,
     unix_socket: Path | None = None,
+    unix_group: int | None = None,
     stages: StageClock | None = None,
     streams: LocalStreams | None = None,
     collect_metrics: bool = False,
@@ -200,9 +205,11 @@ async def start_node(
     """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING.
 
     ``batch`` defaults to the device's policy (:meth:`BatchPolicy.default_for`).
-    ``shm``: shared-memory streams for clients on this host (on by default).
+    ``shm``: shared-memory streams for clients on this host (on by default
+    where the host has rings): the worker serves a gRPC socket and a ring
+    socket in the abstract namespace, named in GetNodeInfo's local endpoints.
     ``unix_socket``: also serve on this Unix domain socket (owner-only, or
-    group read/write when ``shm`` names a group). ``stages``: time the
+    read/write for ``unix_group``). ``stages``: time the
     serving path's stages (``bench node`` only). ``streams``: the node's
     stream table when this is one of its ``--workers``. ``collect_metrics``:
     keep metrics without serving them (a worker's, served by its supervisor).
@@ -232,32 +239,49 @@ async def start_node(
     }
     metrics = NodeMetrics(build) if metrics_port is not None or collect_metrics else None
     scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
-    servicer = MattingServicer(scheduler, limits, __version__, shm, stages, streams)
+    shm = shm or ShmPolicy()
+    streams = streams or LocalStreams()
+    rings = None
+    if shm.enabled and rings_supported():
+        rings = RingDesk(token=token, max_bytes=shm.budget_bytes, in_use=streams.ring_in_use)
+    servicer = MattingServicer(scheduler, limits, __version__, rings, stages, streams, shm.budget_bytes)
     add_matting_service(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
     address = f"{host}:{port}"
-    try:
-        if tls is None:
-            bound = server.add_insecure_port(address)
-        else:
-            key, chain, client_ca = tls.load()
-            credentials = grpc.ssl_server_credentials(
-                [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
-            )
-            bound = server.add_secure_port(address, credentials)
-    except RuntimeError:  # gRPC's "Failed to bind": the port is taken, or the address is not this host's
-        bound = 0
+    credentials = None
+    if tls is not None:
+        key, chain, client_ca = tls.load()
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    def bind(where: str) -> int:
+        try:
+            if credentials is None:
+                return int(server.add_insecure_port(where))
+            return int(server.add_secure_port(where, credentials))
+        except RuntimeError:  # gRPC's "Failed to bind": the port is taken, or the address is not this host's
+            return 0
+
+    bound = bind(address)
     if bound == 0:
         raise InvalidInputError(f"port: cannot bind {address}")
     if unix_socket is not None:
         _bind_unix(server, unix_socket)
+    if (
+        rings is not None
+    ):  # the local endpoint: the same credentials as the port, so TLS and mTLS hold there too
+        grpc_name, ring_name = endpoint_names(streams.node_id, streams.worker)
+        if bind(f"unix-abstract:{grpc_name}") == 0:
+            raise InvalidInputError(f"shm: cannot bind the local socket @{grpc_name}")
+        await rings.start(ring_name)
     await server.start()
     if unix_socket is not None:
-        os.chmod(unix_socket, 0o660 if shm is not None and shm.group is not None else 0o600)
-        if shm is not None and shm.group is not None:
-            os.chown(unix_socket, -1, shm.group)
+        os.chmod(unix_socket, 0o600 if unix_group is None else 0o660)
+        if unix_group is not None:
+            os.chown(unix_socket, -1, unix_group)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_bound = (

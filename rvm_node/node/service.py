@@ -31,7 +31,9 @@ from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import check_downsample_ratio
 from rvm_node.errors import InvalidInputError
+from rvm_node.node.handover import RingDesk
 from rvm_node.node.metrics import NodeMetrics
+from rvm_node.node.ring import RingBudget
 from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.stages import StageClock, timed
 from rvm_node.node.status import Failure, StreamRefused, abort, failure, failure_of, printable
@@ -44,11 +46,12 @@ from rvm_node.v1.protocol import (
     PLANE_CHANNELS,
     SAMPLE_NAMES,
     TRANSPORTS,
+    SlotLayout,
     check_transport,
 )
 from rvm_node.v1.wire import Undecodable, encode_response, lenient_parser, parse_request
 
-__all__ = ["Limits", "MattingServicer", "Scheduler", "ShmPolicy", "add_matting_service", "is_local_peer"]
+__all__ = ["Limits", "MattingServicer", "Scheduler", "ShmPolicy", "add_matting_service", "endpoint_names"]
 
 log = logging.getLogger("rvm_node.node")
 
@@ -62,27 +65,37 @@ class Limits:
     max_height: int = 16384
     idle_timeout: float = 60.0
     max_chunks_in_flight: int = 4
+    max_ring_slots: int = 64
+
+
+def default_shm_budget() -> int:
+    """A quarter of the host's physical memory (1 GiB where the host does not say)."""
+    try:
+        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 4
+    except (AttributeError, ValueError, OSError):
+        return 1 << 30
 
 
 @dataclass(frozen=True, kw_only=True)
 class ShmPolicy:
     """Shared-memory streams (``TRANSPORT_SHM``) for clients on this host.
 
-    ``group``: the gid whose /dev/shm rings the node opens besides its own
-    user's (``serve --shm-group``), for a node that runs as another user.
+    ``budget``: the most bytes of rings the node maps at once, over all its
+    workers (``serve --shm-budget``; None: :func:`default_shm_budget`).
     """
 
     enabled: bool = True
-    group: int | None = None
-    group_name: str = ""
+    budget: int | None = None
+
+    @property
+    def budget_bytes(self) -> int:
+        return default_shm_budget() if self.budget is None else self.budget
 
 
-_LOCAL_PEERS = ("unix:", "ipv4:127.", "ipv6:[::1]", "ipv6:%5B::1%5D", "ipv6:[::ffff:127.")
-
-
-def is_local_peer(peer: str) -> bool:
-    """True for a gRPC peer on this host: a Unix socket or a loopback address."""
-    return peer.startswith(_LOCAL_PEERS)
+def endpoint_names(node_id: str, worker: int) -> tuple[str, str]:
+    """A worker's local gRPC socket and ring socket, as names in the abstract namespace."""
+    base = f"rvm-node-{node_id}-w{worker}"
+    return base, f"{base}-rings"
 
 
 class MattingServicer(pb_grpc.MattingServiceServicer):
@@ -93,16 +106,18 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         scheduler: Scheduler,
         limits: Limits,
         version: str,
-        shm: ShmPolicy | None = None,
+        rings: RingDesk | None = None,
         stages: StageClock | None = None,
         streams: LocalStreams | None = None,
+        shm_budget: int = 0,
     ) -> None:
         self.scheduler = scheduler
         self.limits = limits
-        self.shm = shm or ShmPolicy()
+        self.rings = rings  # the worker's ring socket, where the node takes shared memory
         self.stages = stages  # CPU time per stage, for `bench node` only
         self.version = version
         self.streams = streams or LocalStreams()  # the node's open streams, across workers too
+        self.ring_budget = RingBudget(self.streams, shm_budget)
         self.peak_chunks_in_flight = 0  # the most chunks any one stream held at once
         self.draining = False
         self._streams: set[Stream] = set()
@@ -158,12 +173,27 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
                 max_chunks_in_flight=limits.max_chunks_in_flight,
                 max_batch=policy.max_batch,
                 batch_delay=_duration(policy.delay),
+                max_ring_slots=limits.max_ring_slots,
             ),
-            transports=[t for t in TRANSPORTS.values() if t != pb.TRANSPORT_SHM or self.shm.enabled],
+            transports=[t for t in TRANSPORTS.values() if t != pb.TRANSPORT_SHM or self.rings is not None],
             sample_formats=list(DTYPES),
-            shm_group=self.shm.group_name,
             workers=self.streams.workers,
+            node_id=self.streams.node_id,
+            local_endpoints=self._local_endpoints(),
         )
+
+    def _local_endpoints(self) -> list[pb.LocalEndpoint]:
+        """Where clients on this host reach each worker for shared memory (none where it is off)."""
+        if self.rings is None:
+            return []
+        endpoints = []
+        for worker, pid in enumerate(self.streams.pids()):
+            grpc_name, ring_name = endpoint_names(self.streams.node_id, worker)
+            if pid:  # a worker being replaced has none for now
+                endpoints.append(
+                    pb.LocalEndpoint(address=f"unix-abstract:{grpc_name}", ring_socket=ring_name, pid=pid)
+                )
+        return endpoints
 
     async def Matte(self, request_iterator: AsyncIterator[pb.MatteRequest], context: Any) -> None:
         refusal = None
@@ -300,6 +330,9 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
             variant=variant,
             label=printable(settings.label),
             ring=settings.ring if in_transport == pb.TRANSPORT_SHM else None,
+            layout=SlotLayout.of(
+                width, height, DTYPES[settings.input_format], DTYPES[settings.output_format], planes
+            ),
         )
 
     def _check_shm(self, settings: pb.StreamSettings, sent: int, returned: int, peer: str) -> None:
@@ -309,10 +342,13 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         if sent != returned:
             problem = "a shared-memory stream uses shm for the frames sent and the planes returned"
             field = "open.settings.return_transport"
-        elif not self.shm.enabled:
+        elif self.rings is None:
             problem = "this node does not take shared memory (serve --shm off); send raw frames"
-        elif not is_local_peer(peer):
-            problem = f"shared memory needs a client on the node's host (this one is {printable(peer, 80)})"
+        elif not peer.startswith("unix:"):
+            problem = (
+                "shared memory is taken only on the node's Unix sockets (GetNodeInfo's local_endpoints), "
+                f"where the peer is on the node's host; this one is {printable(peer, 80)}"
+            )
         if problem is not None:
             raise InvalidInputError(f"{field}: {problem}", reason="TRANSPORT_UNSUPPORTED", field=field)
         if not settings.HasField("ring"):

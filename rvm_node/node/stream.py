@@ -34,9 +34,9 @@ from rvm_node.node.status import StreamRefused
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1.protocol import (
     FrameAssembler,
+    SlotLayout,
     pack,
     packed_limit,
-    ring_slot_bytes,
     split_parts,
     state_from_message,
     state_to_message,
@@ -71,18 +71,13 @@ class StreamPlan:
     ratio: float | None
     variant: str
     label: str  # printable, bounded: safe for logs
+    layout: SlotLayout  # where a frame and its planes lie in a ring slot
     ring: pb.SharedMemoryRing | None = None  # the client's ring, with TRANSPORT_SHM
 
     @property
     def frame_bytes(self) -> int:
         """The raw size of one frame sent."""
-        return self.width * self.height * 3 * self.in_dtype.itemsize
-
-    @property
-    def slot_bytes(self) -> int:
-        """What one ring slot must hold: a frame and its planes."""
-        out_dtype = np.dtype(self.outputs.sample_format)
-        return ring_slot_bytes(self.width, self.height, self.in_dtype, out_dtype, self.planes)
+        return self.layout.frame_bytes
 
 
 class Stream:
@@ -177,9 +172,18 @@ class Stream:
                 "open: settings are required", reason="SETTINGS_INVALID", field="open.settings"
             )
         settings = first.open.settings
-        plan = self.servicer.check_settings(settings, self._context.peer())
-        if plan.ring is not None:
-            self.ring = open_ring(plan.ring, plan.slot_bytes, self.servicer.shm.group)
+        servicer = self.servicer
+        plan = servicer.check_settings(settings, self._context.peer())
+        if plan.ring is not None and servicer.rings is not None:  # check_settings refuses shm without rings
+            self.ring = await open_ring(
+                plan.ring,
+                plan.layout,
+                desk=servicer.rings,
+                budget=servicer.ring_budget,
+                max_slots=self.limits.max_ring_slots,
+                stream_id=self.stream_id,
+                executor=servicer.codec,
+            )
         session = self.servicer.backend.new_session(plan.ratio, plan.outputs)
         self.session = session
         if first.open.HasField("restore"):
@@ -365,7 +369,7 @@ class Stream:
                     reason="FRAME_PARTS_INVALID",
                     frame=part.number,
                 )
-            slots.append(ring.check_frame(index, part.shm, len(part.data), plan.frame_bytes))
+            slots.append(ring.check_frame(index, part.shm, len(part.data)))
             self._check_number(part.number)
             numbers.append(part.number)
         if not numbers:
@@ -374,13 +378,13 @@ class Stream:
         shape = (plan.height, plan.width, 3)
 
         def read_frame(number: int, slot: int) -> np.ndarray:
-            frame = ring.read(slot * ring.slot_bytes, plan.in_dtype, shape)
+            frame = ring.frame(slot, plan.in_dtype, shape)
             _check_finite(frame, number)
             return frame
 
         read = timed(self.servicer.stages, "unpack", read_frame)
 
-        if ring.in_place and plan.in_dtype.kind == "u":
+        if plan.in_dtype.kind == "u":  # read in place: nothing to check
             frames = [read(number, slot) for number, slot in zip(numbers, slots, strict=True)]
         else:
             loop = asyncio.get_running_loop()
@@ -462,7 +466,12 @@ class Stream:
                 raise item[1]
             if item[0] == "chunk":
                 _, numbers, done, slots = item
-                out = await done  # in order; a failed pass ends the stream here, after all before it
+                try:
+                    out = await done  # in order; a failed pass ends the stream here, after all before it
+                except NonFiniteSamplesError as exc:  # the engine's check: name the frame, as ours do
+                    if exc.index is None or exc.frame is not None:
+                        raise
+                    raise _not_finite(numbers[exc.index]) from None
                 self.last_number = numbers[-1]
                 if self.ring is not None:
                     await self._send_to_ring(plan, self.ring, numbers, out, slots)
@@ -505,20 +514,18 @@ class Stream:
         left to do with it by then.
         """
         loop = asyncio.get_running_loop()
-        write = timed(self.servicer.stages, "pack", ring.write)
+        write = timed(self.servicer.stages, "pack", ring.write_plane)
         for t, (number, slot) in enumerate(zip(numbers, slots, strict=True)):
-            offset = slot * ring.slot_bytes + plan.frame_bytes
             parts = []
-            for plane in plan.planes:
+            for index, plane in enumerate(plan.planes):
                 values = self._plane(out, t, plane)
-                if ring.in_place and values.nbytes < _INLINE_COPY:
-                    write(offset, values)
+                if values.nbytes < _INLINE_COPY:
+                    write(slot, index, values)
                 else:  # a large copy (numpy lets go of the GIL) beside the event loop's other work
-                    await loop.run_in_executor(self.servicer.codec, write, offset, values)
-                size = values.size * values.dtype.itemsize
-                ref = pb.SlotRef(slot=slot, offset=offset, size=size)
+                    await loop.run_in_executor(self.servicer.codec, write, slot, index, values)
+                size = ring.layout.plane_bytes[index]
+                ref = pb.SlotRef(slot=slot, offset=ring.layout.plane_at(slot, index), size=size)
                 parts.append(pb.PlanePart(number=number, plane=plane, total_bytes=size, shm=ref))
-                offset += size
             ring.release(slot)
             for part in parts:
                 await self._write(pb.MatteResponse(part=part))
@@ -552,10 +559,14 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
 
 def _check_finite(frame: np.ndarray, number: int) -> None:
     if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-        raise NonFiniteSamplesError(
-            f"frame {number}: NaN or infinite samples; float samples must be finite (display-referred 0..1)",
-            frame=number,
-        )
+        raise _not_finite(number)
+
+
+def _not_finite(number: int) -> NonFiniteSamplesError:
+    return NonFiniteSamplesError(
+        f"frame {number}: NaN or infinite samples; float samples must be finite (display-referred 0..1)",
+        frame=number,
+    )
 
 
 def _empty_request() -> InvalidInputError:

@@ -23,6 +23,7 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
 import time
@@ -39,13 +40,35 @@ _READY_TIMEOUT = 600.0  # loading a model on a busy machine can be slow
 
 
 class LocalStreams:
-    """The streams open on a node of one process."""
+    """The streams open on a node of one process, and the shared-memory rings they map."""
 
     worker = 0
     workers = 1
 
-    def __init__(self) -> None:
+    def __init__(self, node_id: str = "") -> None:
         self._open = 0
+        self.node_id = node_id or secrets.token_hex(8)
+        self._rings: dict[tuple[int, int], int] = {}  # (device, inode) of each mapped ring: its bytes
+
+    def pids(self) -> list[int]:
+        """Each worker's process id."""
+        return [os.getpid()]
+
+    def reserve_ring(self, key: tuple[int, int], nbytes: int, budget: int) -> str:
+        """Count a ring (device, inode) of ``nbytes`` as mapped: "" if done, else "in use" (another stream
+        maps it) or "budget" (the node's mapped rings would exceed ``budget`` bytes)."""
+        if key in self._rings:
+            return "in use"
+        if sum(self._rings.values()) + nbytes > budget:
+            return "budget"
+        self._rings[key] = nbytes
+        return ""
+
+    def release_ring(self, key: tuple[int, int]) -> None:
+        self._rings.pop(key, None)
+
+    def ring_in_use(self, key: tuple[int, int]) -> bool:
+        return key in self._rings
 
     def try_open(self, limit: int) -> bool:
         """Count one more stream unless ``limit`` streams are open on the node."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,18 +25,16 @@ __all__ = [
     "DTYPES",
     "FORMAT_NAMES",
     "PLANE_CHANNELS",
-    "RING_DIRECTORY",
-    "RING_PREFIX",
     "SAMPLE_NAMES",
     "TRANSPORTS",
     "FrameAssembler",
+    "SlotLayout",
     "check_transport",
     "decode_png",
     "encode_png",
     "pack",
     "packed_limit",
     "png_size",
-    "ring_slot_bytes",
     "rings_supported",
     "split_parts",
     "state_from_message",
@@ -61,16 +62,14 @@ TRANSPORTS: dict[str, pb.Transport] = {
     "png": pb.TRANSPORT_PNG,
     "shm": pb.TRANSPORT_SHM,
 }
-# Shared-memory rings that are files: directly under this directory, with this prefix.
-RING_DIRECTORY = "/dev/shm"
-RING_PREFIX = "rvm-node-"
 PLANE_CHANNELS = {pb.PLANE_ALPHA: 1, pb.PLANE_FOREGROUND: 3}
 _ZSTD_LEVEL = 1  # the fastest level: mattes shrink 20-100x even so
 
 
 def rings_supported() -> bool:
-    """Whether this host has shared-memory rings: memfds (Linux), or the ring directory. Windows has neither."""
-    return hasattr(os, "memfd_create") or os.path.isdir(RING_DIRECTORY)
+    """Whether this host has shared-memory rings: sealed memfds handed over on Unix sockets in the abstract
+    namespace, which Linux alone has (macOS and Windows use gRPC)."""
+    return sys.platform.startswith("linux") and hasattr(os, "memfd_create") and hasattr(socket, "send_fds")
 
 
 def transport_name(transport: int) -> str:
@@ -99,14 +98,41 @@ def check_transport(transport: pb.Transport, fmt: pb.SampleFormat, where: str) -
     return transport
 
 
-def ring_slot_bytes(
-    width: int, height: int, in_dtype: np.dtype, out_dtype: np.dtype, planes: Iterable[pb.Plane]
-) -> int:
-    """What one slot of a shared-memory ring holds: a frame sent, then its planes returned."""
-    pixels = width * height
-    return pixels * 3 * in_dtype.itemsize + pixels * out_dtype.itemsize * sum(
-        PLANE_CHANNELS[p] for p in planes
-    )
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where a frame and its planes lie in the slots of a shared-memory ring, for both ends of a stream.
+
+    A slot holds the frame sent from its start, then each plane returned, in
+    the stream's plane order, back to back; slots follow one another every
+    ``slot_bytes`` (at least :attr:`needed_bytes`).
+    """
+
+    frame_bytes: int
+    plane_bytes: tuple[int, ...]
+    slot_bytes: int
+
+    @classmethod
+    def of(
+        cls, width: int, height: int, in_dtype: np.dtype, out_dtype: np.dtype, planes: Iterable[pb.Plane]
+    ) -> SlotLayout:
+        """The layout of a stream's slots, each exactly as large as it needs to be."""
+        pixels = width * height
+        plane_bytes = tuple(pixels * PLANE_CHANNELS[p] * out_dtype.itemsize for p in planes)
+        frame_bytes = pixels * 3 * in_dtype.itemsize
+        return cls(frame_bytes, plane_bytes, frame_bytes + sum(plane_bytes))
+
+    @property
+    def needed_bytes(self) -> int:
+        """What one slot must hold: a frame and its planes."""
+        return self.frame_bytes + sum(self.plane_bytes)
+
+    def frame_at(self, slot: int) -> int:
+        """The offset of the frame in ``slot``."""
+        return slot * self.slot_bytes
+
+    def plane_at(self, slot: int, index: int) -> int:
+        """The offset of the ``index``-th plane of the stream in ``slot``."""
+        return slot * self.slot_bytes + self.frame_bytes + sum(self.plane_bytes[:index])
 
 
 def packed_limit(transport: int, raw_bytes: int) -> int:

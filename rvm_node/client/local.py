@@ -1,0 +1,161 @@
+"""Shared memory with a node on this host: its local endpoints, the rings handed over to them, spare rings.
+
+A node that takes shared memory names one local endpoint per worker in
+GetNodeInfo: a gRPC socket and a ring socket in Linux's abstract namespace,
+and the worker's process id. The client reaches them only if it runs on the
+node's host (the abstract namespace is the host's, per network namespace);
+it checks that the endpoint answers with the node's own ``node_id``, hands
+its ring over on the ring socket only to the process the node named
+(``SO_PEERCRED``), and opens the stream on that endpoint. Streams take the
+endpoints in turn, so they spread over the workers.
+
+A ring of a stream that ended cleanly is kept for the next stream of the
+same layout on the same worker (its pages are already there, on both
+sides); a cancelled stream's ring is never reused, as the node may still
+write into it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from rvm_node.client.ring import NOT_ON_THIS_HOST, ClientRing
+from rvm_node.errors import InvalidInputError, NodeError, NodeUnavailableError
+from rvm_node.v1.protocol import SlotLayout, rings_supported
+
+__all__ = ["Endpoint", "LocalRings", "NoSharedMemory"]
+
+log = logging.getLogger("rvm_node.client")
+_SPARE_RINGS = 4  # enough for the streams a client runs at once, within:
+_SPARE_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One worker's local endpoint, as GetNodeInfo names it."""
+
+    address: str
+    ring_socket: str
+    pid: int
+
+
+class NoSharedMemory(Exception):
+    """Why a stream cannot use shared memory here; ``remote`` when the node is not on this host at all."""
+
+    def __init__(self, why: str, remote: bool = False) -> None:
+        super().__init__(why)
+        self.remote = remote
+
+
+class LocalRings:
+    """The shared-memory side of one client: endpoints verified, rings handed over and kept.
+
+    ``make_channel(target)``: a channel to a local endpoint, with the client's
+    credentials. ``info(channel)``: GetNodeInfo over ``channel`` (node_id and
+    endpoints). ``token``: the node's bearer token, which a hand-over carries.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        make_channel: Callable[[str], grpc.Channel] | None,
+        method_of: Callable[[grpc.Channel], Any],
+        token: str | None,
+    ) -> None:
+        self._address = address
+        self._make_channel = make_channel
+        self._method_of = method_of
+        self._token = token
+        self._channels: dict[str, tuple[grpc.Channel, Any]] = {}  # verified endpoints: their Matte method
+        self._spares: list[ClientRing] = []
+        self._turn = 0
+        self.remote = False  # a node this host cannot reach locally: raw from now on
+
+    def ring_for(
+        self,
+        node_id: str,
+        endpoints: tuple[Endpoint, ...],
+        layout: SlotLayout,
+        slots: int,
+        node_id_of: Callable[[grpc.Channel], str],
+    ) -> tuple[ClientRing, Any]:
+        """A ring handed over to the next worker's endpoint, and that endpoint's Matte method; raises
+        :class:`NoSharedMemory` saying why not."""
+        if not rings_supported():
+            raise NoSharedMemory("this host has no shared-memory rings (Linux has them)", remote=True)
+        if self.remote:
+            raise NoSharedMemory(f"node {self._address} is not on this host", remote=True)
+        if self._make_channel is None:
+            raise NoSharedMemory("the client was given its own channel, which reaches no local endpoint")
+        if not endpoints:
+            raise NoSharedMemory(f"node {self._address} takes no shared memory (serve --shm off)")
+        endpoint = endpoints[self._turn % len(endpoints)]
+        self._turn += 1
+        ring = self._spare(layout, slots, endpoint.ring_socket)
+        try:
+            if ring is None:
+                ring = ClientRing(layout, slots)
+                ring.hand_over(endpoint.ring_socket, self._token, endpoint.pid)
+            return ring, self._method(endpoint, node_id, node_id_of)
+        except NodeUnavailableError as exc:
+            if ring is not None:
+                ring.close()
+            if exc.reason == NOT_ON_THIS_HOST:
+                self.remote = True
+                raise NoSharedMemory(f"node {self._address} is not on this host", remote=True) from None
+            raise NoSharedMemory(str(exc)) from None
+        except (NodeError, InvalidInputError, OSError) as exc:
+            if ring is not None:
+                ring.close()
+            raise NoSharedMemory(str(exc)) from None
+
+    def _method(self, endpoint: Endpoint, node_id: str, node_id_of: Callable[[grpc.Channel], str]) -> Any:
+        """The Matte method of ``endpoint``, once its node is known to be ours."""
+        known = self._channels.get(endpoint.address)
+        if known is not None:
+            return known[1]
+        if self._make_channel is None:
+            raise NoSharedMemory("no local channel")
+        channel = self._make_channel(endpoint.address)
+        try:
+            answered = node_id_of(channel)
+        except NodeError:
+            channel.close()
+            raise
+        if answered != node_id:
+            channel.close()
+            raise NoSharedMemory(
+                f"the local endpoint {endpoint.address} answers as node {answered or '?'}, not {node_id}"
+            )
+        method = self._method_of(channel)
+        self._channels[endpoint.address] = (channel, method)
+        return method
+
+    def _spare(self, layout: SlotLayout, slots: int, ring_socket: str) -> ClientRing | None:
+        for ring in self._spares:
+            if ring.fits(layout, slots, ring_socket):
+                self._spares.remove(ring)
+                return ring
+        return None
+
+    def done(self, ring: ClientRing, clean: bool) -> None:
+        """A stream is done with ``ring``: kept for the next one when every reply arrived, else closed."""
+        if not clean or not ring.handed_over:
+            ring.close()
+            return
+        self._spares.append(ring)
+        while len(self._spares) > _SPARE_RINGS or sum(r.size for r in self._spares) > _SPARE_BYTES:
+            self._spares.pop(0).close()  # the oldest goes: shots of a new size replace it
+
+    def close(self) -> None:
+        for ring in self._spares:
+            ring.close()
+        self._spares.clear()
+        for channel, _ in self._channels.values():
+            channel.close()
+        self._channels.clear()
