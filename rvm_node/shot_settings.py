@@ -135,6 +135,13 @@ SHOT_SETTINGS: dict[str, ShotSetting] = {
             "the composition's background: R,G,B (0..255), an image or a video (default: green, 120,255,155)",
         ),
         ShotSetting("allow_gaps", "bool", "skip frames missing from the middle of a sequence", default=False),
+        ShotSetting(
+            "no_autorotate",
+            "bool",
+            "keep a video's frames as stored: no turning upright by its display matrix (phone footage); "
+            "video outputs then carry the matrix",
+            default=False,
+        ),
     )
 }
 SETTING_KEYS = tuple(SHOT_SETTINGS)

@@ -42,6 +42,7 @@ EVERY: dict[str, Any] = {
     "group_writable": True,
     "background": "10,20,30",
     "allow_gaps": True,
+    "no_autorotate": True,
 }
 
 
@@ -106,7 +107,15 @@ def test_the_library_defaults_are_the_settings_defaults() -> None:
     for key in ("exr_channels", "bit_depth", "premultiplied", "group_writable"):
         assert getattr(writer, key) == SHOT_SETTINGS[key].default, key
     parameters = inspect.signature(convert_video).parameters
-    for key in ("start_frame", "allow_gaps", "downsample_ratio", "frames", "input_colorspace", "background"):
+    for key in (
+        "start_frame",
+        "allow_gaps",
+        "no_autorotate",
+        "downsample_ratio",
+        "frames",
+        "input_colorspace",
+        "background",
+    ):
         assert parameters[key].default == SHOT_SETTINGS[key].default, key
     assert check_settings({}, "x") == {k: s.default for k, s in SHOT_SETTINGS.items()}
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -70,9 +71,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    from fractions import Fraction
+def _frame_rate(text: str | None) -> Fraction | None:
+    """``--frame-rate``: a positive number or fraction (24000/1001), or None when not given."""
+    if text is None:
+        return None
+    try:
+        rate = Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        raise InvalidInputError(
+            f"--frame-rate: expected a number or a fraction such as 24000/1001, got {text!r}"
+        ) from None
+    if rate <= 0:
+        raise InvalidInputError(f"--frame-rate: expected a positive rate, got {text}")
+    return rate
 
+
+def run(args: argparse.Namespace) -> int:
     from rvm_node.client.shots import NodeJobCut, node_job_cut
     from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
     from rvm_node.io.sequence import parse_frame_range
@@ -80,16 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.progress_json and (args.quiet or args.disable_progress):
         raise InvalidInputError("--progress-json cannot be combined with --quiet or --disable-progress")
-    rate = None
-    if args.frame_rate is not None:
-        try:
-            rate = Fraction(args.frame_rate)
-        except (ValueError, ZeroDivisionError):
-            raise InvalidInputError(
-                f"--frame-rate: expected a number or a fraction such as 24000/1001, got {args.frame_rate!r}"
-            ) from None
-        if rate <= 0:
-            raise InvalidInputError(f"--frame-rate: expected a positive rate, got {args.frame_rate}")
+    rate = _frame_rate(args.frame_rate)
     outputs = {
         kind: target
         for kind, target in (
@@ -145,6 +150,7 @@ def run(args: argparse.Namespace) -> int:
         start_frame=args.start_frame,
         input_colorspace=args.input_colorspace,
         allow_gaps=args.allow_gaps,
+        no_autorotate=args.no_autorotate,
         background=args.background,
         settings=settings,
         resume=args.resume,

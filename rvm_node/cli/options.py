@@ -132,6 +132,7 @@ def add_shot_options(convert: argparse.ArgumentParser) -> None:
         help="codec of video outputs (default: h264 for .mp4, ProRes 4444 for .mov)",
     )
     add_shot_option(ours, "allow_gaps")
+    add_shot_option(ours, "no_autorotate")
     ours.add_argument("--resume", action="store_true", help="continue a killed run from its verified frames")
     ours.add_argument(
         "--resume-warmup", type=int, default=None, help="frames replayed before the first missing one"

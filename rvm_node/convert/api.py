@@ -58,6 +58,7 @@ def convert_video(
     start_frame: int = 1,
     input_colorspace: str | None = None,
     allow_gaps: bool = False,
+    no_autorotate: bool = False,
     background: str | None = None,
     settings: WriterSettings | None = None,
     resume: bool = False,
@@ -71,7 +72,10 @@ def convert_video(
     torch module with the official call contract (then ``device``/``dtype``
     apply). Outputs with a frame field are image sequences that keep the
     source's frame numbers; ``output_type="png_sequence"`` with a plain
-    directory writes the official ``0000.png ...``.
+    directory writes the official ``0000.png ...``. A video is matted as it is
+    displayed, turned upright by its display matrix (``no_autorotate=True``
+    keeps it as stored), and video outputs of a variable-frame-rate source keep
+    each frame's own time.
     """
     outputs: dict[OutputKind, str] = {}
     for kind, target in (
@@ -97,6 +101,7 @@ def convert_video(
         start_frame=start_frame,
         input_colorspace=input_colorspace,
         allow_gaps=allow_gaps,
+        no_autorotate=no_autorotate,
         background=background,
         settings=base,
         resume=resume,

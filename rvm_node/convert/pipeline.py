@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 import queue
 import threading
@@ -36,6 +37,7 @@ import numpy as np
 
 from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint, save_checkpoint
 from rvm_node.convert.progress import Progress
+from rvm_node.convert.shown import VideoTiming, report_orientation, video_timing
 from rvm_node.engine.backend import ChunkJob, FrameMemory, MattingBackend
 from rvm_node.engine.samples import OutputSpec, finest_format, holds_samples
 from rvm_node.engine.session import check_downsample_ratio
@@ -80,6 +82,7 @@ class ConvertJob:
     start_frame: int = 1
     input_colorspace: str | None = None
     allow_gaps: bool = False
+    no_autorotate: bool = False  # keep a video's frames as stored instead of turning them upright
     background: str | None = None
     settings: WriterSettings = field(default_factory=WriterSettings)
     resume: bool = False
@@ -141,7 +144,12 @@ def _check_writable(path: Path) -> None:
 
 
 def _make_writer(
-    job: ConvertJob, kind: OutputKind, target: str, source: FrameSource, count: int | None
+    job: ConvertJob,
+    kind: OutputKind,
+    target: str,
+    source: FrameSource,
+    count: int | None,
+    timing: Callable[[], VideoTiming],
 ) -> FrameWriter:
     size = (source.width, source.height)
     pattern = FramePattern.detect(target)
@@ -161,9 +169,17 @@ def _make_writer(
         return SequenceWriter(kind, FramePattern(path.parent, path.stem, 0, path.suffix), settings)
     if path.exists() and not job.overwrite:
         raise InvalidInputError(f"{path}: already exists; pass --overwrite to replace it")
-    rate = job.frame_rate or source.rate or Fraction(24)
-    audio = source.path if source.has_audio else None
-    return VideoWriter(kind, path, rate=rate, size=size, settings=settings, audio_from=audio)
+    video = timing()
+    return VideoWriter(
+        kind,
+        path,
+        rate=video.rate,
+        size=size,
+        settings=settings,
+        audio_from=source.path if source.has_audio else None,
+        timing=video.variable,
+        display_matrix=video.display_matrix,
+    )
 
 
 def _lock_targets(job: ConvertJob) -> list[tuple[str, Path]]:
@@ -283,7 +299,7 @@ def _reader(
             ):
                 target = block[index % chunk]  # straight from the decoder into the backend's memory
                 np.copyto(target, pixels, casting="unsafe")
-                frame = SourceFrame(frame.number, target)
+                frame = dataclasses.replace(frame, pixels=target)
             while not stop.is_set():
                 try:
                     out.put(frame, timeout=0.1)
@@ -343,10 +359,11 @@ class _WriterThread:
         fgr: np.ndarray | None,
         pha: np.ndarray,
         background: np.ndarray | None,
+        time: Fraction | None = None,
     ) -> None:
         for writer in writers:
             image = render(writer.kind, writer.settings, fgr, pha, background)
-            writer.write(self._numbering(number), image)
+            writer.write(self._numbering(number), image, time)
 
     def _run(self) -> None:
         try:
@@ -362,12 +379,12 @@ class _WriterThread:
                         path, state, number, fingerprint, group_writable=self._job.settings.group_writable
                     )
                     continue
-                number, fgr, pha = item
+                number, fgr, pha, time = item
                 background = self._background.next() if self._background is not None else None
                 if self._pool is None:
-                    self._write_frame(self._writers, number, fgr, pha, background)
+                    self._write_frame(self._writers, number, fgr, pha, background, time)
                 else:  # a video's frames go in order, here; image files on the pool
-                    self._write_frame(self._videos, number, fgr, pha, background)
+                    self._write_frame(self._videos, number, fgr, pha, background, time)
                     self._pending.append(
                         self._pool.submit(self._write_frame, self._images, number, fgr, pha, background)
                     )
@@ -424,7 +441,9 @@ def run_job(job: ConvertJob) -> ConvertReport:
         colourspace=job.input_colorspace,
         resize=job.input_resize,
         allow_gaps=job.allow_gaps,
+        autorotate=not job.no_autorotate,
     )
+    report_orientation(source, autorotate=not job.no_autorotate)
     numbers = source.frame_numbers
     count = len(numbers) if numbers is not None else None
     if count == 0:
@@ -435,13 +454,30 @@ def run_job(job: ConvertJob) -> ConvertReport:
     try:
         # One run per output: a second one refuses, naming the first.
         with OutputLock(_lock_targets(job), group_writable=job.settings.group_writable):
+            timing = functools.cache(lambda: video_timing(source, job.frame_rate))  # said once, if asked
             for kind, target in job.outputs.items():
-                writers.append(_make_writer(job, kind, target, source, count))
+                writers.append(_make_writer(job, kind, target, source, count, timing))
             return _run_writers(job, source, writers, numbers)
     except BaseException:
         for w in writers:
             w.abort()  # a no-op for finished outputs and for image sequences
         raise
+
+
+def _fingerprint(job: ConvertJob, source: FrameSource, numbers: list[int] | None) -> dict[str, Any]:
+    """What the state depends on; not the device or node, so a shot can resume elsewhere."""
+    model = job.backend.describe()
+    fingerprint = {
+        "input": str(Path(job.input_source).resolve()),
+        "first": numbers[0] if numbers else None,
+        "size": [source.width, source.height],
+        "ratio": job.downsample_ratio,
+        "variant": str(model["variant"]),
+        "precision": str(model["precision"]),
+    }
+    if source.display is not None:  # a square picture turned upright keeps its size
+        fingerprint["upright"] = source.upright
+    return fingerprint
 
 
 def _run_writers(
@@ -455,16 +491,7 @@ def _run_writers(
     )
     numbering = _Numbering(numbers, by_index=official_dirs)
     size = (source.width, source.height)
-    # What the state depends on; not the device or node, so a shot can resume elsewhere.
-    model = job.backend.describe()
-    fingerprint = {
-        "input": str(Path(job.input_source).resolve()),
-        "first": numbers[0] if numbers else None,
-        "size": list(size),
-        "ratio": job.downsample_ratio,
-        "variant": str(model["variant"]),
-        "precision": str(model["precision"]),
-    }
+    fingerprint = _fingerprint(job, source, numbers)
     plan = _plan_resume(job, writers, numbering, numbers, size, fingerprint)
     start, done_frames = plan.start, plan.done
     if job.write_from is not None:
@@ -529,7 +556,7 @@ def _run_writers(
                 first = frame.number if first is None else first
                 last = frame.number
                 fgr = None if out.fgr is None else out.fgr[t].transpose(1, 2, 0)
-                writer.put((frame.number, fgr, out.pha[t, 0]))
+                writer.put((frame.number, fgr, out.pha[t, 0], frame.time))
             if done.state is not None:
                 writer.put(("state", chunk[-1].number, done.state, plan.checkpoint, fingerprint))
             check_cancel()  # chunks still in flight on a node are dropped, not written

@@ -261,6 +261,7 @@ class _FarmRun:
             start_frame=shot.start_frame,
             input_colorspace=shot.input_colorspace,
             allow_gaps=shot.allow_gaps,
+            no_autorotate=shot.no_autorotate,
             background=shot.background,
             settings=shot.settings,
             resume=True,

@@ -61,6 +61,7 @@ class Shot:
     background: str | None = None
     start_frame: int = 1
     allow_gaps: bool = False
+    no_autorotate: bool = False
     settings: WriterSettings = field(default_factory=WriterSettings)
     # For a segment of a split shot: frames before this are pre-roll, run but not written.
     write_from: int | None = None
@@ -111,6 +112,7 @@ def _shot(entry: dict[str, Any], defaults: dict[str, Any], where: str) -> Shot:
         background=merged["background"],
         start_frame=merged["start_frame"],
         allow_gaps=merged["allow_gaps"],
+        no_autorotate=merged["no_autorotate"],
         settings=WriterSettings(
             exr_channels=merged["exr_channels"],
             bit_depth=merged["bit_depth"],
@@ -164,6 +166,7 @@ def shot_settings(shot: Shot) -> dict[str, Any]:
             "background": shot.background,
             "start_frame": shot.start_frame,
             "allow_gaps": shot.allow_gaps,
+            "no_autorotate": shot.no_autorotate,
             "exr_channels": writer.exr_channels,
             "bit_depth": writer.bit_depth,
             "premultiplied": writer.premultiplied,

@@ -6,6 +6,12 @@ ready for the model. Video frames are numbered from ``start_frame`` (1 by
 default, as Blender and Nuke number a movie); sequences keep their numbers;
 a plain directory (the official converter's form) is numbered from 0 in
 natural order.
+
+A video is matted as it is displayed: frames are turned upright by the
+stream's display matrix (as ffmpeg does unless told ``-noautorotate``), so
+its width and height are the displayed ones; ``autorotate=False`` keeps them
+as stored. Video frames carry their presentation time, so video outputs of a
+variable-frame-rate source can keep every frame's own time.
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import numpy as np
 from rvm_node.errors import InvalidInputError
 from rvm_node.fsutil import is_temporary
 from rvm_node.io.colour import ColourTransform
+from rvm_node.io.frame_times import VariableRate, scan_frame_times, variable_rate
 from rvm_node.io.images import IMAGE_EXTS, read_image
+from rvm_node.io.orientation import DisplayMatrix
 from rvm_node.io.resize import resize_image
 from rvm_node.io.sequence import FramePattern, FrameRange, natural_key
 
@@ -32,6 +40,7 @@ __all__ = ["FrameSource", "ImageSequenceSource", "SourceFrame", "VideoSource", "
 class SourceFrame:
     number: int
     pixels: np.ndarray  # HxWx3: uint8, uint16, or float32 0..1
+    time: Fraction | None = None  # a video frame's presentation time in seconds, as the file gives it
 
 
 class FrameSource(abc.ABC):
@@ -41,6 +50,8 @@ class FrameSource(abc.ABC):
     width: int
     height: int
     rate: Fraction | None = None
+    display: DisplayMatrix | None = None  # how a video is meant to be shown (None: as stored)
+    upright: bool = False  # True when frames are turned upright by ``display`` before they are yielded
 
     @property
     @abc.abstractmethod
@@ -55,9 +66,18 @@ class FrameSource(abc.ABC):
     def has_audio(self) -> bool:
         return False
 
+    def variable_rate(self) -> VariableRate | None:
+        """How the frames' times stray from a constant rate; None when they keep one (or have no times)."""
+        return None
+
 
 def _resize(pixels: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return pixels if size is None else resize_image(pixels, size)
+
+
+def _time(pts: int | None, time_base: Fraction | None) -> Fraction | None:
+    """A frame's presentation time in seconds, exact; None when the file gives none."""
+    return None if pts is None or time_base is None else pts * Fraction(time_base)
 
 
 def _check_resize(size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -77,6 +97,7 @@ class VideoSource(FrameSource):
         start_frame: int = 1,
         colour: ColourTransform | None = None,
         resize: tuple[int, int] | None = None,
+        autorotate: bool = True,
     ) -> None:
         import av
 
@@ -94,8 +115,15 @@ class VideoSource(FrameSource):
                 self._count = stream.frames or None
                 self._audio = bool(container.streams.audio)
                 width, height = stream.codec_context.width, stream.codec_context.height
+                first = next(container.decode(stream), None)  # the display matrix comes with the frames
         except av.error.FFmpegError as exc:
             raise InvalidInputError(f"{path}: not a readable video ({exc})") from exc
+        self.display = DisplayMatrix.of_frame(first) if first is not None else None
+        self.upright = autorotate and self.display is not None and self.display.steps is not None
+        if self.upright and self.display is not None and self.display.turns_sideways:
+            width, height = height, width
+        self._variable: VariableRate | None = None
+        self._scanned = False
         self.width, self.height = self.resize or (width, height)
         if self.width < 1 or self.height < 1:
             raise InvalidInputError(f"{path}: the video stream has no picture size")
@@ -103,6 +131,12 @@ class VideoSource(FrameSource):
     @property
     def has_audio(self) -> bool:
         return self._audio
+
+    def variable_rate(self) -> VariableRate | None:
+        if not self._scanned:  # the packets' timestamps: demuxed once, never decoded
+            self._variable = variable_rate(*scan_frame_times(self.path))
+            self._scanned = True
+        return self._variable
 
     @property
     def frame_numbers(self) -> list[int] | None:
@@ -128,11 +162,13 @@ class VideoSource(FrameSource):
                         continue
                     deep = max((c.bits for c in frame.format.components), default=8) > 8
                     pixels = frame.to_ndarray(format="rgb48le" if deep else "rgb24")
-                    yield SourceFrame(number, self._prepare(pixels))
+                    yield SourceFrame(number, self._prepare(pixels), _time(frame.pts, frame.time_base))
         except av.error.FFmpegError as exc:
             raise InvalidInputError(f"{self.path}: decoding failed ({exc})") from exc
 
     def _prepare(self, pixels: np.ndarray) -> np.ndarray:
+        if self.upright and self.display is not None:
+            pixels = self.display.upright(pixels)
         pixels = _resize(pixels, self.resize)
         if self.colour is not None:
             top = np.iinfo(pixels.dtype).max
@@ -206,8 +242,10 @@ def open_source(
     colourspace: str | None = None,
     resize: tuple[int, int] | None = None,
     allow_gaps: bool = False,
+    autorotate: bool = True,
 ) -> FrameSource:
-    """Open a video file, a frame pattern or a directory of images."""
+    """Open a video file, a frame pattern or a directory of images (a video turned upright unless
+    ``autorotate`` is False)."""
     text = str(input_source)
     pattern = FramePattern.detect(text)
     if pattern is not None:
@@ -247,4 +285,11 @@ def open_source(
             {start_frame: path}, label=path, frame_range=frame_range, colourspace=colourspace, resize=resize
         )
     colour = ColourTransform(colourspace) if colourspace is not None else None
-    return VideoSource(path, frame_range=frame_range, start_frame=start_frame, colour=colour, resize=resize)
+    return VideoSource(
+        path,
+        frame_range=frame_range,
+        start_frame=start_frame,
+        colour=colour,
+        resize=resize,
+        autorotate=autorotate,
+    )

@@ -8,13 +8,17 @@ Three kinds of output, as in the official converter:
 * ``composition``: RGB over a background (colour, image or video).
 
 Every image is written atomically. Videos are written to a temporary file and
-renamed when complete, with the source's audio copied in.
+renamed when complete, with the source's audio copied in. A video of a
+variable-frame-rate source keeps each frame's own time; one of a source kept
+as stored (``--no-autorotate``) carries the source's display matrix, so it is
+shown as the source is.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,6 +29,7 @@ import numpy as np
 from rvm_node.engine.samples import SampleFormat, to_samples, to_unit_float
 from rvm_node.errors import InvalidInputError, OutputError
 from rvm_node.fsutil import make_directory, new_file_mode, remove_temporaries, temporary_path
+from rvm_node.io.frame_times import VariableRate
 from rvm_node.io.images import read_image, write_exr, write_image
 from rvm_node.io.sequence import FramePattern
 
@@ -36,8 +41,11 @@ __all__ = [
     "SequenceWriter",
     "VideoWriter",
     "WriterSettings",
+    "display_matrix_writable",
     "verify_frame",
 ]
+
+log = logging.getLogger("rvm_node.io")
 
 OutputKind = Literal["alpha", "foreground", "composition"]
 OFFICIAL_GREEN = (120, 255, 155)
@@ -157,8 +165,8 @@ class FrameWriter(abc.ABC):
         """The sample format the file stores."""
 
     @abc.abstractmethod
-    def write(self, number: int, image: np.ndarray) -> None:
-        """Write one rendered frame (see :func:`render`)."""
+    def write(self, number: int, image: np.ndarray, time: Fraction | None = None) -> None:
+        """Write one rendered frame (see :func:`render`); ``time`` is the source frame's, in seconds."""
 
     def close(self) -> None:  # noqa: B027 - image sequences have nothing to finish
         """Finish the output (a video is moved into place here)."""
@@ -192,7 +200,7 @@ class SequenceWriter(FrameWriter):
             return "uint16"
         return "uint8"
 
-    def write(self, number: int, image: np.ndarray) -> None:
+    def write(self, number: int, image: np.ndarray, time: Fraction | None = None) -> None:  # noqa: ARG002 - a file per frame has no time
         path = self.path(number)
         try:
             self._write(path, image)
@@ -216,6 +224,11 @@ class SequenceWriter(FrameWriter):
         remove_temporaries(self.pattern.directory, names.__contains__)
 
 
+def display_matrix_writable(stream: Any) -> bool:
+    """True when this PyAV can record a display matrix on an output stream (PyAV 18.1 and later)."""
+    return hasattr(stream, "set_display_matrix")
+
+
 def verify_frame(path: Path, size: tuple[int, int]) -> bool:
     """True when ``path`` decodes and has ``size`` (width, height)."""
     try:
@@ -236,7 +249,11 @@ class VideoWriter(FrameWriter):
         size: tuple[int, int],
         settings: WriterSettings,
         audio_from: Path | None = None,
+        timing: VariableRate | None = None,
+        display_matrix: Sequence[int] | None = None,
     ) -> None:
+        """``timing``: frames keep the times given to :meth:`write`, counted in its time base (else they
+        come at ``rate``); ``display_matrix``: how the video is to be shown, recorded in the file."""
         import av
 
         ext = path.suffix.lower()
@@ -269,6 +286,20 @@ class VideoWriter(FrameWriter):
         stream.width, stream.height = size
         if settings.video_mbps is not None:
             stream.bit_rate = int(settings.video_mbps * 1_000_000)
+        self._time_base = timing.time_base if timing is not None else None
+        self._last_pts: int | None = None
+        if self._time_base is not None:
+            stream.codec_context.time_base = self._time_base
+        if display_matrix is not None:
+            if display_matrix_writable(stream):
+                stream.set_display_matrix(list(display_matrix))
+            else:
+                log.warning(
+                    "%s: PyAV %s cannot record a display matrix (18.1 can); the video is written as "
+                    "stored, without the source's rotation",
+                    path,
+                    av.__version__,
+                )
         self._stream = stream
         # Streams must all exist before the first packet: add the audio copy now, fill it at close().
         self._audio_source: Any = None
@@ -285,13 +316,22 @@ class VideoWriter(FrameWriter):
     def _stored_format(self) -> SampleFormat:
         return "uint16" if self._alpha else "uint8"
 
-    def write(self, number: int, image: np.ndarray) -> None:
+    def write(self, number: int, image: np.ndarray, time: Fraction | None = None) -> None:
         try:
-            self._encode(image)
+            self._encode(image, time)
         except OSError as exc:  # PyAV's errors are OSErrors too
             raise OutputError.of(self.path, exc, f"frame {number}") from exc
 
-    def _encode(self, image: np.ndarray) -> None:
+    def _pts(self, time: Fraction | None, time_base: Fraction) -> int:
+        """A frame's timestamp in ``time_base``: its own time, and never at or before the last frame's
+        (a frame without a time, or with a repeated one, comes one tick after it)."""
+        pts = None if time is None else round(time / time_base)
+        if self._last_pts is not None and (pts is None or pts <= self._last_pts):
+            pts = self._last_pts + 1
+        self._last_pts = 0 if pts is None else pts
+        return self._last_pts
+
+    def _encode(self, image: np.ndarray, time: Fraction | None = None) -> None:
         import av
 
         if image.ndim == 2:
@@ -302,6 +342,8 @@ class VideoWriter(FrameWriter):
             frame = av.VideoFrame.from_ndarray(to_samples(image, "uint16"), format="rgba64le")
         else:
             frame = av.VideoFrame.from_ndarray(to_samples(image, "uint8"), format="rgb24")
+        if self._time_base is not None:
+            frame.pts, frame.time_base = self._pts(time, self._time_base), self._time_base
         for packet in self._stream.encode(frame):
             self._container.mux(packet)
 
