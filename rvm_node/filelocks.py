@@ -6,18 +6,28 @@
   Windows' byte locks are mandatory: a lock on the file's content would stop
   others from reading what a lock file records about its holder.
 
+A lock file that its holders remove (:func:`take_lock_file`,
+:func:`remove_lock_file`) has a race of its own: one that opened the file
+just before its holder removed it would lock a file no longer at its path,
+while a third takes a new one there. So whoever takes such a lock checks,
+once it holds it, that the path still names the file it locked, and opens
+the path again where it does not. Windows removes no file that is open, so
+there the file goes once its holder has closed it, unless another has it
+open (that one removes it in turn).
+
 Also here: reading and writing a small file from its start through a
 descriptor, and the flags every descriptor opened here takes, on both.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import importlib
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Literal, overload
 
 __all__ = [
     "OPEN_FLAGS",
@@ -25,6 +35,8 @@ __all__ = [
     "lock",
     "open_lock_file",
     "read_start",
+    "remove_lock_file",
+    "take_lock_file",
     "try_lock",
     "unlock",
     "write_start",
@@ -84,6 +96,58 @@ def unlock(fd: int) -> None:
     import fcntl
 
     fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+@overload
+def take_lock_file(path: str | os.PathLike[str], *, wait: Literal[True]) -> int: ...
+@overload
+def take_lock_file(path: str | os.PathLike[str], *, wait: bool) -> int | None: ...
+
+
+def take_lock_file(path: str | os.PathLike[str], *, wait: bool) -> int | None:
+    """A descriptor of ``path`` (made where it is missing) whose lock is taken, waiting for its holder with
+    ``wait``, else None while another holds it. The lock is the one of the file at ``path`` now, not of one
+    its holder removed meanwhile (see the module docstring). Raises OSError where ``path`` cannot be opened."""
+    while True:
+        fd = open_lock_file(path)
+        try:
+            if wait:
+                lock(fd)
+            elif not try_lock(fd):
+                os.close(fd)
+                return None
+            if _names(path, fd):
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)  # removed by its holder as this one waited: the path names another file, or none
+
+
+def remove_lock_file(path: str | os.PathLike[str], fd: int) -> None:
+    """Remove ``path``, whose lock ``fd`` holds, and close ``fd``; a file another process has put at
+    ``path`` meanwhile stays. POSIX: removed while still locked; Windows: once closed (see the module
+    docstring). Nothing is raised where it cannot be removed."""
+    try:
+        if not WINDOWS and _names(path, fd):
+            os.unlink(path)
+    except OSError:
+        pass  # a folder that refuses it: the file stays, unlocked
+    finally:
+        os.close(fd)
+    if WINDOWS:
+        with contextlib.suppress(OSError):  # another process has it open: that one removes it
+            os.unlink(path)
+
+
+def _names(path: str | os.PathLike[str], fd: int) -> bool:
+    """Whether ``path`` names the file open as ``fd``."""
+    try:
+        named = os.stat(path)
+    except FileNotFoundError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _msvcrt() -> Any:

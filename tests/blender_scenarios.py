@@ -182,13 +182,13 @@ def this_computer(args: dict[str, Any]) -> dict[str, Any]:
     reuses it; then it is killed, and the third starts a new one. Each call says the node's process."""
     install(args)
     clip = _load_clip(args["clip"])
-    from rvm_node.client.private_node import private_folder
+    from rvm_node.client.private_node import running_private_node
 
-    record = private_folder() / f"node-{os.getpid()}.json"
     shots = []
     for n, options in enumerate(args["shots"]):
         outcome = _call(bpy.ops.rvm.matte_clip, clip=clip.name, **options)
-        pid = json.loads(record.read_text())["pid"] if record.exists() else None
+        node = running_private_node()
+        pid = node.pid if node is not None else None
         shots.append({**outcome, "pid": pid})
         if n == len(args["shots"]) - 2 and pid is not None:  # a node that dies between shots
             os.kill(pid, 9)

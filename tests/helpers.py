@@ -7,6 +7,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,21 @@ def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Pa
     return command, record
 
 
+def until(predicate: Callable[[], bool], timeout: float = 30) -> bool:
+    """Whether ``predicate`` holds within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def listing(folder: Path) -> list[str]:
+    """Everything in ``folder``, recursively (folders end with a slash)."""
+    return sorted(f"{p.relative_to(folder)}{'/' if p.is_dir() else ''}" for p in folder.rglob("*"))
+
+
 def process_gone(pid: int, timeout: float = 30) -> bool:
     """Whether process ``pid`` has exited within ``timeout`` seconds."""
     from rvm_node.processes import process_exists
@@ -165,6 +181,20 @@ _NO_TORCH = (
     "sys.exit(main())\n"
 )
 RVM_NODE_WITHOUT_TORCH = [sys.executable, "-c", _NO_TORCH]
+
+# ``rvm-node`` whose model is the stand-in (``tests/standin.py``): a node that starts in a moment and needs no
+# weights, for tests of how nodes start and stop. The command's arguments follow it, as after ``rvm-node``.
+_STANDIN = (
+    "import sys\n"
+    f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+    "import rvm_node.cli.common, rvm_node.cli.serve\n"
+    "from tests.standin import StandInBackend\n"
+    "rvm_node.cli.common.load_local = lambda choice, options: StandInBackend()\n"
+    "rvm_node.cli.serve._fetch_weights = lambda: None\n"
+    "from rvm_node.cli import main\n"
+    "sys.exit(main())\n"
+)
+RVM_NODE_STANDIN = [sys.executable, "-c", _STANDIN]
 
 
 def no_package_index(monkeypatch: Any, tmp_path: Path) -> None:

@@ -128,7 +128,7 @@ def test_matte_selected_read_end_to_end(node_address: str, script: Path, plate: 
 def test_this_computer_with_no_node_set_starts_one_private_node(
     script: Path, plate: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rvm_node.client.private_node import private_folder, stop_private_node
+    from rvm_node.client.private_node import running_private_node, stop_private_node
 
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     (tmp_path / "run").mkdir(mode=0o700)
@@ -136,11 +136,11 @@ def test_this_computer_with_no_node_set_starts_one_private_node(
     command = f"{sys.executable} -m rvm_node"
     chosen = settings.Settings(ratio=0.5, rvm_node_command=command)  # no node set: this computer
     assert settings.runs_here_on(chosen) == "local"
-    record = private_folder() / f"node-{os.getpid()}.json"
     try:
         results = job.matte_selected(chosen, blocking=True)
         assert results is not None and results["Read1"].status == "done"
-        first = record.read_text()
+        first = running_private_node()
+        assert first is not None
         for node in nuke.allNodes():
             node.setSelected(node is read)
         again = job.matte_selected(
@@ -153,7 +153,7 @@ def test_this_computer_with_no_node_set_starts_one_private_node(
             blocking=True,
         )
         assert again is not None and again["Read1"].status == "done"
-        assert record.read_text() == first  # the same node served both
+        assert running_private_node() == first  # the same node served both
         assert again["Read1"].nodes[0].startswith("unix://")  # over its socket (shared memory on this host)
     finally:
         assert stop_private_node()

@@ -1,5 +1,6 @@
 """This computer's private node (rvm_node.client.private_node): real `rvm-node serve` processes, started on
-first use, reused, replaced when killed, stopped with their owner or when idle, closed to other users."""
+first use, reused, replaced when killed, stopped with their owner or when idle, closed to other users. What
+they leave behind (nothing) is in test_private_node_files.py."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from rvm_node.client import NodeClient, matte_shot
 from rvm_node.client.private_node import private_node, stop_private_node
 from rvm_node.errors import InvalidInputError, NodeAuthError, NodeUnavailableError
-from tests.helpers import RVM_NODE_WITHOUT_TORCH, no_package_index, process_gone
+from tests.helpers import RVM_NODE_WITHOUT_TORCH, listing, no_package_index, process_gone, until
 
 
 def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
@@ -33,9 +34,11 @@ def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
 def test_started_once_reused_closed_to_others_and_replaced_when_killed(tmp_path: Path) -> None:
     folder = tmp_path / "private"
     folder.mkdir(mode=0o700)
-    (folder / f"node-{os.getpid()}.sock").write_text("left by a node that died")  # taken: replaced
+    leftover = folder / f"node-{os.getpid()}.sock"
+    leftover.write_text("left by a node of the layout before node folders, which died")
     node = private_node(folder=folder)
     try:
+        assert not leftover.exists()
         assert folder.stat().st_mode & 0o777 == 0o700 and node.token_file.stat().st_mode & 0o777 == 0o600
         assert node.address.startswith("unix://")
         assert private_node(folder=folder) == node  # the second shot: the same process
@@ -83,6 +86,7 @@ def test_a_node_it_cannot_record_is_stopped_and_said_in_one_line(
     ):
         private_node(folder=folder)
     assert len(started) == 1 and process_gone(started[0])  # not left running unrecorded
+    assert list(folder.iterdir()) == []  # nor its folder left
     monkeypatch.setattr(module, "atomic_write_bytes", write)
     node = private_node(folder=folder)  # the next press starts one: nothing holds its lock
     try:
@@ -151,6 +155,7 @@ def test_it_stops_when_its_owner_exits_or_when_idle(tmp_path: Path) -> None:
     assert process_gone(node.pid)  # the application quit (or crashed): its node stopped
     idle = private_node(folder=tmp_path / "b", idle_exit=1.0)
     assert process_gone(idle.pid)  # no stream for a second
+    assert until(lambda: listing(tmp_path / "a") == listing(tmp_path / "b") == [])  # and left nothing
     assert not stop_private_node(folder=tmp_path / "b")  # nothing left to stop
 
 

@@ -250,6 +250,10 @@ def test_this_computer_on_windows(windows: Any, tmp_path: Path) -> None:
         owner.kill()
         owner.wait()
     assert process_gone(owned.pid)  # the application quit: its node saw it through the kernel and stopped
+    deadline = time.monotonic() + 30
+    while list(folder.iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(folder.iterdir()) == []  # and removed its folder
 
 
 def test_serve_refuses_several_workers_where_ports_cannot_be_shared(
@@ -287,3 +291,77 @@ def test_a_shared_memory_ring_is_refused_in_one_line_where_there_are_none(window
     assert not rings_supported()
     with pytest.raises(InvalidInputError, match=r"^shared-memory rings: this host has no memfds "):
         ClientRing(SlotLayout(48, (16,), 64), 2)
+
+
+class _OpenFilesStay:
+    """Windows' rule that no open file can be removed, for the lock files rvm-node opens: ``os.unlink`` (also
+    as ``shutil.rmtree`` calls it) refuses a file while a descriptor of it is open."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open: dict[int, str] = {}
+        self.refused: list[str] = []
+        real_open, real_close, real_unlink = filelocks.open_lock_file, os.close, os.unlink
+
+        def open_lock_file(path: str | os.PathLike[str], mode: int = 0o600) -> int:
+            fd = real_open(path, mode)
+            self.open[fd] = os.path.realpath(path)
+            return fd
+
+        def close(fd: int) -> None:
+            self.open.pop(fd, None)
+            real_close(fd)
+
+        def unlink(path: str | os.PathLike[str], *, dir_fd: int | None = None) -> None:
+            where = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), path) if dir_fd is not None else path
+            if os.path.realpath(where) in self.open.values():
+                self.refused.append(os.path.basename(where))
+                raise PermissionError(13, "The process cannot access the file because it is being used")
+            real_unlink(path, dir_fd=dir_fd)
+
+        monkeypatch.setattr(filelocks, "open_lock_file", open_lock_file)
+        monkeypatch.setattr(os, "close", close)
+        monkeypatch.setattr(os, "unlink", unlink)
+
+
+def test_a_lock_file_goes_once_closed_unless_another_has_it_open(
+    windows: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rule = _OpenFilesStay(monkeypatch)
+    path = tmp_path / "turn.lock"
+    holder = filelocks.take_lock_file(path, wait=True)
+    waiter = filelocks.open_lock_file(path)  # another call, waiting for its turn
+    assert not filelocks.try_lock(waiter)
+    filelocks.remove_lock_file(path, holder)  # closed, then not removed: the waiter has it open
+    assert rule.refused == ["turn.lock"] and path.exists()
+    assert filelocks.try_lock(waiter)  # its turn, on the file at the path
+    filelocks.remove_lock_file(path, waiter)  # the last one removes it
+    assert not path.exists() and rule.open == {}
+
+
+def test_serve_removes_its_private_folder_on_windows_once_its_lock_file_is_closed(
+    windows: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import logging
+
+    from rvm_node.cli import main
+    from tests.standin import StandInBackend
+
+    monkeypatch.setattr("rvm_node.cli.common.load_local", lambda _choice, _options: StandInBackend())
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGUSR2)}
+    rule = _OpenFilesStay(monkeypatch)
+    own = tmp_path / "node-1.abcdefgh"
+    own.mkdir()
+    (own / "token").write_text("a token")
+    argv = ["serve", "--port", "0", "--private-folder", str(own), "--lock-file", str(own / "alive")]
+    try:
+        assert main([*argv, "--token-file", str(own / "token"), "--exit-when-idle", "0.5"]) == 0
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert capsys.readouterr().out.startswith("127.0.0.1:")
+    assert "alive" in rule.refused  # not while the node held it
+    assert not own.exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
     node = _node_settings(settings)  # every setting is checked before a worker starts
     if settings.workers != 1 and (settings.exit_with_pid is not None or settings.exit_when_idle is not None):
         raise InvalidInputError("--exit-with-pid and --exit-when-idle serve with one worker (--workers 1)")
-    with contextlib.nullcontext() if settings.lock_file is None else _held_lock(settings.lock_file):
+    with _node_files(settings):
         if (
             settings.fetch_weights == "on"
             and settings.checkpoint is None
@@ -153,21 +154,54 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
+def _node_files(settings: ServeSettings) -> Iterator[None]:
+    """The node's ``lock_file``, held while it runs, and its ``private_folder``: both removed when it exits.
+
+    The folder must hold the lock file, so that it is one node's alone: a second node given it cannot
+    take the lock and refuses to start before it could remove anything. POSIX removes the folder while
+    the lock is held; Windows removes no open file, so there what remains goes once the lock is let go.
+    """
+    folder, lock_file = settings.private_folder, settings.lock_file
+    if folder is not None:
+        if not folder.is_dir():
+            raise InvalidInputError(f"--private-folder: {folder} is not a folder")
+        if lock_file is None or lock_file.resolve().parent != folder.resolve():
+            raise InvalidInputError(
+                f"--private-folder: {folder} must hold the node's --lock-file (one node's folder alone)"
+            )
+    if lock_file is None:
+        yield
+        return
+    taken = False
+    try:
+        with _held_lock(lock_file):
+            taken = True
+            try:
+                yield
+            finally:
+                if folder is not None:
+                    shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        if folder is not None and taken:
+            shutil.rmtree(folder, ignore_errors=True)  # Windows: what was open a moment ago
+
+
+@contextlib.contextmanager
 def _held_lock(path: Path) -> Iterator[None]:
-    """``path``'s lock, held while the node runs (the system lets go of it however the node ends)."""
+    """``path``'s lock, held while the node runs (the system lets go of it however the node ends); the
+    file is removed when the node exits (see :mod:`rvm_node.filelocks` for why that is safe)."""
     from rvm_node import filelocks
 
     try:
-        fd = filelocks.open_lock_file(path)
+        fd = filelocks.take_lock_file(path, wait=False)
     except OSError as exc:
         raise InvalidInputError(f"--lock-file: cannot open {path} ({exc.strerror})") from None
+    if fd is None:
+        raise InvalidInputError(f"--lock-file: {path} is held by another running node")
     try:
-        if not filelocks.try_lock(fd):
-            raise InvalidInputError(f"--lock-file: {path} is held by another running node")
         yield
-        filelocks.unlock(fd)
     finally:
-        os.close(fd)
+        filelocks.remove_lock_file(path, fd)
 
 
 def _fetch_weights() -> None:

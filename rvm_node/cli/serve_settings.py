@@ -81,7 +81,8 @@ class ServeSettings:
     )
     unix: Path | None = setting(
         None,
-        "also serve on this Unix domain socket (clients: --node unix:///PATH); owner-only, or the --unix-group's",
+        "also serve on this Unix domain socket (clients: --node unix:///PATH); owner-only, or the --unix-group's; "
+        "removed as the node stops serving (a killed node's is replaced by the next)",
     )
     unix_group: str | None = setting(None, "a group whose members may use the --unix socket too (mode 0660)")
     exit_with_pid: int | None = setting(
@@ -93,7 +94,15 @@ class ServeSettings:
     lock_file: Path | None = setting(
         None,
         "hold an exclusive lock on this file while the node runs; a node given a file that another holds "
-        "refuses to start (one node per file; how a private node is known to be alive)",
+        "refuses to start (one node per file; how a private node is known to be alive). Removed when the node "
+        "exits (a killed node's is taken over by the next): a node that locks it checks that the path still "
+        "names the file it locked, so one removed under it is never taken",
+    )
+    private_folder: Path | None = setting(
+        None,
+        "a folder of this node's alone, holding its --lock-file (and its socket, token, log): the node removes "
+        "it, with everything in it, when it exits, on an error too; a killed node leaves it (the plugins' "
+        "private node: removed at the next start)",
     )
     metrics_port: int | None = setting(None, "serve Prometheus metrics on this port")
     log_format: str = setting("text", "log lines as text or JSON objects", choices=("text", "json"))
