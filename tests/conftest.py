@@ -57,7 +57,7 @@ def standin() -> StandInBackend:
 @pytest.fixture(scope="module")
 def standin_node(standin: StandInBackend) -> Iterator[Any]:
     """A real node on 127.0.0.1 serving the stand-in model (8 streams, a 30 s idle timeout)."""
-    from rvm_node.node.service import Limits
+    from rvm_node.node.limits import Limits
     from tests.test_node import NodeThread
 
     server = NodeThread(standin, limits=Limits(max_streams=8, idle_timeout=30))

@@ -30,7 +30,7 @@ from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.farm import NodePool, load_shot_list, run_shots
 from rvm_node.io.images import read_image
 from rvm_node.io.sequence import FrameRange
-from rvm_node.node.service import Limits
+from rvm_node.node.limits import Limits
 from tests.standin import StandInBackend, expected_alpha
 from tests.test_node import NodeThread
 

@@ -30,8 +30,8 @@ from rvm_node.errors import (
     NodeUnavailableError,
 )
 from rvm_node.node.launch import rvm_node_command
+from rvm_node.node.limits import Limits
 from rvm_node.node.server import NodeServer, TlsFiles, start_node
-from rvm_node.node.service import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from tests.helpers import error_info, spawn_node

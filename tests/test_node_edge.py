@@ -23,7 +23,7 @@ import pytest
 from rvm_node.client import NodeClient
 from rvm_node.errors import NodeBusyError, NodeProtocolError, NodeRejectedError, NonFiniteSamplesError
 from rvm_node.node.launch import rvm_node_command
-from rvm_node.node.service import Limits
+from rvm_node.node.limits import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from rvm_node.v1.protocol import state_to_message

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rvm_node.client import NodeClient
-from rvm_node.node.service import Limits
+from rvm_node.node.limits import Limits
 from rvm_node.node.status import REASON_CODES
 from rvm_node.v1 import matting_pb2 as pb
 from tests.helpers import error_info

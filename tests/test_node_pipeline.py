@@ -12,7 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from rvm_node.client import NodeClient
-from rvm_node.node.service import Limits
+from rvm_node.node.limits import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from tests.standin import StandInBackend
@@ -48,7 +48,7 @@ def test_controls_stay_in_order_with_frames_sent_ahead(backend, clip_frames: np.
     after_reset = np.frombuffer(responses[-1].part.data, np.float32).reshape(144, 176)
     fresh = backend.new_session(RATIO).process(clip_frames[3:4]).pha[0, 0]
     assert np.array_equal(after_reset, fresh)
-    assert 1 <= node.node.servicer.peak_chunks_in_flight <= 2
+    assert 1 <= node.node.servicer.stream_context.chunks.peak <= 2
 
 
 def test_a_client_that_stops_reading_holds_little_and_times_out(backend, clip_frames: np.ndarray) -> None:
@@ -73,7 +73,7 @@ def test_a_client_that_stops_reading_holds_little_and_times_out(backend, clip_fr
                     pass
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             assert "read nothing for more than 1 s" in (info.value.details() or "")
-        assert node.node.servicer.peak_chunks_in_flight <= 3
+        assert node.node.servicer.stream_context.chunks.peak <= 3
     finally:
         node.stop()
 

@@ -24,7 +24,7 @@ from rvm_node.client import NodeClient, StreamChunk
 from rvm_node.client.local import Endpoint
 from rvm_node.client.ring import ClientRing
 from rvm_node.errors import InvalidInputError, NodeUnavailableError
-from rvm_node.node.service import Limits, ShmPolicy
+from rvm_node.node.limits import Limits, ShmPolicy
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from rvm_node.v1.handover import frame, message_length, parse

@@ -18,7 +18,7 @@ import pytest
 
 from rvm_node.client import NodeClient
 from rvm_node.client.stream import MatteStream
-from rvm_node.node.service import Limits
+from rvm_node.node.limits import Limits
 from tests.standin import StandInBackend
 from tests.test_node import NodeThread
 

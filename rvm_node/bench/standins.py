@@ -188,9 +188,9 @@ class ConstantMatteBackend(MattingBackend[int]):
 
 
 async def _serve_constant(args: argparse.Namespace, streams: Any = None, ready_pipe: Any = None) -> None:
+    from rvm_node.node.limits import Limits
     from rvm_node.node.scheduler import BatchPolicy
     from rvm_node.node.server import NodeServer, serve_forever, start_node
-    from rvm_node.node.service import Limits
     from rvm_node.node.stages import StageClock
 
     backend = ConstantMatteBackend(args.device_ms, args.busy_file)

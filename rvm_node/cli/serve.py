@@ -103,7 +103,7 @@ def _size(text: str, where: str) -> int:
 
 def _shm_policy(settings: ServeSettings) -> Any:
     """``shm`` (on or off), ``shm_budget`` and ``max_ring_slots``."""
-    from rvm_node.node.service import ShmPolicy
+    from rvm_node.node.limits import ShmPolicy
 
     if settings.max_ring_slots < 1:
         raise InvalidInputError(f"--max-ring-slots: expected 1 or more, got {settings.max_ring_slots}")
@@ -219,8 +219,8 @@ def _fetch_weights() -> None:
 
 def _node_settings(settings: ServeSettings) -> dict[str, Any]:
     """start_node's keywords from the settings, all checked: limits, token, TLS and shared memory."""
+    from rvm_node.node.limits import Limits
     from rvm_node.node.server import TlsFiles
-    from rvm_node.node.service import Limits
 
     if (settings.tls_cert is None) != (settings.tls_key is None):
         raise InvalidInputError("--tls-cert and --tls-key go together")

@@ -18,9 +18,10 @@ from grpc_reflection.v1alpha import reflection
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.handover import RingDesk
+from rvm_node.node.limits import Limits, ShmPolicy
 from rvm_node.node.metrics import NodeMetrics
 from rvm_node.node.scheduler import BatchPolicy, Scheduler
-from rvm_node.node.service import Limits, MattingServicer, ShmPolicy, add_matting_service, endpoint_names
+from rvm_node.node.service import MattingServicer, add_matting_service, endpoint_names
 from rvm_node.node.stages import StageClock
 from rvm_node.node.status import abort, failure
 from rvm_node.node.workers import LocalStreams

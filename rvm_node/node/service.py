@@ -19,77 +19,33 @@ stream. Every failure is counted in ``rvm_node_errors_total{code,reason}``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import os
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from rvm_node.engine.backend import MattingBackend
-from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import check_downsample_ratio
-from rvm_node.errors import InvalidInputError
 from rvm_node.node.handover import RingDesk
+from rvm_node.node.limits import Limits
 from rvm_node.node.metrics import NodeMetrics
+from rvm_node.node.plan import NodeTerms, plan_stream
 from rvm_node.node.ring import RingBudget
 from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.stages import StageClock, timed
-from rvm_node.node.status import Failure, StreamRefused, abort, failure, failure_of, printable
-from rvm_node.node.stream import Stream, StreamPlan
+from rvm_node.node.status import Failure, StreamRefused, abort, failure, failure_of
+from rvm_node.node.stream import ChunkCount, Stream, StreamContext
 from rvm_node.node.workers import LocalStreams, StreamTable
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
-from rvm_node.v1.protocol import (
-    DTYPES,
-    PLANE_CHANNELS,
-    SAMPLE_NAMES,
-    TRANSPORTS,
-    SlotLayout,
-    check_transport,
-)
+from rvm_node.v1.protocol import DTYPES, TRANSPORTS
 from rvm_node.v1.wire import Undecodable, encode_response, lenient_parser, parse_request
 
-__all__ = ["Limits", "MattingServicer", "Scheduler", "ShmPolicy", "add_matting_service", "endpoint_names"]
+__all__ = ["MattingServicer", "add_matting_service", "endpoint_names"]
 
 log = logging.getLogger("rvm_node.node")
-
-
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    max_streams: int = 4
-    max_message_bytes: int = 64 * 1024 * 1024
-    max_frame_pixels: int = 8192 * 4320
-    max_width: int = 16384
-    max_height: int = 16384
-    idle_timeout: float = 60.0
-    max_chunks_in_flight: int = 4
-    max_ring_slots: int = 64
-
-
-def default_shm_budget() -> int:
-    """A quarter of the host's physical memory (1 GiB where the host does not say)."""
-    try:
-        return int(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")) // 4
-    except (AttributeError, ValueError, OSError):
-        return 1 << 30
-
-
-@dataclass(frozen=True, kw_only=True)
-class ShmPolicy:
-    """Shared-memory streams (``TRANSPORT_SHM``) for clients on this host.
-
-    ``budget``: the most bytes of rings the node maps at once, over all its
-    workers (``serve --shm-budget``; None: :func:`default_shm_budget`).
-    """
-
-    enabled: bool = True
-    budget: int | None = None
-
-    @property
-    def budget_bytes(self) -> int:
-        return default_shm_budget() if self.budget is None else self.budget
 
 
 def endpoint_names(node_id: str, worker: int) -> tuple[str, str]:
@@ -117,13 +73,22 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         self.stages = stages  # CPU time per stage, for `bench node` only
         self.version = version
         self.streams = streams or LocalStreams()  # the node's open streams, across workers too
-        self.ring_budget = RingBudget(self.streams, shm_budget)
-        self.peak_chunks_in_flight = 0  # the most chunks any one stream held at once
         self.draining = False
         self._streams: set[Stream] = set()
         self._ids = itertools.count(1)
         self.codec = ThreadPoolExecutor(
             max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="rvm-node-codec"
+        )
+        terms = NodeTerms(limits, str(self.backend.describe()["variant"]), rings is not None)
+        self.stream_context = StreamContext(
+            limits=limits,
+            scheduler=scheduler,
+            codec=self.codec,
+            plan=functools.partial(plan_stream, node=terms),
+            ring_budget=RingBudget(self.streams, shm_budget),
+            rings=rings,
+            stages=stages,
+            chunks=ChunkCount(),
         )
 
     @property
@@ -211,7 +176,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         if self.metrics is not None:
             self.metrics.streams.inc()
         prefix = f"w{self.streams.worker}-" if isinstance(self.streams, StreamTable) else ""
-        stream = Stream(self, f"{prefix}s{next(self._ids)}", request_iterator, context)
+        stream = Stream(self.stream_context, f"{prefix}s{next(self._ids)}", request_iterator, context)
         failed: Failure | None = None
         self._streams.add(stream)
         try:
@@ -261,102 +226,6 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         self.scheduler.open_streams = self.streams.mine  # the streams this process's scheduler serves
         if self.metrics is not None:
             self.metrics.active_streams.set(self.streams.mine)
-
-    def check_settings(self, settings: pb.StreamSettings, peer: str) -> StreamPlan:
-        """The stream's plan; ``peer`` (gRPC's name of the client) decides whether shared memory is allowed."""
-        limits = self.limits
-        width, height = settings.width, settings.height
-        if width < 1 or height < 1:
-            raise InvalidInputError(
-                f"settings: width and height must be positive, got {width}x{height}",
-                reason="SETTINGS_INVALID",
-                field="open.settings.width" if width < 1 else "open.settings.height",
-            )
-        if width > limits.max_width or height > limits.max_height or width * height > limits.max_frame_pixels:
-            raise InvalidInputError(
-                f"settings: {width}x{height} exceeds this node's limits ({limits.max_width}x{limits.max_height}, "
-                f"{limits.max_frame_pixels} pixels)",
-                reason="FRAME_TOO_LARGE",
-                field="open.settings.width",
-            )
-        for name in ("input_format", "output_format"):
-            if getattr(settings, name) not in DTYPES:
-                raise InvalidInputError(
-                    f"settings.{name}: expected uint8, uint16, float16 or float32, got {getattr(settings, name)}",
-                    reason="SETTINGS_INVALID",
-                    field=f"open.settings.{name}",
-                )
-        unknown = [plane for plane in settings.planes if plane not in PLANE_CHANNELS]
-        if unknown:
-            raise InvalidInputError(
-                f"settings.planes: unknown plane {unknown[0]}; expected alpha (1) or foreground (2)",
-                reason="SETTINGS_INVALID",
-                field="open.settings.planes",
-            )
-        variant = str(self.backend.describe()["variant"])
-        if settings.variant and settings.variant != variant:
-            raise InvalidInputError(
-                f"settings.variant: this node runs {variant}, not {printable(settings.variant, 64)}",
-                reason="VARIANT_UNAVAILABLE",
-                field="open.settings.variant",
-            )
-        in_transport = check_transport(settings.transport, settings.input_format, "open.settings.transport")
-        out_transport = check_transport(  # unspecified: the same as the frames sent
-            settings.return_transport or in_transport,
-            settings.output_format,
-            "open.settings.return_transport",
-        )
-        if pb.TRANSPORT_SHM in (in_transport, out_transport):
-            self._check_shm(settings, in_transport, out_transport, peer)
-        ratio = None if settings.downsample_ratio == 0 else float(settings.downsample_ratio)
-        try:
-            ratio = check_downsample_ratio(ratio, "settings.downsample_ratio")
-        except InvalidInputError as exc:
-            raise InvalidInputError(
-                str(exc), reason="SETTINGS_INVALID", field="open.settings.downsample_ratio"
-            ) from None
-        planes = tuple(dict.fromkeys(settings.planes)) or (pb.PLANE_ALPHA,)
-        return StreamPlan(
-            width=width,
-            height=height,
-            planes=planes,
-            in_dtype=DTYPES[settings.input_format],
-            in_transport=in_transport,
-            out_transport=out_transport,
-            outputs=OutputSpec(
-                foreground=pb.PLANE_FOREGROUND in planes, sample_format=SAMPLE_NAMES[settings.output_format]
-            ),
-            ratio=ratio,
-            variant=variant,
-            label=printable(settings.label),
-            ring=settings.ring if in_transport == pb.TRANSPORT_SHM else None,
-            layout=SlotLayout.of(
-                width, height, DTYPES[settings.input_format], DTYPES[settings.output_format], planes
-            ),
-        )
-
-    def _check_shm(self, settings: pb.StreamSettings, sent: int, returned: int, peer: str) -> None:
-        """Shared memory both ways, on a node that takes it, from a client on its host, with a ring."""
-        field = "open.settings.transport"
-        problem = None
-        if sent != returned:
-            problem = "a shared-memory stream uses shm for the frames sent and the planes returned"
-            field = "open.settings.return_transport"
-        elif self.rings is None:
-            problem = "this node does not take shared memory (serve --shm off); send raw frames"
-        elif not peer.startswith("unix:"):
-            problem = (
-                "shared memory is taken only on the node's Unix sockets (GetNodeInfo's local_endpoints), "
-                f"where the peer is on the node's host; this one is {printable(peer, 80)}"
-            )
-        if problem is not None:
-            raise InvalidInputError(f"{field}: {problem}", reason="TRANSPORT_UNSUPPORTED", field=field)
-        if not settings.HasField("ring"):
-            raise InvalidInputError(
-                "open.settings.ring: required with the shm transport",
-                reason="RING_INVALID",
-                field="open.settings.ring",
-            )
 
 
 def _duration(seconds: float) -> Any:

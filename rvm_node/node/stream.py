@@ -18,23 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from rvm_node.engine.backend import MatteChunk
-from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.session import MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
-from rvm_node.node.ring import NodeRing, open_ring
-from rvm_node.node.stages import timed
+from rvm_node.node.handover import RingDesk
+from rvm_node.node.limits import Limits
+from rvm_node.node.plan import StreamPlan
+from rvm_node.node.ring import NodeRing, RingBudget, open_ring
+from rvm_node.node.scheduler import Scheduler
+from rvm_node.node.stages import StageClock, timed
 from rvm_node.node.status import StreamRefused
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1.protocol import (
     FrameAssembler,
-    SlotLayout,
     pack,
     packed_limit,
     split_parts,
@@ -46,66 +49,102 @@ from rvm_node.v1.protocol import (
 )
 from rvm_node.v1.wire import ChunkRequest, PartReply, Undecodable
 
-if TYPE_CHECKING:
-    from rvm_node.node.service import MattingServicer
-
-__all__ = ["Stream", "StreamPlan"]
+__all__ = ["ChunkCount", "Stream", "StreamContext"]
 
 log = logging.getLogger("rvm_node.node")
 _PART_HEADROOM = 64 * 1024
 _INLINE_COPY = 1 << 20  # planes smaller than this are copied into a ring on the event loop itself
-_END = object()
 
 
 @dataclass(frozen=True)
-class StreamPlan:
-    """A stream's settings, checked and resolved."""
+class StreamContext:
+    """What a stream uses of its node: nothing more."""
 
-    width: int
-    height: int
-    planes: tuple[pb.Plane, ...]
-    in_dtype: np.dtype
-    in_transport: pb.Transport
-    out_transport: pb.Transport
-    outputs: OutputSpec
-    ratio: float | None
-    variant: str
-    label: str  # printable, bounded: safe for logs
-    layout: SlotLayout  # where a frame and its planes lie in a ring slot
-    ring: pb.SharedMemoryRing | None = None  # the client's ring, with TRANSPORT_SHM
+    limits: Limits
+    scheduler: Scheduler
+    codec: Executor  # unpacking, packing, snapshots and large copies, off the event loop
+    plan: Callable[[pb.StreamSettings, str], StreamPlan]  # the stream's settings and peer, checked
+    ring_budget: RingBudget
+    rings: RingDesk | None = None  # the worker's ring socket, where the node takes shared memory
+    stages: StageClock | None = None  # CPU time per stage, for `bench node` only
+    chunks: ChunkCount = field(default_factory=lambda: ChunkCount())
 
-    @property
-    def frame_bytes(self) -> int:
-        """The raw size of one frame sent."""
-        return self.layout.frame_bytes
+
+class ChunkCount:
+    """The most chunks any one stream of the node held at once (received, inferring, sending)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+
+    def saw(self, held: int) -> None:
+        self.peak = max(self.peak, held)
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """Frames received, for the inference task."""
+
+    numbers: list[int]
+    frames: np.ndarray  # [T, 3, H, W]
+    slots: list[int] | None  # the ring slots they lie in
+
+
+@dataclass(frozen=True)
+class _Control:
+    action: str  # reset or snapshot
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """A chunk handed to the scheduler, for the sender."""
+
+    numbers: list[int]
+    done: asyncio.Future[MatteChunk]
+    slots: list[int] | None
+
+
+@dataclass(frozen=True)
+class _Reply:
+    response: pb.MatteResponse
+
+
+@dataclass(frozen=True)
+class _Failed:
+    """A failure, travelling behind the work before it."""
+
+    error: Exception
+
+
+@dataclass(frozen=True)
+class _End:
+    """The client half-closed: nothing more comes."""
+
+
+_END = _End()
 
 
 class Stream:
     """One Matte call: receive, infer and send run as three tasks joined by queues."""
 
     def __init__(
-        self,
-        servicer: MattingServicer,
-        stream_id: str,
-        requests: AsyncIterator[pb.MatteRequest],
-        context: Any,
+        self, node: StreamContext, stream_id: str, requests: AsyncIterator[pb.MatteRequest], call: Any
     ) -> None:
-        self.servicer = servicer
+        self.node = node
         self.stream_id = stream_id
-        self.limits = servicer.limits
+        self.limits = node.limits
         self._requests = requests
-        self._context = context
+        self._call = call  # gRPC's context of the call
         self._next: asyncio.Future[pb.MatteRequest] | None = None
-        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._outbox: asyncio.Queue[Any] = asyncio.Queue()
-        self._slots = asyncio.Semaphore(max(1, self.limits.max_chunks_in_flight))
+        self._inbox: asyncio.Queue[_Chunk | _Control | _Failed | _End] = asyncio.Queue()
+        self._outbox: asyncio.Queue[_Pass | _Reply | _Failed | _End] = asyncio.Queue()
+        self._chunk_room = asyncio.Semaphore(max(1, self.limits.max_chunks_in_flight))
         self._held = 0  # items between the receiver and the end of their sending
         self._passes: set[asyncio.Future[MatteChunk]] = set()  # chunks handed to the scheduler
         self._stopped: asyncio.Future[None] | None = None
         self.session: MattingSession | None = None
         self.ring: NodeRing | None = None
-        self._unpack = timed(servicer.stages, "unpack", self._unpack_frame)
-        self._wire_plane = timed(servicer.stages, "pack", self._plane_bytes)
+        self._unpack = timed(node.stages, "unpack", self._unpack_frame)
+        self._wire_plane = timed(node.stages, "pack", self._plane_bytes)
         self.last_number = -1  # the last frame inferred
         self._last_received = -1  # the last frame received: numbers must increase
 
@@ -121,7 +160,7 @@ class Stream:
 
     def _hold(self) -> None:
         self._held += 1
-        self.servicer.peak_chunks_in_flight = max(self.servicer.peak_chunks_in_flight, self._held)
+        self.node.chunks.saw(self._held)
 
     async def _read(self) -> ChunkRequest | pb.MatteRequest | None:
         """The next request; the idle timeout runs only while the node holds nothing of this stream."""
@@ -149,7 +188,7 @@ class Stream:
     async def _write(self, response: PartReply | pb.MatteResponse) -> None:
         # gRPC's write does not give way to cancellation, so it is awaited at arm's length:
         # a cancelled stream never waits on it, and a client that stops reading times out.
-        write = asyncio.ensure_future(self._context.write(response))
+        write = asyncio.ensure_future(self._call.write(response))
         write.add_done_callback(_retrieve)  # a write the stream no longer waits for fails quietly
         done, _ = await asyncio.wait({write}, timeout=self.limits.idle_timeout)
         if not done:
@@ -172,19 +211,19 @@ class Stream:
                 "open: settings are required", reason="SETTINGS_INVALID", field="open.settings"
             )
         settings = first.open.settings
-        servicer = self.servicer
-        plan = servicer.check_settings(settings, self._context.peer())
-        if plan.ring is not None and servicer.rings is not None:  # check_settings refuses shm without rings
+        node = self.node
+        plan = node.plan(settings, self._call.peer())
+        if plan.ring is not None and node.rings is not None:  # planning refuses shm without rings
             self.ring = await open_ring(
                 plan.ring,
                 plan.layout,
-                desk=servicer.rings,
-                budget=servicer.ring_budget,
+                desk=node.rings,
+                budget=node.ring_budget,
                 max_slots=self.limits.max_ring_slots,
                 stream_id=self.stream_id,
-                executor=servicer.codec,
+                executor=node.codec,
             )
-        session = self.servicer.backend.new_session(plan.ratio, plan.outputs)
+        session = node.scheduler.backend.new_session(plan.ratio, plan.outputs)
         self.session = session
         if first.open.HasField("restore"):
             after, state = state_from_message(first.open.restore, plan.variant)
@@ -284,7 +323,7 @@ class Stream:
         try:
             await work
         except Exception as exc:
-            await downstream.put(("error", exc))
+            await downstream.put(_Failed(exc))
 
     async def _receive(self, plan: StreamPlan) -> None:
         raw_bytes = plan.frame_bytes
@@ -292,7 +331,7 @@ class Stream:
             packed_limit(plan.in_transport, raw_bytes), exact=plan.in_transport == pb.TRANSPORT_RAW
         )
         while True:
-            await self._slots.acquire()  # a free chunk slot before reading on
+            await self._chunk_room.acquire()  # room for one more chunk before reading on
             request = await self._read()
             if request is None:
                 if assembler.pending:
@@ -308,11 +347,11 @@ class Stream:
                 else:
                     received = await self._from_wire(plan, request, assembler)
                 if received is None:  # only parts of a frame so far
-                    self._slots.release()
+                    self._chunk_room.release()
                     continue
                 numbers, frames, slots = received
                 chunk = frames[0][None] if len(frames) == 1 else np.stack(frames)
-                await self._inbox.put(("chunk", numbers, chunk.transpose(0, 3, 1, 2), slots))
+                await self._inbox.put(_Chunk(numbers, chunk.transpose(0, 3, 1, 2), slots))
                 continue
             kind = request.WhichOneof("kind")
             if kind == "chunk":  # parsed as a view above whenever it is a chunk
@@ -324,7 +363,7 @@ class Stream:
                         "control: no action given; expected reset or snapshot", reason="MESSAGE_INVALID"
                     )
                 self._hold()
-                await self._inbox.put((action,))
+                await self._inbox.put(_Control(action))
             elif kind == "open":
                 raise StreamRefused("OPEN_REPEATED", "`open` may only be the first message of a stream")
             else:
@@ -350,7 +389,7 @@ class Stream:
             loop = asyncio.get_running_loop()
             frames = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self.servicer.codec, self._unpack, plan, number, data)
+                    loop.run_in_executor(self.node.codec, self._unpack, plan, number, data)
                     for number, data in complete
                 )
             )
@@ -382,7 +421,7 @@ class Stream:
             _check_finite(frame, number)
             return frame
 
-        read = timed(self.servicer.stages, "unpack", read_frame)
+        read = timed(self.node.stages, "unpack", read_frame)
 
         if plan.in_dtype.kind == "u":  # read in place: nothing to check
             frames = [read(number, slot) for number, slot in zip(numbers, slots, strict=True)]
@@ -390,7 +429,7 @@ class Stream:
             loop = asyncio.get_running_loop()
             frames = await asyncio.gather(
                 *(
-                    loop.run_in_executor(self.servicer.codec, read, number, slot)
+                    loop.run_in_executor(self.node.codec, read, number, slot)
                     for number, slot in zip(numbers, slots, strict=True)
                 )
             )
@@ -430,57 +469,51 @@ class Stream:
         after = self.last_number  # the number of the last frame handed over (the state follows it)
         while True:
             item = await self._inbox.get()
-            if item is _END:
-                await self._outbox.put(_END)
-                return
-            if item[0] == "error":
+            if isinstance(item, _End | _Failed):
                 await self._outbox.put(item)
                 return
-            if item[0] == "chunk":
-                _, numbers, frames, slots = item
-                last = asyncio.ensure_future(self.servicer.scheduler.process(session, frames))
-                after = numbers[-1]
+            if isinstance(item, _Chunk):
+                last = asyncio.ensure_future(self.node.scheduler.process(session, item.frames))
+                after = item.numbers[-1]
                 last.add_done_callback(_retrieve)  # awaited by the sender; a stream that ends drops it
                 self._passes.add(last)
                 last.add_done_callback(self._passes.discard)
-                await self._outbox.put(("chunk", numbers, last, slots))
+                await self._outbox.put(_Pass(item.numbers, last, item.slots))
                 continue
             if last is not None:
                 await asyncio.wait({last})  # its failure, if any, reaches the client through the sender
-            if item[0] == "reset":
+            if item.action == "reset":
                 session.reset()
-                await self._outbox.put(("message", pb.MatteResponse(reset_done=pb.ResetDone())))
+                await self._outbox.put(_Reply(pb.MatteResponse(reset_done=pb.ResetDone())))
             else:
-                snapshot = await loop.run_in_executor(self.servicer.codec, session.snapshot)
+                snapshot = await loop.run_in_executor(self.node.codec, session.snapshot)
                 if snapshot is None:
                     raise StreamRefused("NOTHING_TO_SNAPSHOT", "snapshot: no frame has been processed yet")
-                message = pb.MatteResponse(snapshot=state_to_message(snapshot, after))
-                await self._outbox.put(("message", message))
+                await self._outbox.put(_Reply(pb.MatteResponse(snapshot=state_to_message(snapshot, after))))
 
     async def _send(self, plan: StreamPlan) -> None:
         while True:
             item = await self._outbox.get()
-            if item is _END:
+            if isinstance(item, _End):
                 return
-            if item[0] == "error":  # everything before it is sent: now the stream ends with it
-                raise item[1]
-            if item[0] == "chunk":
-                _, numbers, done, slots = item
+            if isinstance(item, _Failed):  # everything before it is sent: now the stream ends with it
+                raise item.error
+            if isinstance(item, _Pass):
                 try:
-                    out = await done  # in order; a failed pass ends the stream here, after all before it
+                    out = await item.done  # in order; a failed pass ends the stream here, after all before it
                 except NonFiniteSamplesError as exc:  # the engine's check: name the frame, as ours do
                     if exc.index is None or exc.frame is not None:
                         raise
-                    raise _not_finite(numbers[exc.index]) from None
-                self.last_number = numbers[-1]
-                if self.ring is not None:
-                    await self._send_to_ring(plan, self.ring, numbers, out, slots)
+                    raise _not_finite(item.numbers[exc.index]) from None
+                self.last_number = item.numbers[-1]
+                if self.ring is not None and item.slots is not None:
+                    await self._send_to_ring(plan, self.ring, item.numbers, out, item.slots)
                 else:
-                    await self._send_parts(plan, numbers, out)
+                    await self._send_parts(plan, item.numbers, out)
             else:
-                await self._write(item[1])
+                await self._write(item.response)
             self._held -= 1
-            self._slots.release()
+            self._chunk_room.release()
 
     async def _send_parts(self, plan: StreamPlan, numbers: list[int], out: MatteChunk) -> None:
         """The chunk's planes as parts that carry their samples."""
@@ -493,7 +526,7 @@ class Stream:
         else:
             loop = asyncio.get_running_loop()
             jobs = [
-                loop.run_in_executor(self.servicer.codec, self._pack_plane, plan, out, t, plane)
+                loop.run_in_executor(self.node.codec, self._pack_plane, plan, out, t, plane)
                 for t in range(len(numbers))
                 for plane in plan.planes
             ]
@@ -514,7 +547,7 @@ class Stream:
         left to do with it by then.
         """
         loop = asyncio.get_running_loop()
-        write = timed(self.servicer.stages, "pack", ring.write_plane)
+        write = timed(self.node.stages, "pack", ring.write_plane)
         for t, (number, slot) in enumerate(zip(numbers, slots, strict=True)):
             parts = []
             for index, plane in enumerate(plan.planes):
@@ -522,7 +555,7 @@ class Stream:
                 if values.nbytes < _INLINE_COPY:
                     write(slot, index, values)
                 else:  # a large copy (numpy lets go of the GIL) beside the event loop's other work
-                    await loop.run_in_executor(self.servicer.codec, write, slot, index, values)
+                    await loop.run_in_executor(self.node.codec, write, slot, index, values)
                 size = ring.layout.plane_bytes[index]
                 ref = pb.SlotRef(slot=slot, offset=ring.layout.plane_at(slot, index), size=size)
                 parts.append(pb.PlanePart(number=number, plane=plane, total_bytes=size, shm=ref))
