@@ -17,12 +17,23 @@ return for it, the packed matte. It is the ceiling of the serving path.
 
 Both print their address on stdout once serving, like ``rvm-node serve``,
 and stop on SIGTERM.
+
+``--standin constant --workers N`` runs the node's own supervisor
+(:mod:`rvm_node.node.workers`) over N stand-in workers, with
+``--metrics-port`` and ``--unix`` as ``rvm-node serve`` has them, for the
+tests of the supervisor. A test hook of this stand-in only (``rvm-node
+serve`` has none): while the file that ``RVM_NODE_STANDIN_FAIL_FILE`` names
+exists, a stand-in worker that starts fails before it serves, with one line
+to its supervisor, as a worker whose device has gone would; or, when the
+file holds a number, it crashes without a line, exiting with that status.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import struct
 import sys
 import time
@@ -36,11 +47,12 @@ from rvm_node import filelocks
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.samples import OutputSpec, SampleFormat, to_samples
 from rvm_node.engine.states import RecurrentState
-from rvm_node.errors import InvalidInputError
+from rvm_node.errors import InvalidInputError, RvmNodeError
 from rvm_node.processes import on_stop_signals
 
 __all__ = [
     "ECHO_METHOD",
+    "FAIL_FILE_VARIABLE",
     "STANDIN_NAME",
     "ConstantMatteBackend",
     "bench_matte",
@@ -51,6 +63,7 @@ __all__ = [
 ]
 
 STANDIN_NAME = "stand-in: constant matte, no inference"
+FAIL_FILE_VARIABLE = "RVM_NODE_STANDIN_FAIL_FILE"
 ECHO_METHOD = "/rvm_node.bench.Echo/Frames"
 _MAX_MESSAGE = 64 * 1024 * 1024
 
@@ -203,6 +216,9 @@ async def _serve_constant(args: argparse.Namespace, streams: Any = None, ready_p
         batch=BatchPolicy(max_batch=args.max_batch, delay=args.batch_delay_ms / 1000),
         stages=stages,
         streams=streams,
+        metrics_port=args.metrics_port if ready_pipe is None else None,
+        collect_metrics=args.metrics_port is not None,
+        unix_socket=args.unix if streams is None or streams.worker == 0 else None,
     )
 
     async def keep_stages(clock: StageClock, path: Path) -> None:
@@ -223,21 +239,46 @@ async def _serve_constant(args: argparse.Namespace, streams: Any = None, ready_p
         saver.cancel()
 
 
+def _configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True
+    )
+
+
 def _constant_worker(args: argparse.Namespace, streams: Any, ready_pipe: Any) -> None:
     """One worker of a stand-in node with ``--workers N``."""
+    _configure_logging()
+    fail_file = os.environ.get(FAIL_FILE_VARIABLE)
+    if fail_file and Path(fail_file).exists():  # the test hook (see the module docstring)
+        status = Path(fail_file).read_text().strip()
+        if status.isdigit():
+            sys.exit(int(status))
+        ready_pipe.send(("backend", f"stand-in worker: {fail_file} exists, so it fails before serving"))
+        sys.exit(4)
     asyncio.run(_serve_constant(args, streams, ready_pipe))
 
 
 def _serve_constant_workers(args: argparse.Namespace) -> int:
-    from rvm_node.node.workers import reserve_port, run_workers
+    from rvm_node.node.workers import serve_workers
 
-    with reserve_port(args.host, args.port) as port:
-        args.port = port
+    def worker_args(port: int) -> argparse.Namespace:
+        return argparse.Namespace(**{**vars(args), "port": port})
 
-        def ready() -> None:
-            print(f"{args.host}:{port}", flush=True)
+    def ready(port: int, metrics_port: int | None) -> None:
+        if metrics_port is not None:
+            print(f"metrics: http://{args.host}:{metrics_port}/metrics", file=sys.stderr, flush=True)
+        print(f"{args.host}:{port}", flush=True)
 
-        return run_workers(_constant_worker, args, args.workers, 1.0, ready)
+    return serve_workers(
+        _constant_worker,
+        worker_args,
+        host=args.host,
+        port=args.port,
+        count=args.workers,
+        grace=1.0,
+        metrics_port=args.metrics_port,
+        on_ready=ready,
+    )
 
 
 async def _serve_echo(args: argparse.Namespace) -> None:
@@ -294,14 +335,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="keep the CPU seconds of each serving stage here (JSON)",
     )
     parser.add_argument("--workers", type=int, default=1, help="node processes on one port (constant only)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="serve /metrics here (constant only)")
+    parser.add_argument(
+        "--unix", type=Path, default=None, help="also serve on this Unix socket (constant only)"
+    )
     parser.add_argument("--max-batch", type=int, default=1)
     parser.add_argument("--batch-delay-ms", type=float, default=0.0)
     args = parser.parse_args(argv)
-    if args.standin == "constant" and args.workers > 1:
-        if args.stages_file is not None:
-            parser.error("--stages-file times one process: not with --workers")
-        return _serve_constant_workers(args)
-    asyncio.run(_serve_echo(args) if args.standin == "echo" else _serve_constant(args))
+    _configure_logging()
+    try:
+        if args.standin == "constant" and args.workers > 1:
+            if args.stages_file is not None:
+                parser.error("--stages-file times one process: not with --workers")
+            return _serve_constant_workers(args)
+        asyncio.run(_serve_echo(args) if args.standin == "echo" else _serve_constant(args))
+    except RvmNodeError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -301,29 +301,24 @@ def _serve_worker(settings: ServeSettings, streams: Any, ready_pipe: Any) -> Non
 
 
 def _serve_workers(settings: ServeSettings) -> int:
-    """``serve --workers N``: N node processes on one port (see :mod:`rvm_node.node.workers`)."""
-    import contextlib
-    import tempfile
+    """``serve --workers N``: N node processes on one port, kept alive (see :mod:`rvm_node.node.workers`)."""
+    from rvm_node.node.workers import serve_workers
 
-    from rvm_node.node.metrics import serve_multiprocess
-    from rvm_node.node.workers import reserve_port, run_workers
+    host = settings.host
 
-    host, metrics_port = settings.host, settings.metrics_port
-    env: dict[str, str] = {}
-    with contextlib.ExitStack() as stack:
-        port = stack.enter_context(reserve_port(host, settings.port))
+    def ready(port: int, metrics_port: int | None) -> None:
         if metrics_port is not None:
-            env["PROMETHEUS_MULTIPROC_DIR"] = stack.enter_context(
-                tempfile.TemporaryDirectory(prefix="rvm-node-metrics-")
-            )
+            print(f"metrics: http://{host}:{metrics_port}/metrics", file=sys.stderr, flush=True)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"{shown}:{port}", flush=True)  # the line scripts and tests wait for
 
-        def ready() -> None:
-            if metrics_port is not None:
-                bound = serve_multiprocess(env["PROMETHEUS_MULTIPROC_DIR"], metrics_port, host)
-                stack.callback(bound.close)
-                print(f"metrics: http://{host}:{bound.port}/metrics", file=sys.stderr, flush=True)
-            shown = f"[{host}]" if ":" in host else host
-            print(f"{shown}:{port}", flush=True)  # the line scripts and tests wait for
-
-        worker_settings = replace(settings, port=port)
-        return run_workers(_serve_worker, worker_settings, settings.workers, settings.grace, ready, env)
+    return serve_workers(
+        _serve_worker,
+        lambda port: replace(settings, port=port),
+        host=host,
+        port=settings.port,
+        count=settings.workers,
+        grace=settings.grace,
+        metrics_port=settings.metrics_port,
+        on_ready=ready,
+    )

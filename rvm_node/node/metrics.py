@@ -9,17 +9,20 @@ rvm_node_queue_depth               chunks waiting for the inference worker
 rvm_node_batch_size                streams per forward pass (histogram)
 rvm_node_errors_total{code,reason} calls refused or ended with an error (refusals for a full node or
                                    a draining one included), by gRPC status code and error reason
+rvm_node_worker_restarts_total{worker}  worker processes started again after one died (``--workers``;
+                                   served by the supervisor)
 
 No ``_created`` series are exported. With ``serve --workers N`` every
 worker keeps its metrics in prometheus_client's multiprocess files and the
 supervisor serves them summed (:func:`serve_multiprocess`): counters and
 histograms add up, and the gauges are the workers' live sum (build info:
-the most).
+the most); the gauges of a worker that died are dropped.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -116,11 +119,33 @@ class MetricsServer:
         self._http.server_close()
 
 
-def serve_multiprocess(folder: str, port: int, host: str = "127.0.0.1") -> MetricsServer:
-    """Serve the summed metrics of the worker processes that keep them in ``folder``."""
+def serve_multiprocess(
+    folder: str, port: int, host: str = "127.0.0.1", restarts: Callable[[], list[int]] | None = None
+) -> MetricsServer:
+    """Serve the summed metrics of the worker processes that keep them in ``folder``, and the
+    supervisor's ``rvm_node_worker_restarts_total`` from ``restarts`` (one count per worker index)."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.multiprocess import MultiProcessCollector
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=folder)
+    if restarts is not None:
+        registry.register(_RestartsCollector(restarts))
     return MetricsServer(registry, port, host)
+
+
+class _RestartsCollector:
+    """``rvm_node_worker_restarts_total{worker}``, read from the supervisor at each scrape."""
+
+    def __init__(self, restarts: Callable[[], list[int]]) -> None:
+        self._restarts = restarts
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "rvm_node_worker_restarts", "Worker processes started again after one died", labels=["worker"]
+        )
+        for index, count in enumerate(self._restarts()):
+            family.add_metric([str(index)], count)
+        yield family
