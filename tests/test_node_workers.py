@@ -477,3 +477,81 @@ def test_serve_backoff_starts_over_and_a_worker_that_cannot_start_again_stops_th
         f"rvm-node: error: --unix: {path} exists and is not a socket (rvm-node-worker-0 failed to start 5 times in a row)"
     )
     assert "rvm-node-worker-1" not in text and len(_serving(log)[1]) == 1  # drained, never restarted
+
+
+def test_shared_memory_spreads_over_workers_and_holds_for_the_whole_node(tmp_path: Path) -> None:
+    """Each worker has its own local endpoint; a ring handed to one worker is that worker's alone, the same
+    memory serves one stream on the whole node, and a replaced worker's endpoint is found again."""
+    from rvm_node.v1 import matting_pb2 as pb
+    from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+    from rvm_node.v1.handover import frame, message_length, parse
+    from rvm_node.v1.protocol import DTYPES, SlotLayout
+
+    log = tmp_path / "node.log"
+    with log.open("w") as err:
+        process, address = spawn_server([*STANDIN, "--workers", "2"], "a stand-in node", err)
+    try:
+        _wait_for(lambda: len(_serving(log)) == 2, 10, "both workers serving")
+        with NodeClient(address) as client:
+            info = client.info()
+            assert len(info.local_endpoints) == 2 and len({e.pid for e in info.local_endpoints}) == 2
+            for endpoint in info.local_endpoints:  # every endpoint answers as the same node
+                with NodeClient(endpoint.address) as local:
+                    assert local.info().node_id == info.node_id
+            streams = [
+                client.open_stream(width=W, height=H, output_format="uint16", transport="shm")
+                for _ in range(4)
+            ]
+            assert {s.transport for s in streams} == {"shm"}
+            assert {s.accepted.stream_id.split("-")[0] for s in streams} == {"w0", "w1"}
+            frame0 = np.zeros((H, W, 3), np.uint8)
+            for stream in streams:
+                assert [r.number for r in stream.process([(1, frame0)])] == [1]
+            # Worker 0's ring, named on worker 1's endpoint: worker 1 knows no such handle.
+            ring_of_w0 = next(s.ring for s in streams if s.accepted.stream_id.startswith("w0"))
+            assert ring_of_w0 is not None
+            layout = SlotLayout.of(W, H, DTYPES[pb.SAMPLE_FORMAT_UINT8], DTYPES[pb.SAMPLE_FORMAT_UINT16], [1])
+            settings = pb.StreamSettings(
+                width=W,
+                height=H,
+                input_format=pb.SAMPLE_FORMAT_UINT8,
+                output_format=pb.SAMPLE_FORMAT_UINT16,
+                transport=pb.TRANSPORT_SHM,
+                ring=pb.SharedMemoryRing(handle=ring_of_w0.handle, slots=4, slot_bytes=layout.slot_bytes),
+            )
+            w1 = next(e for e in info.local_endpoints if e.address.endswith("-w1"))
+            with grpc.insecure_channel(w1.address) as channel, pytest.raises(grpc.RpcError) as refused:
+                list(
+                    pb_grpc.MattingServiceStub(channel).Matte(
+                        iter([pb.MatteRequest(open=pb.OpenStream(settings=settings))]), timeout=30
+                    )
+                )
+            assert "no ring was handed over to this worker" in (refused.value.details() or "")
+            # The same memory, offered to worker 1 while it serves a stream on worker 0: refused.
+            fd = os.open(f"/proc/self/fd/{ring_of_w0._fd}", os.O_RDWR)
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+                    connection.connect("\0" + w1.ring_socket)
+                    socket.send_fds(connection, [frame(pb.RingOffer())], [fd])
+                    data = b""
+                    while (message_length(data) or 1 << 30) > len(data):
+                        data += connection.recv(4096)
+                receipt = parse(data, pb.RingReceipt(), "receipt")
+                assert isinstance(receipt, pb.RingReceipt)
+                assert receipt.reason == "RING_INVALID" and "handed over already" in receipt.message
+            finally:
+                os.close(fd)
+            for stream in streams:
+                stream.close()
+            # Worker 1 replaced: the client's description names a process that is gone; it asks again.
+            (old_pid,) = _serving(log)[1]
+            os.kill(old_pid, signal.SIGKILL)
+            _wait_for(lambda: len(_serving(log)[1]) == 2, 10, "worker 1 serving again")
+            kinds = set()
+            for _ in range(4):
+                with client.open_stream(width=W, height=H, output_format="uint16", transport="shm") as stream:
+                    kinds.add((stream.transport, stream.accepted.stream_id.split("-")[0]))
+                    list(stream.process([(1, frame0)]))
+            assert kinds == {("shm", "w0"), ("shm", "w1")}
+    finally:
+        stop_process(process)

@@ -25,7 +25,7 @@ from typing import Any
 import grpc
 
 from rvm_node.client.ring import NOT_ON_THIS_HOST, ClientRing
-from rvm_node.errors import InvalidInputError, NodeError, NodeUnavailableError
+from rvm_node.errors import InvalidInputError, NodeError, NodeProtocolError, NodeUnavailableError
 from rvm_node.v1.protocol import SlotLayout, rings_supported
 
 __all__ = ["Endpoint", "LocalRings", "NoSharedMemory"]
@@ -45,11 +45,13 @@ class Endpoint:
 
 
 class NoSharedMemory(Exception):
-    """Why a stream cannot use shared memory here; ``remote`` when the node is not on this host at all."""
+    """Why a stream cannot use shared memory here. ``remote``: the node is not on this host at all;
+    ``stale``: the node's description may be out of date (a worker was replaced), worth asking again."""
 
-    def __init__(self, why: str, remote: bool = False) -> None:
+    def __init__(self, why: str, remote: bool = False, stale: bool = False) -> None:
         super().__init__(why)
         self.remote = remote
+        self.stale = stale
 
 
 class LocalRings:
@@ -74,6 +76,7 @@ class LocalRings:
         self._channels: dict[str, tuple[grpc.Channel, Any]] = {}  # verified endpoints: their Matte method
         self._spares: list[ClientRing] = []
         self._turn = 0
+        self._reached = False  # some local endpoint of the node answered: it is on this host
         self.remote = False  # a node this host cannot reach locally: raw from now on
 
     def ring_for(
@@ -101,18 +104,28 @@ class LocalRings:
             if ring is None:
                 ring = ClientRing(layout, slots)
                 ring.hand_over(endpoint.ring_socket, self._token, endpoint.pid)
-            return ring, self._method(endpoint, node_id, node_id_of)
+            method = self._method(endpoint, node_id, node_id_of)
         except NodeUnavailableError as exc:
             if ring is not None:
                 ring.close()
-            if exc.reason == NOT_ON_THIS_HOST:
+            if exc.reason == NOT_ON_THIS_HOST and not self._reached:
                 self.remote = True
                 raise NoSharedMemory(f"node {self._address} is not on this host", remote=True) from None
-            raise NoSharedMemory(str(exc)) from None
+            raise NoSharedMemory(str(exc), stale=exc.reason == NOT_ON_THIS_HOST) from None
+        except NodeProtocolError as exc:  # the ring socket's peer is not the worker named: replaced?
+            if ring is not None:
+                ring.close()
+            raise NoSharedMemory(str(exc), stale=True) from None
         except (NodeError, InvalidInputError, OSError) as exc:
             if ring is not None:
                 ring.close()
             raise NoSharedMemory(str(exc)) from None
+        except NoSharedMemory:
+            if ring is not None:
+                ring.close()
+            raise
+        self._reached = True
+        return ring, method
 
     def _method(self, endpoint: Endpoint, node_id: str, node_id_of: Callable[[grpc.Channel], str]) -> Any:
         """The Matte method of ``endpoint``, once its node is known to be ours."""
@@ -130,7 +143,8 @@ class LocalRings:
         if answered != node_id:
             channel.close()
             raise NoSharedMemory(
-                f"the local endpoint {endpoint.address} answers as node {answered or '?'}, not {node_id}"
+                f"the local endpoint {endpoint.address} answers as node {answered or '?'}, not {node_id}",
+                stale=True,
             )
         method = self._method_of(channel)
         self._channels[endpoint.address] = (channel, method)

@@ -339,11 +339,7 @@ class NodeClient:
             planes,
         )
         try:
-            node = self._known()
-            slots = min(slots, node.max_ring_slots or slots)
-            ring, method = self._local.ring_for(
-                node.node_id, node.local_endpoints, layout, slots, self._node_id_of
-            )
+            ring, method = self._ring_for(layout, slots)
         except NoSharedMemory as exc:
             if explicit or not exc.remote:
                 self._shm_fallback(f"node {self.address}: {exc}")
@@ -370,6 +366,23 @@ class NodeClient:
         except BaseException:
             ring.close()
             raise
+
+    def _ring_for(self, layout: SlotLayout, slots: int) -> tuple[ClientRing, Any]:
+        """A ring handed over to one of the node's workers, and the Matte method of its endpoint; the node's
+        description is asked again once where it may be out of date (a worker was replaced)."""
+
+        def attempt() -> tuple[ClientRing, Any]:
+            node = self._known()
+            fitting = min(slots, node.max_ring_slots or slots)
+            return self._local.ring_for(node.node_id, node.local_endpoints, layout, fitting, self._node_id_of)
+
+        try:
+            return attempt()
+        except NoSharedMemory as exc:
+            if not exc.stale:
+                raise
+        self._node = None  # asked again, once
+        return attempt()
 
     def _open_with_retries(
         self, open_message: pb.OpenStream, timeout: float | None, method: Any, ring: ClientRing | None

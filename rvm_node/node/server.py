@@ -24,7 +24,7 @@ from rvm_node.node.scheduler import BatchPolicy, Scheduler
 from rvm_node.node.service import MattingServicer, add_matting_service, endpoint_names
 from rvm_node.node.stages import StageClock
 from rvm_node.node.status import abort, failure
-from rvm_node.node.workers import LocalStreams
+from rvm_node.node.table import NodeTable
 from rvm_node.processes import on_stop_signals, process_exists
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1.protocol import rings_supported
@@ -200,7 +200,7 @@ async def start_node(
     unix_socket: Path | None = None,
     unix_group: int | None = None,
     stages: StageClock | None = None,
-    streams: LocalStreams | None = None,
+    streams: NodeTable | None = None,
     collect_metrics: bool = False,
 ) -> NodeServer:
     """Start a node on ``host:port`` (0 picks a free port) and return it once SERVING.
@@ -241,7 +241,7 @@ async def start_node(
     metrics = NodeMetrics(build) if metrics_port is not None or collect_metrics else None
     scheduler = Scheduler(backend, metrics, batch or BatchPolicy.default_for(str(backend.device)))
     shm = shm or ShmPolicy()
-    streams = streams or LocalStreams()
+    streams = streams or NodeTable()
     rings = None
     if shm.enabled and rings_supported():
         rings = RingDesk(token=token, max_bytes=shm.budget_bytes, in_use=streams.ring_in_use)
@@ -279,6 +279,7 @@ async def start_node(
             raise InvalidInputError(f"shm: cannot bind the local socket @{grpc_name}")
         await rings.start(ring_name)
     await server.start()
+    streams.serving()
     if unix_socket is not None:
         os.chmod(unix_socket, 0o600 if unix_group is None else 0o660)
         if unix_group is not None:

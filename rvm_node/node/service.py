@@ -37,7 +37,7 @@ from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.stages import StageClock, timed
 from rvm_node.node.status import Failure, StreamRefused, abort, failure, failure_of
 from rvm_node.node.stream import ChunkCount, Stream, StreamContext
-from rvm_node.node.workers import LocalStreams, StreamTable
+from rvm_node.node.table import NodeTable, WorkerTable
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from rvm_node.v1.protocol import DTYPES, TRANSPORTS
@@ -64,7 +64,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         version: str,
         rings: RingDesk | None = None,
         stages: StageClock | None = None,
-        streams: LocalStreams | None = None,
+        streams: NodeTable | None = None,
         shm_budget: int = 0,
     ) -> None:
         self.scheduler = scheduler
@@ -72,7 +72,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         self.rings = rings  # the worker's ring socket, where the node takes shared memory
         self.stages = stages  # CPU time per stage, for `bench node` only
         self.version = version
-        self.streams = streams or LocalStreams()  # the node's open streams, across workers too
+        self.streams = streams or NodeTable()  # the node's open streams, across workers too
         self.draining = False
         self._streams: set[Stream] = set()
         self._ids = itertools.count(1)
@@ -175,7 +175,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         self._set_active()
         if self.metrics is not None:
             self.metrics.streams.inc()
-        prefix = f"w{self.streams.worker}-" if isinstance(self.streams, StreamTable) else ""
+        prefix = f"w{self.streams.worker}-" if isinstance(self.streams, WorkerTable) else ""
         stream = Stream(self.stream_context, f"{prefix}s{next(self._ids)}", request_iterator, context)
         failed: Failure | None = None
         self._streams.add(stream)

@@ -9,9 +9,10 @@ state is inherited), and every worker binds the same port with
 worker has its own event loop, scheduler and model on the same device, and
 logs one line when it serves (``worker 1 serving (pid 1234)``).
 
-The workers share a small table (:class:`StreamTable`) so that the node
-behaves as one: ``--max-streams`` is the node's total, and GetNodeInfo
-reports the node's active streams from any worker. Metrics are kept with
+The workers share the node's table (:mod:`rvm_node.node.table`) so that
+the node behaves as one: ``--max-streams`` and ``--shm-budget`` are the
+node's totals, and GetNodeInfo reports the node's active streams and every
+worker's local endpoint from any worker. Metrics are kept with
 prometheus_client's multiprocess mode and served, summed, by the
 supervisor, with its own ``rvm_node_worker_restarts_total{worker}``.
 
@@ -37,7 +38,6 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
-import secrets
 import signal
 import socket
 import time
@@ -46,8 +46,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from rvm_node.errors import BackendError, InvalidInputError, RvmNodeError
+from rvm_node.node.table import SharedTable, WorkerTable
 
-__all__ = ["LocalStreams", "StreamTable", "Supervisor", "reserve_port", "restart_delay", "serve_workers"]
+__all__ = ["Supervisor", "reserve_port", "restart_delay", "serve_workers"]
 
 log = logging.getLogger("rvm_node.node")
 _CONTEXT = multiprocessing.get_context("spawn")
@@ -57,92 +58,6 @@ _BACKOFF_CAP = 30.0
 _STABLE_AFTER = 10.0  # a worker that served this long before it died starts its backoff over
 _START_FAILURES = 5  # a worker that dies this many times in a row before serving stops the node
 _POLL = 0.1
-
-
-class LocalStreams:
-    """The streams open on a node of one process, and the shared-memory rings they map."""
-
-    worker = 0
-    workers = 1
-
-    def __init__(self, node_id: str = "") -> None:
-        self._open = 0
-        self.node_id = node_id or secrets.token_hex(8)
-        self._rings: dict[tuple[int, int], int] = {}  # (device, inode) of each mapped ring: its bytes
-
-    def pids(self) -> list[int]:
-        """Each worker's process id."""
-        return [os.getpid()]
-
-    def reserve_ring(self, key: tuple[int, int], nbytes: int, budget: int) -> str:
-        """Count a ring (device, inode) of ``nbytes`` as mapped: "" if done, else "in use" (another stream
-        maps it) or "budget" (the node's mapped rings would exceed ``budget`` bytes)."""
-        if key in self._rings:
-            return "in use"
-        if sum(self._rings.values()) + nbytes > budget:
-            return "budget"
-        self._rings[key] = nbytes
-        return ""
-
-    def release_ring(self, key: tuple[int, int]) -> None:
-        self._rings.pop(key, None)
-
-    def ring_in_use(self, key: tuple[int, int]) -> bool:
-        return key in self._rings
-
-    def try_open(self, limit: int) -> bool:
-        """Count one more stream unless ``limit`` streams are open on the node."""
-        if self._open >= limit:
-            return False
-        self._open += 1
-        return True
-
-    def close(self) -> None:
-        self._open -= 1
-
-    @property
-    def mine(self) -> int:
-        """Streams open in this process."""
-        return self._open
-
-    @property
-    def total(self) -> int:
-        """Streams open on the whole node."""
-        return self._open
-
-
-class StreamTable(LocalStreams):
-    """The streams open on each worker of a node, in memory the workers share."""
-
-    def __init__(self, counts: Any, worker: int) -> None:
-        super().__init__()
-        self._counts = counts  # a multiprocessing Array of one count per worker, with its lock
-        self.worker = worker
-        self.workers = len(counts)
-
-    def try_open(self, limit: int) -> bool:
-        with self._counts.get_lock():
-            if sum(self._counts) >= limit:
-                return False
-            self._counts[self.worker] += 1
-        return True
-
-    def close(self) -> None:
-        with self._counts.get_lock():
-            self._counts[self.worker] -= 1
-
-    def reset(self) -> None:
-        """Forget this worker's streams: it died with them (the supervisor, before it starts another)."""
-        with self._counts.get_lock():
-            self._counts[self.worker] = 0
-
-    @property
-    def mine(self) -> int:
-        return int(self._counts[self.worker])
-
-    @property
-    def total(self) -> int:
-        return int(sum(self._counts))
 
 
 @contextlib.contextmanager
@@ -180,9 +95,9 @@ class _ReadyPipe:
         self._pipe.send(message)
 
 
-def _worker_entry(target: Callable[..., None], args: Any, counts: Any, index: int, ready: Any) -> None:
+def _worker_entry(target: Callable[..., None], args: Any, table: SharedTable, index: int, ready: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides; it sends SIGTERM
-    target(args, StreamTable(counts, index), _ReadyPipe(ready, index))
+    target(args, WorkerTable(table, index), _ReadyPipe(ready, index))
 
 
 @dataclass
@@ -247,7 +162,7 @@ class Supervisor:
         self._target = target
         self._args = args
         self._env = dict(env or {})
-        self._counts = _CONTEXT.Array("q", count)
+        self._table = SharedTable.create(count, _CONTEXT)
         self._workers = [_Worker(index) for index in range(count)]
         self._stop = 0
         self._restarts = [0] * count  # replacements started, per worker index
@@ -293,7 +208,7 @@ class Supervisor:
         receiver, sender = _CONTEXT.Pipe(duplex=False)
         process = _CONTEXT.Process(
             target=_worker_entry,
-            args=(self._target, self._args, self._counts, worker.index, sender),
+            args=(self._target, self._args, self._table, worker.index, sender),
             name=worker.name,
         )
         saved = {name: os.environ.get(name) for name in self._env}
@@ -360,7 +275,7 @@ class Supervisor:
         if worker.ready is not None:
             worker.ready.close()
         worker.process, worker.ready = None, None
-        StreamTable(self._counts, worker.index).reset()
+        self._table.forget(worker.index)
         folder = self._env.get("PROMETHEUS_MULTIPROC_DIR")
         if folder is not None:
             from prometheus_client.multiprocess import mark_process_dead
