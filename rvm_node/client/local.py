@@ -18,6 +18,7 @@ write into it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +77,7 @@ class LocalRings:
         self._channels: dict[str, tuple[grpc.Channel, Any]] = {}  # verified endpoints: their Matte method
         self._spares: list[ClientRing] = []
         self._turn = 0
+        self._lock = threading.Lock()  # streams of one client may open from several threads
         self._reached = False  # some local endpoint of the node answered: it is on this host
         self.remote = False  # a node this host cannot reach locally: raw from now on
 
@@ -97,9 +99,10 @@ class LocalRings:
             raise NoSharedMemory("the client was given its own channel, which reaches no local endpoint")
         if not endpoints:
             raise NoSharedMemory(f"node {self._address} takes no shared memory (serve --shm off)")
-        endpoint = endpoints[self._turn % len(endpoints)]
-        self._turn += 1
-        ring = self._spare(layout, slots, endpoint.ring_socket)
+        with self._lock:
+            endpoint = endpoints[self._turn % len(endpoints)]
+            self._turn += 1
+            ring = self._spare(layout, slots, endpoint.ring_socket)
         try:
             if ring is None:
                 ring = ClientRing(layout, slots)
@@ -129,7 +132,8 @@ class LocalRings:
 
     def _method(self, endpoint: Endpoint, node_id: str, node_id_of: Callable[[grpc.Channel], str]) -> Any:
         """The Matte method of ``endpoint``, once its node is known to be ours."""
-        known = self._channels.get(endpoint.address)
+        with self._lock:
+            known = self._channels.get(endpoint.address)
         if known is not None:
             return known[1]
         if self._make_channel is None:
@@ -146,11 +150,14 @@ class LocalRings:
                 f"the local endpoint {endpoint.address} answers as node {answered or '?'}, not {node_id}",
                 stale=True,
             )
-        method = self._method_of(channel)
-        self._channels[endpoint.address] = (channel, method)
-        return method
+        with self._lock:
+            known = self._channels.setdefault(endpoint.address, (channel, self._method_of(channel)))
+        if known[0] is not channel:  # another thread verified it meanwhile
+            channel.close()
+        return known[1]
 
     def _spare(self, layout: SlotLayout, slots: int, ring_socket: str) -> ClientRing | None:
+        """A kept ring for this stream (the caller holds the lock)."""
         for ring in self._spares:
             if ring.fits(layout, slots, ring_socket):
                 self._spares.remove(ring)
@@ -162,14 +169,16 @@ class LocalRings:
         if not clean or not ring.handed_over:
             ring.close()
             return
-        self._spares.append(ring)
-        while len(self._spares) > _SPARE_RINGS or sum(r.size for r in self._spares) > _SPARE_BYTES:
-            self._spares.pop(0).close()  # the oldest goes: shots of a new size replace it
+        with self._lock:
+            self._spares.append(ring)
+            while len(self._spares) > _SPARE_RINGS or sum(r.size for r in self._spares) > _SPARE_BYTES:
+                self._spares.pop(0).close()  # the oldest goes: shots of a new size replace it
 
     def close(self) -> None:
-        for ring in self._spares:
+        with self._lock:
+            spares, self._spares = self._spares, []
+            channels, self._channels = list(self._channels.values()), {}
+        for ring in spares:
             ring.close()
-        self._spares.clear()
-        for channel, _ in self._channels.values():
+        for channel, _ in channels:
             channel.close()
-        self._channels.clear()
