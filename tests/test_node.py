@@ -801,7 +801,14 @@ def test_serve_bad_settings(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (["--max-frame-pixels", "0"], "--max-frame-pixels: expected 1 or more"),
         (["--workers", "0"], "--workers: expected 1 or more"),
         (["--shm", "maybe"], "--shm: expected one of on, off, got 'maybe'"),
-        (["--shm-group", "no-such-group-here"], "--shm-group: no group named 'no-such-group-here'"),
+        (["--unix-group", "wheel"], "--unix-group: it opens the --unix socket to a group; give --unix too"),
+        (
+            ["--unix", str(tmp_path / "n.sock"), "--unix-group", "no-such-group-here"],
+            "--unix-group: no group named 'no-such-group-here'",
+        ),
+        (["--shm-budget", "lots"], "--shm-budget: expected a size such as 8G, 512M or 1048576, got 'lots'"),
+        (["--shm-budget", "0"], "--shm-budget: expected a size"),
+        (["--max-ring-slots", "0"], "--max-ring-slots: expected 1 or more, got 0"),
     ):
         assert main(["serve", "--port", "0", *args]) in (EXIT_INPUT, 2)
         assert message in capsys.readouterr().err
@@ -832,3 +839,13 @@ def test_tls_files_are_checked_before_anything_loads_or_binds(
         assert main(["serve", "--port", "0", *args]) == EXIT_INPUT
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_shm_budget_sizes_read_as_people_write_them() -> None:
+    from rvm_node.cli.serve import _size
+
+    assert _size("8G", "x") == 8 << 30
+    assert _size("512M", "x") == 512 << 20
+    assert _size("1.5GiB", "x") == 3 << 29
+    assert _size("64k", "x") == 64 << 10
+    assert _size("1048576", "x") == 1 << 20

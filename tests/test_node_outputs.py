@@ -80,9 +80,9 @@ def test_node_mattes_equal_local_convert_to_the_bit(
     encoded: dict[str, list[tuple[int, np.ndarray]]] = {"node": [], "local": []}
     write = VideoWriter.write
 
-    def recording_write(self: VideoWriter, number: int, image: np.ndarray) -> None:  # the real write, noted
-        encoded[self.path.parent.name].append((number, image.copy()))
-        write(self, number, image)
+    def recording_write(self: VideoWriter, number: int, image: np.ndarray, time: Any = None) -> None:
+        encoded[self.path.parent.name].append((number, image.copy()))  # the real write, noted
+        write(self, number, image, time)
 
     monkeypatch.setattr(VideoWriter, "write", recording_write)
 
@@ -155,11 +155,13 @@ def test_frames_decoded_into_the_ring_matte_as_a_local_convert(
 
     chunk, frames = 2, FrameRange(1, 40)
     streams: list[Any] = []
+    rings: list[Any] = []
     client = NodeClient(node.address)
     open_stream = client.open_stream
 
     def recording_open_stream(**kwargs: Any) -> Any:
         streams.append(open_stream(**kwargs))
+        rings.append(streams[-1].ring)
         return streams[-1]
 
     client.open_stream = recording_open_stream  # type: ignore[method-assign]
@@ -179,9 +181,10 @@ def test_frames_decoded_into_the_ring_matte_as_a_local_convert(
             convert_video(backend, example_clip(), **options)
     client.close()
     (stream,) = streams
-    assert stream.transport == "shm"
+    (ring,) = rings
+    assert stream.transport == "shm" and ring is not None
     # Only the chunks read before the stream opened are copied in: the first one, the reader's queue
     # (4 frames or two chunks) and the chunk of the frame in the reader's hand.
-    assert stream.frames_in_place >= 40 - (2 * chunk + max(4, 2 * chunk))
+    assert ring.frames_in_place >= 40 - (2 * chunk + max(4, 2 * chunk))
     _same_files(tmp_path / "node", tmp_path / "local")
     assert node.wait_idle() == 0
