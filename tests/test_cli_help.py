@@ -82,6 +82,23 @@ def test_an_old_option_name_works_and_says_once_what_replaces_it(capsys: pytest.
     assert build_parser().parse_args(["info", "--nodes", "a:1,b:2"]).nodes == "a:1,b:2"
 
 
+def test_a_renamed_serve_setting_works_by_its_old_name_as_flag_variable_and_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text('[node]\nshm_group = "render"\n')
+    assert _serve_settings(["--shm-group", "render"], {}).unix_group == "render"
+    assert _serve_settings([], {"RVM_NODE_SHM_GROUP": "render"}).unix_group == "render"
+    assert _serve_settings(["--config", str(config)], {}).unix_group == "render"
+    assert (
+        _serve_settings(["--unix-group", "artists"], {"RVM_NODE_SHM_GROUP": "render"}).unix_group == "artists"
+    )
+    said = capsys.readouterr().err
+    assert "--shm-group is now --unix-group" in said
+    assert "RVM_NODE_SHM_GROUP is now RVM_NODE_UNIX_GROUP" in said
+    assert "[node] shm_group is now unix_group" in said
+
+
 def _serve_settings(argv: list[str], environ: dict[str, str]) -> Any:
     """``rvm-node serve ARGV`` settings as main() layers and resolves them, without serving."""
     from rvm_node.cli.serve_settings import layer_settings, resolve

@@ -84,7 +84,11 @@ class ServeSettings:
         "also serve on this Unix domain socket (clients: --node unix:///PATH); owner-only, or the --unix-group's; "
         "removed as the node stops serving (a killed node's is replaced by the next)",
     )
-    unix_group: str | None = setting(None, "a group whose members may use the --unix socket too (mode 0660)")
+    unix_group: str | None = setting(
+        None,
+        "a group whose members may use the --unix socket too (mode 0660); shared memory needs no group",
+        old_name="shm_group",
+    )
     exit_with_pid: int | None = setting(
         None, "stop (draining) once process PID has exited: a node private to one application", metavar="PID"
     )

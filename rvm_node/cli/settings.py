@@ -9,12 +9,14 @@ key come from its name, its help text and default from here. A bad value names t
 from __future__ import annotations
 
 import argparse
+import sys
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rvm_node.cli.common import Renamed
 from rvm_node.errors import InvalidInputError
 from rvm_node.tomlfile import load_toml
 
@@ -56,10 +58,11 @@ class Setting:
     choices: tuple[str, ...] | None = None
     metavar: str | None = None
     optional: bool = False  # None (unset) is a value: the default, and what an empty variable means
+    old_name: str | None = None  # the name it had: still taken as flag, variable and key, saying the new one
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return _flag(self.name)
 
     @property
     def env(self) -> str:
@@ -86,11 +89,23 @@ class Setting:
             raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def setting(
-    default: Any, help: str, *, choices: tuple[str, ...] | None = None, metavar: str | None = None
+    default: Any,
+    help: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    old_name: str | None = None,
 ) -> Any:
-    """A settings dataclass field: its default and what :class:`Setting` needs besides its name and type."""
-    return field(default=default, metadata={"help": help, "choices": choices, "metavar": metavar})
+    """A settings dataclass field: its default and what :class:`Setting` needs besides its name and type
+    (``old_name``: the name the setting had, still taken as its flag, variable and config key)."""
+    return field(
+        default=default, metadata={"help": help, "choices": choices, "metavar": metavar, "old_name": old_name}
+    )
 
 
 def settings_of(cls: type) -> tuple[Setting, ...]:
@@ -103,7 +118,14 @@ def settings_of(cls: type) -> tuple[Setting, ...]:
         meta = item.metadata
         settings.append(
             Setting(
-                item.name, kinds[0], item.default, meta["help"], meta["choices"], meta["metavar"], optional
+                item.name,
+                kinds[0],
+                item.default,
+                meta["help"],
+                meta["choices"],
+                meta["metavar"],
+                optional,
+                meta["old_name"],
             )
         )
     return tuple(settings)
@@ -117,9 +139,11 @@ def add_settings(
         shown = "none" if option.default is None else option.default
         parser.add_argument(
             option.flag,
+            *([_flag(option.old_name)] if option.old_name else []),
             dest=option.name,
             type=option.argparse_type,
             default=argparse.SUPPRESS,
+            action=Renamed,
             metavar=option.metavar or ("{" + ",".join(option.choices) + "}" if option.choices else None),
             help=f"{option.help} (default: {shown}; {option.env})",
         )
@@ -138,19 +162,31 @@ def layer(
         table = load_toml(config, "the config file").get(table_name, {})
         if not isinstance(table, dict):
             raise InvalidInputError(f"{config}: [{table_name}] must be a table")
-        known = {s.name: s for s in settings}
+        known = {s.name: s for s in settings} | {s.old_name: s for s in settings if s.old_name}
         unknown = sorted(set(table) - set(known))
         if unknown:
             raise InvalidInputError(f"{config}: unknown settings in [{table_name}]: {', '.join(unknown)}")
         for name, raw in table.items():
-            values[name] = _parsed(known[name], raw, f"{config}: [{table_name}] {name}")
+            option = known[name]
+            if name != option.name:
+                _said(f"{config}: [{table_name}] {name} is now {option.name}")
+            values[option.name] = _parsed(option, raw, f"{config}: [{table_name}] {name}")
     for option in settings:
-        if option.env in environ:
-            values[option.name] = _parsed(option, environ[option.env], f"{option.env}={environ[option.env]}")
+        old_env = ENV_PREFIX + option.old_name.upper() if option.old_name else None
+        for env in (old_env, option.env):
+            if env is not None and env in environ:
+                if env != option.env:
+                    _said(f"{env} is now {option.env}")
+                values[option.name] = _parsed(option, environ[env], f"{env}={environ[env]}")
     for option in settings:
         if hasattr(flags, option.name):
             values[option.name] = getattr(flags, option.name)
     return values
+
+
+def _said(line: str) -> None:
+    """A renamed setting that still works: said once on stderr, as :class:`Renamed` says a renamed flag."""
+    print(f"rvm-node: {line}", file=sys.stderr)
 
 
 def _parsed(option: Setting, raw: Any, where: str) -> Any:
