@@ -202,3 +202,24 @@ def no_package_index(monkeypatch: Any, tmp_path: Path) -> None:
     (tmp_path / "no-wheels").mkdir(exist_ok=True)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "no-wheels"))
+
+
+def offer_ring(ring_socket: str, fds: list[int], token: str = "", data: bytes | None = None) -> Any:
+    """A raw offer on a worker's ring socket (an abstract name), with ``fds`` attached (``data``: other bytes
+    than a RingOffer's); the node's RingReceipt."""
+    import socket
+
+    from rvm_node.v1 import matting_pb2 as pb
+    from rvm_node.v1.handover import frame, message_length, parse
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.settimeout(10)
+        connection.connect("\0" + ring_socket)
+        socket.send_fds(connection, [frame(pb.RingOffer(token=token)) if data is None else data], fds)
+        received = b""
+        while (message_length(received) or 1 << 30) > len(received):
+            piece = connection.recv(4096)
+            if not piece:
+                raise AssertionError("the node closed the connection without a receipt")
+            received += piece
+    return parse(received, pb.RingReceipt(), "receipt")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import sys
 from pathlib import Path
 
@@ -31,8 +30,8 @@ import numpy as np
 from rvm_node.client import NodeClient
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
-from rvm_node.v1.handover import frame, message_length, parse
 from rvm_node.v1.protocol import SlotLayout
+from tests.helpers import offer_ring
 
 W, H = 64, 48
 
@@ -57,19 +56,6 @@ def _stream(address: str, ring: pb.SharedMemoryRing) -> str:
     except grpc.RpcError as exc:
         return f"refused: {exc.code().name}: {exc.details()}"
     return "accepted"
-
-
-def _offer(ring_socket: str, fd: int) -> pb.RingReceipt:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(10)
-        connection.connect("\0" + ring_socket)
-        socket.send_fds(connection, [frame(pb.RingOffer())], [fd])
-        data = b""
-        while (message_length(data) or 1 << 30) > len(data):
-            data += connection.recv(4096)
-    receipt = pb.RingReceipt()
-    parse(data, receipt, "receipt")
-    return receipt
 
 
 def _drop_to(user: str) -> None:
@@ -106,7 +92,9 @@ def main() -> int:
         outcome["open_victim_fd"] = f"refused by the kernel: {exc.strerror}"
     else:
         try:
-            receipt = _offer(endpoint.ring_socket, fd)  # the victim's memory, offered as the intruder's own
+            receipt = offer_ring(
+                endpoint.ring_socket, [fd]
+            )  # the victim's memory, offered as the intruder's own
         finally:
             os.close(fd)
         if receipt.handle:

@@ -29,7 +29,7 @@ from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from rvm_node.v1.handover import frame, message_length, parse
 from rvm_node.v1.protocol import DTYPES, SlotLayout
-from tests.helpers import error_info
+from tests.helpers import error_info, offer_ring
 from tests.standin import StandInBackend
 from tests.test_node import NodeThread, frames_of, open_request, raw_stream
 
@@ -352,7 +352,7 @@ def test_a_ring_serves_one_stream_at_a_time_and_its_handle_goes_with_its_connect
     # The same memory handed over a second time, on another connection: refused.
     fd = os.open(f"/proc/self/fd/{ring._fd}", os.O_RDWR)
     try:
-        receipt = _offer(endpoint.ring_socket, [fd])
+        receipt = offer_ring(endpoint.ring_socket, [fd])
         assert (receipt.reason, receipt.handle) == ("RING_INVALID", b"")
         assert "handed over already" in receipt.message
     finally:
@@ -368,22 +368,6 @@ def test_a_ring_serves_one_stream_at_a_time_and_its_handle_goes_with_its_connect
         time.sleep(0.02)
     _, reason, _, details = _refusal(endpoint.address, [_open(message)])
     assert reason == "RING_INVALID" and "no ring was handed over" in details
-
-
-def _offer(ring_socket: str, fds: list[int], token: str = "", data: bytes | None = None) -> pb.RingReceipt:
-    """A raw offer on ``ring_socket``, with ``fds`` attached; the node's receipt."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-        connection.settimeout(10)
-        connection.connect("\0" + ring_socket)
-        socket.send_fds(connection, [frame(pb.RingOffer(token=token)) if data is None else data], fds)
-        received = b""
-        while (message_length(received) or 1 << 30) > len(received):
-            piece = connection.recv(4096)
-            assert piece, "the node closed the connection without a receipt"
-            received += piece
-    receipt = parse(received, pb.RingReceipt(), "receipt")
-    assert isinstance(receipt, pb.RingReceipt)
-    return receipt
 
 
 def _sealed(size: int, seals: int | None = None, flags: int = os.O_RDWR) -> int:
@@ -423,7 +407,7 @@ def test_the_ring_socket_takes_only_sealed_writable_memfds(node: NodeThread, tmp
         for make, reason, text in cases:
             fds = make()
             try:
-                receipt = _offer(endpoint.ring_socket, fds)
+                receipt = offer_ring(endpoint.ring_socket, fds)
             finally:
                 for fd in fds:
                     os.close(fd)
@@ -431,7 +415,7 @@ def test_the_ring_socket_takes_only_sealed_writable_memfds(node: NodeThread, tmp
             assert text in receipt.message, receipt.message
         fd = _sealed(4096, grow_shrink)
         try:
-            garbled = _offer(endpoint.ring_socket, [fd], data=b"\x05\x00\x00\x00\xff\xff\xff\xff\xff")
+            garbled = offer_ring(endpoint.ring_socket, [fd], data=b"\x05\x00\x00\x00\xff\xff\xff\xff\xff")
         finally:
             os.close(fd)
         assert garbled.reason == "MESSAGE_INVALID" and not garbled.handle
@@ -450,7 +434,7 @@ def test_a_node_with_a_token_takes_rings_only_with_it(standin: StandInBackend) -
         for token in ("", "wrong"):
             fd = _sealed(4096, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)
             try:
-                receipt = _offer(endpoint.ring_socket, [fd], token=token)
+                receipt = offer_ring(endpoint.ring_socket, [fd], token=token)
             finally:
                 os.close(fd)
             assert (receipt.reason, receipt.handle) == ("TOKEN_INVALID", b"")

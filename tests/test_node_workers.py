@@ -484,8 +484,8 @@ def test_shared_memory_spreads_over_workers_and_holds_for_the_whole_node(tmp_pat
     memory serves one stream on the whole node, and a replaced worker's endpoint is found again."""
     from rvm_node.v1 import matting_pb2 as pb
     from rvm_node.v1 import matting_pb2_grpc as pb_grpc
-    from rvm_node.v1.handover import frame, message_length, parse
     from rvm_node.v1.protocol import DTYPES, SlotLayout
+    from tests.helpers import offer_ring
 
     log = tmp_path / "node.log"
     with log.open("w") as err:
@@ -530,14 +530,7 @@ def test_shared_memory_spreads_over_workers_and_holds_for_the_whole_node(tmp_pat
             # The same memory, offered to worker 1 while it serves a stream on worker 0: refused.
             fd = os.open(f"/proc/self/fd/{ring_of_w0._fd}", os.O_RDWR)
             try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-                    connection.connect("\0" + w1.ring_socket)
-                    socket.send_fds(connection, [frame(pb.RingOffer())], [fd])
-                    data = b""
-                    while (message_length(data) or 1 << 30) > len(data):
-                        data += connection.recv(4096)
-                receipt = parse(data, pb.RingReceipt(), "receipt")
-                assert isinstance(receipt, pb.RingReceipt)
+                receipt = offer_ring(w1.ring_socket, [fd])
                 assert receipt.reason == "RING_INVALID" and "handed over already" in receipt.message
             finally:
                 os.close(fd)
