@@ -73,15 +73,17 @@ def test_streams_of_different_sizes_share_the_backend(
         mixed_large.append(large.process(clip_frames_2x[t : t + 2]).pha)
     assert np.array_equal(np.concatenate(mixed_small), alone_small)
     assert np.array_equal(np.concatenate(mixed_large), alone_large)
-    keys = list(openvino._compiled)
-    assert {(k[0][2], k[0][3], k[1]) for k in keys} >= {(144, 176, 0.5), (288, 352, 0.25)}
+    # 176x144 at 0.5 and 352x288 at 0.25 both run at 88x72: one compiled small-resolution model serves both.
+    assert ("small", (1, 3, 72, 88)) in openvino._compiled
+    assert not [k for k in openvino._compiled if k[0] != "small" and k[1] != 1.0]
 
 
 def test_the_compiled_model_cache_is_bounded(official_onnx: Path, clip_frames: np.ndarray) -> None:
     backend = load_model(backend="openvino", weights=official_onnx, options=OpenVinoOptions(max_compiled=2))
-    for ratio in (0.5, 0.4, 0.3):
+    for ratio in (0.5, 0.4, 0.3):  # small sizes 88x72, 70x57, 52x43
         backend.new_session(ratio).process(clip_frames[:1])
-    assert [key[1] for key in backend._compiled] == [0.4, 0.3] and len(backend.compile_seconds) == 3
+    assert list(backend._compiled) == [("small", (1, 3, 57, 70)), ("small", (1, 3, 43, 52))]
+    assert len(backend.compile_seconds) == 3
 
 
 @pytest.mark.parametrize(("first", "second"), [("openvino", "onnxruntime"), ("onnxruntime", "openvino")])
@@ -191,11 +193,12 @@ def test_our_export_on_openvino_equals_the_official_onnx(official: Any, clip_fra
 def test_merged_resizes_change_no_bit(clip_frames: np.ndarray, monkeypatch: pytest.MonkeyPatch) -> None:
     import rvm_node.engine.openvino_backend as module
 
-    merged_backend = load_model(backend="openvino")
+    whole = OpenVinoOptions(fused_refiner=False)  # the graph's own full-resolution resizes
+    merged_backend = load_model(backend="openvino", options=whole)
     merged = _run(merged_backend, clip_frames[:8], 0.5)
     counts = {key: _interpolates(compiled) for key, compiled in merged_backend._compiled.items()}
     monkeypatch.setattr(module, "merge_resizes", lambda _model: 0)
-    plain_backend = load_model(backend="openvino")
+    plain_backend = load_model(backend="openvino", options=whole)
     plain = _run(plain_backend, clip_frames[:8], 0.5)
     assert np.array_equal(merged[0], plain[0]) and np.array_equal(merged[1], plain[1])
     for key, compiled in plain_backend._compiled.items():  # the refiner's four resizes ran as one

@@ -8,6 +8,12 @@ to the stream's size, and the sample conversions in the graph (see
 compile time is logged. A fresh stream starts from full-shape zero states,
 which gives the same numbers as starting from none.
 
+Below ratio 1 the compiled model is only the graph's small-resolution part
+(``onnx_coefficients``), for the stream's small size: each frame is resized
+down from its own samples, and the full-resolution planes are made in one
+pass (``fullres``). Streams of any frame size, ratio, input format and
+outputs that run at one small size share that model.
+
 Precision is always pinned (``INFERENCE_PRECISION_HINT``): on CPUs with bf16
 units OpenVINO would otherwise choose bf16 by itself, and that breaks the
 matte. States travel as float32 host arrays, so a snapshot taken here
@@ -26,11 +32,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rvm_node.engine import fullres
 from rvm_node.engine.backend import MattingBackend
+from rvm_node.engine.onnx_coefficients import COEFFICIENTS, SMALL_INPUT, coefficient_graph
 from rvm_node.engine.onnx_graph import freeze_ratio, policy_graphs
 from rvm_node.engine.onnx_samples import with_samples
 from rvm_node.engine.samples import OutputSpec, SampleFormat, sample_format_of
-from rvm_node.engine.states import RecurrentState, state_shapes
+from rvm_node.engine.states import RecurrentState, small_state_shapes, state_shapes
 from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
 
 __all__ = ["OpenVinoBackend", "OpenVinoOptions"]
@@ -51,13 +59,18 @@ class OpenVinoOptions:
     streams (1 suits one recurrent stream; more only help several streams at
     once on many cores). ``hint``: ``LATENCY`` (default) or ``THROUGHPUT``
     (measured slower for one recurrent stream). ``max_compiled``: compiled
-    models kept (one per frame size, ratio, input format and outputs).
+    models kept (one per small size; at ratio 1, per frame size, input format
+    and outputs). ``fused_refiner``: below ratio 1, compile only the model's
+    small-resolution part and make the full-resolution planes in one pass on
+    the host (``rvm_node.engine.fullres``), where the graph has the deep
+    guided filter.
     """
 
     threads: int = 0
     streams: int = 1
     hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     max_compiled: int = 4
+    fused_refiner: bool = True
 
     def __post_init__(self) -> None:
         if self.hint not in _HINTS:
@@ -190,6 +203,7 @@ class OpenVinoBackend(MattingBackend[OvState]):
         if src_type != onnx.TensorProto.FLOAT:
             raise InvalidInputError(f"{where}: the openvino backend takes an fp32 ONNX model")
         self._graphs = policy_graphs(proto, where)
+        self._coefficients = coefficient_graph(self._graphs[0]) if self.options.fused_refiner else None
         self._compiled: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._requests: dict[tuple[Any, ...], list[Any]] = {}
         self._lock = threading.Lock()
@@ -215,27 +229,48 @@ class OpenVinoBackend(MattingBackend[OvState]):
     def _model_for(
         self, shape: tuple[int, ...], ratio: float, src_format: SampleFormat, outputs: OutputSpec
     ) -> tuple[Any, tuple[Any, ...]]:
-        """The compiled model for ``[B, 3, H, W]`` frames at ``ratio``, and its key; compiled on first use."""
-        key = (shape, ratio, src_format, outputs)
+        """The compiled whole model for ``[B, 3, H, W]`` frames at ``ratio``, and its key."""
+        batch, _, height, width = shape
+
+        def model() -> Any:
+            graph = freeze_ratio(self._graphs[1 if ratio == 1.0 else 0], ratio)
+            compiled = self._core.read_model(with_samples(graph, src_format, outputs).SerializeToString())
+            states = state_shapes(self.variant, (height, width), ratio, batch)[0]
+            compiled.reshape({"src": list(shape), **{f"r{i + 1}i": list(s) for i, s in enumerate(states)}})
+            merge_resizes(compiled)
+            return compiled
+
+        what = f"{width}x{height} x{batch} ratio {ratio:.4g} ({src_format} in, {outputs.sample_format} out)"
+        return self._compiled_model((shape, ratio, src_format, outputs), model, what)
+
+    def _small_model_for(self, coefficients: Any, shape: tuple[int, ...]) -> tuple[Any, tuple[Any, ...]]:
+        """The compiled small-resolution part for ``[B, 3, h, w]`` small frames, and its key."""
+        batch, _, height, width = shape
+
+        def model() -> Any:
+            compiled = self._core.read_model(coefficients.SerializeToString())
+            states = small_state_shapes(self.variant, (height, width), batch)
+            compiled.reshape(
+                {SMALL_INPUT: list(shape), **{f"r{i + 1}i": list(s) for i, s in enumerate(states)}}
+            )
+            return compiled
+
+        return self._compiled_model(
+            ("small", shape), model, f"the small-resolution part at {width}x{height} x{batch}"
+        )
+
+    def _compiled_model(self, key: tuple[Any, ...], model: Any, what: str) -> tuple[Any, tuple[Any, ...]]:
+        """The compiled ``model()`` under ``key``: compiled on first use (the time logged), kept in the LRU."""
         with self._lock:
             compiled = self._compiled.get(key)
             if compiled is not None:
                 self._compiled.move_to_end(key)
                 return compiled, key
-        batch, _, height, width = shape
         started = time.perf_counter()
-        graph = with_samples(freeze_ratio(self._graphs[1 if ratio == 1.0 else 0], ratio), src_format, outputs)
-        model = self._core.read_model(graph.SerializeToString())
-        states = state_shapes(self.variant, (height, width), ratio, batch)[0]
-        model.reshape({"src": list(shape), **{f"r{i + 1}i": list(s) for i, s in enumerate(states)}})
-        merge_resizes(model)
-        compiled = self._core.compile_model(model, "CPU", self._config())
+        compiled = self._core.compile_model(model(), "CPU", self._config())
         seconds = time.perf_counter() - started
         self.compile_seconds.append(seconds)
-        log.info(
-            "openvino: compiled %dx%d x%d ratio %.4g (%s in, %s out) in %.2f s",
-            width, height, batch, ratio, src_format, outputs.sample_format, seconds,
-        )  # fmt: skip
+        log.info("openvino: compiled %s in %.2f s", what, seconds)
         with self._lock:
             self._compiled[key] = compiled
             while len(self._compiled) > self.options.max_compiled:
@@ -265,6 +300,8 @@ class OpenVinoBackend(MattingBackend[OvState]):
     def infer(
         self, src: np.ndarray, state: OvState | None, downsample_ratio: float, outputs: OutputSpec
     ) -> tuple[np.ndarray | None, np.ndarray, OvState]:
+        if self._coefficients is not None and downsample_ratio != 1.0:
+            return self._infer_fused(self._coefficients, src, state, downsample_ratio, outputs)
         batch, frames, channels, height, width = src.shape
         compiled, key = self._model_for(
             (batch, channels, height, width), downsample_ratio, sample_format_of(src.dtype), outputs
@@ -301,6 +338,41 @@ class OpenVinoBackend(MattingBackend[OvState]):
             self._release(key, request)
         stacked = {name: values.swapaxes(0, 1) for name, values in chunk.items()}
         return stacked.get("fgr"), stacked["pha"], (rec[0], rec[1], rec[2], rec[3])
+
+    def _infer_fused(
+        self, coefficients: Any, src: np.ndarray, state: OvState | None, downsample_ratio: float,
+        outputs: OutputSpec,
+    ) -> tuple[np.ndarray | None, np.ndarray, OvState]:  # fmt: skip
+        """The small-resolution part, compiled for the stream's small size, and the full-resolution planes
+        in one pass."""
+        batch, _, _, height, width = src.shape
+        small = fullres.small_size(height, width, downsample_ratio)
+        compiled, key = self._small_model_for(coefficients, (batch, 3, *small))
+        ports = {port.get_any_name(): port for port in compiled.outputs}
+        a, b = (np.empty(ports[name].get_shape(), np.float32) for name in COEFFICIENTS)
+        buffers = [
+            [np.empty(s, np.float32) for s in small_state_shapes(self.variant, small, batch)] for _ in "ab"
+        ]
+        request = self._request(compiled, key)
+
+        def step(frame: np.ndarray, rec: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+            written = buffers[1] if rec is buffers[0] else buffers[0]  # ping-pong: the caller's state is kept
+            for name, array in zip((*COEFFICIENTS, *_STATE_OUTPUTS), (a, b, *written), strict=True):
+                request.set_tensor(name, self._ov.Tensor(array, shared_memory=True))
+            request.infer(
+                {SMALL_INPUT: frame, **dict(zip(_STATE_INPUTS, rec, strict=True))}, share_inputs=True
+            )
+            return a, b, written
+
+        if state is None:  # full-shape zeros equal no state
+            rec = [np.zeros(s, np.float32) for s in small_state_shapes(self.variant, small, batch)]
+        else:
+            rec = list(state)
+        try:
+            fgr, pha, rec = fullres.run_refined(src, downsample_ratio, outputs, step, rec)
+        finally:
+            self._release(key, request)
+        return fgr, pha, (rec[0], rec[1], rec[2], rec[3])
 
     def state_to_host(self, state: OvState) -> OvState:
         return state

@@ -8,19 +8,27 @@ the graph (see ``onnx_samples``): frames are bound as they arrived and only
 the planes a stream asked for come back, in its sample format. Each
 combination of ratio rule, input format and outputs gets its own session,
 made on first use and kept in a small LRU cache.
+
+On a CPU, below ratio 1, the model runs at the small size only (the graph's
+coefficient part, see ``onnx_coefficients``): each frame is resized down
+from its own samples, and the full-resolution planes are made in one pass
+(``fullres``), not by the graph's chain of full-resolution tensors.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from rvm_node.engine import fullres
 from rvm_node.engine.backend import MattingBackend
+from rvm_node.engine.onnx_coefficients import COEFFICIENTS, SMALL_INPUT, coefficient_graph
 from rvm_node.engine.onnx_graph import policy_graphs
 from rvm_node.engine.onnx_samples import with_samples
 from rvm_node.engine.samples import OutputSpec, SampleFormat, convert_outputs, sample_format_of
@@ -50,7 +58,10 @@ class OrtOptions:
     away, so the numbers would drift from the host rule. For fp32 they are
     the same either way, and the graph path is faster even on a CPU.
     ``max_sessions``: how many sessions (one per ratio rule, input format and
-    outputs) are kept.
+    outputs) are kept. ``fused_refiner``: below ratio 1, run only the model's
+    small-resolution part and make the full-resolution planes in one pass on
+    the host (``rvm_node.engine.fullres``). None: on a CPU, where the graph has
+    the deep guided filter; on a GPU the whole graph stays on the device.
     """
 
     intra_op_threads: int = 0
@@ -60,6 +71,7 @@ class OrtOptions:
     spin: bool = True
     samples_in_graph: bool | None = None
     max_sessions: int = 8
+    fused_refiner: bool | None = None
 
 
 def choose_providers(device: str, tensorrt: bool = False) -> list[str]:
@@ -115,7 +127,13 @@ class OrtBackend(MattingBackend[OrtState]):
                 f"got {names_in} and {names_out}"
             )
         self._graphs = policy_graphs(proto, where)
-        self._sessions: OrderedDict[tuple[bool, str, OutputSpec], Any] = OrderedDict()
+        fused = self.options.fused_refiner
+        self._coefficients = (
+            coefficient_graph(self._graphs[0]) if (fused or (fused is None and device == "cpu")) else None
+        )
+        if fused and self._coefficients is None:
+            raise InvalidInputError(f"{where}: fused_refiner: this graph has no deep guided filter to split")
+        self._sessions: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
         settings = ort.SessionOptions()
         settings.intra_op_num_threads = self.options.intra_op_threads
@@ -145,18 +163,26 @@ class OrtBackend(MattingBackend[OrtState]):
 
     def _session(self, unit_ratio: bool, src_format: SampleFormat, outputs: OutputSpec) -> Any:
         """The session for ratio 1 (no refiner) or below 1 (refiner), taking ``src_format`` frames and
-        giving ``outputs``; created on first use, the least recently used dropped past ``max_sessions``."""
+        giving ``outputs``."""
+
+        def graph() -> Any:
+            whole = self._graphs[1 if unit_ratio else 0]
+            if (src_format, outputs) == (self._model_format, OutputSpec(True, self._model_format)):
+                return whole
+            return with_samples(whole, src_format, outputs)
+
+        return self._cached((unit_ratio, src_format, outputs), graph)
+
+    def _cached(self, key: tuple[Any, ...], graph: Callable[[], Any]) -> Any:
+        """The session of ``graph()`` under ``key``: made on first use, the least recently used dropped past
+        ``max_sessions``."""
         import onnxruntime as ort
 
-        key = (unit_ratio, src_format, outputs)
         with self._lock:
             session = self._sessions.get(key)
             if session is None:
-                graph = self._graphs[1 if unit_ratio else 0]
-                if (src_format, outputs) != (self._model_format, OutputSpec(True, self._model_format)):
-                    graph = with_samples(graph, src_format, outputs)
                 session = ort.InferenceSession(
-                    graph.SerializeToString(), sess_options=self._settings, providers=self.providers
+                    graph().SerializeToString(), sess_options=self._settings, providers=self.providers
                 )
                 self._sessions[key] = session
                 while len(self._sessions) > max(1, self.options.max_sessions):
@@ -190,6 +216,8 @@ class OrtBackend(MattingBackend[OrtState]):
     ) -> tuple[np.ndarray | None, np.ndarray, OrtState]:
         import onnxruntime as ort
 
+        if self._coefficients is not None and downsample_ratio != 1.0:
+            return self._infer_fused(self._coefficients, src, state, downsample_ratio, outputs)
         in_graph = self.samples_in_graph
         if in_graph:
             src_format, asked = sample_format_of(src.dtype), outputs
@@ -230,6 +258,30 @@ class OrtBackend(MattingBackend[OrtState]):
             outputs,
         )
         return fgr_samples, pha_samples, (rec[0], rec[1], rec[2], rec[3])
+
+    def _infer_fused(
+        self, coefficients: Any, src: np.ndarray, state: OrtState | None, downsample_ratio: float,
+        outputs: OutputSpec,
+    ) -> tuple[np.ndarray | None, np.ndarray, OrtState]:  # fmt: skip
+        """The coefficient graph at the small size, and the full-resolution planes in one pass."""
+        session = self._cached(("coefficients",), lambda: coefficients)
+        binding = session.io_binding()
+
+        def step(small: np.ndarray, rec: list[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+            binding.bind_cpu_input(SMALL_INPUT, small.astype(self._np_dtype, copy=False))
+            for name, value in zip(_INPUTS[1:5], rec, strict=True):
+                binding.bind_ortvalue_input(name, value)
+            for name in COEFFICIENTS:
+                binding.bind_output(name, "cpu")
+            for name in _OUTPUTS[2:]:
+                binding.bind_output(name, self._ort_device, self._device_id)
+            session.run_with_iobinding(binding)
+            values = binding.get_outputs()
+            return values[0].numpy(), values[1].numpy(), list(values[2:])
+
+        rec: list[Any] = list(state) if state is not None else [self._zeros()] * 4
+        fgr, pha, rec = fullres.run_refined(src, downsample_ratio, outputs, step, rec)
+        return fgr, pha, (rec[0], rec[1], rec[2], rec[3])
 
     def state_to_host(self, state: OrtState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         r1, r2, r3, r4 = (np.asarray(v.numpy(), np.float32) for v in state)

@@ -27,6 +27,7 @@ __all__ = [
     "RecurrentState",
     "check_state",
     "check_state_shapes",
+    "small_state_shapes",
     "state_shapes",
 ]
 
@@ -87,18 +88,25 @@ def state_shapes(
 
     One list per way the downsampled size may be rounded (usually just one).
     """
-    channels = STATE_CHANNELS[variant]
     height, width = frame_size
-    candidates = []
-    for small_h in sorted(_downsampled(height, ratio)):
-        for small_w in sorted(_downsampled(width, ratio)):
-            shapes = []
-            h, w = small_h, small_w
-            for c in channels:
-                h, w = -(-h // 2), -(-w // 2)
-                shapes.append((batch, c, h, w))
-            candidates.append(shapes)
-    return candidates
+    return [
+        small_state_shapes(variant, (small_h, small_w), batch)
+        for small_h in sorted(_downsampled(height, ratio))
+        for small_w in sorted(_downsampled(width, ratio))
+    ]
+
+
+def small_state_shapes(
+    variant: str, small_size: tuple[int, int], batch: int = 1
+) -> list[tuple[int, int, int, int]]:
+    """The shapes (r1..r4) of ``variant``'s state when the network runs at ``small_size`` (h, w): each half
+    the one before, rounded up."""
+    shapes = []
+    h, w = small_size
+    for c in STATE_CHANNELS[variant]:
+        h, w = -(-h // 2), -(-w // 2)
+        shapes.append((batch, c, h, w))
+    return shapes
 
 
 def check_state_shapes(

@@ -1,4 +1,11 @@
-"""The PyTorch backend: eager or TorchScript, on cpu, cuda or mps."""
+"""The PyTorch backend: eager or TorchScript, on cpu, cuda or mps.
+
+On a CPU, below ratio 1, the network runs at the small size only
+(``MattingNetwork.coefficients``): each frame is resized down from its own
+samples, and the full-resolution planes are made in one pass
+(:mod:`rvm_node.engine.fullres`), as on the other backends. On a GPU the
+whole network runs on the device.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rvm_node.engine import fullres
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.host_heap import retain_freed_memory
 from rvm_node.engine.network import MattingNetwork
@@ -67,12 +75,17 @@ class TorchOptions:
     ``retain_heap`` (on a CPU) keeps freed memory in the process, so a
     frame's large buffers are reused by the next frame instead of being
     faulted in again (see :mod:`rvm_node.engine.host_heap`).
+    ``fused_refiner``: below ratio 1 on a CPU, run the network at the small
+    size only and make the full-resolution planes in one pass on the host
+    (:mod:`rvm_node.engine.fullres`); an official TorchScript file (no
+    ``coefficients`` method) always runs whole.
     """
 
     channels_last: bool = False
     torchscript: Literal["script", "freeze"] | None = None
     fold_bn: bool = True
     retain_heap: bool = True
+    fused_refiner: bool = True
 
 
 def _check_device_precision(device: torch.device, precision: str) -> None:
@@ -157,8 +170,11 @@ class TorchBackend(MattingBackend[TorchState]):
         if self.options.torchscript is not None and not isinstance(model, torch.jit.ScriptModule):
             model = torch.jit.script(model)
             if self.options.torchscript == "freeze":
-                model = torch.jit.freeze(model)
+                model = torch.jit.freeze(model, preserved_attrs=["coefficients"])
         self.model = model
+        self.fused = (
+            self.options.fused_refiner and torch_device.type == "cpu" and hasattr(model, "coefficients")
+        )
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -179,15 +195,18 @@ class TorchBackend(MattingBackend[TorchState]):
         return fgr, pha, (r1, r2, r3, r4)
 
     def prepare(self, frames: Any) -> np.ndarray:
-        """On a GPU, integer frames travel to the device as they are and are scaled there."""
+        """Integer frames are kept as they are: a GPU scales them on the device; on a CPU the full-resolution
+        stage reads them as they are (and the whole network at ratio 1 scales them itself)."""
         array = np.asarray(frames)
-        if self._device.type != "cpu" and array.dtype in _RAW_SCALE:
+        if (self._device.type != "cpu" or self.fused) and array.dtype in _RAW_SCALE:
             return array
         return super().prepare(frames)
 
     def infer(
         self, src: np.ndarray, state: TorchState | None, downsample_ratio: float, outputs: OutputSpec
     ) -> tuple[np.ndarray | None, np.ndarray, TorchState]:
+        if self.fused and downsample_ratio != 1.0:
+            return self._infer_fused(src, state, downsample_ratio, outputs)
         tensor = torch.from_numpy(np.ascontiguousarray(src))
         if self._device.type == "cuda":
             tensor = tensor.pin_memory()
@@ -199,6 +218,26 @@ class TorchBackend(MattingBackend[TorchState]):
         pha_host = to_samples_tensor(pha, fmt).cpu().numpy()
         fgr_host = to_samples_tensor(fgr, fmt).cpu().numpy() if outputs.foreground else None
         return fgr_host, pha_host, new_state
+
+    @torch.inference_mode()
+    def _infer_fused(
+        self, src: np.ndarray, state: TorchState | None, downsample_ratio: float, outputs: OutputSpec
+    ) -> tuple[np.ndarray | None, np.ndarray, TorchState]:
+        """The network at the small size, and the full-resolution planes in one pass."""
+
+        def step(small: np.ndarray, rec: list[Any]) -> tuple[np.ndarray, np.ndarray, list[Any]]:
+            tensor = (
+                torch.from_numpy(small)
+                .to(self._device, self._dtype)
+                .contiguous(memory_format=self._memory_format)
+            )
+            network: Any = self.model  # a MattingNetwork, or one scripted with its coefficients method
+            a, b, r1, r2, r3, r4 = network.coefficients(tensor, rec[0], rec[1], rec[2], rec[3])
+            return a.float().numpy(), b.float().numpy(), [r1, r2, r3, r4]
+
+        rec: list[Any] = list(state) if state is not None else [None] * 4
+        fgr, pha, rec = fullres.run_refined(src, downsample_ratio, outputs, step, rec)
+        return fgr, pha, (rec[0], rec[1], rec[2], rec[3])
 
     def stack_states(self, states: list[TorchState]) -> TorchState:
         r1, r2, r3, r4 = (torch.cat([s[i] for s in states]) for i in range(4))

@@ -9,6 +9,7 @@ so a matte is the same whichever backend computes it.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
@@ -61,7 +62,7 @@ class MattingNetwork(nn.Module):
             self.decoder = RecurrentDecoder([64, 256, 512, 256], [128, 64, 32, 16])
         self.project_mat = Projection(16, 4)
         self.project_seg = Projection(16, 1)
-        self.refiner: nn.Module
+        self.refiner: DeepGuidedFilterRefiner | FastGuidedFilterRefiner
         if refiner == "deep_guided_filter":
             self.refiner = DeepGuidedFilterRefiner()
         else:
@@ -94,6 +95,20 @@ class MattingNetwork(nn.Module):
                 out = outputs[i]
                 outputs[i] = out.reshape([batch, frames] + list(out.shape[1:]))  # noqa: RUF005 (TorchScript)
         return outputs
+
+    @torch.jit.export
+    def coefficients(
+        self, src_sm: Tensor, r1: Tensor | None, r2: Tensor | None, r3: Tensor | None, r4: Tensor | None
+    ) -> list[Tensor]:
+        """The network at the small size only: ``[a, b, r1, r2, r3, r4]``, where ``a`` and ``b`` are the
+        refiner's coefficients (``[B, 4, h, w]``) for frames already resized down (``[B, 3, h, w]``), one
+        frame per stream. The full-resolution planes are ``rvm_node.engine.fullres``'s to make."""
+        f1, f2, f3, f4 = self.backbone(src_sm)
+        f4 = self.aspp(f4)
+        hid, r1, r2, r3, r4 = self.decoder(src_sm, f1, f2, f3, f4, r1, r2, r3, r4, 1)
+        fgr_residual, pha = self.project_mat(hid).split([3, 1], dim=1)
+        a, b = self.refiner.coefficients(src_sm, fgr_residual, pha, hid)
+        return [a, b, r1, r2, r3, r4]
 
     def infer(
         self,

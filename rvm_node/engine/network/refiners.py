@@ -61,6 +61,13 @@ class DeepGuidedFilterRefiner(nn.Module):
     def forward(
         self, fine_src: Tensor, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor, base_hid: Tensor
     ) -> tuple[Tensor, Tensor]:
+        a, b = self.coefficients(base_src, base_fgr, base_pha, base_hid)
+        return _apply_coefficients(a, b, fine_src)
+
+    def coefficients(
+        self, base_src: Tensor, base_fgr: Tensor, base_pha: Tensor, base_hid: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """The guided filter's ``a`` and ``b`` at the small size (``[B, 4, h, w]``: R, G, B, gray)."""
         base_x = _with_gray(base_src)
         base_y = torch.cat([base_fgr, base_pha], dim=1)
         mean_x = self.box_filter(base_x)
@@ -68,8 +75,7 @@ class DeepGuidedFilterRefiner(nn.Module):
         cov_xy = self.box_filter(base_x * base_y) - mean_x * mean_y
         var_x = self.box_filter(base_x * base_x) - mean_x * mean_x
         a = self.conv(torch.cat([cov_xy, var_x, base_hid], dim=1))
-        b = mean_y - a * mean_x
-        return _apply_coefficients(a, b, fine_src)
+        return a, mean_y - a * mean_x
 
 
 class FastGuidedFilterRefiner(nn.Module):
@@ -95,8 +101,19 @@ class FastGuidedFilterRefiner(nn.Module):
         base_src: Tensor,
         base_fgr: Tensor,
         base_pha: Tensor,
+        base_hid: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        a, b = self.coefficients(base_src, base_fgr, base_pha, base_hid)
+        return _apply_coefficients(a, b, fine_src)
+
+    def coefficients(
+        self,
+        base_src: Tensor,
+        base_fgr: Tensor,
+        base_pha: Tensor,
         base_hid: Tensor,  # noqa: ARG002 (the deep refiner's call signature)
     ) -> tuple[Tensor, Tensor]:
+        """The guided filter's ``a`` and ``b`` at the small size (``[B, 4, h, w]``: R, G, B, gray)."""
         lr_x = _with_gray(base_src)
         lr_y = torch.cat([base_fgr, base_pha], dim=1)
         mean_x = self._box(lr_x)
@@ -104,5 +121,4 @@ class FastGuidedFilterRefiner(nn.Module):
         cov_xy = self._box(lr_x * lr_y) - mean_x * mean_y
         var_x = self._box(lr_x * lr_x) - mean_x * mean_x
         a = cov_xy / (var_x + self.eps)
-        b = mean_y - a * mean_x
-        return _apply_coefficients(a, b, fine_src)
+        return a, mean_y - a * mean_x
