@@ -1,7 +1,7 @@
 """The full-resolution stage (rvm_node.engine.fullres): the compiled loops and the numpy path give the same
-numbers to the bit, and both are the official mathematics (torch's bilinear resize, align_corners=False, the
-gray guide, the clamp) within float rounding, at every size: odd ones, one pixel wide, tile and block edges,
-ratios whose small size rounds."""
+numbers to the bit, and both are the official mathematics (the official file's bilinear Resize, run by
+onnxruntime itself; the gray guide; the clamp) within float rounding, at every size: odd ones, one pixel
+wide or high, tile and block edges, ratios whose small size rounds."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-import torch
-from torch.nn import functional as F
 
 from rvm_node.engine import fullres
 from rvm_node.engine.samples import OutputSpec, to_samples
@@ -19,6 +17,7 @@ SIZES = [  # (height, width, ratio)
     (144, 176, 0.5),
     (37, 53, 0.3),  # odd, the small size rounds down
     (17, 3, 0.4),  # one pixel wide at the small size
+    (3, 97, 0.4),  # one pixel high at the small size
     (1, 9, 1.0),  # one pixel high
     (35, 70, 0.25),  # not a multiple of the tile (16 rows) or the block (8 rows)
     (270, 480, 0.25),
@@ -46,28 +45,57 @@ def _frame(height: int, width: int, dtype: str, seed: int = 0) -> np.ndarray:
 
 def _coefficients(h: int, w: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    return rng.uniform(-0.5, 1.5, (4, h, w)).astype(np.float32), rng.uniform(-0.3, 0.7, (4, h, w)).astype(np.float32)
+    return rng.uniform(-0.5, 1.5, (4, h, w)).astype(np.float32), rng.uniform(-0.3, 0.7, (4, h, w)).astype(
+        np.float32
+    )
 
 
 def _unit(frame: np.ndarray) -> np.ndarray:
     return frame.astype(np.float64) / (np.iinfo(frame.dtype).max if frame.dtype.kind == "u" else 1.0)
 
 
+def _onnx_resize(
+    values: np.ndarray, *, ratio: float | None = None, size: tuple[int, int] | None = None
+) -> np.ndarray:
+    """``[C, H, W]`` float32 through the official file's Resize (linear, pytorch_half_pixel), in onnxruntime:
+    by ``ratio`` (scales, as the frame is resized down) or to ``size`` (as the coefficients are lifted)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    by_scales = ratio is not None
+    node = helper.make_node(
+        "Resize",
+        ["x", "", "scales"] if by_scales else ["x", "", "", "sizes"],
+        ["y"],
+        mode="linear",
+        coordinate_transformation_mode="pytorch_half_pixel",
+    )
+    constant = (
+        helper.make_tensor("scales", TensorProto.FLOAT, [4], [1.0, 1.0, ratio, ratio])
+        if by_scales
+        else helper.make_tensor("sizes", TensorProto.INT64, [4], [1, values.shape[0], *(size or ())])
+    )
+    graph = helper.make_graph(
+        [node],
+        "resize",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [constant],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"x": np.ascontiguousarray(values, np.float32)[None]})[0][0]
+
+
 @pytest.mark.parametrize(("height", "width", "ratio"), SIZES)
 @pytest.mark.parametrize("dtype", ["uint8", "uint16", "float32"])
-def test_the_resize_down_is_torchs_bilinear_from_the_samples_as_they_arrived(
+def test_the_resize_down_is_the_official_resize_from_the_samples_as_they_arrived(
     kernels: str, height: int, width: int, ratio: float, dtype: str
 ) -> None:
     frame = _frame(height, width, dtype)
     small = fullres.downsample(frame, ratio)
     assert small.dtype == np.float32 and small.shape == (3, *fullres.small_size(height, width, ratio))
-    expected = F.interpolate(
-        torch.from_numpy(_unit(frame))[None],
-        scale_factor=float(np.float32(ratio)),
-        mode="bilinear",
-        align_corners=False,
-        recompute_scale_factor=False,
-    )[0].numpy()
+    expected = _onnx_resize(_unit(frame), ratio=ratio)
     assert expected.shape == small.shape
     assert np.abs(small - expected).max() < 2e-6
 
@@ -82,16 +110,11 @@ def test_the_planes_are_the_guided_filters_official_mathematics(
     h, w = fullres.small_size(height, width, ratio)
     a, b = _coefficients(h, w)
     fgr, pha = fullres.finish(frame, a, b, OutputSpec(foreground, "float32"))
-    up = F.interpolate(
-        torch.from_numpy(np.concatenate([a, b]).astype(np.float64))[None],
-        size=(height, width),
-        mode="bilinear",
-        align_corners=False,
-    )[0].numpy()
+    up = _onnx_resize(np.concatenate([a, b]), size=(height, width)).astype(np.float64)
     src = _unit(frame)
     guide = np.concatenate([src, src.mean(0, keepdims=True)])
     refined = up[:4] * guide + up[4:]
-    tolerance = 3e-5  # float32 rounding of a few operations on values up to ~2, against float64
+    tolerance = 3e-5  # float32 rounding of a few operations on values up to ~2
     assert pha.shape == (1, height, width) and pha.dtype == np.float32
     assert np.abs(pha - np.clip(refined[3:], 0, 1)).max() < tolerance
     if foreground:

@@ -591,8 +591,8 @@ def test_matte_cli_equals_convert(node: NodeThread, tmp_path: Path) -> None:
 
     clip = str(example_clip())
     common = ["--input-source", clip, "--frames", "1-6", "--downsample-ratio", "0.5", "--quiet"]
-    for command, out in (("matte", "node"), ("convert", "local")):
-        extra = ["--node", node.address] if command == "matte" else []
+    for command, out in (("matte", "node"), ("convert", "local")):  # the node's engine on both sides
+        extra = ["--node", node.address] if command == "matte" else ["--backend", "onnxruntime"]
         result = subprocess.run(
             rvm_node_command(
                 command,

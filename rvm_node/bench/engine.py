@@ -6,9 +6,17 @@ configurations take turns, round after round (A, B, C, A, B, C, ...), and the
 median of the rounds is reported, so the machine's noise falls on every row
 alike. The official
 ONNX runs in a plain ``onnxruntime.InferenceSession`` with default settings,
-as the official inference code runs it; the other rows run through our
-backends. Ratios are against that official row at the same size, which
-``--only`` always keeps.
+as the official inference code runs it, on float32 frames made before the
+clock starts; the other rows run through our backends on the frames as a
+decoder gives them (uint8, interleaved), asking for alpha alone (uint16, as a
+16-bit matte is written) or for alpha and foreground (float32, as the
+official model returns them). Ratios are against that official row at the
+same size, which ``--only`` always keeps.
+
+A second table times the full-resolution stage alone (``fullres``: the
+resize down and the planes made from the coefficients) against its floor:
+the bytes it must move at the least (the frame read once, the planes written
+once) at this machine's copy bandwidth, measured in the same run.
 
 The static exports (TensorFlow SavedModel, TFLite, TF.js) run where their
 toolchains are installed, each export made once per size and kept under
@@ -40,15 +48,20 @@ import numpy as np
 
 from rvm_node.bench.common import (
     machine,
+    markdown,
     parse_one_size,
 )
+from rvm_node.engine import fullres
+from rvm_node.engine.samples import OutputSpec
 from rvm_node.errors import InvalidInputError
 
 __all__ = ["run_engine_bench"]
 
 
-Runner = Callable[[np.ndarray], float | None]  # seconds, when the runner times itself
+Runner = Callable[[int], float | None]  # frame index in; seconds, when the runner times itself
 REFERENCE = "official ONNX, onnxruntime (reference)"
+ALPHA = OutputSpec(False, "uint16")  # a 16-bit matte, as writers store it
+BOTH = OutputSpec(True, "float32")  # alpha and foreground as the official model returns them
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,24 @@ def _parse_sizes(text: str) -> list[_Size]:
     return sizes
 
 
-def _official_runner(size: _Size) -> Runner:
+@dataclass(frozen=True)
+class _Frames:
+    """The frames every row runs: as a decoder gives them (``[1, 3, H, W]`` views of uint8 ``H x W x 3``) and,
+    for the official row, as float32 planes made before the clock starts."""
+
+    decoded: np.ndarray  # [N, 1, 3, H, W]
+    unit: np.ndarray  # [N, 1, 3, H, W] float32 0..1
+
+    @classmethod
+    def random(cls, count: int, size: _Size) -> _Frames:
+        pixels = np.random.default_rng(0).integers(
+            0, 256, (count, size.height, size.width, 3), dtype=np.uint8
+        )
+        decoded = pixels.transpose(0, 3, 1, 2)[:, None]
+        return cls(decoded, np.ascontiguousarray(decoded, np.float32) / np.float32(255))
+
+
+def _official_runner(size: _Size, frames: _Frames) -> Runner:
     import onnxruntime as ort
 
     from rvm_node.engine.weights import official_path
@@ -86,12 +116,12 @@ def _official_runner(size: _Size) -> Runner:
     rec = [np.zeros([1, 1, 1, 1], np.float32)] * 4
     ratio = np.asarray([size.ratio], np.float32)
 
-    def run(frame: np.ndarray) -> None:
+    def run(index: int) -> None:
         nonlocal rec
         out = session.run(
             None,
             {
-                "src": frame,
+                "src": frames.unit[index],
                 "r1i": rec[0],
                 "r2i": rec[1],
                 "r3i": rec[2],
@@ -104,13 +134,15 @@ def _official_runner(size: _Size) -> Runner:
     return run
 
 
-def _session_runner(factory: Callable[[], object], size: _Size) -> Callable[[], Runner]:
-    def make() -> Runner:
+def _session_runner(
+    factory: Callable[[], object], size: _Size, outputs: OutputSpec
+) -> Callable[[_Frames], Runner]:
+    def make(frames: _Frames) -> Runner:
         backend = factory()
-        session = backend.new_session(size.ratio)  # type: ignore[attr-defined]
+        session = backend.new_session(size.ratio, outputs)  # type: ignore[attr-defined]
 
-        def run(frame: np.ndarray) -> None:
-            session.process(frame)
+        def run(index: int) -> None:
+            session.process(frames.decoded[index])
 
         return run
 
@@ -170,7 +202,7 @@ class _Served:
     def __call__(self, frame: np.ndarray) -> float:
         assert self.process.stdin is not None
         src = self.scratch / "src.npy"
-        np.save(src, np.ascontiguousarray(frame.transpose(0, 2, 3, 1)))  # NCHW -> the exports' NHWC
+        np.save(src, np.ascontiguousarray(frame.transpose(0, 2, 3, 1)))  # NCHW -> the exports' NHWC (0..1)
         self.process.stdin.write(json.dumps({"src": str(src), "out": None}) + "\n")
         self.process.stdin.flush()
         ms = self._reply()["ms"]
@@ -192,25 +224,27 @@ class _Served:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
-def _static_runner(format: str, size: _Size) -> Callable[[], Runner]:
-    def make() -> Runner:
+def _static_runner(format: str, size: _Size) -> Callable[[_Frames], Runner]:
+    def make(frames: _Frames) -> Runner:
         from rvm_node.engine.toolchains import WORKERS, toolchain_python
 
         path = _static_export(format, size)
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
         env.pop("PYTHONPATH", None)
         if format == "tfjs":
-            return _Served(["node", str(_TFJS_RUNNER), str(path)], env)
-        python = toolchain_python("tensorflow", purpose="bench")
-        kind = ["savedmodel"] if format == "tensorflow" else ["tflite", "--threads", "2"]
-        return _Served(
-            [str(python), str(WORKERS / "tf_worker.py"), "serve", kind[0], str(path), *kind[1:]], env
-        )
+            served = _Served(["node", str(_TFJS_RUNNER), str(path)], env)
+        else:
+            python = toolchain_python("tensorflow", purpose="bench")
+            kind = ["savedmodel"] if format == "tensorflow" else ["tflite", "--threads", "2"]
+            served = _Served(
+                [str(python), str(WORKERS / "tf_worker.py"), "serve", kind[0], str(path), *kind[1:]], env
+            )
+        return lambda index: served(frames.unit[index])
 
     return make
 
 
-def _static_configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
+def _static_configs(size: _Size) -> list[tuple[str, Callable[[_Frames], Runner]]]:
     """The TensorFlow exports' rows, where their toolchains (and Node.js, for TF.js) are installed."""
     from rvm_node.engine.toolchains import toolchain_python
     from rvm_node.errors import MissingToolError
@@ -222,7 +256,7 @@ def _static_configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
             return False
         return True
 
-    configs: list[tuple[str, Callable[[], Runner]]] = []
+    configs: list[tuple[str, Callable[[_Frames], Runner]]] = []
     if have("tensorflow"):
         configs += [
             ("TensorFlow SavedModel fp32 (export for this size)", _static_runner("tensorflow", size)),
@@ -234,87 +268,67 @@ def _static_configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
     return configs
 
 
-def _configs(size: _Size) -> list[tuple[str, Callable[[], Runner]]]:
+def _backends() -> list[tuple[str, Callable[[], object]]]:
+    """Our backends, each as a name and how to load it."""
     from rvm_node.engine.loader import imported_official_weights, load_model, shared_cpu_options
     from rvm_node.engine.torch_backend import TorchOptions, cpu_has_bf16
     from rvm_node.engine.weights import official_path
 
-    configs: list[tuple[str, Callable[[], Runner]]] = [
-        (REFERENCE, lambda: _official_runner(size)),
+    backends: list[tuple[str, Callable[[], object]]] = [
+        ("onnxruntime, the official file", lambda: load_model(backend="onnxruntime")),
+        ("onnxruntime, our ONNX export", lambda: load_model(backend="onnxruntime", weights=imported_official_weights())),
         (
-            "onnxruntime: the official file in our backend (the default)",
-            _session_runner(lambda: load_model(backend="onnxruntime"), size),
+            "onnxruntime, the official file, no spinning (node and converter options)",
+            lambda: load_model(backend="onnxruntime", options=shared_cpu_options("onnxruntime")),
         ),
-        (
-            "our ONNX export, onnxruntime",
-            _session_runner(
-                lambda: load_model(backend="onnxruntime", weights=imported_official_weights()), size
-            ),
-        ),
-        (
-            "onnxruntime, the default, no spinning (node and converter options)",
-            _session_runner(
-                lambda: load_model(backend="onnxruntime", options=shared_cpu_options("onnxruntime")), size
-            ),
-        ),
-        ("torch eager fp32", _session_runner(lambda: load_model(backend="torch"), size)),
-        (
-            "torch eager fp32 channels_last",
-            _session_runner(
-                lambda: load_model(backend="torch", options=TorchOptions(channels_last=True)), size
-            ),
-        ),
-        (
-            "TorchScript (frozen) fp32",
-            _session_runner(
-                lambda: load_model(backend="torch", options=TorchOptions(torchscript="freeze")), size
-            ),
-        ),
-    ]
+        ("torch eager fp32", lambda: load_model(backend="torch")),
+        ("torch eager fp32 channels_last", lambda: load_model(backend="torch", options=TorchOptions(channels_last=True))),
+        ("TorchScript (frozen) fp32", lambda: load_model(backend="torch", options=TorchOptions(torchscript="freeze"))),
+    ]  # fmt: skip
     openvino = importlib.util.find_spec("openvino") is not None
     if openvino:
-        configs += [
-            (
-                "OpenVINO fp32 (static shapes, ratio frozen)",
-                _session_runner(lambda: load_model(backend="openvino"), size),
-            ),
-            (
-                "OpenVINO fp32, the official file (the engine without torch)",
-                _session_runner(lambda: load_model(backend="openvino", weights=official_path()), size),
-            ),
-        ]
+        backends += [
+            ("OpenVINO fp32, our export", lambda: load_model(backend="openvino")),
+            ("OpenVINO fp32, the official file", lambda: load_model(backend="openvino", weights=official_path())),
+        ]  # fmt: skip
     if cpu_has_bf16():
         if openvino:
-            configs.append(
+            backends.append(
                 (
-                    "OpenVINO bf16, whole model (breaks the matte: pha error up to 1.0)",
-                    _session_runner(lambda: load_model(backend="openvino", precision="bf16"), size),
+                    "OpenVINO bf16 (breaks the matte: pha error up to 1.0)",
+                    lambda: load_model(backend="openvino", precision="bf16"),
                 )
             )
-        configs += [
-            (
-                "torch eager bf16",
-                _session_runner(lambda: load_model(backend="torch", precision="bf16"), size),
-            ),
-            (
-                "torch eager bf16 channels_last",
-                _session_runner(
-                    lambda: load_model(
-                        backend="torch", precision="bf16", options=TorchOptions(channels_last=True)
-                    ),
-                    size,
-                ),
-            ),
-        ]
+        backends.append(("torch eager bf16", lambda: load_model(backend="torch", precision="bf16")))
+    return backends
+
+
+_AUTO_ROW = {  # the row of what load_model(backend="auto") loads, for the backend it picks
+    "openvino": "OpenVINO fp32, our export",
+    "onnxruntime": "onnxruntime, the official file",
+}
+
+
+def _configs(size: _Size) -> list[tuple[str, Callable[[_Frames], Runner]]]:
+    from rvm_node.engine.backend import fastest_parity_backend
+
+    default = fastest_parity_backend("cpu")
+    configs: list[tuple[str, Callable[[_Frames], Runner]]] = [
+        (REFERENCE, lambda frames: _official_runner(size, frames))
+    ]
+    for name, factory in _backends():
+        marked = f"{name} (what --backend auto runs here)" if name == _AUTO_ROW[default] else name
+        configs.append((f"{marked}: alpha, uint16", _session_runner(factory, size, ALPHA)))
+        configs.append((f"{marked}: alpha + foreground, float32", _session_runner(factory, size, BOTH)))
     return configs + _static_configs(size)
 
 
-def _timed(run: Runner, frames: np.ndarray) -> float:
+def _timed(run: Runner, indices: range) -> float:
     start = time.perf_counter()
-    inside: list[float | None] = [run(frame) for frame in frames]
+    inside: list[float | None] = [run(index) for index in indices]
     if all(took is not None for took in inside):  # the runner timed its frames itself (subprocess rows)
-        return len(frames) / sum(t for t in inside if t is not None)
-    return len(frames) / (time.perf_counter() - start)
+        return len(indices) / sum(t for t in inside if t is not None)
+    return len(indices) / (time.perf_counter() - start)
 
 
 def run_engine_bench(args: argparse.Namespace) -> int:
@@ -322,26 +336,28 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         raise InvalidInputError("--frames and --rounds must be >= 1 and --warmup >= 0")
     sizes = _parse_sizes(args.sizes)
     only = [word.strip() for word in (args.only or "").split(",") if word.strip()]
-    rng = np.random.default_rng(0)
     results: dict[str, dict[str, float]] = {}
+    stage_rows: list[list[str]] = []
     for size in sizes:
-        frames = rng.random((args.warmup + args.frames, 1, 3, size.height, size.width), dtype=np.float32)
+        frames = _Frames.random(args.warmup + args.frames, size)
         runners: dict[str, Runner] = {}
         chosen = [
             (n, m) for n, m in _configs(size) if n == REFERENCE or not only or any(w in n for w in only)
         ]
         for name, make in chosen:  # each made and warmed up once, before any timing
-            runners[name] = make()
-            for frame in frames[: args.warmup]:
-                runners[name](frame)
+            runners[name] = make(frames)
+            for index in range(args.warmup):
+                runners[name](index)
         rates: dict[str, list[float]] = {name: [] for name in runners}
+        timed = range(args.warmup, args.warmup + args.frames)
         for _ in range(args.rounds):  # A, B, C, ..., A, B, C: the machine's noise falls on every row
             for name, run in runners.items():
-                rates[name].append(_timed(run, frames[args.warmup :]))
+                rates[name].append(_timed(run, timed))
         for name, values in rates.items():
             fps = statistics.median(values)
             results.setdefault(name, {})[size.label] = fps
             print(f"  {size.label:22} {name:44} {fps:7.2f} frames/s (median of {args.rounds})", flush=True)
+        stage_rows += _stage_rows(size, frames, args.rounds)
     reference = results[REFERENCE]
     print()
     print(f"Machine: {machine()}")
@@ -359,4 +375,50 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
         for row in [header, *rows]:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+    print()
+    print(
+        "The full-resolution stage alone (rvm_node.engine.fullres, "
+        f"{'compiled loops' if fullres.compiled_kernels() is not None else 'numpy: numba is not installed'}): "
+        "the resize down and the planes from the network's coefficients, against the least memory it must "
+        "move (the frame read once, the planes written once) at this machine's copy bandwidth."
+    )
+    markdown(
+        ["size", "planes", "stage ms/frame", "floor ms/frame (bytes at copy bandwidth)", "vs floor"],
+        stage_rows,
+    )
     return 0
+
+
+def _copy_bandwidth(rounds: int) -> float:
+    """Bytes a second a large copy moves here (read and written, counted both), the median of ``rounds``."""
+    source = np.random.default_rng(1).integers(0, 256, 256 << 20, dtype=np.uint8)
+    target = np.empty_like(source)
+    np.copyto(target, source)  # paged in
+    seconds = []
+    for _ in range(max(3, rounds)):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        seconds.append(time.perf_counter() - start)
+    return 2 * source.nbytes / statistics.median(seconds)
+
+
+def _stage_rows(size: _Size, frames: _Frames, rounds: int) -> list[list[str]]:
+    """The full-resolution stage at ``size``, alpha alone and alpha + foreground, against its floor."""
+    h, w = fullres.small_size(size.height, size.width, size.ratio)
+    rng = np.random.default_rng(2)
+    a, b = (rng.random((4, h, w), dtype=np.float32) for _ in "ab")
+    bandwidth = _copy_bandwidth(rounds)
+    rows = []
+    for label, outputs in (("alpha, uint16", ALPHA), ("alpha + foreground, float32", BOTH)):
+        frame = frames.decoded[0, 0]
+        fullres.finish(frame, a, b, outputs)  # compiled, paged in
+        seconds = []
+        for _ in range(max(5, rounds)):
+            start = time.perf_counter()
+            fullres.downsample(frame, size.ratio)
+            fullres.finish(frame, a, b, outputs)
+            seconds.append(time.perf_counter() - start)
+        took = statistics.median(seconds)
+        floor = fullres.floor_bytes(size.height, size.width, frame.dtype, outputs) / bandwidth
+        rows.append([size.label, label, f"{took * 1000:.2f}", f"{floor * 1000:.2f}", f"{took / floor:.2f}x"])
+    return rows

@@ -23,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     example.add_argument(
         "--backend",
         choices=["auto", *BACKENDS],
-        default="onnxruntime",
-        help="engine that runs the model; auto: the fastest one that matches the official model here",
+        default="auto",
+        help="engine that runs the model; auto: the fastest one that matches the official model here "
+        "(OpenVINO on a CPU where it is installed, else onnxruntime)",
     )
     example.add_argument(
         "--downsample-ratio", type=common.ratio, default=None, help="(0, 1] or auto (default: auto)"

@@ -107,8 +107,9 @@ def add_shot_options(convert: argparse.ArgumentParser) -> None:
     ours.add_argument(
         "--backend",
         choices=["auto", *BACKENDS],
-        default="onnxruntime",
-        help="engine that runs the model; auto: the fastest one that matches the official model here",
+        default="auto",
+        help="engine that runs the model; auto: the fastest one that matches the official model here "
+        "(OpenVINO on a CPU where it is installed, else onnxruntime)",
     )
     ours.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision")
     add_shot_option(ours, "frames", default=None)

@@ -27,8 +27,9 @@ class ServeSettings:
         "cpu", "device the model runs on: cpu, cuda, cuda:N, or auto (cuda where rvm-node[gpu] can use one)"
     )
     backend: str = setting(
-        "onnxruntime",
-        "engine that runs the model; auto: the fastest one that matches the official model here",
+        "auto",
+        "engine that runs the model; auto: the fastest one that matches the official model here (OpenVINO on a "
+        "CPU where it is installed, else onnxruntime)",
         choices=("auto", *BACKENDS),
     )
     precision: str = setting("fp32", "arithmetic precision", choices=PRECISIONS)

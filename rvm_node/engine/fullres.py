@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,13 +56,17 @@ __all__ = [
 ]
 
 KERNELS_ENV = "RVM_NODE_FULLRES"  # "numpy": never the compiled loops (for comparing the two)
+# One compiled pass at a time: each takes every core already, and numba's simplest threading layer
+# (where neither TBB nor OpenMP is installed) aborts when two threads enter it at once.
+_ONE_AT_A_TIME = threading.Lock()
 _TILE_ROWS = 16  # rows of a numpy tile: a few hundred KB of temporaries, in cache
 
 
 @dataclass(frozen=True)
 class Axis:
-    """Bilinear sampling along one axis: each output index blends input ``first`` and ``second`` by
-    ``weight`` (``first + weight * (second - first)``)."""
+    """Bilinear sampling along one axis, as the official ONNX file's ``Resize`` (linear,
+    ``pytorch_half_pixel``): each output index blends input ``first`` and ``second`` by ``weight``
+    (``first + weight * (second - first)``)."""
 
     first: np.ndarray  # int32
     second: np.ndarray  # int32
@@ -73,6 +78,8 @@ class Axis:
 
 
 def _axis(coordinates: np.ndarray, in_n: int) -> Axis:
+    if len(coordinates) == 1:  # one sample out: the first one in, as ONNX's pytorch_half_pixel rule has it
+        coordinates = np.zeros(1, np.float32)
     coordinates = np.clip(coordinates, 0.0, in_n - 1)
     first = np.floor(coordinates).astype(np.int32)
     second = np.minimum(first + 1, in_n - 1).astype(np.int32)
@@ -134,7 +141,8 @@ def downsample(frame: np.ndarray, ratio: float) -> np.ndarray:
     out = np.empty((3, h, w), np.float32)
     kernels = compiled_kernels()
     if kernels is not None:
-        kernels.downsample(pixels, rows.arrays, cols.arrays, _unit(pixels.dtype), out)
+        with _ONE_AT_A_TIME:
+            kernels.downsample(pixels, rows.arrays, cols.arrays, _unit(pixels.dtype), out)
         return out
     c0 = (cols.first[:, None] * 3 + np.arange(3)).ravel()
     c1 = (cols.second[:, None] * 3 + np.arange(3)).ravel()
@@ -187,7 +195,10 @@ def finish(
     unit = _unit(pixels.dtype)
     if kernels is not None:
         rgb = None if fgr is None else fgr.reshape(height, 3 * width)
-        kernels.finish(pixels, across_a, across_b, rows.first, rows.second, rows.weight, unit, top, pha, rgb)
+        with _ONE_AT_A_TIME:
+            kernels.finish(
+                pixels, across_a, across_b, rows.first, rows.second, rows.weight, unit, top, pha, rgb
+            )
     else:
         for start in range(0, height, _TILE_ROWS):
             _finish_tile(
@@ -230,7 +241,8 @@ def _across(coefficients: np.ndarray, cols: Axis, kernels: Any) -> np.ndarray:
     if kernels is None:
         return _lerp(coefficients[:, :, cols.first], coefficients[:, :, cols.second], cols.weight)
     out = np.empty((*coefficients.shape[:2], len(cols.first)), np.float32)
-    kernels.across(coefficients, cols.first, cols.second, cols.weight, out)
+    with _ONE_AT_A_TIME:
+        kernels.across(coefficients, cols.first, cols.second, cols.weight, out)
     return out
 
 

@@ -222,7 +222,7 @@ def shared_cpu_options(backend: str) -> Any:
 def load_model(
     variant: str = "mobilenetv3",
     *,
-    backend: str = "torch",
+    backend: str = "auto",
     device: str = "cpu",
     precision: str = "fp32",
     weights: str | Path | None = None,

@@ -39,7 +39,12 @@ from rvm_node.engine.onnx_graph import freeze_ratio, policy_graphs
 from rvm_node.engine.onnx_samples import with_samples
 from rvm_node.engine.samples import OutputSpec, SampleFormat, sample_format_of
 from rvm_node.engine.states import RecurrentState, small_state_shapes, state_shapes
-from rvm_node.errors import BackendUnavailableError, InvalidInputError, UnsupportedPrecisionError
+from rvm_node.errors import (
+    BackendError,
+    BackendUnavailableError,
+    InvalidInputError,
+    UnsupportedPrecisionError,
+)
 
 __all__ = ["OpenVinoBackend", "OpenVinoOptions"]
 
@@ -267,7 +272,11 @@ class OpenVinoBackend(MattingBackend[OvState]):
                 self._compiled.move_to_end(key)
                 return compiled, key
         started = time.perf_counter()
-        compiled = self._core.compile_model(model(), "CPU", self._config())
+        try:
+            compiled = self._core.compile_model(model(), "CPU", self._config())
+        except RuntimeError as exc:  # OpenVINO's shape checks: a frame too small for the network's pools
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+            raise BackendError(f"openvino: cannot compile {what} ({first})") from None
         seconds = time.perf_counter() - started
         self.compile_seconds.append(seconds)
         log.info("openvino: compiled %s in %.2f s", what, seconds)

@@ -60,8 +60,9 @@ class OrtOptions:
     ``max_sessions``: how many sessions (one per ratio rule, input format and
     outputs) are kept. ``fused_refiner``: below ratio 1, run only the model's
     small-resolution part and make the full-resolution planes in one pass on
-    the host (``rvm_node.engine.fullres``). None: on a CPU, where the graph has
-    the deep guided filter; on a GPU the whole graph stays on the device.
+    the host (``rvm_node.engine.fullres``). None: for an fp32 model on a CPU,
+    where the graph has the deep guided filter; on a GPU the whole graph stays
+    on the device.
     """
 
     intra_op_threads: int = 0
@@ -127,12 +128,6 @@ class OrtBackend(MattingBackend[OrtState]):
                 f"got {names_in} and {names_out}"
             )
         self._graphs = policy_graphs(proto, where)
-        fused = self.options.fused_refiner
-        self._coefficients = (
-            coefficient_graph(self._graphs[0]) if (fused or (fused is None and device == "cpu")) else None
-        )
-        if fused and self._coefficients is None:
-            raise InvalidInputError(f"{where}: fused_refiner: this graph has no deep guided filter to split")
         self._sessions: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._lock = threading.Lock()
         settings = ort.SessionOptions()
@@ -152,6 +147,12 @@ class OrtBackend(MattingBackend[OrtState]):
         src_type = next(i.type.tensor_type.elem_type for i in proto.graph.input if i.name == "src")
         self._np_dtype = np.float16 if src_type == onnx.TensorProto.FLOAT16 else np.float32
         self.precision = "fp16" if self._np_dtype == np.float16 else "fp32"
+        fused = self.options.fused_refiner
+        if fused is None:  # fp16 on a CPU keeps the whole graph: its coefficients in half floats lose more
+            fused = device == "cpu" and self.precision == "fp32"
+        self._coefficients = coefficient_graph(self._graphs[0]) if fused else None
+        if fused and self._coefficients is None and self.options.fused_refiner:
+            raise InvalidInputError(f"{where}: fused_refiner: this graph has no deep guided filter to split")
         self._model_format: SampleFormat = "float16" if self._np_dtype == np.float16 else "float32"
         in_graph = self.options.samples_in_graph
         self.samples_in_graph = (
