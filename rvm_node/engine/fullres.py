@@ -144,12 +144,10 @@ def downsample(frame: np.ndarray, ratio: float) -> np.ndarray:
         with _ONE_AT_A_TIME:
             kernels.downsample(pixels, rows.arrays, cols.arrays, _unit(pixels.dtype), out)
         return out
+    rows_blended = _lerp(pixels[rows.first], pixels[rows.second], rows.weight[:, None])  # whole rows first
     c0 = (cols.first[:, None] * 3 + np.arange(3)).ravel()
     c1 = (cols.second[:, None] * 3 + np.arange(3)).ravel()
-    wx = np.repeat(cols.weight, 3)
-    top = _lerp(pixels[rows.first][:, c0], pixels[rows.first][:, c1], wx)
-    bottom = _lerp(pixels[rows.second][:, c0], pixels[rows.second][:, c1], wx)
-    small = _lerp(top, bottom, rows.weight[:, None]) * _unit(pixels.dtype)
+    small = _lerp(rows_blended[:, c0], rows_blended[:, c1], np.repeat(cols.weight, 3)) * _unit(pixels.dtype)
     out[:] = small.reshape(h, w, 3).transpose(2, 0, 1)
     return out
 
@@ -179,9 +177,8 @@ def finish(
     rows, cols = upsample_axis(height, h), upsample_axis(width, w)
     pixels = _interleaved(frame)
     channels = slice(0, 4) if outputs.foreground else slice(3, 4)
+    a, b = (np.ascontiguousarray(c[channels], np.float32) for c in (a, b))
     kernels = compiled_kernels()
-    # The coefficients resized along the rows first, at the small height: every output row then blends two.
-    across_a, across_b = (_across(c[channels], cols, kernels) for c in (a, b))
     dtype = outputs.dtype
     if into is None:
         into = (
@@ -196,14 +193,13 @@ def finish(
     if kernels is not None:
         rgb = None if fgr is None else fgr.reshape(height, 3 * width)
         with _ONE_AT_A_TIME:
-            kernels.finish(
-                pixels, across_a, across_b, rows.first, rows.second, rows.weight, unit, top, pha, rgb
-            )
+            kernels.finish(pixels, a, b, cols.arrays, rows.arrays, unit, top, pha, rgb)
     else:
+        # The coefficients lifted along the rows first, at the small height: every output row then blends two.
+        across_a, across_b = (_lerp(c[:, :, cols.first], c[:, :, cols.second], cols.weight) for c in (a, b))
         for start in range(0, height, _TILE_ROWS):
-            _finish_tile(
-                pixels, across_a, across_b, rows, unit, top, pha, fgr, slice(start, start + _TILE_ROWS)
-            )
+            tile = slice(start, start + _TILE_ROWS)
+            _finish_tile(pixels, across_a, across_b, rows, unit, top, pha, fgr, tile)
     if pha is not into[0]:
         np.copyto(into[0], pha, casting="same_kind")
         if fgr is not None and into[1] is not None:
@@ -233,17 +229,6 @@ def run_refined(
             into = pha[i, t, 0], None if fgr is None else fgr[i, t]
             finish(src[i, t], np.asarray(a[i], np.float32), np.asarray(b[i], np.float32), outputs, into)
     return (None if fgr is None else fgr.transpose(0, 1, 4, 2, 3)), pha, state
-
-
-def _across(coefficients: np.ndarray, cols: Axis, kernels: Any) -> np.ndarray:
-    """``[C, h, w]`` coefficients resized along the rows to ``[C, h, W]``."""
-    coefficients = np.ascontiguousarray(coefficients, np.float32)
-    if kernels is None:
-        return _lerp(coefficients[:, :, cols.first], coefficients[:, :, cols.second], cols.weight)
-    out = np.empty((*coefficients.shape[:2], len(cols.first)), np.float32)
-    with _ONE_AT_A_TIME:
-        kernels.across(coefficients, cols.first, cols.second, cols.weight, out)
-    return out
 
 
 def _finish_tile(

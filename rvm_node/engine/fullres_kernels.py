@@ -3,8 +3,10 @@
 Each row is a few plain loops over contiguous memory, with no branch inside,
 so LLVM vectorises them; the operations and their order are those of the
 numpy path in :mod:`rvm_node.engine.fullres` (no fused multiply-add, no
-reassociation), so the two give the same numbers to the bit. Compiled on
-first use for each kind of sample and cached on disk by numba.
+reassociation), so the two give the same numbers to the bit. Each core takes
+a block of output rows and lifts along the rows only the few coefficient
+rows that block blends. Compiled on first use for each kind of sample and
+cached on disk by numba.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any, TypeVar, cast
 import numba
 import numpy as np
 
-__all__ = ["across", "downsample", "finish"]
+__all__ = ["downsample", "finish"]
 
 _F = TypeVar("_F", bound=Callable[..., None])
 # No fused multiply-add, no reassociation: the numpy path's operations, in its order.
@@ -23,19 +25,21 @@ _jit = cast(Callable[[_F], _F], numba.njit(cache=True, error_model="numpy", fast
 _parallel = cast(
     Callable[[_F], _F], numba.njit(cache=True, error_model="numpy", fastmath=False, parallel=True)
 )
-_BLOCK = 8  # rows a core takes at a time
+_BLOCK = 32  # output rows a core takes at a time
 
 
-@_parallel
-def across(coefficients: Any, first: Any, second: Any, weight: Any, out: Any) -> None:
-    """``coefficients`` (``[C, h, w]``) resized along the rows to ``out`` (``[C, h, W]``)."""
-    channels, height, _ = out.shape
-    for index in numba.prange(channels * height):
-        c, y = index // height, index % height
-        row, target = coefficients[c, y], out[c, y]
-        for x in range(target.shape[0]):
-            f = row[first[x]]
-            target[x] = f + weight[x] * (row[second[x]] - f)
+@_jit
+def _blend(top: Any, bottom: Any, weight: Any, out: Any) -> None:
+    for x in range(out.shape[0]):
+        out[x] = top[x] + weight * (bottom[x] - top[x])
+
+
+@_jit
+def _across(row: Any, first: Any, second: Any, weight: Any, out: Any) -> None:
+    """One coefficient row lifted along the row: ``out[x]`` blends ``row[first[x]]`` and ``row[second[x]]``."""
+    for x in range(out.shape[0]):
+        f = row[first[x]]
+        out[x] = f + weight[x] * (row[second[x]] - f)
 
 
 @_jit
@@ -60,12 +64,6 @@ def _alpha(a0: Any, a1: Any, b0: Any, b1: Any, fy: Any, guide: Any, top: Any, ou
 
 
 @_jit
-def _blend(top: Any, bottom: Any, weight: Any, out: Any) -> None:
-    for x in range(out.shape[0]):
-        out[x] = top[x] + weight * (bottom[x] - top[x])
-
-
-@_jit
 def _foreground(a: Any, b: Any, row: Any, unit: Any, top: Any, out: Any) -> None:
     """One row of the foreground, interleaved RGB, from blended coefficients ``a``, ``b`` (``[3, W]``):
     ``a * rgb + b + rgb``, clamped."""
@@ -73,9 +71,8 @@ def _foreground(a: Any, b: Any, row: Any, unit: Any, top: Any, out: Any) -> None
         for x in range(a.shape[1]):
             for c in range(3):
                 value = np.float32(row[3 * x + c]) * unit
-                out[3 * x + c] = np.rint(
-                    min(max(a[c, x] * value + b[c, x] + value, np.float32(0.0)), np.float32(1.0)) * top
-                )
+                value = min(max(a[c, x] * value + b[c, x] + value, np.float32(0.0)), np.float32(1.0))
+                out[3 * x + c] = np.rint(value * top)
     else:
         for x in range(a.shape[1]):
             for c in range(3):
@@ -84,57 +81,66 @@ def _foreground(a: Any, b: Any, row: Any, unit: Any, top: Any, out: Any) -> None
 
 
 @_jit
-def _rows(start: int, stop: int, pixels: Any, across_a: Any, across_b: Any, first: Any, second: Any,
-          weight: Any, unit: Any, top: Any, pha: Any, fgr: Any) -> None:  # fmt: skip
+def _block(start: int, stop: int, pixels: Any, a: Any, b: Any, cols: Any, rows: Any, unit: Any, top: Any,
+           pha: Any, fgr: Any) -> None:  # fmt: skip
+    """Output rows ``start`` to ``stop``: their coefficient rows lifted along the row, then row by row."""
+    col_first, col_second, col_weight = cols
+    first, second, weight = rows
     width = pha.shape[1]
-    last = across_a.shape[0] - 1
+    channels = a.shape[0]
+    low, high = first[start], second[stop - 1]  # the coefficient rows this block blends (rows only go down)
+    lifted_a = np.empty((channels, high - low + 1, width), np.float32)
+    lifted_b = np.empty((channels, high - low + 1, width), np.float32)
+    for c in range(channels):
+        for i in range(high - low + 1):
+            _across(a[c, low + i], col_first, col_second, col_weight, lifted_a[c, i])
+            _across(b[c, low + i], col_first, col_second, col_weight, lifted_b[c, i])
+    last = channels - 1
     third = unit * np.float32(1.0 / 3.0)
     guide = np.empty(width, np.float32)
-    a = np.empty((3, width), np.float32)
-    b = np.empty((3, width), np.float32)
+    blended_a = np.empty((3, width), np.float32)
+    blended_b = np.empty((3, width), np.float32)
     for y in range(start, stop):
-        row, i0, i1, fy = pixels[y], first[y], second[y], weight[y]
+        row, i0, i1, fy = pixels[y], first[y] - low, second[y] - low, weight[y]
         _gray(row, third, guide)
-        _alpha(across_a[last, i0], across_a[last, i1], across_b[last, i0], across_b[last, i1], fy, guide, top,
+        _alpha(lifted_a[last, i0], lifted_a[last, i1], lifted_b[last, i0], lifted_b[last, i1], fy, guide, top,
                pha[y])  # fmt: skip
         if fgr is not None:
             for c in range(3):
-                _blend(across_a[c, i0], across_a[c, i1], fy, a[c])
-                _blend(across_b[c, i0], across_b[c, i1], fy, b[c])
-            _foreground(a, b, row, unit, top, fgr[y])
+                _blend(lifted_a[c, i0], lifted_a[c, i1], fy, blended_a[c])
+                _blend(lifted_b[c, i0], lifted_b[c, i1], fy, blended_b[c])
+            _foreground(blended_a, blended_b, row, unit, top, fgr[y])
 
 
 @_parallel
-def finish(pixels: Any, across_a: Any, across_b: Any, first: Any, second: Any, weight: Any, unit: Any,
-           top: Any, pha: Any, fgr: Any) -> None:  # fmt: skip
-    """Rows of ``pixels`` (``H x 3W``) to ``pha`` (``H x W``) and, unless None, ``fgr`` (``H x 3W``), from
-    the coefficients resized along the rows (``[C, h, W]``, alpha's last); integer samples (``top``: their
-    largest value; 0 for float samples) are scaled and rounded half to even. Blocks of rows on every core."""
+def finish(
+    pixels: Any, a: Any, b: Any, cols: Any, rows: Any, unit: Any, top: Any, pha: Any, fgr: Any
+) -> None:
+    """Rows of ``pixels`` (``H x 3W``) to ``pha`` (``H x W``) and, unless None, ``fgr`` (``H x 3W``), from the
+    coefficients ``a``, ``b`` (``[C, h, w]``, alpha's last) and the axes' (first, second, weight) arrays;
+    integer samples (``top``: their largest value; 0 for float samples) scaled and rounded half to even.
+    Blocks of rows on every core."""
     height = pha.shape[0]
     for block in numba.prange((height + _BLOCK - 1) // _BLOCK):
         start = block * _BLOCK
-        _rows(start, min(height, start + _BLOCK), pixels, across_a, across_b, first, second, weight,
-              unit, top, pha, fgr)  # fmt: skip
+        _block(start, min(height, start + _BLOCK), pixels, a, b, cols, rows, unit, top, pha, fgr)
 
 
 @_parallel
 def downsample(pixels: Any, rows: Any, cols: Any, unit: Any, out: Any) -> None:
-    """``pixels`` (``H x 3W``) resized to ``out`` (``[3, h, w]``); ``rows`` and ``cols`` are the axes'
-    (first, second, weight) arrays (:class:`~rvm_node.engine.fullres.Axis`)."""
+    """``pixels`` (``H x 3W``) resized to ``out`` (``[3, h, w]``): the two rows blended first, whole (a
+    contiguous loop), then the columns; ``rows`` and ``cols`` are the axes' (first, second, weight) arrays."""
     _, height, width = out.shape
     first, second, weight = rows
     col_first, col_second, col_weight = cols
     for y in numba.prange(height):
-        top_row = pixels[first[y]]
-        bottom_row = pixels[second[y]]
-        fy = weight[y]
-        for x in range(width):
-            x0 = col_first[x] * 3
-            x1 = col_second[x] * 3
-            fx = col_weight[x]
-            for c in range(3):
-                t0 = np.float32(top_row[x0 + c])
-                top = t0 + fx * (np.float32(top_row[x1 + c]) - t0)
-                b0 = np.float32(bottom_row[x0 + c])
-                bottom = b0 + fx * (np.float32(bottom_row[x1 + c]) - b0)
-                out[c, y, x] = (top + fy * (bottom - top)) * unit
+        blended = np.empty(pixels.shape[1], np.float32)
+        top_row, bottom_row, fy = pixels[first[y]], pixels[second[y]], weight[y]
+        for i in range(blended.shape[0]):
+            t = np.float32(top_row[i])
+            blended[i] = t + fy * (np.float32(bottom_row[i]) - t)
+        for c in range(3):
+            target = out[c, y]
+            for x in range(width):
+                f = blended[col_first[x] * 3 + c]
+                target[x] = (f + col_weight[x] * (blended[col_second[x] * 3 + c] - f)) * unit
