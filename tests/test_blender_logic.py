@@ -408,7 +408,9 @@ def test_bundle_folders() -> None:
     assert farm.jobs_folder(" /studio/jobs ", "") == Path("/studio/jobs")
 
 
-def test_the_build_pins_the_engines_to_this_pythons_and_adds_openvino_on_request() -> None:
+def test_the_build_pins_the_engines_to_this_pythons_and_adds_openvino_and_numba_on_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import importlib.metadata
     import importlib.util
 
@@ -416,12 +418,21 @@ def test_the_build_pins_the_engines_to_this_pythons_and_adds_openvino_on_request
     spec = importlib.util.spec_from_file_location("rvm_blender_build", path)
     assert spec is not None and spec.loader is not None
     build = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, build)  # dataclasses look their module up there
     spec.loader.exec_module(build)
-    plain, faster = build.engine_requirements(), build.engine_requirements(openvino=True)
+    plain = build.Engine().requirements()
+    faster = build.Engine(openvino=True, numba=True).requirements()
+    assert build.Engine(bundled=False, openvino=True).requirements() == []
     assert f"onnxruntime=={importlib.metadata.version('onnxruntime')}" in plain
-    assert not any(r.startswith("openvino") for r in plain)
+    assert not any(r.startswith(("openvino", "numba", "llvmlite")) for r in plain)
     assert faster[: len(plain)] == plain
-    assert f"openvino=={importlib.metadata.version('openvino')}" in faster
-    assert "openvino-telemetry>=2023.2.1" in faster
-    with pytest.raises(SystemExit):
-        build.main(["--openvino", "--no-engine"])
+    for name in ("openvino", "numba", "llvmlite"):  # at the versions this Python has: the same numbers
+        assert f"{name}=={importlib.metadata.version(name)}" in faster
+    assert not any(r.startswith("openvino-telemetry") for r in faster)  # never imported, so not carried
+    assert [build.Engine(openvino=True, numba=True).suffix(), build.Engine(bundled=False).suffix()] == [
+        "-openvino-numba",
+        "-client",
+    ]
+    for flag in ("--openvino", "--numba"):
+        with pytest.raises(SystemExit):
+            build.main([flag, "--no-engine"])

@@ -122,9 +122,10 @@ def extension_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def openvino_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     dist = tmp_path_factory.mktemp("dist-openvino")
-    build = [sys.executable, str(ROOT / "plugins/blender/build.py"), "--platform", "linux-x64", "--openvino"]
-    subprocess.run([*build, "--dist", str(dist)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    return next(dist.glob("rvm_blender-*-openvino.zip"))
+    build = [sys.executable, str(ROOT / "plugins/blender/build.py"), "--platform", "linux-x64"]
+    build += ["--openvino", "--numba", "--dist", str(dist)]
+    subprocess.run(build, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return next(dist.glob("rvm_blender-*-openvino-numba.zip"))
 
 
 @pytest.fixture(scope="module")
@@ -233,17 +234,27 @@ def test_this_computer_mattes_with_no_node_set_and_stops_with_blender(
     assert first["pid"] is not None and second["pid"] == first["pid"]  # one node for both shots
     assert third["pid"] not in (None, first["pid"])  # the killed node was replaced
     assert process_gone(third["pid"])  # Blender quit: its private node stopped
+    assert result["full_resolution"] == "numpy"  # the default zip carries no numba
     reference = tmp_path / "reference"
-    run_rvm_node("convert", "--input-source", str(clip), "--output-alpha", str(reference / "ref.####.exr"))
+    argv = [
+        "--backend",
+        "onnxruntime",
+        "--input-source",
+        str(clip),
+        "--output-alpha",
+        str(reference / "ref.####.exr"),
+    ]
+    run_rvm_node("convert", *argv)
     for folder in ("carphone", "again", "after-kill"):
         assert_same_mattes(out / folder, reference, range(1, 121), "carphone_matte", tolerance=0.0)
 
 
-def test_this_computer_takes_openvino_where_the_zip_bundles_it(
+def test_this_computer_takes_openvino_and_numba_where_the_zip_bundles_them(
     blender_python: Path, openvino_zip: Path, clip: Path, tmp_path: Path
 ) -> None:
-    """A zip built with --openvino: the private node runs OpenVINO (no torch), and its mattes equal
-    `rvm-node convert --backend openvino` without torch bit for bit (and not onnxruntime's)."""
+    """A zip built with --openvino --numba: the private node runs OpenVINO (no torch) with the compiled
+    full-resolution loops, and at ratio 0.5 its mattes equal `rvm-node convert --backend openvino`
+    without torch bit for bit (and not onnxruntime's)."""
     out = tmp_path / "out"
     result = blender(
         blender_python,
@@ -252,17 +263,25 @@ def test_this_computer_takes_openvino_where_the_zip_bundles_it(
             "zip": str(openvino_zip),
             "clip": {"path": str(clip)},
             "prefs": {"executable": "", "nodes": ""},
-            "shots": [{"output": f"{out}/{{shot}}/{{shot}}_matte.####.exr", "blocking": True}],
+            "shots": [
+                {
+                    "output": f"{out}/{{shot}}/{{shot}}_matte.####.exr",
+                    "blocking": True,
+                    "auto_ratio": False,
+                    "downsample_ratio": 0.5,  # below 1: the full-resolution stage runs
+                }
+            ],
         },
         tmp_path,
     )
     (shot,) = result["shots"]
     assert shot["result"] == "FINISHED", shot["error"]
     assert process_gone(shot["pid"])
+    assert result["full_resolution"] == "numba"
     references = {}
     for backend in ("openvino", "onnxruntime"):
         references[backend] = tmp_path / backend
-        argv = ["convert", "--backend", backend, "--input-source", str(clip)]
+        argv = ["convert", "--backend", backend, "--input-source", str(clip), "--downsample-ratio", "0.5"]
         argv += ["--output-alpha", str(references[backend] / "ref.####.exr")]
         done = subprocess.run([*RVM_NODE_WITHOUT_TORCH, *argv], capture_output=True, text=True, check=False)
         assert done.returncode == 0, done.stderr

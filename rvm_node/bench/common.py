@@ -47,17 +47,21 @@ def machine() -> str:
 
 
 def upscaled_clip(width: int, height: int, limit: int) -> Path:
-    """The example clip re-encoded at ``width``x``height`` (cached), a real clip at a realistic size."""
+    """The example clip re-encoded at ``width``x``height`` (cached), a real clip at a realistic size, with
+    ``limit`` frames: the clip played forwards, then backwards, and so on where it has fewer."""
     import av
 
     from rvm_node.engine.weights import cache_dir
     from rvm_node.example import example_clip, read_video_frames
     from rvm_node.fsutil import atomic_write
 
-    target = cache_dir() / f"carphone_{width}x{height}_{limit}.mp4"
+    target = cache_dir() / f"carphone_{width}x{height}_{limit}_frames.mp4"
     if target.is_file():
         return target
     frames, rate = read_video_frames(example_clip(), limit=limit)
+    if len(frames) < limit:
+        there_and_back = np.concatenate([frames, frames[::-1]])
+        frames = np.resize(there_and_back, (limit, *frames.shape[1:]))
 
     def write(tmp: Path) -> None:
         with av.open(str(tmp), "w", format="mp4") as out:

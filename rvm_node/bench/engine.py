@@ -304,7 +304,7 @@ def _backends() -> list[tuple[str, Callable[[], object]]]:
 
 
 _AUTO_ROW = {  # the row of what load_model(backend="auto") loads, for the backend it picks
-    "openvino": "OpenVINO fp32, our export",
+    "openvino": "OpenVINO fp32, the official file",
     "onnxruntime": "onnxruntime, the official file",
 }
 

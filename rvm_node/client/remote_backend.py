@@ -92,6 +92,7 @@ class RemoteBackend(MattingBackend[_RemoteState]):
     def describe(self) -> dict[str, Any]:
         info = super().describe()
         info["node_backend"] = self.node_backend
+        info["full_resolution"] = "on the node"
         return info
 
     def frame_memory(self) -> FrameMemory | None:

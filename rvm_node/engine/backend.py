@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
+from rvm_node.engine import fullres
 from rvm_node.engine.samples import SAMPLE_DTYPES, OutputSpec, to_unit_float
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError
@@ -57,6 +58,19 @@ def fastest_parity_backend(device: str) -> str:
     if device == "cpu" and importlib.util.find_spec("openvino") is not None:
         return "openvino"
     return "onnxruntime"
+
+
+def fused_refiner_choice(asked: bool | None, default: bool, why_not: str | None, where: str) -> bool:
+    """Whether a backend splits the refiner off (``fused_refiner``; :mod:`rvm_node.engine.fullres`).
+
+    ``asked``: the option; None takes ``default``. ``why_not``: why this model
+    on this device cannot be split, or None where it can. Asking for the split
+    where it cannot be made is an :class:`InvalidInputError`; the default
+    falls back to running the model whole.
+    """
+    if asked and why_not is not None:
+        raise InvalidInputError(f"{where}: fused_refiner: {why_not}")
+    return why_not is None and (default if asked is None else asked)
 
 
 def fastest_device() -> str:
@@ -135,6 +149,9 @@ class MattingBackend(abc.ABC, Generic[StateT]):
     device: str
     precision: str
     variant: str
+    fused_refiner = (
+        False  # below ratio 1, only the small-resolution part runs in the model (fullres does the rest)
+    )
 
     @abc.abstractmethod
     def infer(
@@ -198,6 +215,7 @@ class MattingBackend(abc.ABC, Generic[StateT]):
             "device": self.device,
             "precision": self.precision,
             "variant": self.variant,
+            "full_resolution": fullres.kernels_name() if self.fused_refiner else "in the model",
         }
 
     def frame_memory(self) -> FrameMemory | None:

@@ -50,6 +50,7 @@ __all__ = [
     "downsample_axis",
     "finish",
     "floor_bytes",
+    "kernels_name",
     "run_refined",
     "small_size",
     "upsample_axis",
@@ -114,6 +115,11 @@ def compiled_kernels() -> Any:
     from rvm_node.engine import fullres_kernels
 
     return fullres_kernels
+
+
+def kernels_name() -> str:
+    """``"numba"`` where the compiled loops run, else ``"numpy"``."""
+    return "numpy" if compiled_kernels() is None else "numba"
 
 
 def _interleaved(frame: np.ndarray) -> np.ndarray:

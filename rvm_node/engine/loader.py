@@ -254,7 +254,7 @@ def load_model(
     if backend == "openvino":
         from rvm_node.engine.openvino_backend import OpenVinoBackend
 
-        model = _onnx_file(variant, weights, refiner, random_weights, "fp32", as_is=not torch_installed())
+        model = _onnx_file(variant, weights, refiner, random_weights, "fp32", as_is=True)
         return OpenVinoBackend(
             model, variant=variant, device=device, precision=precision, options=options, where=str(model)
         )

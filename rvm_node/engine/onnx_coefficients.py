@@ -24,11 +24,12 @@ from typing import Any
 
 from rvm_node.engine.onnx_graph import prune, rename_value
 
-__all__ = ["COEFFICIENTS", "SMALL_INPUT", "coefficient_graph"]
+__all__ = ["COEFFICIENTS", "NOT_SPLIT", "SMALL_INPUT", "coefficient_graph"]
 
 SMALL_INPUT = "src_small"
 COEFFICIENTS = ("coef_a", "coef_b")
 _LAST_CONV = "refiner.conv.6.weight"
+NOT_SPLIT = "this graph has no deep guided filter to split off"  # why coefficient_graph gave None
 _STATES_OUT = ("r1o", "r2o", "r3o", "r4o")
 
 

@@ -23,6 +23,7 @@ restores on any other backend and back.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -33,8 +34,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rvm_node.engine import fullres
-from rvm_node.engine.backend import MattingBackend
-from rvm_node.engine.onnx_coefficients import COEFFICIENTS, SMALL_INPUT, coefficient_graph
+from rvm_node.engine.backend import MattingBackend, fused_refiner_choice
+from rvm_node.engine.onnx_coefficients import COEFFICIENTS, NOT_SPLIT, SMALL_INPUT, coefficient_graph
 from rvm_node.engine.onnx_graph import freeze_ratio, policy_graphs
 from rvm_node.engine.onnx_samples import with_samples
 from rvm_node.engine.samples import OutputSpec, SampleFormat, sample_format_of
@@ -67,15 +68,15 @@ class OpenVinoOptions:
     models kept (one per small size; at ratio 1, per frame size, input format
     and outputs). ``fused_refiner``: below ratio 1, compile only the model's
     small-resolution part and make the full-resolution planes in one pass on
-    the host (``rvm_node.engine.fullres``), where the graph has the deep
-    guided filter.
+    the host (``rvm_node.engine.fullres``). None: where the graph has the deep
+    guided filter; True: or an :class:`InvalidInputError`; False: never.
     """
 
     threads: int = 0
     streams: int = 1
     hint: Literal["LATENCY", "THROUGHPUT"] = "LATENCY"
     max_compiled: int = 4
-    fused_refiner: bool = True
+    fused_refiner: bool | None = None
 
     def __post_init__(self) -> None:
         if self.hint not in _HINTS:
@@ -87,10 +88,11 @@ class OpenVinoOptions:
 def merge_resizes(model: Any) -> int:
     """Run resizes of the same geometry as one: concatenated along channels, resized once, then split.
 
-    The refiner lifts four coefficient maps (3, 3, 1 and 1 channels) to full
-    resolution. OpenVINO's CPU resize works channels-last, so its cost is per
-    pixel rather than per sample: one resize of eight channels takes about a
-    third of the time of the four, and the numbers are the same to the bit.
+    The refiner lifts its coefficient maps A and b to full resolution (two
+    resizes of four channels in the official graph, four of 3, 3, 1 and 1 in a
+    torch export). OpenVINO's CPU resize works channels-last, so its cost is
+    per pixel rather than per sample: one resize of eight channels costs about
+    what one of four does, and the numbers are the same to the bit.
     Only resizes to given sizes are merged (a resize by scales samples by the
     scale). ``model`` must have static shapes; returns how many resizes were
     merged away.
@@ -158,13 +160,28 @@ def _independent(members: list[Any]) -> list[Any]:
     return kept
 
 
-def _import_openvino() -> Any:
+def import_openvino() -> Any:
+    """Import OpenVINO with its usage telemetry left out.
+
+    ``import openvino`` otherwise reports the import to an analytics service, from
+    a process it forks off a thread: on a render node that is a network call
+    nobody asked for, and a fork of a process that runs gRPC threads. OpenVINO
+    falls back to its own silent stand-in when ``openvino_telemetry`` cannot be
+    imported, so the package is hidden for the length of the import (and only
+    then: ``sys.modules`` is left as it was).
+    """
+    hide = "openvino" not in sys.modules and "openvino_telemetry" not in sys.modules
+    if hide:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]  # import raises ImportError
     try:
         import openvino
     except ImportError as exc:
         raise BackendUnavailableError(
             "backend openvino: the openvino package is not installed (pip install rvm-node[openvino])"
         ) from exc
+    finally:
+        if hide:
+            del sys.modules["openvino_telemetry"]
     return openvino
 
 
@@ -183,7 +200,7 @@ class OpenVinoBackend(MattingBackend[OvState]):
     ) -> None:
         import onnx
 
-        ov = _import_openvino()
+        ov = import_openvino()
         if device != "cpu":
             raise BackendUnavailableError(f"device {device}: the openvino backend runs on cpu")
         if precision not in _PRECISIONS:
@@ -208,7 +225,12 @@ class OpenVinoBackend(MattingBackend[OvState]):
         if src_type != onnx.TensorProto.FLOAT:
             raise InvalidInputError(f"{where}: the openvino backend takes an fp32 ONNX model")
         self._graphs = policy_graphs(proto, where)
-        self._coefficients = coefficient_graph(self._graphs[0]) if self.options.fused_refiner else None
+        coefficients = coefficient_graph(self._graphs[0]) if self.options.fused_refiner is not False else None
+        fused = fused_refiner_choice(
+            self.options.fused_refiner, True, None if coefficients is not None else NOT_SPLIT, where
+        )
+        self._coefficients = coefficients if fused else None
+        self.fused_refiner = fused
         self._compiled: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
         self._requests: dict[tuple[Any, ...], list[Any]] = {}
         self._lock = threading.Lock()

@@ -27,8 +27,8 @@ from typing import Any, Literal
 import numpy as np
 
 from rvm_node.engine import fullres
-from rvm_node.engine.backend import MattingBackend
-from rvm_node.engine.onnx_coefficients import COEFFICIENTS, SMALL_INPUT, coefficient_graph
+from rvm_node.engine.backend import MattingBackend, fused_refiner_choice
+from rvm_node.engine.onnx_coefficients import COEFFICIENTS, NOT_SPLIT, SMALL_INPUT, coefficient_graph
 from rvm_node.engine.onnx_graph import policy_graphs
 from rvm_node.engine.onnx_samples import with_samples
 from rvm_node.engine.samples import OutputSpec, SampleFormat, convert_outputs, sample_format_of
@@ -147,12 +147,15 @@ class OrtBackend(MattingBackend[OrtState]):
         src_type = next(i.type.tensor_type.elem_type for i in proto.graph.input if i.name == "src")
         self._np_dtype = np.float16 if src_type == onnx.TensorProto.FLOAT16 else np.float32
         self.precision = "fp16" if self._np_dtype == np.float16 else "fp32"
-        fused = self.options.fused_refiner
-        if fused is None:  # fp16 on a CPU keeps the whole graph: its coefficients in half floats lose more
-            fused = device == "cpu" and self.precision == "fp32"
-        self._coefficients = coefficient_graph(self._graphs[0]) if fused else None
-        if fused and self._coefficients is None and self.options.fused_refiner:
-            raise InvalidInputError(f"{where}: fused_refiner: this graph has no deep guided filter to split")
+        coefficients = coefficient_graph(self._graphs[0]) if self.options.fused_refiner is not False else None
+        fused = fused_refiner_choice(
+            self.options.fused_refiner,
+            device == "cpu" and self.precision == "fp32",  # fp16 on a CPU: half-float coefficients lose more
+            None if coefficients is not None else NOT_SPLIT,
+            where,
+        )
+        self._coefficients = coefficients if fused else None
+        self.fused_refiner = fused
         self._model_format: SampleFormat = "float16" if self._np_dtype == np.float16 else "float32"
         in_graph = self.options.samples_in_graph
         self.samples_in_graph = (

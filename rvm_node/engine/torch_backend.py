@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from rvm_node.engine import fullres
-from rvm_node.engine.backend import MattingBackend
+from rvm_node.engine.backend import MattingBackend, fused_refiner_choice
 from rvm_node.engine.host_heap import retain_freed_memory
 from rvm_node.engine.network import MattingNetwork
 from rvm_node.engine.samples import OutputSpec
@@ -77,15 +77,16 @@ class TorchOptions:
     faulted in again (see :mod:`rvm_node.engine.host_heap`).
     ``fused_refiner``: below ratio 1 on a CPU, run the network at the small
     size only and make the full-resolution planes in one pass on the host
-    (:mod:`rvm_node.engine.fullres`); an official TorchScript file (no
-    ``coefficients`` method) always runs whole.
+    (:mod:`rvm_node.engine.fullres`). None: where it can (an official
+    TorchScript file has no ``coefficients`` method and runs whole); True: or
+    an :class:`InvalidInputError`; False: never.
     """
 
     channels_last: bool = False
     torchscript: Literal["script", "freeze"] | None = None
     fold_bn: bool = True
     retain_heap: bool = True
-    fused_refiner: bool = True
+    fused_refiner: bool | None = None
 
 
 def _check_device_precision(device: torch.device, precision: str) -> None:
@@ -172,9 +173,12 @@ class TorchBackend(MattingBackend[TorchState]):
             if self.options.torchscript == "freeze":
                 model = torch.jit.freeze(model, preserved_attrs=["coefficients"])
         self.model = model
-        self.fused = (
-            self.options.fused_refiner and torch_device.type == "cpu" and hasattr(model, "coefficients")
-        )
+        why_not = None
+        if torch_device.type != "cpu":
+            why_not = f"it runs on a CPU, not {self.device}"
+        elif not hasattr(model, "coefficients"):
+            why_not = "this TorchScript module has no coefficients method (an official file?)"
+        self.fused_refiner = fused_refiner_choice(self.options.fused_refiner, True, why_not, "model")
 
     def describe(self) -> dict[str, Any]:
         info = super().describe()
@@ -198,14 +202,14 @@ class TorchBackend(MattingBackend[TorchState]):
         """Integer frames are kept as they are: a GPU scales them on the device; on a CPU the full-resolution
         stage reads them as they are (and the whole network at ratio 1 scales them itself)."""
         array = np.asarray(frames)
-        if (self._device.type != "cpu" or self.fused) and array.dtype in _RAW_SCALE:
+        if (self._device.type != "cpu" or self.fused_refiner) and array.dtype in _RAW_SCALE:
             return array
         return super().prepare(frames)
 
     def infer(
         self, src: np.ndarray, state: TorchState | None, downsample_ratio: float, outputs: OutputSpec
     ) -> tuple[np.ndarray | None, np.ndarray, TorchState]:
-        if self.fused and downsample_ratio != 1.0:
+        if self.fused_refiner and downsample_ratio != 1.0:
             return self._infer_fused(src, state, downsample_ratio, outputs)
         tensor = torch.from_numpy(np.ascontiguousarray(src))
         if self._device.type == "cuda":
