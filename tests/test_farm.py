@@ -69,7 +69,7 @@ def shot_list(path: Path, clip: Path, out: Path, shots: dict[str, str]) -> Path:
 
 def reference(clip: Path, frames: str, out: Path) -> Path:
     convert_video(
-        load_model(backend="onnxruntime"),
+        load_model(),  # --backend auto, as the nodes run
         clip,
         downsample_ratio=RATIO,
         output_alpha=out / "m.####.png",
@@ -316,7 +316,7 @@ def test_a_frozen_node_loses_its_shot_to_another_node_within_the_stall_timeout(
     """SIGSTOP a node mid-shot (a hung driver, a stuck mount, a paused VM look the same): the stream's stall
     timeout treats it as dead, the shot moves to the other node and resumes from its checkpoint, equal to an
     uninterrupted run; the node, continued later, writes nothing."""
-    nodes = [Node("--backend", "onnxruntime") for _ in range(2)]
+    nodes = [Node() for _ in range(2)]
     pool = NodePool([n.address for n in nodes], stall_timeout=3)
     stopped: list[Node] = []
     try:

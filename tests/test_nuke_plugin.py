@@ -17,8 +17,9 @@ sys.path[:0] = [str(ROOT / "tests" / "fake_nuke"), str(ROOT / "plugins" / "nuke"
 import nuke  # noqa: E402 - the fake, from tests/fake_nuke
 from rvm_nuke import graph, job, reads, settings  # noqa: E402
 
-from rvm_node import load_model  # noqa: E402
+from rvm_node import __version__, load_model  # noqa: E402
 from rvm_node.convert import convert_video  # noqa: E402
+from rvm_node.engine.backend import fastest_parity_backend  # noqa: E402
 from rvm_node.io.images import read_image, write_image  # noqa: E402
 from rvm_node.io.sequence import parse_frame_range  # noqa: E402
 from tests.helpers import no_package_index, spawn_node  # noqa: E402
@@ -361,7 +362,8 @@ def test_settings_panel_saves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_test_connection(node_address: str) -> None:
     lines = job.test_connection(settings.Settings(nodes=[node_address, "127.0.0.1:9"]))
-    assert "rvm-node" in lines[0] and "onnxruntime" in lines[0]
+    backend = fastest_parity_backend("cpu")  # the node's --backend auto
+    assert lines[0] == f"{node_address}: rvm-node {__version__}, {backend} on cpu, 0/4 streams"
     assert lines[1].startswith("127.0.0.1:9: ")
 
 

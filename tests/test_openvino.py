@@ -196,7 +196,9 @@ def test_merged_resizes_change_no_bit(clip_frames: np.ndarray, monkeypatch: pyte
 
     merged_away: list[int] = []
     merge = module.merge_resizes
-    monkeypatch.setattr(module, "merge_resizes", lambda model: merged_away.append(merge(model)) or merged_away[-1])
+    monkeypatch.setattr(
+        module, "merge_resizes", lambda model: merged_away.append(merge(model)) or merged_away[-1]
+    )
     whole = OpenVinoOptions(fused_refiner=False)  # the graph's own full-resolution resizes
     merged_backend = load_model(backend="openvino", options=whole)
     merged = _run(merged_backend, clip_frames[:8], 0.5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -64,9 +65,11 @@ def test_graph_scaling_of_raw_frames_equals_the_host_rule(dtype: type) -> None:
 
 @pytest.fixture(scope="module")
 def backends() -> tuple[Any, Any]:
-    """The same model with the conversions in the graph and on the host."""
-    in_graph = load_model(backend="onnxruntime", options=OrtOptions(samples_in_graph=True, max_sessions=32))
-    on_host = load_model(backend="onnxruntime", options=OrtOptions(samples_in_graph=False))
+    """The same model with the conversions in the graph and on the host, run whole (as on a GPU: below
+    ratio 1 a CPU runs the network's small-resolution part and converts in ``fullres``)."""
+    whole = OrtOptions(fused_refiner=False, max_sessions=32)
+    in_graph = load_model(backend="onnxruntime", options=replace(whole, samples_in_graph=True))
+    on_host = load_model(backend="onnxruntime", options=replace(whole, samples_in_graph=False))
     return in_graph, on_host
 
 
@@ -113,7 +116,7 @@ def test_a_graph_without_the_foreground_does_not_compute_it(backends: tuple[Any,
 
 
 def test_sessions_are_kept_in_a_bounded_cache(clip_frames: np.ndarray) -> None:
-    backend = load_model(backend="onnxruntime", options=OrtOptions(max_sessions=2))
+    backend = load_model(backend="onnxruntime", options=OrtOptions(max_sessions=2, fused_refiner=False))
     for fmt in ("uint8", "uint16", "float16"):
         backend.new_session(0.5, OutputSpec(False, fmt)).process(clip_frames[:1])  # type: ignore[arg-type]
     assert len(backend._sessions) == 2

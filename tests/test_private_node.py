@@ -131,7 +131,7 @@ def test_mattes_through_it_equal_a_local_convert(tmp_path: Path) -> None:
     finally:
         stop_private_node(folder=folder)
     convert_video(
-        load_model(backend="onnxruntime"),
+        load_model(),  # --backend auto, as the private node runs
         example_clip(),
         output_alpha=str(tmp_path / "local" / "m.####.png"),
         **options,
@@ -176,9 +176,10 @@ def test_no_weights_is_one_line_that_says_how_to_fetch_them(
 def test_a_node_without_torch_fetches_the_official_weights_once_and_runs_them_as_they_are(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The extension's engine (onnxruntime, no torch): the first start fetches the verified official ONNX into
-    the cache, and its mattes equal that file run in onnxruntime here, bit for bit."""
+    """The extension's engine (no torch): the first start fetches the verified official ONNX into the cache,
+    and its mattes equal that file run here on the backend auto picks, bit for bit."""
     from rvm_node.convert import convert_video
+    from rvm_node.engine.backend import fastest_parity_backend
     from rvm_node.engine.loader import load_model
     from rvm_node.engine.weights import OFFICIAL_ONNX_MOBILENETV3, official_path
     from rvm_node.example import example_clip
@@ -191,7 +192,8 @@ def test_a_node_without_torch_fetches_the_official_weights_once_and_runs_them_as
         fetched = official_path(OFFICIAL_ONNX_MOBILENETV3)  # verified against its SHA-256
         assert fetched.parent == tmp_path / "empty-cache"
         with NodeClient(node.address, token=node.token) as client:
-            assert client.info().backend == "onnxruntime"
+            backend = client.info().backend
+            assert backend == fastest_parity_backend("cpu")
             matte_shot(
                 client,
                 clip,
@@ -202,7 +204,7 @@ def test_a_node_without_torch_fetches_the_official_weights_once_and_runs_them_as
     finally:
         stop_private_node(folder=tmp_path / "private")
     convert_video(
-        load_model(backend="onnxruntime", weights=fetched),
+        load_model(backend=backend, weights=fetched),
         clip,
         output_alpha=tmp_path / "l" / "m.####.png",
         frames=FrameRange(1, 20),
