@@ -15,6 +15,7 @@ import pytest
 from rvm_node import load_model
 from rvm_node.client import NodeClient
 from rvm_node.engine.backend import fastest_parity_backend
+from rvm_node.engine.loader import imported_official_weights
 from rvm_node.engine.openvino_backend import OpenVinoBackend, OpenVinoOptions
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.errors import (
@@ -187,7 +188,7 @@ def test_auto_without_openvino_is_onnxruntime() -> None:
 
 
 def test_our_export_on_openvino_equals_the_official_onnx(official: Any, clip_frames: np.ndarray) -> None:
-    ours = load_model(backend="openvino")  # our own export, as `serve --backend openvino` runs it
+    ours = load_model(backend="openvino", weights=imported_official_weights())  # our export of the weights
     _assert_parity(ours, official, clip_frames[:30], 0.37, "openvino fp32 (our export)")
 
 

@@ -54,9 +54,9 @@ def _backends(official_onnx: Path) -> dict[str, Callable[[], Any]]:
         "torch eager": lambda: load_model(backend="torch"),
     }
     if importlib.util.find_spec("openvino") is not None:
-        backends["openvino, our export"] = lambda: load_model(backend="openvino")
-        backends["openvino, the official file"] = lambda: load_model(
-            backend="openvino", weights=official_onnx
+        backends["openvino, the official file"] = lambda: load_model(backend="openvino")
+        backends["openvino, our export"] = lambda: load_model(
+            backend="openvino", weights=imported_official_weights()
         )
     return backends
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import statistics
@@ -40,10 +41,16 @@ def machine() -> str:
     import onnxruntime
     import torch
 
-    return (
-        f"{cpu}, {os.cpu_count()} logical cores; torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), onnxruntime {onnxruntime.__version__}"
-    )
+    versions = [
+        f"torch {torch.__version__} ({torch.get_num_threads()} threads)",
+        f"onnxruntime {onnxruntime.__version__}",
+    ]
+    for package in ("openvino", "numba"):
+        try:
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            versions.append(f"no {package}")
+    return f"{cpu}, {os.cpu_count()} logical cores; " + ", ".join(versions)
 
 
 def upscaled_clip(width: int, height: int, limit: int) -> Path:

@@ -135,14 +135,39 @@ def _official_runner(size: _Size, frames: _Frames) -> Runner:
 
 
 def _session_runner(
-    factory: Callable[[], object], size: _Size, outputs: OutputSpec
+    factory: Callable[[], object], size: _Size, outputs: OutputSpec, *, numpy_stage: bool = False
 ) -> Callable[[_Frames], Runner]:
+    """A row of one of our backends; ``numpy_stage``: the full-resolution stage without its compiled loops."""
+
     def make(frames: _Frames) -> Runner:
         backend = factory()
         session = backend.new_session(size.ratio, outputs)  # type: ignore[attr-defined]
 
         def run(index: int) -> None:
-            session.process(frames.decoded[index])
+            if not numpy_stage:
+                session.process(frames.decoded[index])
+                return
+            os.environ[fullres.KERNELS_ENV] = "numpy"  # read on each call
+            try:
+                session.process(frames.decoded[index])
+            finally:
+                del os.environ[fullres.KERNELS_ENV]
+
+        return run
+
+    return make
+
+
+def _network_runner(factory: Callable[[], object], size: _Size) -> Callable[[_Frames], Runner]:
+    """The network alone: frames resized down before the clock, run at ratio 1 at the small size (no
+    refiner), float32 alpha out. No full-resolution stage can make a frame faster than this."""
+
+    def make(frames: _Frames) -> Runner:
+        small = [fullres.downsample(frame[0], size.ratio)[None] for frame in frames.decoded]
+        session = factory().new_session(1.0, OutputSpec(False, "float32"))  # type: ignore[attr-defined]
+
+        def run(index: int) -> None:
+            session.process(small[index])
 
         return run
 
@@ -271,11 +296,14 @@ def _static_configs(size: _Size) -> list[tuple[str, Callable[[_Frames], Runner]]
 def _backends() -> list[tuple[str, Callable[[], object]]]:
     """Our backends, each as a name and how to load it."""
     from rvm_node.engine.loader import imported_official_weights, load_model, shared_cpu_options
+    from rvm_node.engine.openvino_backend import OpenVinoOptions
+    from rvm_node.engine.ort_backend import OrtOptions
     from rvm_node.engine.torch_backend import TorchOptions, cpu_has_bf16
-    from rvm_node.engine.weights import official_path
 
+    whole = "the model whole (fused_refiner=False: the full-resolution part in the graph)"
     backends: list[tuple[str, Callable[[], object]]] = [
         ("onnxruntime, the official file", lambda: load_model(backend="onnxruntime")),
+        (f"onnxruntime, the official file, {whole}", lambda: load_model(backend="onnxruntime", options=OrtOptions(fused_refiner=False))),
         ("onnxruntime, our ONNX export", lambda: load_model(backend="onnxruntime", weights=imported_official_weights())),
         (
             "onnxruntime, the official file, no spinning (node and converter options)",
@@ -288,8 +316,9 @@ def _backends() -> list[tuple[str, Callable[[], object]]]:
     openvino = importlib.util.find_spec("openvino") is not None
     if openvino:
         backends += [
-            ("OpenVINO fp32, our export", lambda: load_model(backend="openvino")),
-            ("OpenVINO fp32, the official file", lambda: load_model(backend="openvino", weights=official_path())),
+            ("OpenVINO fp32, the official file", lambda: load_model(backend="openvino")),
+            (f"OpenVINO fp32, the official file, {whole}", lambda: load_model(backend="openvino", options=OpenVinoOptions(fused_refiner=False))),
+            ("OpenVINO fp32, our export", lambda: load_model(backend="openvino", weights=imported_official_weights())),
         ]  # fmt: skip
     if cpu_has_bf16():
         if openvino:
@@ -320,6 +349,19 @@ def _configs(size: _Size) -> list[tuple[str, Callable[[_Frames], Runner]]]:
         marked = f"{name} (what --backend auto runs here)" if name == _AUTO_ROW[default] else name
         configs.append((f"{marked}: alpha, uint16", _session_runner(factory, size, ALPHA)))
         configs.append((f"{marked}: alpha + foreground, float32", _session_runner(factory, size, BOTH)))
+        if name == _AUTO_ROW[default]:
+            small = "x".join(
+                str(n) for n in reversed(fullres.small_size(size.height, size.width, size.ratio))
+            )
+            ceiling = (
+                f"{name}: the network alone at {small}, ratio 1 (the ceiling of any full-resolution stage)"
+            )
+            configs.append((ceiling, _network_runner(factory, size)))
+        if name == _AUTO_ROW["onnxruntime"] and fullres.compiled_kernels() is not None:
+            numpy_row = (
+                f"{name}, numpy full-resolution stage (the Blender extension's default engine): alpha, uint16"
+            )
+            configs.append((numpy_row, _session_runner(factory, size, ALPHA, numpy_stage=True)))
     return configs + _static_configs(size)
 
 
