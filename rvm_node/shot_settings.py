@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rvm_node.engine.ratio import RATIO_RANGE, is_ratio
 from rvm_node.errors import InvalidInputError
 
 __all__ = [
@@ -51,8 +52,8 @@ class ShotSetting:
         if self.kind == "ratio":
             if value is None or value == "auto":
                 return None
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
-                self._refuse(value, where, "a number in (0, 1] or auto")
+            if not is_ratio(value):
+                self._refuse(value, where, f"{RATIO_RANGE} or auto")
             return float(value)
         if value is None and self.default is None:
             return None

@@ -11,7 +11,7 @@ from rvm_node import (
     auto_downsample_ratio,
     load_model,
 )
-from rvm_node.engine.session import check_downsample_ratio
+from rvm_node.engine.ratio import check_downsample_ratio
 from tests.helpers import per_frame_max, run_frames
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender

@@ -624,7 +624,7 @@ def run_node_bench(args: argparse.Namespace) -> int:
     the in-process tensor rate, and the node's memory after many streams.
     """
     from rvm_node.bench.standins import parse_device_ms
-    from rvm_node.engine.session import check_downsample_ratio
+    from rvm_node.engine.ratio import check_downsample_ratio
 
     if args.rounds < 1 or args.stream_frames < 1 or args.frames < 1:
         raise InvalidInputError("--rounds, --stream-frames and --frames must be >= 1")

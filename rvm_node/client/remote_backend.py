@@ -6,7 +6,7 @@ Each session opens one Matte stream on its first frames, asking for the
 session's :class:`OutputSpec`: only the planes it needs, in the sample format
 its writers store. Frames travel as decoded (uint8/uint16; float frames, such
 as EXR plates after colour conversion, as float16 unless ``float_input`` is
-float32). :meth:`RemoteBackend.run_stream` keeps a window of bytes in flight,
+float32). :meth:`RemoteBackend.infer_chunks` keeps a window of bytes in flight,
 so decoding, the network, the node and writing overlap; snapshots and
 restores go through the node's state controls, in order with the frames.
 """
@@ -22,9 +22,9 @@ import numpy as np
 from rvm_node.client.node_client import NodeClient
 from rvm_node.client.ring import ClientRing
 from rvm_node.client.stream import DEFAULT_WINDOW_BYTES, MatteResult, MatteStream, StreamChunk
-from rvm_node.engine.backend import ChunkDone, ChunkJob, FrameMemory, MatteChunk, MattingBackend
+from rvm_node.engine.backend import MattingBackend
+from rvm_node.engine.chunks import AdmittedChunk, FrameMemory, InferredChunk, MatteChunk
 from rvm_node.engine.samples import OutputSpec, sample_format_of
-from rvm_node.engine.session import MattingSession
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError
 
@@ -162,46 +162,40 @@ class RemoteBackend(MattingBackend[_RemoteState]):
         out = self._chunk(reply.results, outputs)
         return (None if out.fgr is None else out.fgr[None]), out.pha[None], state
 
-    def run_stream(self, session: MattingSession, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
+    def infer_chunks(
+        self,
+        state: _RemoteState | None,
+        chunks: Iterable[AdmittedChunk],
+        outputs: OutputSpec,
+        memory: FrameMemory | None,
+    ) -> Iterator[InferredChunk]:
         """Chunks through the stream with a window of bytes in flight; snapshots in order with the frames."""
-        iterator = iter(jobs)
-        job = next(iterator, None)
-        if job is None:
+        iterator = iter(chunks)
+        first = next(iterator, None)
+        if first is None:
             return
-        src, ratio = session.admit(job.frames)  # the first chunk opens the stream
-        state, stream = self._stream_for(src, session.state, ratio, session.outputs)
-        memory = session.frame_memory
+        state, stream = self._stream_for(first.src, state, first.ratio, outputs)  # the first chunk opens it
         if isinstance(memory, _StreamRing) and stream.ring is not None:  # the reader decodes into the ring
-            stream.ring.allow_lending(src.shape[1])
+            stream.ring.allow_lending(first.src.shape[1])
             memory.ring = stream.ring
 
-        failed: list[BaseException] = []
-
-        def chunks() -> Iterator[StreamChunk]:
-            nonlocal job, src
-            while job is not None:
-                frames = self._numbered(src, state.next_number)
+        def sent() -> Iterator[StreamChunk]:
+            chunk: AdmittedChunk | None = first
+            while chunk is not None:
+                frames = self._numbered(chunk.src, state.next_number)
                 state.next_number += len(frames)
-                yield StreamChunk(frames, snapshot=job.snapshot, tag=(job, src))
-                try:
-                    job = next(iterator, None)
-                    if job is not None:
-                        src, _ = session.admit(job.frames)
-                except Exception as exc:  # a frame that cannot be read: the frames before it still land
-                    failed.append(exc)
-                    return
+                yield StreamChunk(frames, snapshot=chunk.job.snapshot, tag=chunk)
+                chunk = next(iterator, None)
 
         try:
-            for reply in stream.process_chunks(chunks(), window_bytes=self.window_bytes):
-                done_job, done_src = reply.tag
-                session.commit(state, done_src, ratio)
-                snapshot = reply.snapshot[1] if reply.snapshot is not None else None
-                yield ChunkDone(done_job, self._chunk(reply.results, session.outputs), snapshot)
+            for reply in stream.process_chunks(sent(), window_bytes=self.window_bytes):
+                out = self._chunk(reply.results, outputs)
+                host = reply.snapshot[1].arrays() if reply.snapshot is not None else None
+                fgr = None if out.fgr is None else out.fgr[None]
+                yield InferredChunk(reply.tag, fgr, out.pha[None], state, host)
         finally:
             if isinstance(memory, _StreamRing):
                 memory.ring = None
-        if failed:
-            raise failed[0]
 
     def state_to_host(self, state: _RemoteState) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if state.stream is None:

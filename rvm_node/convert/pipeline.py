@@ -38,9 +38,10 @@ import numpy as np
 from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint, save_checkpoint
 from rvm_node.convert.progress import Progress
 from rvm_node.convert.shown import VideoTiming, report_orientation, video_timing
-from rvm_node.engine.backend import ChunkJob, FrameMemory, MattingBackend
+from rvm_node.engine.backend import MattingBackend
+from rvm_node.engine.chunks import ChunkJob, FrameMemory
+from rvm_node.engine.ratio import check_downsample_ratio
 from rvm_node.engine.samples import OutputSpec, finest_format, holds_samples
-from rvm_node.engine.session import check_downsample_ratio
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.io.outlock import OutputLock, lock_path

@@ -18,11 +18,11 @@ _EXPORTS = {
     "OpenVinoOptions": "rvm_node.engine.openvino_backend",
     "OrtOptions": "rvm_node.engine.ort_backend",
     "TorchOptions": "rvm_node.engine.torch_backend",
-    "MatteChunk": "rvm_node.engine.backend",
+    "MatteChunk": "rvm_node.engine.chunks",
     "MattingBackend": "rvm_node.engine.backend",
     "MattingSession": "rvm_node.engine.session",
     "RecurrentState": "rvm_node.engine.states",
-    "auto_downsample_ratio": "rvm_node.engine.session",
+    "auto_downsample_ratio": "rvm_node.engine.ratio",
 }
 
 __all__ = sorted(_EXPORTS)

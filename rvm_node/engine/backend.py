@@ -10,27 +10,21 @@ from __future__ import annotations
 import abc
 import importlib.util
 import sys
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from rvm_node.engine import fullres
+from rvm_node.engine.chunks import AdmittedChunk, FrameMemory, InferredChunk
 from rvm_node.engine.samples import SAMPLE_DTYPES, OutputSpec, to_unit_float
+from rvm_node.engine.session import MattingSession
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError
-
-if TYPE_CHECKING:
-    from rvm_node.engine.session import MattingSession
 
 __all__ = [
     "BACKENDS",
     "PRECISIONS",
-    "ChunkDone",
-    "ChunkJob",
-    "FrameMemory",
-    "MatteChunk",
     "MattingBackend",
     "fastest_device",
     "fastest_parity_backend",
@@ -99,49 +93,6 @@ def cuda_driver_loads() -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class MatteChunk:
-    """One chunk's result: foreground ``[..., 3, H, W]`` and alpha ``[..., 1, H, W]``.
-
-    Samples are in the session's :class:`OutputSpec` format (float32 0..1 by
-    default); ``fgr`` is None when the spec leaves the foreground out.
-    """
-
-    fgr: np.ndarray | None
-    pha: np.ndarray
-
-
-@dataclass(frozen=True)
-class ChunkJob:
-    """A chunk ``[T, 3, H, W]`` for :meth:`MattingSession.run`; ``snapshot`` asks for the state after it."""
-
-    frames: Any
-    snapshot: bool = False
-    tag: Any = None
-
-
-@dataclass(frozen=True)
-class ChunkDone:
-    """The result of one :class:`ChunkJob`, with the state after it when asked."""
-
-    job: ChunkJob
-    out: MatteChunk
-    state: RecurrentState | None
-
-
-class FrameMemory(Protocol):
-    """Memory a backend lends the frame reader (a node's shared-memory ring): the frames of a chunk are
-    decoded straight into it, and the chunk reaches the backend with no further copy."""
-
-    def lend(self, count: int, shape: tuple[int, ...], dtype: np.dtype[Any]) -> np.ndarray | None:
-        """Writable ``[count, *shape]`` memory lent for the next chunk's frames (samples cast to the
-        memory's own type), waiting while none is free; None where they cannot go there."""
-
-    def chunk_of(self, frames: Sequence[np.ndarray]) -> np.ndarray:
-        """The chunk ``[T, 3, H, W]`` over a chunk's ``HxWx3`` frames: in place where they fill memory
-        from :meth:`lend` in order, else a copy (and the lent memory is given back)."""
-
-
 class MattingBackend(abc.ABC, Generic[StateT]):
     """A loaded RVM model on one device. Thread-compatible; holds no stream state."""
 
@@ -179,12 +130,22 @@ class MattingBackend(abc.ABC, Generic[StateT]):
     def release(self, state: StateT) -> None:
         """Free what a stream's state holds beyond memory (a remote stream, say)."""
 
-    def run_stream(self, session: MattingSession, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
-        """Chunks through ``session`` in order. Local backends run them one by one; a remote
-        backend keeps several in flight."""
-        for job in jobs:
-            out = session.process(job.frames)
-            yield ChunkDone(job, out, session.snapshot() if job.snapshot else None)
+    def infer_chunks(
+        self,
+        state: StateT | None,
+        chunks: Iterable[AdmittedChunk],
+        outputs: OutputSpec,
+        memory: FrameMemory | None,  # noqa: ARG002 - lent by the backends that lend any
+    ) -> Iterator[InferredChunk]:
+        """Admitted chunks of one stream in order, from ``state`` on, each with the state after it.
+
+        Local backends run them one by one; a remote backend keeps several in
+        flight. ``memory``: what :meth:`frame_memory` lent the stream's reader.
+        """
+        for chunk in chunks:
+            fgr, pha, state = self.infer(chunk.src, state, chunk.ratio, outputs)
+            host = self.state_to_host(state) if chunk.job.snapshot else None
+            yield InferredChunk(chunk, fgr, pha, state, host)
 
     def stack_states(self, states: list[StateT]) -> StateT:
         """One batch state from single-stream states of equal shape (batching across streams)."""
@@ -225,8 +186,6 @@ class MattingBackend(abc.ABC, Generic[StateT]):
     def new_session(
         self, downsample_ratio: float | None = None, outputs: OutputSpec | None = None
     ) -> MattingSession:
-        from rvm_node.engine.session import MattingSession
-
         return MattingSession(self, downsample_ratio=downsample_ratio, outputs=outputs)
 
 

@@ -16,7 +16,15 @@ import numpy as np
 
 from rvm_node.engine.states import RecurrentState
 
-__all__ = ["AdmittedChunk", "ChunkDone", "ChunkJob", "FrameMemory", "InferredChunk", "MatteChunk"]
+__all__ = [
+    "AdmittedChunk",
+    "ChunkDone",
+    "ChunkJob",
+    "FrameMemory",
+    "HostState",
+    "InferredChunk",
+    "MatteChunk",
+]
 
 HostState = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 

@@ -10,38 +10,56 @@ forward pass through :mod:`rvm_node.engine.batching`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from rvm_node.engine.backend import ChunkDone, ChunkJob, MatteChunk, MattingBackend
+from rvm_node.engine.chunks import (
+    AdmittedChunk,
+    ChunkDone,
+    ChunkJob,
+    FrameMemory,
+    HostState,
+    InferredChunk,
+    MatteChunk,
+)
+from rvm_node.engine.ratio import auto_downsample_ratio, check_downsample_ratio
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError, NonFiniteSamplesError, ResolutionChangedError
 
-__all__ = ["MattingSession", "auto_downsample_ratio", "check_downsample_ratio"]
+__all__ = ["MattingSession", "SessionBackend"]
 
 
-def auto_downsample_ratio(height: int, width: int) -> float:
-    """The official automatic ratio: the longer side goes to at most 512 px.
+class SessionBackend(Protocol):
+    """What a session needs of its backend (:class:`rvm_node.engine.backend.MattingBackend` has it all):
+    the backend runs chunks on its own state, and the session owns that state."""
 
-    For extreme aspect ratios (e.g. 4097x2), where the official rule would
-    shrink the short side below one pixel, the ratio is raised just enough to
-    keep one pixel.
-    """
-    return min(max(512 / max(height, width), 1 / min(height, width)), 1.0)
+    variant: str
 
+    def prepare(self, frames: Any) -> np.ndarray: ...
 
-def check_downsample_ratio(ratio: float | None, where: str = "downsample_ratio") -> float | None:
-    """Validate a ratio: None (auto) or a finite number in (0, 1]."""
-    if ratio is None:
-        return None
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float | np.floating):
-        raise InvalidInputError(f"{where}: expected a number in (0, 1] or None for auto, got {ratio!r}")
-    value = float(ratio)
-    if not (0.0 < value <= 1.0):
-        raise InvalidInputError(f"{where}: expected a number in (0, 1] or None for auto, got {value}")
-    return value
+    def frame_memory(self) -> FrameMemory | None: ...
+
+    def infer(
+        self, src: np.ndarray, state: Any, downsample_ratio: float, outputs: OutputSpec
+    ) -> tuple[np.ndarray | None, np.ndarray, Any]: ...
+
+    def infer_chunks(
+        self, state: Any, chunks: Iterable[AdmittedChunk], outputs: OutputSpec, memory: FrameMemory | None
+    ) -> Iterator[InferredChunk]: ...
+
+    def state_to_host(self, state: Any) -> HostState: ...
+
+    def state_from_host(self, state: RecurrentState) -> Any: ...
+
+    def release(self, state: Any) -> None: ...
+
+    def stack_states(self, states: list[Any]) -> Any: ...
+
+    def split_state(self, state: Any, count: int) -> list[Any]: ...
+
+    def zero_state_like(self, state: Any) -> Any: ...
 
 
 class MattingSession:
@@ -56,7 +74,7 @@ class MattingSession:
 
     def __init__(
         self,
-        backend: MattingBackend[Any],
+        backend: SessionBackend,
         downsample_ratio: float | None = None,
         outputs: OutputSpec | None = None,
     ) -> None:
@@ -135,10 +153,7 @@ class MattingSession:
 
     def process(self, frames: Any) -> MatteChunk:
         src, ratio = self.admit(frames)
-        out = self.run_admitted(src, ratio)
-        if np.ndim(frames) == 4:
-            return MatteChunk(None if out.fgr is None else out.fgr[0], out.pha[0])
-        return out
+        return _shaped_as(frames, self.run_admitted(src, ratio))
 
     def run_admitted(self, src: np.ndarray, ratio: float) -> MatteChunk:
         """Run a chunk :meth:`admit` returned and take the state after it; ``[B, T, ...]`` results."""
@@ -147,19 +162,41 @@ class MattingSession:
         return MatteChunk(fgr, pha)
 
     def run(self, jobs: Iterable[ChunkJob]) -> Iterator[ChunkDone]:
-        """Results of many chunks in order; the backend may overlap them (see :meth:`MattingBackend.run_stream`)."""
-        return self.backend.run_stream(self, jobs)
+        """Results of many chunks in order; the backend may overlap them (a node keeps several in flight).
+
+        Each chunk is admitted as the backend asks for it. A job that cannot
+        be read or admitted ends the run with its error, after the chunks
+        before it have landed.
+        """
+        failed: list[BaseException] = []
+
+        def admitted() -> Iterator[AdmittedChunk]:
+            try:
+                for job in jobs:
+                    src, ratio = self.admit(job.frames)
+                    yield AdmittedChunk(job, src, ratio)
+            except Exception as exc:  # raised after the chunks before it, not inside the backend's pipeline
+                failed.append(exc)
+
+        for done in self.backend.infer_chunks(self._state, admitted(), self.outputs, self.frame_memory):
+            self.commit(done.state, done.chunk.src, done.chunk.ratio)
+            snapshot = None if done.host_state is None else self._snapshot_of(done.host_state)
+            out = _shaped_as(done.chunk.job.frames, MatteChunk(done.fgr, done.pha))
+            yield ChunkDone(done.chunk.job, out, snapshot)
+        if failed:
+            raise failed[0]
 
     def snapshot(self) -> RecurrentState | None:
         """The current state on the host, or None before the first frame."""
-        if self._state is None or self._frame_size is None or self._ratio is None:
+        if self._state is None:
+            return None
+        return self._snapshot_of(self.backend.state_to_host(self._state))
+
+    def _snapshot_of(self, arrays: HostState) -> RecurrentState | None:
+        if self._frame_size is None or self._ratio is None:
             return None
         return RecurrentState.from_arrays(
-            self.backend.state_to_host(self._state),
-            self._frame_size,
-            self._ratio,
-            self.frames_processed,
-            self.backend.variant,
+            arrays, self._frame_size, self._ratio, self.frames_processed, self.backend.variant
         )
 
     def close(self) -> None:
@@ -181,3 +218,10 @@ class MattingSession:
         self._ratio = state.downsample_ratio
         self.downsample_ratio = state.downsample_ratio
         self.frames_processed = state.frames
+
+
+def _shaped_as(frames: Any, out: MatteChunk) -> MatteChunk:
+    """``[B, T, ...]`` results as the frames came: ``[T, ...]`` for one stream's ``[T, 3, H, W]``."""
+    if np.ndim(frames) == 4:
+        return MatteChunk(None if out.fgr is None else out.fgr[0], out.pha[0])
+    return out

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rvm_node.engine.ratio import RATIO_RANGE, is_ratio
 from rvm_node.errors import StateMismatchError
 
 __all__ = [
@@ -120,8 +121,8 @@ def check_state_shapes(
     """Raise :class:`StateMismatchError` unless ``shapes`` (r1..r4) fit ``variant`` at ``frame_size``
     (H, W) and ``ratio``, with ``batch`` streams (any batch when None). Nothing is allocated."""
     height, width = frame_size
-    if not (isinstance(ratio, float | int) and math.isfinite(ratio) and 0 < ratio <= 1):
-        raise StateMismatchError(f"{where}: downsample_ratio must be in (0, 1], got {ratio}")
+    if not is_ratio(ratio):
+        raise StateMismatchError(f"{where}: downsample_ratio must be {RATIO_RANGE}, got {ratio}")
     if height < 1 or width < 1:
         raise StateMismatchError(f"{where}: frame size must be positive, got {width}x{height}")
     if min(height, width) * ratio < 1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from rvm_node.engine.ratio import check_downsample_ratio
 from rvm_node.errors import InvalidInputError
 
 __all__ = [
@@ -65,8 +66,7 @@ def check_spec(format: str, spec: StaticSpec) -> None:
     """InvalidInputError for a format, size, ratio or precision that cannot be exported."""
     if format not in STATIC_FORMATS:
         raise InvalidInputError(f"format: expected one of {', '.join(STATIC_FORMATS)}, got {format!r}")
-    if not 0 < spec.ratio <= 1:
-        raise InvalidInputError(f"downsample_ratio: expected a number in (0, 1], got {spec.ratio:g}")
+    check_downsample_ratio(spec.ratio)
     small = min(spec.width, spec.height) * spec.ratio
     if min(spec.width, spec.height) < 1 or small < MIN_SIDE:
         raise InvalidInputError(

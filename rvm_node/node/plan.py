@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rvm_node.engine.ratio import check_downsample_ratio
 from rvm_node.engine.samples import OutputSpec
-from rvm_node.engine.session import check_downsample_ratio
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.limits import Limits
 from rvm_node.node.status import printable

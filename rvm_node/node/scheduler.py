@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.engine.backend import MatteChunk, MattingBackend
+from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.batching import batch_key, process_batch
+from rvm_node.engine.chunks import MatteChunk
 from rvm_node.engine.session import MattingSession
 from rvm_node.errors import InvalidInputError
 from rvm_node.node.metrics import NodeMetrics

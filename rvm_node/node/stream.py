@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.engine.backend import MatteChunk
+from rvm_node.engine.chunks import MatteChunk
 from rvm_node.engine.session import MattingSession
 from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.handover import RingDesk

@@ -34,6 +34,13 @@ FARM_FORMATS = ("openjd", "opencue")
 DEADLINE_CLOUD = "deadline bundle submit --yes {bundle}"  # rvm_node.farm.submit.DEADLINE_CLOUD
 
 
+def _is_ratio(value: object) -> bool:
+    """rvm-node's one ratio check (the same values every other place takes)."""
+    from rvm_node.engine.ratio import is_ratio
+
+    return is_ratio(value)
+
+
 class SettingsError(ValueError):
     """A setting the plugin cannot use; the message names it."""
 
@@ -61,7 +68,7 @@ class Settings:
             raise SettingsError(
                 f"RVM settings: format must be one of {', '.join(FORMATS)}, not {self.format!r}"
             )
-        if self.ratio is not None and not 0 < self.ratio <= 1:
+        if self.ratio is not None and not _is_ratio(self.ratio):
             raise SettingsError(
                 f"RVM settings: the downsample ratio must be in (0, 1] or auto, not {self.ratio}"
             )
