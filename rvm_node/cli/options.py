@@ -52,7 +52,12 @@ def add_shot_option(
 
 def add_shot_options(convert: argparse.ArgumentParser) -> None:
     """The input, output and model options shared by ``convert`` and ``matte``."""
-    official = convert.add_argument_group("the official convert_video options")
+    _add_official_options(convert.add_argument_group("the official convert_video options"))
+    _add_our_options(convert.add_argument_group("rvm-node options"))
+
+
+def _add_official_options(official: argparse._ArgumentGroup) -> None:
+    """The options of the official ``convert_video``, under their own names."""
     official.add_argument(
         "--variant",
         choices=list(VARIANTS),
@@ -103,7 +108,10 @@ def add_shot_options(convert: argparse.ArgumentParser) -> None:
         help="threads encoding image sequences (default: 0 for convert, up to 4 for matte)",
     )
     official.add_argument("--disable-progress", action="store_true", help="no progress bar (as --quiet)")
-    ours = convert.add_argument_group("rvm-node options")
+
+
+def _add_our_options(ours: argparse._ArgumentGroup) -> None:
+    """What rvm-node adds: the engine, frame numbers, colour, file formats, resume."""
     ours.add_argument(
         "--backend",
         choices=["auto", *BACKENDS],

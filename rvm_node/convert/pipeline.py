@@ -39,7 +39,7 @@ from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_check
 from rvm_node.convert.progress import Progress
 from rvm_node.convert.shown import VideoTiming, report_orientation, video_timing
 from rvm_node.engine.backend import MattingBackend
-from rvm_node.engine.chunks import ChunkJob, FrameMemory
+from rvm_node.engine.chunks import ChunkJob, FrameMemory, MatteChunk
 from rvm_node.engine.ratio import check_downsample_ratio
 from rvm_node.engine.samples import OutputSpec, finest_format, holds_samples
 from rvm_node.engine.states import RecurrentState
@@ -372,29 +372,18 @@ class _WriterThread:
                 item = self.queue.get()
                 if item is _DONE:
                     break
-                if item[0] == "state":
-                    _, number, state, path, fingerprint = item
+                if isinstance(item, _Checkpoint):
                     while self._pending:  # every frame up to this one is on disk first
                         self._pending.popleft().result()
                     save_checkpoint(
-                        path, state, number, fingerprint, group_writable=self._job.settings.group_writable
+                        item.path,
+                        item.state,
+                        item.number,
+                        item.fingerprint,
+                        group_writable=self._job.settings.group_writable,
                     )
                     continue
-                number, fgr, pha, time = item
-                background = self._background.next() if self._background is not None else None
-                if self._pool is None:
-                    self._write_frame(self._writers, number, fgr, pha, background, time)
-                else:  # a video's frames go in order, here; image files on the pool
-                    self._write_frame(self._videos, number, fgr, pha, background, time)
-                    self._pending.append(
-                        self._pool.submit(self._write_frame, self._images, number, fgr, pha, background)
-                    )
-                    while len(self._pending) > 2 * self._job.num_workers:
-                        self._pending.popleft().result()
-                self.written += 1
-                self._progress.frame(number)
-                if self._job.on_frame is not None:
-                    self._job.on_frame(number)
+                self._write(item)
             while self._pending:
                 self._pending.popleft().result()
         except BaseException as exc:
@@ -409,7 +398,22 @@ class _WriterThread:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
-    def put(self, item: Any) -> None:
+    def _write(self, frame: _MatteFrame) -> None:
+        background = self._background.next() if self._background is not None else None
+        planes = (frame.number, frame.fgr, frame.pha, background)
+        if self._pool is None:
+            self._write_frame(self._writers, *planes, frame.time)
+        else:  # a video's frames go in order, here; image files on the pool
+            self._write_frame(self._videos, *planes, frame.time)
+            self._pending.append(self._pool.submit(self._write_frame, self._images, *planes))
+            while len(self._pending) > 2 * self._job.num_workers:
+                self._pending.popleft().result()
+        self.written += 1
+        self._progress.frame(frame.number)
+        if self._job.on_frame is not None:
+            self._job.on_frame(frame.number)
+
+    def put(self, item: _MatteFrame | _Checkpoint | object) -> None:
         while True:
             if self.error is not None:
                 raise self.error
@@ -481,36 +485,52 @@ def _fingerprint(job: ConvertJob, source: FrameSource, numbers: list[int] | None
     return fingerprint
 
 
+@dataclass(frozen=True)
+class _MatteFrame:
+    """A frame's planes for the writer thread."""
+
+    number: int
+    fgr: np.ndarray | None
+    pha: np.ndarray
+    time: Fraction | None
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """The state after frame ``number``, saved once every frame up to it is on disk."""
+
+    number: int
+    state: RecurrentState
+    path: Path
+    fingerprint: dict[str, Any]
+
+
+@dataclass
+class _Written:
+    """The frame numbers a run sent to its writers, and how many it ran only to warm the state."""
+
+    first: int | None = None
+    last: int | None = None
+    warmup: int = 0
+
+
 def _run_writers(
     job: ConvertJob, source: FrameSource, writers: list[FrameWriter], numbers: list[int] | None
 ) -> ConvertReport:
-    official_dirs = any(
-        FramePattern.detect(t) is None
-        and job.output_type == "png_sequence"
-        and Path(t).suffix.lower() not in VIDEO_EXTS
-        for t in job.outputs.values()
-    )
-    numbering = _Numbering(numbers, by_index=official_dirs)
+    numbering = _Numbering(numbers, by_index=_official_dirs(job))
     size = (source.width, source.height)
     fingerprint = _fingerprint(job, source, numbers)
     plan = _plan_resume(job, writers, numbering, numbers, size, fingerprint)
-    start, done_frames = plan.start, plan.done
+    done_frames = plan.done
     if job.write_from is not None:
         done_frames = done_frames | {n for n in (numbers or []) if n < job.write_from}
     to_write = [n for n in (numbers or []) if n not in done_frames] if numbers is not None else None
     progress = Progress(len(to_write) if to_write is not None else None, job.progress)
-    background = Background(job.background, size) if "composition" in job.outputs else None
+    targets: dict[str, str] = {k: str(w.target) for k, w in zip(job.outputs, writers, strict=True)}
     if to_write == []:
         progress.finish("done", "every frame is already written")
-        return ConvertReport(
-            0,
-            len(done_frames),
-            0,
-            False,
-            {k: str(w.target) for k, w in zip(job.outputs, writers, strict=True)},
-            numbers[0] if numbers else None,
-            numbers[-1] if numbers else None,
-        )
+        first, last = (numbers[0], numbers[-1]) if numbers else (None, None)
+        return ConvertReport(0, len(done_frames), 0, False, targets, first, last)
 
     session = job.backend.new_session(job.downsample_ratio, output_spec(writers))
     if plan.state is not None:
@@ -519,48 +539,21 @@ def _run_writers(
     frames: queue.Queue[Any] = queue.Queue(maxsize=max(4, 2 * job.seq_chunk))
     reader = threading.Thread(
         target=_reader,
-        args=(source, start, frames, stop, session.frame_memory, job.seq_chunk),
+        args=(source, plan.start, frames, stop, session.frame_memory, job.seq_chunk),
         name="rvm-node-reader",
         daemon=True,
     )
+    background = Background(job.background, size) if "composition" in job.outputs else None
     writer = _WriterThread(job, writers, numbering, background, progress)
     reader.start()
-    warmup = 0
-    first = last = None
-
-    def check_cancel() -> None:
-        if job.cancel is not None and job.cancel.is_set():
-            raise JobCancelledError(f"{job.input_source}: cancelled; complete frames were kept")
-
-    def chunk_jobs() -> Iterator[ChunkJob]:
-        since_checkpoint = 0
-        for chunk in _chunks(frames, job.seq_chunk):
-            check_cancel()
-            since_checkpoint += len(chunk)
-            snapshot = (
-                plan.checkpoint is not None and job.state_every > 0 and since_checkpoint >= job.state_every
-            )
-            if snapshot:
-                since_checkpoint = 0
-            pixels = [f.pixels for f in chunk]
-            memory = session.frame_memory
-            stacked = np.stack(pixels).transpose(0, 3, 1, 2) if memory is None else memory.chunk_of(pixels)
-            yield ChunkJob(stacked, snapshot, chunk)
-
+    checkpoint = plan.checkpoint if job.state_every > 0 else None
+    written = _Written()
     try:
-        for done in session.run(chunk_jobs()):
-            chunk, out = done.job.tag, done.out
-            for t, frame in enumerate(chunk):
-                if frame.number in done_frames:
-                    warmup += 1
-                    continue
-                first = frame.number if first is None else first
-                last = frame.number
-                fgr = None if out.fgr is None else out.fgr[t].transpose(1, 2, 0)
-                writer.put((frame.number, fgr, out.pha[t, 0], frame.time))
-            if done.state is not None:
-                writer.put(("state", chunk[-1].number, done.state, plan.checkpoint, fingerprint))
-            check_cancel()  # chunks still in flight on a node are dropped, not written
+        for done in session.run(_chunk_jobs(job, frames, session.frame_memory, checkpoint is not None)):
+            _hand_to_writer(done.job.tag, done.out, writer, done_frames, written)
+            if done.state is not None and checkpoint is not None:
+                writer.put(_Checkpoint(done.job.tag[-1].number, done.state, checkpoint, fingerprint))
+            _check_cancel(job)  # chunks still in flight on a node are dropped, not written
         writer.join()
         for w in writers:
             w.close()
@@ -578,12 +571,52 @@ def _run_writers(
     if plan.checkpoint is not None:
         plan.checkpoint.unlink(missing_ok=True)  # the shot is complete
     progress.finish("done")
+    resumed = plan.state is not None
     return ConvertReport(
-        writer.written,
-        len(done_frames),
-        warmup,
-        plan.state is not None,
-        {k: str(w.target) for k, w in zip(job.outputs, writers, strict=True)},
-        first,
-        last,
+        writer.written, len(done_frames), written.warmup, resumed, targets, written.first, written.last
     )
+
+
+def _official_dirs(job: ConvertJob) -> bool:
+    """Whether the outputs are folders of PNGs the official converter's way (numbered from 0)."""
+    return any(
+        FramePattern.detect(t) is None
+        and job.output_type == "png_sequence"
+        and Path(t).suffix.lower() not in VIDEO_EXTS
+        for t in job.outputs.values()
+    )
+
+
+def _check_cancel(job: ConvertJob) -> None:
+    if job.cancel is not None and job.cancel.is_set():
+        raise JobCancelledError(f"{job.input_source}: cancelled; complete frames were kept")
+
+
+def _chunk_jobs(
+    job: ConvertJob, frames: queue.Queue[Any], memory: FrameMemory | None, checkpointing: bool
+) -> Iterator[ChunkJob]:
+    """The reader's frames as chunks of ``seq_chunk``, a snapshot asked for every ``state_every`` frames."""
+    since_checkpoint = 0
+    for chunk in _chunks(frames, job.seq_chunk):
+        _check_cancel(job)
+        since_checkpoint += len(chunk)
+        snapshot = checkpointing and since_checkpoint >= job.state_every
+        if snapshot:
+            since_checkpoint = 0
+        pixels = [f.pixels for f in chunk]
+        stacked = np.stack(pixels).transpose(0, 3, 1, 2) if memory is None else memory.chunk_of(pixels)
+        yield ChunkJob(stacked, snapshot, chunk)
+
+
+def _hand_to_writer(
+    chunk: list[SourceFrame], out: MatteChunk, writer: _WriterThread, done_frames: set[int], written: _Written
+) -> None:
+    """A chunk's planes to the writer, but for frames already on disk (run only to warm the state)."""
+    for t, frame in enumerate(chunk):
+        if frame.number in done_frames:
+            written.warmup += 1
+            continue
+        written.first = frame.number if written.first is None else written.first
+        written.last = frame.number
+        fgr = None if out.fgr is None else out.fgr[t].transpose(1, 2, 0)
+        writer.put(_MatteFrame(frame.number, fgr, out.pha[t, 0], frame.time))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from rvm_node.errors import InvalidInputError
+
 __all__ = ["Limits", "ShmPolicy", "default_shm_budget"]
 
 
@@ -18,6 +20,14 @@ class Limits:
     idle_timeout: float = 60.0
     max_chunks_in_flight: int = 4
     max_ring_slots: int = 64
+
+    def check(self) -> Limits:
+        """These limits, or an :class:`InvalidInputError` for one a node cannot run with."""
+        for name in ("max_streams", "max_frame_pixels", "max_chunks_in_flight"):
+            value = getattr(self, name)
+            if value < 1:
+                raise InvalidInputError(f"{name}: expected 1 or more, got {value}")
+        return self
 
 
 def default_shm_budget() -> int:

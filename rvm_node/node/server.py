@@ -217,22 +217,13 @@ async def start_node(
     """
     from rvm_node.version import __version__
 
-    limits = limits or Limits()
-    if limits.max_streams < 1:
-        raise InvalidInputError(f"max_streams: expected 1 or more, got {limits.max_streams}")
-    if limits.max_frame_pixels < 1:
-        raise InvalidInputError(f"max_frame_pixels: expected 1 or more, got {limits.max_frame_pixels}")
-    if limits.max_chunks_in_flight < 1:
-        raise InvalidInputError(
-            f"max_chunks_in_flight: expected 1 or more, got {limits.max_chunks_in_flight}"
-        )
+    limits = (limits or Limits()).check()
     options = [
         ("grpc.max_receive_message_length", limits.max_message_bytes),
         ("grpc.max_send_message_length", limits.max_message_bytes),
         *_KEEPALIVE,
     ]
-    interceptors = [TokenAuthInterceptor(token)] if token else []
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    server = grpc.aio.server(options=options, interceptors=[TokenAuthInterceptor(token)] if token else [])
     described = backend.describe()
     build = {
         "version": __version__,
@@ -250,25 +241,10 @@ async def start_node(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     _add_reflection(server, (SERVICE_NAME, health.SERVICE_NAME))
-    address = f"{host}:{port}"
-    credentials = None
-    if tls is not None:
-        key, chain, client_ca = tls.load()
-        credentials = grpc.ssl_server_credentials(
-            [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
-        )
-
-    def bind(where: str) -> int:
-        try:
-            if credentials is None:
-                return int(server.add_insecure_port(where))
-            return int(server.add_secure_port(where, credentials))
-        except RuntimeError:  # gRPC's "Failed to bind": the port is taken, or the address is not this host's
-            return 0
-
-    bound = bind(address)
+    bind = _binder(server, tls)
+    bound = bind(f"{host}:{port}")
     if bound == 0:
-        raise InvalidInputError(f"port: cannot bind {address}")
+        raise InvalidInputError(f"port: cannot bind {host}:{port}")
     if unix_socket is not None:
         _bind_unix(server, unix_socket)
     if (
@@ -281,9 +257,7 @@ async def start_node(
     await server.start()
     streams.serving()
     if unix_socket is not None:
-        os.chmod(unix_socket, 0o600 if unix_group is None else 0o660)
-        if unix_group is not None:
-            os.chown(unix_socket, -1, unix_group)
+        _share_unix_socket(unix_socket, unix_group)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     metrics_bound = (
@@ -299,6 +273,33 @@ async def start_node(
         scheduler=scheduler,
         metrics_port=metrics_bound,
     )
+
+
+def _binder(server: Any, tls: TlsFiles | None) -> Callable[[str], int]:
+    """How ``server`` binds an address: with ``tls``'s credentials where given; 0 where it cannot."""
+    credentials = None
+    if tls is not None:
+        key, chain, client_ca = tls.load()
+        credentials = grpc.ssl_server_credentials(
+            [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+        )
+
+    def bind(where: str) -> int:
+        try:
+            if credentials is None:
+                return int(server.add_insecure_port(where))
+            return int(server.add_secure_port(where, credentials))
+        except RuntimeError:  # gRPC's "Failed to bind": the port is taken, or the address is not this host's
+            return 0
+
+    return bind
+
+
+def _share_unix_socket(path: Path, group: int | None) -> None:
+    """The Unix socket owner-only, or read/write for ``group``."""
+    os.chmod(path, 0o600 if group is None else 0o660)
+    if group is not None:
+        os.chown(path, -1, group)
 
 
 def _bind_unix(server: Any, path: Path) -> None:

@@ -27,10 +27,11 @@ import numpy as np
 
 from rvm_node.engine.chunks import MatteChunk
 from rvm_node.engine.session import MattingSession
-from rvm_node.errors import BackendError, InvalidInputError, NonFiniteSamplesError, StateMismatchError
+from rvm_node.errors import InvalidInputError, NonFiniteSamplesError, StateMismatchError
 from rvm_node.node.handover import RingDesk
 from rvm_node.node.limits import Limits
 from rvm_node.node.plan import StreamPlan
+from rvm_node.node.planes import check_finite, not_finite, pack_plane, plane_bytes, plane_of, unpack_frame
 from rvm_node.node.ring import NodeRing, RingBudget, open_ring
 from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.stages import StageClock, timed
@@ -38,14 +39,11 @@ from rvm_node.node.status import StreamRefused
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1.protocol import (
     FrameAssembler,
-    pack,
     packed_limit,
     split_parts,
     state_from_message,
     state_to_message,
     transport_name,
-    unpack,
-    wire_bytes,
 )
 from rvm_node.v1.wire import ChunkRequest, PartReply, Undecodable
 
@@ -143,8 +141,8 @@ class Stream:
         self._stopped: asyncio.Future[None] | None = None
         self.session: MattingSession | None = None
         self.ring: NodeRing | None = None
-        self._unpack = timed(node.stages, "unpack", self._unpack_frame)
-        self._wire_plane = timed(node.stages, "pack", self._plane_bytes)
+        self._unpack = timed(node.stages, "unpack", unpack_frame)
+        self._wire_plane = timed(node.stages, "pack", plane_bytes)
         self.last_number = -1  # the last frame inferred
         self._last_received = -1  # the last frame received: numbers must increase
 
@@ -418,7 +416,7 @@ class Stream:
 
         def read_frame(number: int, slot: int) -> np.ndarray:
             frame = ring.frame(slot, plan.in_dtype, shape)
-            _check_finite(frame, number)
+            check_finite(frame, number)
             return frame
 
         read = timed(self.node.stages, "unpack", read_frame)
@@ -444,17 +442,6 @@ class Stream:
                 frame=number,
             )
         self._last_received = number
-
-    @staticmethod
-    def _unpack_frame(plan: StreamPlan, number: int, data: bytes | bytearray | memoryview) -> np.ndarray:
-        shape = (plan.height, plan.width, 3)
-        try:
-            frame = unpack(data, plan.in_transport, plan.in_dtype, shape, f"frame {number}")
-        except InvalidInputError as exc:
-            exc.frame = number
-            raise
-        _check_finite(frame, number)
-        return frame
 
     async def _infer(self, session: MattingSession) -> None:
         """Hand chunks to the scheduler as they arrive, without waiting for the one before.
@@ -504,7 +491,7 @@ class Stream:
                 except NonFiniteSamplesError as exc:  # the engine's check: name the frame, as ours do
                     if exc.index is None or exc.frame is not None:
                         raise
-                    raise _not_finite(item.numbers[exc.index]) from None
+                    raise not_finite(item.numbers[exc.index]) from None
                 self.last_number = item.numbers[-1]
                 if self.ring is not None and item.slots is not None:
                     await self._send_to_ring(plan, self.ring, item.numbers, out, item.slots)
@@ -526,7 +513,7 @@ class Stream:
         else:
             loop = asyncio.get_running_loop()
             jobs = [
-                loop.run_in_executor(self.node.codec, self._pack_plane, plan, out, t, plane)
+                loop.run_in_executor(self.node.codec, pack_plane, plan, out, t, plane)
                 for t in range(len(numbers))
                 for plane in plan.planes
             ]
@@ -551,7 +538,7 @@ class Stream:
         for t, (number, slot) in enumerate(zip(numbers, slots, strict=True)):
             parts = []
             for index, plane in enumerate(plan.planes):
-                values = self._plane(out, t, plane)
+                values = plane_of(out, t, plane)
                 if values.nbytes < _INLINE_COPY:
                     write(slot, index, values)
                 else:  # a large copy (numpy lets go of the GIL) beside the event loop's other work
@@ -563,43 +550,12 @@ class Stream:
             for part in parts:
                 await self._write(pb.MatteResponse(part=part))
 
-    @classmethod
-    def _plane_bytes(cls, out: MatteChunk, t: int, plane: pb.Plane) -> memoryview:
-        return wire_bytes(cls._plane(out, t, plane))
-
-    @staticmethod
-    def _plane(out: MatteChunk, t: int, plane: pb.Plane) -> np.ndarray:
-        """Frame ``t``'s samples of ``plane``: ``HxW`` alpha or ``HxWx3`` foreground."""
-        if plane == pb.PLANE_ALPHA:
-            values = out.pha[t, 0]
-        else:
-            if out.fgr is None:
-                raise BackendError("the backend returned no foreground though the stream asked for it")
-            values = out.fgr[t].transpose(1, 2, 0)
-        return values
-
-    @classmethod
-    def _pack_plane(cls, plan: StreamPlan, out: MatteChunk, t: int, plane: pb.Plane) -> bytes:
-        return pack(cls._plane(out, t, plane), plan.out_transport)
-
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
     """Take a finished task's outcome (a write, a pass), so a stream that ended first leaves no unretrieved
     exception."""
     if not task.cancelled():
         task.exception()
-
-
-def _check_finite(frame: np.ndarray, number: int) -> None:
-    if frame.dtype.kind == "f" and not np.isfinite(frame).all():
-        raise _not_finite(number)
-
-
-def _not_finite(number: int) -> NonFiniteSamplesError:
-    return NonFiniteSamplesError(
-        f"frame {number}: NaN or infinite samples; float samples must be finite (display-referred 0..1)",
-        frame=number,
-    )
 
 
 def _empty_request() -> InvalidInputError:
