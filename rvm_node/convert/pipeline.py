@@ -19,15 +19,12 @@ on a few edge pixels), so checkpoints are the normal path.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import os
 import queue
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -35,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint, save_checkpoint
+from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint
 from rvm_node.convert.progress import Progress
 from rvm_node.convert.shown import VideoTiming, report_orientation, video_timing
+from rvm_node.convert.writer_thread import Checkpoint, MatteFrame, WriterThread
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.chunks import ChunkJob, FrameMemory, MatteChunk
 from rvm_node.engine.ratio import check_downsample_ratio
@@ -56,7 +54,6 @@ from rvm_node.io.writers import (
     SequenceWriter,
     VideoWriter,
     WriterSettings,
-    render,
     verify_frame,
 )
 
@@ -64,7 +61,7 @@ __all__ = ["RESUME_WARMUP", "ConvertJob", "ConvertReport", "encoder_threads", "o
 
 # Frames fed through the network before the first missing frame on --resume.
 RESUME_WARMUP = 30
-_DONE = object()
+_NO_MORE_FRAMES = object()  # the reader has put its last frame
 
 
 @dataclass(kw_only=True)
@@ -309,7 +306,7 @@ def _reader(
                     continue
             if stop.is_set():
                 return
-        out.put(_DONE)
+        out.put(_NO_MORE_FRAMES)
     except BaseException as exc:  # handed to the main thread, which re-raises it
         out.put(exc)
 
@@ -320,7 +317,7 @@ def _chunks(frames: queue.Queue[Any], size: int) -> Iterator[list[SourceFrame]]:
         item = frames.get()
         if isinstance(item, BaseException):
             raise item
-        if item is _DONE:
+        if item is _NO_MORE_FRAMES:
             if chunk:
                 yield chunk
             return
@@ -328,112 +325,6 @@ def _chunks(frames: queue.Queue[Any], size: int) -> Iterator[list[SourceFrame]]:
         if len(chunk) == size:
             yield chunk
             chunk = []
-
-
-class _WriterThread:
-    """Renders and writes frames in order; image sequences may use a small pool."""
-
-    def __init__(
-        self,
-        job: ConvertJob,
-        writers: list[FrameWriter],
-        numbering: _Numbering,
-        background: Background | None,
-        progress: Progress,
-    ) -> None:
-        self.queue: queue.Queue[Any] = queue.Queue(maxsize=8)
-        self._job, self._writers, self._numbering = job, writers, numbering
-        self._videos = [w for w in writers if not isinstance(w, SequenceWriter)]
-        self._images: list[FrameWriter] = [w for w in writers if isinstance(w, SequenceWriter)]
-        self._background, self._progress = background, progress
-        self._pool = ThreadPoolExecutor(job.num_workers) if job.num_workers > 0 else None
-        self._pending: deque[Future[None]] = deque()
-        self.error: BaseException | None = None
-        self.written = 0
-        self._thread = threading.Thread(target=self._run, name="rvm-node-writer", daemon=True)
-        self._thread.start()
-
-    def _write_frame(
-        self,
-        writers: list[FrameWriter],
-        number: int,
-        fgr: np.ndarray | None,
-        pha: np.ndarray,
-        background: np.ndarray | None,
-        time: Fraction | None = None,
-    ) -> None:
-        for writer in writers:
-            image = render(writer.kind, writer.settings, fgr, pha, background)
-            writer.write(self._numbering(number), image, time)
-
-    def _run(self) -> None:
-        try:
-            while True:
-                item = self.queue.get()
-                if item is _DONE:
-                    break
-                if isinstance(item, _Checkpoint):
-                    while self._pending:  # every frame up to this one is on disk first
-                        self._pending.popleft().result()
-                    save_checkpoint(
-                        item.path,
-                        item.state,
-                        item.number,
-                        item.fingerprint,
-                        group_writable=self._job.settings.group_writable,
-                    )
-                    continue
-                self._write(item)
-            while self._pending:
-                self._pending.popleft().result()
-        except BaseException as exc:
-            self.error = exc
-            while True:  # drain so the producer never blocks on a dead consumer
-                try:
-                    if self.queue.get(timeout=0.5) is _DONE:
-                        break
-                except queue.Empty:
-                    break
-        finally:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-
-    def _write(self, frame: _MatteFrame) -> None:
-        background = self._background.next() if self._background is not None else None
-        planes = (frame.number, frame.fgr, frame.pha, background)
-        if self._pool is None:
-            self._write_frame(self._writers, *planes, frame.time)
-        else:  # a video's frames go in order, here; image files on the pool
-            self._write_frame(self._videos, *planes, frame.time)
-            self._pending.append(self._pool.submit(self._write_frame, self._images, *planes))
-            while len(self._pending) > 2 * self._job.num_workers:
-                self._pending.popleft().result()
-        self.written += 1
-        self._progress.frame(frame.number)
-        if self._job.on_frame is not None:
-            self._job.on_frame(frame.number)
-
-    def put(self, item: _MatteFrame | _Checkpoint | object) -> None:
-        while True:
-            if self.error is not None:
-                raise self.error
-            try:
-                self.queue.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
-
-    def join(self) -> None:
-        self.put(_DONE)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def stop(self) -> None:
-        """End the thread after a failure elsewhere, without raising."""
-        with contextlib.suppress(queue.Full):
-            self.queue.put(_DONE, timeout=5)
-        self._thread.join(timeout=30)
 
 
 def run_job(job: ConvertJob) -> ConvertReport:
@@ -485,26 +376,6 @@ def _fingerprint(job: ConvertJob, source: FrameSource, numbers: list[int] | None
     return fingerprint
 
 
-@dataclass(frozen=True)
-class _MatteFrame:
-    """A frame's planes for the writer thread."""
-
-    number: int
-    fgr: np.ndarray | None
-    pha: np.ndarray
-    time: Fraction | None
-
-
-@dataclass(frozen=True)
-class _Checkpoint:
-    """The state after frame ``number``, saved once every frame up to it is on disk."""
-
-    number: int
-    state: RecurrentState
-    path: Path
-    fingerprint: dict[str, Any]
-
-
 @dataclass
 class _Written:
     """The frame numbers a run sent to its writers, and how many it ran only to warm the state."""
@@ -544,7 +415,15 @@ def _run_writers(
         daemon=True,
     )
     background = Background(job.background, size) if "composition" in job.outputs else None
-    writer = _WriterThread(job, writers, numbering, background, progress)
+    writer = WriterThread(
+        writers,
+        numbering,
+        background,
+        progress,
+        num_workers=job.num_workers,
+        group_writable=job.settings.group_writable,
+        on_frame=job.on_frame,
+    )
     reader.start()
     checkpoint = plan.checkpoint if job.state_every > 0 else None
     written = _Written()
@@ -552,7 +431,7 @@ def _run_writers(
         for done in session.run(_chunk_jobs(job, frames, session.frame_memory, checkpoint is not None)):
             _hand_to_writer(done.job.tag, done.out, writer, done_frames, written)
             if done.state is not None and checkpoint is not None:
-                writer.put(_Checkpoint(done.job.tag[-1].number, done.state, checkpoint, fingerprint))
+                writer.put(Checkpoint(done.job.tag[-1].number, done.state, checkpoint, fingerprint))
             _check_cancel(job)  # chunks still in flight on a node are dropped, not written
         writer.join()
         for w in writers:
@@ -609,7 +488,7 @@ def _chunk_jobs(
 
 
 def _hand_to_writer(
-    chunk: list[SourceFrame], out: MatteChunk, writer: _WriterThread, done_frames: set[int], written: _Written
+    chunk: list[SourceFrame], out: MatteChunk, writer: WriterThread, done_frames: set[int], written: _Written
 ) -> None:
     """A chunk's planes to the writer, but for frames already on disk (run only to warm the state)."""
     for t, frame in enumerate(chunk):
@@ -619,4 +498,4 @@ def _hand_to_writer(
         written.first = frame.number if written.first is None else written.first
         written.last = frame.number
         fgr = None if out.fgr is None else out.fgr[t].transpose(1, 2, 0)
-        writer.put(_MatteFrame(frame.number, fgr, out.pha[t, 0], frame.time))
+        writer.put(MatteFrame(frame.number, fgr, out.pha[t, 0], frame.time))
