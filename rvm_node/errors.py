@@ -28,7 +28,7 @@ The tree::
     ├── SubmitError                  handing a job to a farm manager failed
     └── NodeError                    talking to a render node failed
         ├── NodeUnavailableError     the node cannot be reached or is shutting down (UNAVAILABLE)
-        ├── NodeBusyError            the node has no free stream slot (RESOURCE_EXHAUSTED)
+        ├── NodeBusyError            the node takes no more streams now (RESOURCE_EXHAUSTED)
         ├── NodeAuthError            missing or wrong token, TLS refused (UNAUTHENTICATED)
         ├── NodeTimeoutError         a deadline or the idle timeout passed (DEADLINE_EXCEEDED)
         ├── NodeRejectedError        the node refused the request itself (INVALID_ARGUMENT,
@@ -199,7 +199,7 @@ class NodeUnavailableError(NodeError):
 
 
 class NodeBusyError(NodeError):
-    """The node has no free stream slot."""
+    """The node takes no more streams now (all --max-streams are open)."""
 
 
 class NodeAuthError(NodeError):

@@ -25,11 +25,11 @@ from typing import Any
 
 __all__ = [
     "WINDOWS",
+    "ask_to_stop",
     "kill_process",
     "on_stop_signals",
     "popen_options",
     "process_exists",
-    "stop_process",
     "stop_signals",
 ]
 
@@ -91,7 +91,7 @@ def _windows_process_exists(pid: int) -> bool:
         kernel32.CloseHandle(handle)
 
 
-def stop_process(pid: int) -> None:
+def ask_to_stop(pid: int) -> None:
     """Ask process ``pid`` to stop: SIGTERM (a node drains, a job stops as on Ctrl-C); on Windows it is
     terminated. Nothing happens if it is gone."""
     with contextlib.suppress(ProcessLookupError):

@@ -19,8 +19,8 @@ def _loaded_after(statement: str) -> set[str]:
     ("statement", "never"),
     [
         ("import rvm_node.client, rvm_node.client.private_node", "rvm_node.node"),  # clients: not the node
-        ("import rvm_node.v1.protocol, rvm_node.v1.wire", "rvm_node.node"),  # the protocol: neither side
-        ("import rvm_node.v1.protocol, rvm_node.v1.wire", "rvm_node.client"),
+        ("import rvm_node.v1.protocol, rvm_node.v1.codec", "rvm_node.node"),  # the protocol: neither side
+        ("import rvm_node.v1.protocol, rvm_node.v1.codec", "rvm_node.client"),
         ("import rvm_node.engine.states", "rvm_node.engine.session"),  # no session <-> states circle
         ("import rvm_node.engine.static_spec", "rvm_node.engine.exporters"),  # the spec: no exporters
     ],

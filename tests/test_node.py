@@ -371,7 +371,7 @@ def test_capacity_cancel_deadline_and_slot_leaks(backend, clip_frames: np.ndarra
         client = NodeClient(server.address, retries=0)
         first = client.open_stream(width=176, height=144)
         second = client.open_stream(width=176, height=144)
-        with pytest.raises(NodeBusyError, match="stream slots are taken"):
+        with pytest.raises(NodeBusyError, match="streams the node takes are open"):
             client.open_stream(width=176, height=144)
         first.cancel()  # cancel after the first response
         second.cancel()
@@ -391,7 +391,7 @@ def test_capacity_cancel_deadline_and_slot_leaks(backend, clip_frames: np.ndarra
         server.stop()
 
 
-def test_idle_timeout_releases_the_slot(backend) -> None:
+def test_idle_timeout_releases_the_stream(backend) -> None:
     server = NodeThread(backend, limits=Limits(max_streams=1, idle_timeout=0.5))
     try:
         with NodeClient(server.address) as client:
@@ -557,7 +557,7 @@ def test_a_drain_whose_grace_runs_out_ends_streams_as_draining_and_exits_0(
     assert "terminate called" not in (tmp_path / "node.log").read_text()
 
 
-def test_client_killed_mid_stream_frees_the_slot(
+def test_client_killed_mid_stream_frees_its_stream(
     node: NodeThread, clip_frames: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     script = tmp_path / "client.py"

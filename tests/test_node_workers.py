@@ -73,7 +73,7 @@ def test_streams_spread_over_workers_and_the_node_counts_them_all(
         assert {client.info().active_streams for client in clients} == {
             12
         }  # the node's total, from any worker
-        with pytest.raises(NodeBusyError, match="all 12 stream slots are taken"):
+        with pytest.raises(NodeBusyError, match="all 12 streams the node takes are open"):
             clients[0].open_stream(width=W, height=H)
         expected = to_samples(bench_matte(H, W), "uint16")
         frame = np.zeros((H, W, 3), np.uint8)

@@ -97,9 +97,9 @@ def test_stopping_a_process_terminates_it(windows: Any) -> None:
         ]
     )
     time.sleep(0.3)
-    processes.stop_process(child.pid)  # TerminateProcess: no handler can refuse it
+    processes.ask_to_stop(child.pid)  # TerminateProcess: no handler can refuse it
     assert child.wait(10) == -signal.SIGKILL
-    processes.stop_process(child.pid)  # gone: nothing happens
+    processes.ask_to_stop(child.pid)  # gone: nothing happens
     processes.kill_process(child.pid)
 
 

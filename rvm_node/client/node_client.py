@@ -36,6 +36,7 @@ from rvm_node.errors import (
 )
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from rvm_node.v1.codec import parse_response
 from rvm_node.v1.protocol import (
     DTYPES,
     FORMAT_NAMES,
@@ -46,7 +47,6 @@ from rvm_node.v1.protocol import (
     state_to_message,
     transport_name,
 )
-from rvm_node.v1.wire import parse_response
 
 __all__ = ["DEFAULT_STALL_TIMEOUT", "KEEPALIVE_OPTIONS", "NodeClient", "NodeInfo"]
 

@@ -434,7 +434,7 @@ def stop_private_node(
                 if _wait_gone(instance, timeout):
                     shutil.rmtree(instance, ignore_errors=True)
                 continue
-            processes.stop_process(node.pid)
+            processes.ask_to_stop(node.pid)
             if not _wait_gone(instance, timeout):
                 processes.kill_process(node.pid)
             if _wait_gone(instance, _KILL_WAIT):

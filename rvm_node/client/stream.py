@@ -27,6 +27,7 @@ from rvm_node.client.status import map_rpc_error
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError, NodeProtocolError, NodeTimeoutError
 from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.codec import ChunkRequest, FramePartView, PlanePartView, Undecodable, encode_request
 from rvm_node.v1.protocol import (
     DTYPES,
     PLANE_CHANNELS,
@@ -38,7 +39,6 @@ from rvm_node.v1.protocol import (
     unpack,
     wire_bytes,
 )
-from rvm_node.v1.wire import ChunkRequest, FramePartView, PlanePartView, Undecodable, encode_request
 
 __all__ = ["DEFAULT_WINDOW_BYTES", "ChunkReply", "MatteResult", "MatteStream", "StreamCall", "StreamChunk"]
 

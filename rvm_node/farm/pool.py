@@ -141,7 +141,8 @@ class NodePool:
         return f"the nodes run different backends or precisions ({listed})"
 
     def acquire(self, avoid: set[str], timeout: float) -> FarmNode | None:
-        """A free slot on an up node (preferring ones not in ``avoid``), or None after ``timeout``."""
+        """An up node with room for another stream (preferring ones not in ``avoid``), or None after
+        ``timeout``."""
         deadline = time.monotonic() + timeout
         with self._lock:
             while True:

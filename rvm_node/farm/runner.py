@@ -196,7 +196,9 @@ class _FarmRun:
             return
         node = self.pool.acquire(set(attempt.avoid), timeout=self.wait_for_node)
         if node is None:
-            self._end(shot, "failed", f"no node had a free slot within {self.wait_for_node:g} s", None)
+            self._end(
+                shot, "failed", f"no node had room for another stream within {self.wait_for_node:g} s", None
+            )
             return
         result = self.results[shot.name]
         result.status = "running"

@@ -35,7 +35,7 @@ log = logging.getLogger("rvm_node.node")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MattingService"].full_name
 _EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 _PASS_WAIT = 60.0  # seconds a drain waits for the forward pass under way
-# The node pings a silent client every 30 s (a client that vanished frees its stream slot), and
+# The node pings a silent client every 30 s (a client that vanished frees its place among the streams), and
 # permits the clients' own keepalive pings (every 20 s, rvm_node.client.node_client) at any time.
 _KEEPALIVE = [
     ("grpc.keepalive_time_ms", 30_000),

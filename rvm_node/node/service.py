@@ -40,8 +40,8 @@ from rvm_node.node.stream import ChunkCount, Stream, StreamContext
 from rvm_node.node.table import NodeTable, WorkerTable
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from rvm_node.v1.codec import Undecodable, encode_response, lenient_parser, parse_request
 from rvm_node.v1.protocol import DTYPES, TRANSPORTS
-from rvm_node.v1.wire import Undecodable, encode_response, lenient_parser, parse_request
 
 __all__ = ["MattingServicer", "add_matting_service", "endpoint_names"]
 
@@ -167,7 +167,7 @@ class MattingServicer(pb_grpc.MattingServiceServicer):
         elif not self.streams.try_open(self.limits.max_streams):
             refusal = failure(
                 "STREAM_SLOTS_FULL",
-                f"all {self.limits.max_streams} stream slots are taken; retry later or use another node",
+                f"all {self.limits.max_streams} streams the node takes are open; retry later or use another node",
             )
         if refusal is not None:
             self._count(refusal)

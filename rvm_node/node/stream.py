@@ -37,6 +37,7 @@ from rvm_node.node.scheduler import Scheduler
 from rvm_node.node.stages import StageClock, timed
 from rvm_node.node.status import StreamRefused
 from rvm_node.v1 import matting_pb2 as pb
+from rvm_node.v1.codec import ChunkRequest, PartReply, Undecodable
 from rvm_node.v1.protocol import (
     FrameAssembler,
     packed_limit,
@@ -45,7 +46,6 @@ from rvm_node.v1.protocol import (
     state_to_message,
     transport_name,
 )
-from rvm_node.v1.wire import ChunkRequest, PartReply, Undecodable
 
 __all__ = ["ChunkCount", "Stream", "StreamContext"]
 

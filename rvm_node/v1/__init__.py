@@ -2,6 +2,6 @@
 
 ``matting_pb2*.py`` are generated from ``protos/rvm_node/v1/matting.proto`` when the package is built or
 installed (see ``setup.py``) and are never edited or committed. ``protocol.py`` (frame parts, sample
-formats, transports, state messages) and ``wire.py`` (the copy-free codec of chunk requests and plane
+formats, transports, state messages) and ``codec.py`` (the copy-free codec of chunk requests and plane
 parts) are written by hand on top of them.
 """

@@ -1,4 +1,5 @@
-"""Wire helpers shared by the node and its client: sample formats, frame parts, state messages.
+"""The protocol's rules, shared by the node and its client: sample formats and transports, frame parts,
+state messages, shared-memory slot layouts (the bytes of the messages that carry samples: ``codec``).
 
 Nothing here allocates a frame buffer before its declared size has been
 checked against the stream's settings and the node's limits.

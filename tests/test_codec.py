@@ -1,4 +1,4 @@
-"""The copy-free codec of chunk requests and part responses (``rvm_node.v1.wire``) against protobuf's own.
+"""The copy-free codec of chunk requests and part responses (``rvm_node.v1.codec``) against protobuf's own.
 
 Whatever bytes arrive, the fast reader must read what the generated classes read, or hand the bytes to
 them; what it writes must parse back, field for field, with the generated classes.
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rvm_node.v1 import matting_pb2 as pb
-from rvm_node.v1.wire import (
+from rvm_node.v1.codec import (
     ChunkRequest,
     FramePartView,
     PartReply,
