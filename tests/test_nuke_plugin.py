@@ -454,10 +454,15 @@ def test_more_error_paths(
 ) -> None:
     make_read(plate)
     (tmp_path / "token").write_text("s3cret\n")
+    (tmp_path / "empty").write_text(" \n")
     for chosen, message in (
         (
             settings.Settings(nodes=[node_address], token_file=str(tmp_path / "missing")),
             "cannot read the token file",
+        ),
+        (
+            settings.Settings(nodes=[node_address], token_file=str(tmp_path / "empty")),
+            "the token file is empty",  # as the command line says: never a silent stream without the token
         ),
         (
             settings.Settings(nodes=[node_address], ca_file=str(tmp_path / "missing.pem")),

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
+from rvm_node.credentials import read_token
 from rvm_node.errors import InvalidInputError
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "optional_path",
     "plural",
     "ratio",
-    "read_ca",
     "stall_timeout",
     "stop_on_sigterm",
     "token",
@@ -53,27 +53,11 @@ def optional_path(text: str) -> Path | None:
     return Path(text) if text else None
 
 
-def read_ca(path: Path | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidInputError(f"{path}: cannot read the CA file ({exc.strerror})") from None
-
-
 def token(path: Path | None) -> str | None:
+    """The token in ``path``, else ``$RVM_NODE_TOKEN``, else None."""
     import os
 
-    if path is not None:
-        try:
-            token = path.read_text().strip()
-        except OSError as exc:
-            raise InvalidInputError(f"{path}: cannot read the token file ({exc.strerror})") from None
-        if not token:
-            raise InvalidInputError(f"{path}: the token file is empty")
-        return token
-    return os.environ.get("RVM_NODE_TOKEN") or None
+    return read_token(path) if path is not None else os.environ.get("RVM_NODE_TOKEN") or None
 
 
 def configure_logging(fmt: str) -> None:

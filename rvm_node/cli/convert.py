@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.cli import common, options
+from rvm_node.credentials import read_ca
 from rvm_node.errors import InvalidInputError
 
 __all__ = ["add_parser", "run"]
@@ -119,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
 
         cut = node_job_cut()
 
-        ca = common.read_ca(args.ca_file)
+        ca = read_ca(args.ca_file)
         client = NodeClient(
             args.node,
             token=common.token(args.token_file),

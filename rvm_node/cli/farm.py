@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.cli import common, options
+from rvm_node.credentials import read_ca
 from rvm_node.errors import InvalidInputError, RvmNodeError
 
 __all__ = ["add_parser", "run"]
@@ -155,7 +156,7 @@ def _farm_run(args: argparse.Namespace) -> int:
     from rvm_node.farm.openjd import progress_lines
 
     shots = _farm_shots(args, split_now=True)
-    ca = common.read_ca(args.ca_file)
+    ca = read_ca(args.ca_file)
     pool = NodePool(
         parse_nodes(args.nodes),
         token=common.token(args.token_file),

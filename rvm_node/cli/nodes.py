@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from rvm_node.cli import common, options
+from rvm_node.credentials import read_ca
 from rvm_node.errors import InvalidInputError, NodeError
 
 __all__ = ["add_parser", "run"]
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if not addresses:
         raise InvalidInputError("--nodes: expected HOST:PORT, or several comma-separated")
     token = common.token(args.token_file)
-    ca = common.read_ca(args.ca_file)
+    ca = read_ca(args.ca_file)
     failed = 0
     for address in addresses:
         try:

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nuke
@@ -35,25 +34,24 @@ def _report(text: str) -> None:
 
 
 def _token(settings: Settings) -> str | None:
-    if not settings.token_file:
-        return None
+    from rvm_node.credentials import read_token
+    from rvm_node.errors import InvalidInputError
+
     try:
-        return Path(settings.token_file).read_text().strip() or None
-    except OSError as exc:
-        raise SettingsError(
-            f"RVM: cannot read the token file {settings.token_file} ({exc.strerror})"
-        ) from None
+        return read_token(settings.token_file or None)
+    except InvalidInputError as exc:
+        raise SettingsError(f"RVM: {exc}") from None
 
 
 def _pool(settings: Settings) -> Any:
+    from rvm_node.credentials import read_ca
+    from rvm_node.errors import InvalidInputError
     from rvm_node.farm import NodePool
 
-    ca = None
-    if settings.ca_file:
-        try:
-            ca = Path(settings.ca_file).read_bytes()
-        except OSError as exc:
-            raise SettingsError(f"RVM: cannot read the CA file {settings.ca_file} ({exc.strerror})") from None
+    try:
+        ca = read_ca(settings.ca_file or None)
+    except InvalidInputError as exc:
+        raise SettingsError(f"RVM: {exc}") from None
     return NodePool(settings.nodes, token=_token(settings), root_certificates=ca)
 
 
