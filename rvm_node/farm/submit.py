@@ -25,12 +25,15 @@ from rvm_node.farm.shots import Shot
 __all__ = [
     "DEADLINE_CLOUD",
     "FORMATS",
+    "FarmTarget",
     "SubmittedJob",
     "job_name",
+    "jobs_folder",
     "new_bundle_folder",
     "run_submit_command",
     "submit_bundle",
     "submit_job",
+    "submit_scene_job",
     "write_bundle",
 ]
 
@@ -172,3 +175,68 @@ def submit_job(
     except (RvmNodeError, OSError) as exc:
         raise SubmitError(f"{_first_line(exc)}; the job bundle is in {bundle}") from None
     return SubmittedJob(job=name, bundle=bundle, said=said)
+
+
+@dataclass(frozen=True)
+class FarmTarget:
+    """Where a plugin's job goes, as its settings say: the bundle format, how it is submitted (a command
+    with ``{bundle}``, or a Cuebot for OpenCue), and the command that runs rvm-node on the workers."""
+
+    format: str = "openjd"
+    submit_command: str = DEADLINE_CLOUD
+    cuebot: str = ""
+    rvm_node: str = "rvm-node"
+
+    def submit_to(self) -> dict[str, str | None]:
+        """:func:`submit_job`'s ``command`` and ``cuebot``; an :class:`InvalidInputError` saying what to set
+        where nothing is set to submit with."""
+        if self.format not in FORMATS:
+            raise InvalidInputError(f"farm format {self.format!r}: expected openjd or opencue")
+        if self.format == "opencue":
+            if not self.cuebot.strip():
+                raise InvalidInputError("set the Cuebot address (HOST:PORT) to submit OpenCue jobs")
+            return {"command": None, "cuebot": self.cuebot.strip()}
+        if not self.submit_command.strip():
+            raise InvalidInputError(f"set the submit command, e.g. {DEADLINE_CLOUD}")
+        return {"command": self.submit_command.strip(), "cuebot": None}
+
+
+def jobs_folder(folder: str, scene: str, scene_kind: str) -> Path:
+    """Where a plugin's bundle folders go: ``folder`` (absolute), else ``<scene dir>/<scene name>_rvm_jobs``
+    beside the saved ``scene`` file (a ``scene_kind``: "Nuke script", ".blend file")."""
+    if not folder.strip():
+        if not scene:
+            raise InvalidInputError(
+                f"save the {scene_kind} first, or set a bundle folder: the job bundle is written beside it"
+            )
+        return Path(os.path.dirname(os.path.abspath(scene))) / f"{Path(scene).stem}_rvm_jobs"
+    path = os.path.expanduser(folder.strip())
+    if not os.path.isabs(path):
+        raise InvalidInputError(f"bundle folder {folder}: expected an absolute path")
+    return Path(path)
+
+
+def submit_scene_job(
+    shots: Sequence[Shot],
+    pool: PoolSettings,
+    target: FarmTarget,
+    parent: Path,
+    scene: str,
+    *,
+    before_submit: Callable[[], None] | None = None,
+    now: datetime | None = None,
+) -> SubmittedJob:
+    """What a plugin's *submit to the farm* does: the job named after the ``scene`` file and its shots,
+    planned, written under ``parent`` (:func:`jobs_folder`) and submitted to ``target``."""
+    name = job_name(Path(scene).stem if scene else "", [shot.name for shot in shots])
+    return submit_job(
+        shots,
+        pool,
+        parent,
+        name=name,
+        format=target.format,
+        rvm_node=target.rvm_node.strip() or "rvm-node",
+        before_submit=before_submit,
+        now=now,
+        **target.submit_to(),
+    )

@@ -10,7 +10,6 @@ none is set. Open Job Description bundles go to the submit command
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +20,7 @@ from .command import RunOptions, shot_entry
 from .shots import PluginError, ShotRequest
 
 if TYPE_CHECKING:
-    from rvm_node.farm.submit import SubmittedJob
+    from rvm_node.farm.submit import FarmTarget, SubmittedJob
 
 __all__ = [
     "DEADLINE_CLOUD",
@@ -50,31 +49,30 @@ class FarmOptions:
         if self.format not in FARM_FORMATS:
             raise PluginError(f"farm format {self.format!r}: expected openjd or opencue")
 
+    def target(self) -> FarmTarget:
+        from rvm_node.farm.submit import FarmTarget
+
+        return FarmTarget(self.format, self.submit_command, self.cuebot, self.rvm_node)
+
     def submit_to(self) -> dict[str, Any]:
-        """``submit_bundle``'s keywords; raises :class:`PluginError` when nothing is set to submit with."""
-        if self.format == "opencue":
-            if not self.cuebot.strip():
-                raise PluginError(
-                    "set the Cuebot address (HOST:PORT) in the preferences to submit OpenCue jobs"
-                )
-            return {"command": None, "cuebot": self.cuebot.strip()}
-        if not self.submit_command.strip():
-            raise PluginError("set the submit command in the preferences, e.g. " + DEADLINE_CLOUD)
-        return {"command": self.submit_command.strip(), "cuebot": None}
+        """``submit_job``'s keywords; raises :class:`PluginError` when nothing is set to submit with."""
+        from rvm_node.errors import InvalidInputError
+
+        try:
+            return self.target().submit_to()
+        except InvalidInputError as exc:
+            raise PluginError(f"{exc} (in the add-on's preferences)") from None
 
 
 def jobs_folder(folder: str, blend_path: str) -> Path:
     """The folder the job's bundle folder goes in: ``folder`` (absolute), else beside the .blend."""
-    if not folder.strip():
-        if not blend_path:
-            raise PluginError(
-                "save the .blend file first, or set a bundle folder: the job bundle is written beside it"
-            )
-        return Path(os.path.dirname(os.path.abspath(blend_path))) / f"{Path(blend_path).stem}_rvm_jobs"
-    path = os.path.expanduser(folder.strip())
-    if not os.path.isabs(path):
-        raise PluginError(f"bundle folder {folder}: expected an absolute path (or // with a saved .blend)")
-    return Path(path)
+    from rvm_node.errors import InvalidInputError
+    from rvm_node.farm.submit import jobs_folder as folder_for
+
+    try:
+        return folder_for(folder, blend_path, ".blend file")
+    except InvalidInputError as exc:
+        raise PluginError(f"{exc} (or // with a saved .blend)" if folder.strip() else str(exc)) from None
 
 
 def farm_shots(requests: Sequence[ShotRequest], options: RunOptions) -> list[Any]:
@@ -100,26 +98,17 @@ def submit_requests(
     """
     from rvm_node.errors import RvmNodeError
     from rvm_node.farm.bundle import PoolSettings
-    from rvm_node.farm.submit import job_name, submit_job
+    from rvm_node.farm.submit import submit_scene_job
 
-    target = farm.submit_to()
+    farm.submit_to()  # what to set, before anything else
     parent = jobs_folder(farm.folder, blend_path)
-    name = job_name(Path(blend_path).stem if blend_path else "", [r.name for r in requests])
+    pool = PoolSettings(
+        nodes=",".join(run.nodes), token_file=run.token_file or None, ca_file=run.ca_file or None
+    )
     try:
-        pool = PoolSettings(
-            nodes=",".join(run.nodes), token_file=run.token_file or None, ca_file=run.ca_file or None
-        )
-        done = submit_job(
-            farm_shots(requests, run),
-            pool,
-            parent,
-            name=name,
-            format=farm.format,
-            rvm_node=farm.rvm_node.strip() or "rvm-node",
-            before_submit=before_submit,
-            now=now,
-            **target,
+        shots = farm_shots(requests, run)
+        return submit_scene_job(
+            shots, pool, farm.target(), parent, blend_path, before_submit=before_submit, now=now
         )
     except RvmNodeError as exc:
         raise PluginError(str(exc)) from None
-    return done

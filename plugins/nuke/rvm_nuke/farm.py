@@ -27,33 +27,20 @@ class FarmError(Exception):
 
 
 def jobs_folder(settings: Settings, script: str) -> Path:
-    """Where the job's bundle folder goes: the bundle folder setting, else beside the script."""
+    """Where the job's bundle folder goes: the bundle folder setting (``[script dir]`` expanded), else
+    beside the script."""
+    from rvm_node.errors import InvalidInputError
+    from rvm_node.farm.submit import jobs_folder as folder_for
+
     folder = settings.bundle_folder.strip()
-    if not folder or "[script dir]" in folder:
-        if not script:
-            raise SettingsError(
-                "RVM: save the Nuke script first, or set a bundle folder: the job bundle is written beside it"
-            )
-        script_dir = os.path.dirname(os.path.abspath(script))
-        if not folder:
-            return Path(script_dir) / f"{Path(script).stem}_rvm_jobs"
-        folder = folder.replace("[script dir]", script_dir)
-    path = os.path.expanduser(folder)
-    if not os.path.isabs(path):
-        raise SettingsError(f"RVM settings: the bundle folder {folder} must be an absolute path")
-    return Path(path)
-
-
-def _submit_to(settings: Settings) -> dict[str, Any]:
-    if settings.farm_format == "opencue":
-        if not settings.cuebot.strip():
-            raise SettingsError("RVM settings: set the Cuebot address (HOST:PORT) to submit OpenCue jobs")
-        return {"command": None, "cuebot": settings.cuebot.strip()}
-    if not settings.submit_command.strip():
-        raise SettingsError(
-            "RVM settings: set the submit command, e.g. deadline bundle submit --yes {bundle}"
-        )
-    return {"command": settings.submit_command.strip(), "cuebot": None}
+    if "[script dir]" in folder and script:
+        folder = folder.replace("[script dir]", os.path.dirname(os.path.abspath(script)))
+    elif "[script dir]" in folder:
+        folder = ""  # no script to put it beside: the same line as with no folder set
+    try:
+        return folder_for(folder, script, "Nuke script")
+    except InvalidInputError as exc:
+        raise SettingsError(f"RVM settings: {exc}") from None
 
 
 def submit_shots(
@@ -64,32 +51,27 @@ def submit_shots(
     Raises :class:`SettingsError` or :class:`FarmError` with one line. Before the
     submit step nothing is left behind; after it the bundle stays, and the line says where.
     """
-    from rvm_node.errors import RvmNodeError
+    from rvm_node.errors import InvalidInputError, RvmNodeError
     from rvm_node.farm.bundle import PoolSettings
-    from rvm_node.farm.submit import job_name, submit_job
+    from rvm_node.farm.submit import FarmTarget, submit_scene_job
 
-    target = _submit_to(settings)
-    name = job_name(Path(script).stem if script else "", [shot.name for shot in shots])
-    parent = jobs_folder(settings, script)
+    target = FarmTarget(
+        settings.farm_format, settings.submit_command, settings.cuebot, settings.farm_rvm_node
+    )
     try:
-        pool = PoolSettings(
-            nodes=",".join(settings.nodes),
-            token_file=settings.token_file or None,  # paths on the workers
-            ca_file=settings.ca_file or None,
-        )
-        done = submit_job(
-            shots,
-            pool,
-            parent,
-            name=name,
-            format=settings.farm_format,
-            rvm_node=settings.farm_rvm_node.strip() or "rvm-node",
-            now=now,
-            **target,
-        )
+        target.submit_to()
+    except InvalidInputError as exc:
+        raise SettingsError(f"RVM settings: {exc}") from None
+    parent = jobs_folder(settings, script)
+    pool = PoolSettings(
+        nodes=",".join(settings.nodes),
+        token_file=settings.token_file or None,  # paths on the workers
+        ca_file=settings.ca_file or None,
+    )
+    try:
+        return submit_scene_job(shots, pool, target, parent, script, now=now)
     except RvmNodeError as exc:
         raise FarmError(f"RVM: {exc}") from None
-    return done
 
 
 def report_line(done: SubmittedJob) -> str:
