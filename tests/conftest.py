@@ -58,9 +58,28 @@ def standin() -> StandInBackend:
 def standin_node(standin: StandInBackend) -> Iterator[Any]:
     """A real node on 127.0.0.1 serving the stand-in model (8 streams, a 30 s idle timeout)."""
     from rvm_node.node.limits import Limits
-    from tests.test_node import NodeThread
+    from tests.node_support import NodeThread
 
     server = NodeThread(standin, limits=Limits(max_streams=8, idle_timeout=30))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def backend() -> Any:
+    """The official model in onnxruntime, as the node tests run it."""
+    from rvm_node import load_model
+
+    return load_model(backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def node(backend: Any) -> Iterator[Any]:
+    """A real node on 127.0.0.1 serving ``backend`` (8 streams, a 30 s idle timeout)."""
+    from rvm_node.node.limits import Limits
+    from tests.node_support import NodeThread
+
+    server = NodeThread(backend, limits=Limits(max_streams=8, idle_timeout=30))
     yield server
     server.stop()
 
@@ -69,7 +88,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Which Blender releases the add-on's tests ran on, and which they could not run on here."""
     import sys
 
-    module = sys.modules.get("tests.test_blender_plugin")
+    module = sys.modules.get("tests.blender_support")
     if module is None or not module.BLENDERS_RUN:
         return
     ran = ", ".join(f"{blender} ({python})" for blender, python in sorted(module.BLENDERS_RUN.items()))

@@ -141,7 +141,7 @@ def recorded_standin_submit(tmp_path: Path, exit_code: int = 0) -> tuple[str, Pa
     return command, record
 
 
-def until(predicate: Callable[[], bool], timeout: float = 30) -> bool:
+def wait_until(predicate: Callable[[], bool], timeout: float = 30) -> bool:
     """Whether ``predicate`` holds within ``timeout`` seconds (polled)."""
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -160,12 +160,7 @@ def process_gone(pid: int, timeout: float = 30) -> bool:
     """Whether process ``pid`` has exited within ``timeout`` seconds."""
     from rvm_node.processes import process_exists
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not process_exists(pid):
-            return True
-        time.sleep(0.1)
-    return False
+    return wait_until(lambda: not process_exists(pid), timeout)
 
 
 # ``rvm-node`` in this Python as an engine of onnxruntime alone sees it (the Blender extension's bundle):
@@ -223,3 +218,49 @@ def offer_ring(ring_socket: str, fds: list[int], token: str = "", data: bytes | 
                 raise AssertionError("the node closed the connection without a receipt")
             received += piece
     return parse(received, pb.RingReceipt(), "receipt")
+
+
+BOUND = 2e-4  # parity: alpha and foreground within this of the official model, max-abs
+
+
+def official_reference(path: Path, frames: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
+    """The official ONNX file in a plain onnxruntime session, as the official guide runs it."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rec = [np.zeros([1, 1, 1, 1], np.float32)] * 4
+    fgrs, phas = [], []
+    for frame in frames:
+        src = (frame.astype(np.float32) / 255)[None]
+        fgr, pha, *rec = session.run(
+            None,
+            {
+                "src": src,
+                "r1i": rec[0],
+                "r2i": rec[1],
+                "r3i": rec[2],
+                "r4i": rec[3],
+                "downsample_ratio": np.asarray([ratio], np.float32),
+            },
+        )
+        fgrs.append(fgr)
+        phas.append(pha)
+    return np.concatenate(fgrs), np.concatenate(phas)
+
+
+FORMATS = ["uint8", "uint16", "float16", "float32"]
+
+
+def edge_values() -> np.ndarray:
+    """Random values plus every rounding edge: exact halves of both integer steps, 0, 1 and beyond."""
+    rng = np.random.default_rng(0)
+    halves = np.concatenate([(np.arange(256) + 0.5) / 255, (np.arange(0, 65535, 97) + 0.5) / 65535])
+    return np.concatenate([rng.random(50_000), halves, [0.0, 1.0, -0.2, 1.3]]).astype(np.float32)
+
+
+def read_exr(path: Path) -> dict[str, np.ndarray]:
+    """An EXR file's channels by name."""
+    import OpenEXR
+
+    with OpenEXR.File(str(path), separate_channels=True) as exr:
+        return {name: ch.pixels for name, ch in exr.channels().items()}

@@ -130,3 +130,17 @@ def test_modules_and_functions_stay_small() -> None:
     assert not too_long, (
         f"modules over {MAX_MODULE_LINES} lines, functions over {MAX_FUNCTION_LINES}: {too_long}"
     )
+
+
+def test_no_test_module_imports_another() -> None:
+    """Tests stand on the support modules (``tests/helpers.py``, ``node_support.py``, ``conftest.py``...)."""
+    leaning = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tests.test_"):
+                leaning.append(f"{path.name}: from {node.module}")
+            elif isinstance(node, ast.Import):
+                leaning += [
+                    f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("tests.test_")
+                ]
+    assert not leaning

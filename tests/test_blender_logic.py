@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import recorded_standin_submit
+from tests.helpers import recorded_standin_submit, wait_until
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "blender"))
 
@@ -300,10 +300,12 @@ def test_cancel_interrupts_and_partial_lines_wait(tmp_path: Path) -> None:
     )
     run = process.MatteProcess(slow, dict(os.environ), tmp_path / "f", {"sh": 9})
     run.start()
-    deadline = time.monotonic() + 30
-    while run.done < 1 and time.monotonic() < deadline:
+
+    def started() -> bool:
         run.poll()
-        time.sleep(0.02)
+        return run.done >= 1
+
+    wait_until(started, 30)
     assert run.done == 1
     started = time.monotonic()
     run.cancel()

@@ -29,6 +29,7 @@ import tomllib
 import yaml
 
 from rvm_node.io.images import write_exr, write_image
+from tests.blender_support import BLENDER_VERSIONS, BLENDERS_RUN, NEEDS_PYTHON_313, python_313
 from tests.helpers import (
     RVM_NODE_WITHOUT_TORCH,
     alpha,
@@ -45,9 +46,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENARIOS = Path(__file__).with_name("blender_scenarios.py")
 PYTHON_ENV = "RVM_NODE_BLENDER_PYTHON"
 # The releases the tests run on: bpy wheels for Python 3.11, and for Python 3.13 (5.1 and later).
-BLENDER_VERSIONS = ("4.2", "4.5", "5.0", "5.2")
-NEEDS_PYTHON_313 = ("5.2",)
-BLENDERS_RUN: dict[str, str] = {}  # said at the end of the run (tests/conftest.py)
 
 
 def manifest_maximum() -> str:
@@ -60,14 +58,6 @@ def test_the_manifest_admits_exactly_the_tested_releases() -> None:
     manifest = tomllib.loads((ROOT / "plugins/blender/rvm_blender/blender_manifest.toml").read_text())
     assert manifest["blender_version_min"] == f"{min(BLENDER_VERSIONS)}.0"
     assert manifest["blender_version_max"] == manifest_maximum()
-
-
-def python_313() -> str | None:
-    """A Python 3.13 on this machine, found as scripts/setup-blender-venv finds it, or None."""
-    done = subprocess.run(
-        [str(ROOT / "scripts/setup-blender-venv"), "--find-python-3.13"], capture_output=True, text=True
-    )
-    return done.stdout.strip() or None
 
 
 def versions_to_run() -> tuple[str, ...]:

@@ -15,8 +15,8 @@ import pytest
 
 from rvm_node.cli import EXIT_INPUT, main
 from rvm_node.engine.backend import fastest_parity_backend
+from tests.node_support import NodeThread
 from tests.standin import StandInBackend
-from tests.test_node import NodeThread
 
 FRAMES = 6
 

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from fractions import Fraction
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from rvm_node.io.images import read_image, write_exr, write_image
 from rvm_node.io.sequence import FramePattern, parse_frame_range
 from rvm_node.io.writers import WriterSettings
 from rvm_node.node.launch import rvm_node_command
-from tests.helpers import run_rvm_node
+from tests.helpers import read_exr, run_rvm_node, wait_until
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
@@ -51,11 +50,6 @@ def plate_png(tmp_path_factory: pytest.TempPathFactory, clip_frames: np.ndarray)
     for i, frame in enumerate(clip_frames[:12]):
         write_image(root / f"plate.{1001 + i:04d}.png", frame.transpose(1, 2, 0).astype(np.uint16) * 257)
     return root / "plate.####.png"
-
-
-def read_exr(path: Path) -> dict[str, np.ndarray]:
-    with OpenEXR.File(str(path), separate_channels=True) as exr:
-        return {name: ch.pixels for name, ch in exr.channels().items()}
 
 
 def rvm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -400,9 +394,7 @@ def test_resume_after_sigkill(tmp_path: Path, clip: Path, backend) -> None:
         "--quiet",
     ]
     process = subprocess.Popen(rvm_node_command(*args), env=os.environ.copy())
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(tmp_path.glob("m.*.exr"))) < 40:
-        time.sleep(0.05)
+    wait_until(lambda: len(list(tmp_path.glob("m.*.exr"))) >= 40, 300)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed = sorted(tmp_path.glob("m.*.exr"))
@@ -691,9 +683,7 @@ def test_interrupt_exits_130_and_keeps_complete_frames(tmp_path: Path, clip: Pat
         stderr=subprocess.PIPE,
         text=True,
     )
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(tmp_path.glob("m.*.exr"))) < 5:
-        time.sleep(0.05)
+    wait_until(lambda: len(list(tmp_path.glob("m.*.exr"))) >= 5, 300)
     process.send_signal(stop)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err

@@ -21,8 +21,7 @@ from rvm_node import (
 )
 from rvm_node.engine.export import export_onnx, export_torchscript
 from rvm_node.engine.torch_backend import cpu_has_bf16
-from tests.helpers import per_frame_max, run_frames
-from tests.test_parity import BOUND, official_reference
+from tests.helpers import BOUND, official_reference, per_frame_max, run_frames
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 

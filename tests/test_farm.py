@@ -22,7 +22,7 @@ from rvm_node.farm import NodePool, load_shot_list, parse_nodes, run_shots
 from rvm_node.io.images import read_image
 from rvm_node.io.sequence import parse_frame_range
 from rvm_node.node.launch import rvm_node_command
-from tests.helpers import spawn_node
+from tests.helpers import spawn_node, wait_until
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
@@ -186,9 +186,7 @@ def test_farm_client_killed_and_rerun_redoes_nothing(
     progress = tmp_path / "progress.jsonl"
     with progress.open("w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.DEVNULL, env=os.environ.copy())
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((tmp_path / "out").glob("*/m.*.png"))) < 40:
-        time.sleep(0.05)
+    wait_until(lambda: len(list((tmp_path / "out").glob("*/m.*.png"))) >= 40, 120)
     process.send_signal(signal.SIGKILL)
     process.wait()
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*/m.*.png")}

@@ -9,7 +9,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from rvm_node.errors import SubmitError
 from rvm_node.farm.openjd import progress_lines
 from rvm_node.farm.submit import run_submit_command
 from rvm_node.io.images import read_image
-from tests.helpers import recorded_standin_submit, run_rvm_node, spawn_node
+from tests.helpers import recorded_standin_submit, run_rvm_node, spawn_node, wait_until
 
 BIN = Path(sys.executable).parent
 OPENJD = str(BIN / "openjd")
@@ -368,9 +367,7 @@ def test_a_killed_task_resumes_with_identical_frames(two_nodes: str, clip: Path,
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     out = tmp_path / "out" / "long"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and len(list(out.glob("m.*.png"))) < 25:
-        time.sleep(0.05)
+    wait_until(lambda: len(list(out.glob("m.*.png"))) >= 25, 240)
     os.killpg(process.pid, signal.SIGKILL)  # the agent and the task's rvm-node with it
     process.wait()
     kept = {p.name: p.stat().st_mtime_ns for p in out.glob("m.*.png")}

@@ -31,8 +31,8 @@ from rvm_node.farm import NodePool, load_shot_list, run_shots
 from rvm_node.io.images import read_image
 from rvm_node.io.sequence import FrameRange
 from rvm_node.node.limits import Limits
+from tests.node_support import NodeThread
 from tests.standin import StandInBackend, expected_alpha
-from tests.test_node import NodeThread
 
 
 @pytest.fixture(scope="module")

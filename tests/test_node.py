@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
@@ -10,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +17,6 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from rvm_node import load_model
 from rvm_node.client import NodeClient
 from rvm_node.errors import (
     InvalidInputError,
@@ -31,69 +28,14 @@ from rvm_node.errors import (
 )
 from rvm_node.node.launch import rvm_node_command
 from rvm_node.node.limits import Limits
-from rvm_node.node.server import NodeServer, TlsFiles, start_node
+from rvm_node.node.server import TlsFiles
 from rvm_node.v1 import matting_pb2 as pb
-from rvm_node.v1 import matting_pb2_grpc as pb_grpc
-from tests.helpers import error_info, spawn_node
+from tests.helpers import error_info, spawn_node, wait_until
+from tests.node_support import RATIO, NodeThread, chunk_request, frames_of, open_request, raw_stream
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
-RATIO = 0.5
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class NodeThread:
-    """An in-process node running its own asyncio loop on a thread."""
-
-    def __init__(self, backend: Any, **kwargs: Any) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.node: NodeServer = asyncio.run_coroutine_threadsafe(
-            start_node(backend, **kwargs), self.loop
-        ).result(60)
-        self.address = f"127.0.0.1:{self.node.port}"
-
-    @property
-    def active(self) -> int:
-        return self.node.servicer.active_streams
-
-    def wait_idle(self, timeout: float = 20) -> int:
-        deadline = time.monotonic() + timeout
-        while self.active and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return self.active
-
-    def kill(self) -> None:
-        """Stop serving at once, as a crashed node would: streams are cut, not drained."""
-        asyncio.run_coroutine_threadsafe(self.node.server.stop(0), self.loop).result(30)
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.node.drain(1), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(10)
-
-
-@pytest.fixture(scope="module")
-def backend():
-    return load_model(backend="onnxruntime")
-
-
-@pytest.fixture(scope="module")
-def node(backend) -> Iterator[NodeThread]:
-    server = NodeThread(backend, limits=Limits(max_streams=8, idle_timeout=30))
-    yield server
-    server.stop()
-
-
-def frames_of(
-    clip_frames: np.ndarray, count: int, size: tuple[int, int] | None = None
-) -> list[tuple[int, np.ndarray]]:
-    frames = clip_frames[:count].transpose(0, 2, 3, 1)
-    if size is not None:
-        width, height = size
-        frames = np.ascontiguousarray(frames[:, :height, :width])
-    return [(1001 + i, f) for i, f in enumerate(frames)]
 
 
 def local_alpha(backend: Any, frames: list[tuple[int, np.ndarray]], ratio: float = RATIO) -> np.ndarray:
@@ -215,34 +157,6 @@ def test_reset_at_a_cut_starts_fresh(node: NodeThread, backend, clip_frames: np.
         stream.reset()
         after_cut = np.stack([r.alpha for r in stream.process(frames[4:])])
     assert float(np.abs(after_cut - local_alpha(backend, frames[4:])).max()) <= 1e-5
-
-
-def raw_stream(address: str, requests: list[pb.MatteRequest], metadata: tuple = ()) -> list[pb.MatteResponse]:
-    with grpc.insecure_channel(address) as channel:
-        return list(pb_grpc.MattingServiceStub(channel).Matte(iter(requests), metadata=metadata, timeout=30))
-
-
-def open_request(width: int = 64, height: int = 48, **overrides: Any) -> pb.MatteRequest:
-    settings = pb.StreamSettings(
-        width=width,
-        height=height,
-        input_format=pb.SAMPLE_FORMAT_UINT8,
-        output_format=pb.SAMPLE_FORMAT_FLOAT32,
-        downsample_ratio=RATIO,
-    )
-    for key, value in overrides.items():
-        if isinstance(value, list):  # a repeated field
-            getattr(settings, key).extend(value)
-        else:
-            setattr(settings, key, value)
-    return pb.MatteRequest(open=pb.OpenStream(settings=settings))
-
-
-def chunk_request(number: int, data: bytes, total: int | None = None, offset: int = 0) -> pb.MatteRequest:
-    part = pb.FramePart(
-        number=number, offset=offset, total_bytes=len(data) if total is None else total, data=data
-    )
-    return pb.MatteRequest(chunk=pb.FrameChunk(parts=[part]))
 
 
 def test_empty_stream(node: NodeThread) -> None:
@@ -703,9 +617,7 @@ def test_matte_killed_then_resumed_equals_an_uninterrupted_run(node: NodeThread,
         ),
         env=os.environ.copy(),
     )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(run.glob("m.*.png"))) < 40:
-        time.sleep(0.02)
+    wait_until(lambda: len(list(run.glob("m.*.png"))) >= 40, 120)
     process.kill()
     process.wait()
     written = len(list(run.glob("m.*.png")))

@@ -28,8 +28,8 @@ from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from rvm_node.v1.protocol import state_to_message
 from tests.helpers import error_info
+from tests.node_support import NodeThread, frames_of, open_request, raw_stream
 from tests.standin import standin_as_backend, standin_node_as_node
-from tests.test_node import NodeThread, frames_of, open_request, raw_stream
 
 __all__ = ["standin_as_backend", "standin_node_as_node"]  # the fixtures `backend` and `node`: the stand-in
 

@@ -22,8 +22,8 @@ from rvm_node.node.limits import Limits
 from rvm_node.node.status import REASON_CODES
 from rvm_node.v1 import matting_pb2 as pb
 from tests.helpers import error_info
+from tests.node_support import NodeThread, frames_of
 from tests.standin import StandInBackend
-from tests.test_node import NodeThread, frames_of
 
 EXAMPLES = 300
 _ITEM = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4}  # bytes per sample of each SampleFormat value (0 and 5+: refused)

@@ -15,11 +15,10 @@ from rvm_node.convert.pipeline import output_spec
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.io.sequence import FramePattern, FrameRange
 from rvm_node.io.writers import SequenceWriter, VideoWriter, WriterSettings
-from tests.test_node import NodeThread, backend, node
+from tests.node_support import NodeThread
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
-__all__ = ["backend", "node"]  # the module-scoped model and node fixtures, shared with test_node
 
 FRAMES = FrameRange(1, 6)
 # (outputs, writer settings, the sample format the stream must ask for, whether it needs the foreground)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 
 import grpc
@@ -15,8 +14,9 @@ from rvm_node.client import NodeClient
 from rvm_node.node.limits import Limits
 from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
+from tests.helpers import wait_until
+from tests.node_support import RATIO, NodeThread, chunk_request, open_request, raw_stream
 from tests.standin import StandInBackend
-from tests.test_node import RATIO, NodeThread, chunk_request, open_request, raw_stream
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_info_and_health_answer_while_streams_run(backend, clip_frames: np.ndarr
     for worker in workers:
         worker.start()
     try:
-        time.sleep(0.5)
+        assert wait_until(lambda: node.active == 2, 60)  # both streams are running
         with grpc.insecure_channel(node.address) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             info = pb_grpc.MattingServiceStub(channel)

@@ -29,9 +29,9 @@ from rvm_node.v1 import matting_pb2 as pb
 from rvm_node.v1 import matting_pb2_grpc as pb_grpc
 from rvm_node.v1.handover import frame, message_length, parse
 from rvm_node.v1.protocol import DTYPES, SlotLayout
-from tests.helpers import error_info, offer_ring
+from tests.helpers import error_info, offer_ring, wait_until
+from tests.node_support import NodeThread, frames_of, open_request, raw_stream
 from tests.standin import StandInBackend
-from tests.test_node import NodeThread, frames_of, open_request, raw_stream
 
 W, H = 64, 48
 LAYOUT = SlotLayout.of(
@@ -359,13 +359,8 @@ def test_a_ring_serves_one_stream_at_a_time_and_its_handle_goes_with_its_connect
         os.close(fd)
     message = ring.message()
     ring.close()  # the connection closes: the handle is withdrawn
-    deadline = time.monotonic() + 10
-    while (
-        node.node.servicer.rings is not None
-        and node.node.servicer.rings.rings
-        and time.monotonic() < deadline
-    ):
-        time.sleep(0.02)
+    rings = node.node.servicer.rings
+    wait_until(lambda: rings is None or not rings.rings, 10)
     _, reason, _, details = _refusal(endpoint.address, [_open(message)])
     assert reason == "RING_INVALID" and "no ring was handed over" in details
 

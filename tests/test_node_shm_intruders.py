@@ -19,8 +19,8 @@ import pytest
 from rvm_node.client import NodeClient
 from rvm_node.client.stream import MatteStream
 from rvm_node.node.limits import Limits
+from tests.node_support import NodeThread
 from tests.standin import StandInBackend
-from tests.test_node import NodeThread
 
 INTRUDER = Path(__file__).resolve().parent / "intruder.py"
 USER = "rvm-node-intruder"

@@ -16,7 +16,7 @@ import pytest
 
 from rvm_node.client import NodeClient
 from rvm_node.client.private_node import private_node, stop_private_node
-from tests.helpers import RVM_NODE_STANDIN, listing, until
+from tests.helpers import RVM_NODE_STANDIN, listing, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -83,8 +83,8 @@ def test_clients_killed_at_random_points_leave_nothing_behind(tmp_path: Path) ->
                     list(stream.process(frames))
                     stream.close()
         with NodeClient(node.address, token=node.token) as client:
-            assert until(lambda: client.info().active_streams == 0, 30)
-            assert until(lambda: _rings_held(node.pid) == 0, 30)  # every killed client's ring let go
+            assert wait_until(lambda: client.info().active_streams == 0, 30)
+            assert wait_until(lambda: _rings_held(node.pid) == 0, 30)  # every killed client's ring let go
             assert _shm_listing() == shm_before
             assert listing(folder) == folder_before
             with client.open_stream(width=64, height=48, transport="shm") as stream:  # the node serves on

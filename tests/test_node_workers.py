@@ -34,6 +34,7 @@ from rvm_node.engine.samples import to_samples
 from rvm_node.errors import NodeBusyError, NodeUnavailableError, RvmNodeError
 from rvm_node.node.launch import spawn_node, spawn_server, stop_process
 from rvm_node.node.workers import restart_delay
+from tests.helpers import wait_until
 
 W, H = 64, 48
 STANDIN = [sys.executable, "-m", "rvm_node.bench.standins", "--standin", "constant", "--port", "0"]
@@ -139,14 +140,15 @@ def test_serve_with_two_workers_gives_the_mattes_of_one(clip_frames: np.ndarray)
 
 def _wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
     """Poll ``predicate`` until it returns something true; fail naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.05)
+    value: list[Any] = [None]
+
+    def ready() -> bool:
+        value[0] = predicate()
+        return bool(value[0])
+
+    if not wait_until(ready, timeout):
+        raise AssertionError(f"not within {timeout:.0f} s: {what}")
+    return value[0]
 
 
 def _serving(log: Path) -> dict[int, list[int]]:

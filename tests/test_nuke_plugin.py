@@ -22,7 +22,7 @@ from rvm_node.convert import convert_video  # noqa: E402
 from rvm_node.engine.backend import fastest_parity_backend  # noqa: E402
 from rvm_node.io.images import read_image, write_image  # noqa: E402
 from rvm_node.io.sequence import parse_frame_range  # noqa: E402
-from tests.helpers import no_package_index, spawn_node  # noqa: E402
+from tests.helpers import no_package_index, spawn_node, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
@@ -192,11 +192,8 @@ def test_worker_thread_changes_the_graph_through_the_main_thread(
     make_read(plate)
     job.matte_selected(settings.Settings(nodes=[node_address], ratio=0.5), blocking=False)
     import threading
-    import time
 
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not nuke.allNodes("Premult"):
-        time.sleep(0.05)
+    wait_until(lambda: bool(nuke.allNodes("Premult")), 120)
     assert nuke._main_thread_calls == ["_apply"]
     for thread in threading.enumerate():
         if thread.name == "rvm-nuke":

@@ -24,7 +24,7 @@ from rvm_node.errors import (
     ResolutionChangedError,
     UnsupportedPrecisionError,
 )
-from tests.test_node import NodeThread, frames_of
+from tests.node_support import NodeThread, frames_of
 
 pytestmark = pytest.mark.slow  # the real model
 

@@ -14,7 +14,7 @@ from rvm_node.engine.onnx_samples import _input_nodes, _output_nodes
 from rvm_node.engine.ort_backend import OrtOptions
 from rvm_node.engine.samples import OutputSpec, to_samples, to_unit_float
 from rvm_node.errors import InvalidInputError
-from tests.test_samples import FORMATS, edge_values
+from tests.helpers import FORMATS, edge_values
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 

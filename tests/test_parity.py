@@ -10,39 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 from rvm_node.engine.loader import load_model
-from tests.helpers import per_frame_max, run_frames
+from tests.helpers import BOUND, official_reference, per_frame_max, run_frames
 
 pytestmark = pytest.mark.slow  # the real model, real servers or real Blender
 
-BOUND = 2e-4
 RATIOS = (0.4, 0.75)
-
-
-def official_reference(path: Path, frames: np.ndarray, ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """The official ONNX file in a plain onnxruntime session, as the official guide runs it."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    rec = [np.zeros([1, 1, 1, 1], np.float32)] * 4
-    fgrs, phas = [], []
-    for frame in frames:
-        src = (frame.astype(np.float32) / 255)[None]
-        fgr, pha, *rec = session.run(
-            None,
-            {
-                "src": src,
-                "r1i": rec[0],
-                "r2i": rec[1],
-                "r3i": rec[2],
-                "r4i": rec[3],
-                "downsample_ratio": np.asarray([ratio], np.float32),
-            },
-        )
-        fgrs.append(fgr)
-        phas.append(pha)
-    return np.concatenate(fgrs), np.concatenate(phas)
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from rvm_node.engine.loader import imported_official_weights, load_model
 from rvm_node.engine.samples import OutputSpec
 from rvm_node.errors import BackendError
 from rvm_node.io.resize import resize_image
-from tests.test_parity import official_reference
+from tests.helpers import official_reference
 
 pytestmark = pytest.mark.slow
 

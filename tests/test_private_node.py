@@ -17,7 +17,7 @@ import pytest
 from rvm_node.client import NodeClient, matte_shot
 from rvm_node.client.private_node import private_node, stop_private_node
 from rvm_node.errors import InvalidInputError, NodeAuthError, NodeUnavailableError
-from tests.helpers import RVM_NODE_WITHOUT_TORCH, listing, no_package_index, process_gone, until
+from tests.helpers import RVM_NODE_WITHOUT_TORCH, listing, no_package_index, process_gone, wait_until
 
 
 def test_a_folder_open_to_others_is_refused(tmp_path: Path) -> None:
@@ -155,7 +155,7 @@ def test_it_stops_when_its_owner_exits_or_when_idle(tmp_path: Path) -> None:
     assert process_gone(node.pid)  # the application quit (or crashed): its node stopped
     idle = private_node(folder=tmp_path / "b", idle_exit=1.0)
     assert process_gone(idle.pid)  # no stream for a second
-    assert until(lambda: listing(tmp_path / "a") == listing(tmp_path / "b") == [])  # and left nothing
+    assert wait_until(lambda: listing(tmp_path / "a") == listing(tmp_path / "b") == [])  # and left nothing
     assert not stop_private_node(folder=tmp_path / "b")  # nothing left to stop
 
 

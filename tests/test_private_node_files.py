@@ -23,7 +23,7 @@ from rvm_node.client import NodeClient
 from rvm_node.client.private_node import PrivateNode, private_node, running_private_node, stop_private_node
 from rvm_node.errors import NodeUnavailableError
 from rvm_node.fsutil import TEMPORARY_MARK
-from tests.helpers import RVM_NODE_STANDIN, listing, process_gone, until
+from tests.helpers import RVM_NODE_STANDIN, listing, process_gone, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -115,7 +115,7 @@ def test_a_node_whose_owner_is_killed_exits_and_leaves_the_folder_as_it_was(fold
         owner.kill()  # SIGKILL: the application had no say
         owner.wait()
     assert process_gone(pid)
-    assert until(lambda: listing(folder) == before)
+    assert wait_until(lambda: listing(folder) == before)
 
 
 def test_a_killed_nodes_files_stay_until_the_next_start_sweeps_them_never_a_running_nodes(
@@ -168,7 +168,7 @@ def test_a_killed_nodes_files_stay_until_the_next_start_sweeps_them_never_a_runn
             if not process_gone(node.pid):
                 os.kill(node.pid, signal.SIGKILL)
     assert process_gone(frozen.pid)
-    assert until(lambda: listing(folder) == before)
+    assert wait_until(lambda: listing(folder) == before)
 
 
 def test_a_node_exiting_as_its_owner_starts_the_next_leaves_the_next_ones_files(folder: Path) -> None:
@@ -182,7 +182,7 @@ def test_a_node_exiting_as_its_owner_starts_the_next_leaves_the_next_ones_files(
     try:
         assert new.pid != old.pid and new.token_file.parent != old.token_file.parent
         os.kill(old.pid, signal.SIGCONT)  # idle: it goes on out, removing its folder
-        assert process_gone(old.pid) and until(_absent(old.token_file.parent))
+        assert process_gone(old.pid) and wait_until(_absent(old.token_file.parent))
         assert {p.name for p in new.token_file.parent.iterdir()} == {
             "alive",
             "sock",
@@ -203,7 +203,7 @@ def test_a_node_exiting_as_its_owner_starts_the_next_leaves_the_next_ones_files(
             new = private_node(RVM_NODE_STANDIN, folder=folder)
         try:
             assert new.pid != old.pid and process_gone(old.pid)
-            assert until(_absent(old.token_file.parent))
+            assert wait_until(_absent(old.token_file.parent))
             assert running_private_node(folder=folder) == new and _serves(new)
         finally:
             stop_private_node(folder=folder)
@@ -228,7 +228,7 @@ def test_owners_killed_as_they_start_their_node_leave_nothing_after_the_next_sta
         owner.wait()
     node = private_node(RVM_NODE_STANDIN, folder=folder)
     assert stop_private_node(folder=folder) and process_gone(node.pid)
-    assert until(lambda: listing(folder) == before)
+    assert wait_until(lambda: listing(folder) == before)
 
 
 def test_a_start_that_fails_says_why_in_one_line_and_leaves_the_folder_as_it_was(folder: Path) -> None:

@@ -15,8 +15,8 @@ import pytest
 from rvm_node.client import NodeClient
 from rvm_node.node.status import REASON_CODES
 from rvm_node.v1 import matting_pb2 as pb
+from tests.node_support import NodeThread, frames_of
 from tests.standin import StandInBackend
-from tests.test_node import NodeThread, frames_of
 
 
 @pytest.fixture(scope="module")

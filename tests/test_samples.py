@@ -10,15 +10,7 @@ from rvm_node import load_model
 from rvm_node.engine.samples import OutputSpec, finest_format, to_samples, to_unit_float
 from rvm_node.engine.torch_backend import from_samples_tensor, to_samples_tensor
 from rvm_node.errors import InvalidInputError
-
-FORMATS = ["uint8", "uint16", "float16", "float32"]
-
-
-def edge_values() -> np.ndarray:
-    """Random values plus every rounding edge: exact halves of both integer steps, 0, 1 and beyond."""
-    rng = np.random.default_rng(0)
-    halves = np.concatenate([(np.arange(256) + 0.5) / 255, (np.arange(0, 65535, 97) + 0.5) / 65535])
-    return np.concatenate([rng.random(50_000), halves, [0.0, 1.0, -0.2, 1.3]]).astype(np.float32)
+from tests.helpers import FORMATS, edge_values
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

@@ -25,8 +25,8 @@ from rvm_node.errors import InvalidInputError
 from rvm_node.io.images import read_image
 from rvm_node.io.sources import open_source
 from tests.helpers import run_frames, run_rvm_node
+from tests.node_support import NodeThread
 from tests.standin import StandInBackend, expected_alpha
-from tests.test_node import NodeThread
 
 # Frame times of a phone clip, in ms: bursts and stalls around ~24 fps.
 VFR_MS = (0, 41, 83, 100, 167, 175, 250, 292, 333, 417, 425, 500)
@@ -494,7 +494,7 @@ def test_rotated_clip_mattes_equal_the_engine_on_frames_turned_by_numpy(
 ) -> None:
     """The real model: a clip with a display rotation gives the mattes of its frames turned upright
     by numpy, to the bit of the EXR's half floats; with --no-autorotate, those of the stored frames."""
-    from tests.test_convert import read_exr
+    from tests.helpers import read_exr
 
     backend = real_backend
     clip = write_clip(tmp_path / "phone.mp4", phone_frames, rotation=(turn or 90, False, False))
