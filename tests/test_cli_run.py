@@ -216,16 +216,18 @@ def test_without_torch_the_torch_paths_say_so_in_one_line(plate: Path, tmp_path:
 
 @pytest.mark.slow
 def test_bench_engine_prints_every_row_against_the_reference(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "engine", "--sizes", "96x64@0.5", "--frames", "1", "--rounds", "1", "--warmup", "1"]
+    sizes = "96x64@0.5,64x48@0.5"  # two sizes: every row has a cell at each
+    argv = ["bench", "engine", "--sizes", sizes, "--frames", "1", "--rounds", "1", "--warmup", "1"]
     assert main([*argv, "--only", "the official file", "--markdown"]) == 0
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith("| ") and "x) |" in line]
+    assert all(row.count("x) |") == 2 for row in rows)
     names = [row.split(" | ")[0][2:] for row in rows]
     auto = "OpenVINO fp32" if fastest_parity_backend("cpu") == "openvino" else "onnxruntime"
     assert names[0] == "official ONNX, onnxruntime (reference)" and rows[0].endswith("(1.00x) |")
     assert f"{auto}, the official file (what --backend auto runs here): alpha, uint16" in names
     assert any(
-        n.endswith("the network alone at 48x32, ratio 1 (the ceiling of any full-resolution stage)")
+        n.endswith("the network alone at the small size, ratio 1 (the ceiling of any full-resolution stage)")
         for n in names
     )
     assert any("numpy full-resolution stage" in n for n in names)  # numba is installed here: both are timed
