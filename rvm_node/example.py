@@ -59,7 +59,7 @@ def read_video_frames(path: Path, limit: int | None = None) -> tuple[np.ndarray,
 
 def run_example(args: argparse.Namespace) -> int:
     from rvm_node.client.shots import NodeJobCut
-    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert import ConvertJob, ShotSpec, run_job
     from rvm_node.engine.loader import load_model, shared_cpu_options
 
     out: Path = args.output_dir
@@ -75,12 +75,14 @@ def run_example(args: argparse.Namespace) -> int:
         cut = NodeJobCut(seq_chunk=1, num_workers=0)
     job = ConvertJob(
         backend=backend,
-        input_source=str(example_clip()),
-        outputs={
-            "alpha": str(out / "alpha" / "carphone_matte.####.exr"),
-            "composition": str(out / "composite.mp4"),
-        },
-        downsample_ratio=args.downsample_ratio,
+        shot=ShotSpec(
+            input_source=str(example_clip()),
+            outputs={
+                "alpha": str(out / "alpha" / "carphone_matte.####.exr"),
+                "composition": str(out / "composite.mp4"),
+            },
+            downsample_ratio=args.downsample_ratio,
+        ),
         overwrite=args.overwrite,
         progress="bar",
         seq_chunk=cut.seq_chunk,

@@ -781,17 +781,19 @@ def test_existing_video_output_is_not_overwritten(backend, clip: Path, tmp_path:
 def test_cancel_stops_after_a_chunk_and_resume_finishes(backend, clip: Path, tmp_path: Path) -> None:
     import threading
 
-    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert import ConvertJob, ShotSpec, run_job
     from rvm_node.errors import JobCancelledError
 
     cancel = threading.Event()
     out = tmp_path / "m.####.png"
     job = ConvertJob(
         backend=backend,
-        input_source=str(clip),
-        outputs={"alpha": str(out)},
-        downsample_ratio=RATIO,
-        frames=parse_frame_range("1-40"),
+        shot=ShotSpec(
+            input_source=str(clip),
+            outputs={"alpha": str(out)},
+            downsample_ratio=RATIO,
+            frames=parse_frame_range("1-40"),
+        ),
         progress="off",
         cancel=cancel,
         on_frame=lambda n: cancel.set() if n == 10 else None,

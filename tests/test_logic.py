@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from rvm_node.client import NodeClient, RemoteBackend, matte_shot
-from rvm_node.convert import ConvertJob, convert_video, run_job
+from rvm_node.convert import ConvertJob, ShotSpec, convert_video, run_job
 from rvm_node.engine.samples import to_samples
 from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.farm import NodePool, load_shot_list, run_shots
@@ -91,10 +91,12 @@ def test_a_cancelled_convert_resumed_from_its_checkpoint_equals_one_run(
     convert_video(standin, clip, output_alpha=tmp_path / "one" / "m.####.png", **options)
     _cancelled_at(
         17,
+        shot=ShotSpec(
+            input_source=str(clip),
+            outputs={"alpha": str(tmp_path / "two" / "m.####.png")},
+            frames=FrameRange(1, 30),
+        ),
         backend=standin,
-        input_source=str(clip),
-        outputs={"alpha": str(tmp_path / "two" / "m.####.png")},
-        frames=FrameRange(1, 30),
         seq_chunk=4,
         state_every=5,
     )
@@ -117,10 +119,12 @@ def test_frames_and_checkpoints_get_the_mode_the_umask_gives(
         convert_video(standin, clip, frames=FrameRange(1, 6), seq_chunk=2, progress=False, **outputs)
         _cancelled_at(  # stopped mid-shot, so its checkpoint stays
             6,
+            shot=ShotSpec(
+                input_source=str(clip),
+                outputs={"alpha": str(tmp_path / "p.####.png")},
+                frames=FrameRange(1, 12),
+            ),
             backend=standin,
-            input_source=str(clip),
-            outputs={"alpha": str(tmp_path / "p.####.png")},
-            frames=FrameRange(1, 12),
             seq_chunk=2,
             state_every=2,
         )
@@ -424,10 +428,12 @@ def test_two_runs_on_one_output_one_refuses_naming_the_other(
         started.wait()
         job = ConvertJob(
             backend=standin,
-            input_source=str(clip),
-            outputs={"alpha": str(target)},
-            frames=FrameRange(1, 40),
-            downsample_ratio=ratio,
+            shot=ShotSpec(
+                input_source=str(clip),
+                outputs={"alpha": str(target)},
+                frames=FrameRange(1, 40),
+                downsample_ratio=ratio,
+            ),
             progress="off",
             on_frame=hold,
         )
@@ -510,15 +516,21 @@ def test_group_writable_outputs_for_studios_that_share_them(
     try:
         job = _cancelled_at(
             6,
+            shot=ShotSpec(
+                input_source=str(clip),
+                outputs={"alpha": str(tmp_path / "new" / "deep" / "m.####.exr")},
+                frames=FrameRange(1, 12),
+                settings=WriterSettings(group_writable=True),
+            ),
             backend=standin,
-            input_source=str(clip),
-            outputs={"alpha": str(tmp_path / "new" / "deep" / "m.####.exr")},
-            frames=FrameRange(1, 12),
             seq_chunk=2,
             state_every=2,
-            settings=WriterSettings(group_writable=True),
         )
-        run_job(dataclasses.replace(job, outputs={"foreground": str(tmp_path / "g.mp4")}))
+        run_job(
+            dataclasses.replace(
+                job, shot=dataclasses.replace(job.shot, outputs={"foreground": str(tmp_path / "g.mp4")})
+            )
+        )
     finally:
         os.umask(previous)
     frames = tmp_path / "new" / "deep"

@@ -317,7 +317,7 @@ def test_a_resume_takes_the_saved_state_only_for_the_same_orientation(
     import dataclasses
     import threading
 
-    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert import ConvertJob, ShotSpec, run_job
     from rvm_node.errors import JobCancelledError
 
     frames = [f.transpose(1, 2, 0)[:, :144] for f in clip_frames]
@@ -325,15 +325,18 @@ def test_a_resume_takes_the_saved_state_only_for_the_same_orientation(
     cancel = threading.Event()
     job = ConvertJob(
         backend=standin,
-        input_source=str(clip),
-        outputs={"alpha": str(tmp_path / "m.####.png")},
+        shot=ShotSpec(
+            input_source=str(clip),
+            outputs={"alpha": str(tmp_path / "m.####.png")},
+        ),
         state_every=2,
         progress="off",
     )
     stop_at_4 = dataclasses.replace(job, cancel=cancel, on_frame=lambda n: cancel.set() if n == 4 else None)
     with pytest.raises(JobCancelledError):
         run_job(stop_at_4)
-    report = run_job(dataclasses.replace(job, resume=True, no_autorotate=not turned_again))
+    again = dataclasses.replace(job.shot, no_autorotate=not turned_again)
+    report = run_job(dataclasses.replace(job, resume=True, shot=again))
     assert report.frames_written > 0 and report.resumed_from_checkpoint is turned_again
 
 
@@ -421,15 +424,17 @@ def test_a_variable_rate_clip_cut_to_a_range_keeps_the_times_of_its_frames(
 def test_frame_rate_given_makes_a_variable_rate_clip_constant(
     tmp_path: Path, clip_frames: np.ndarray, standin: StandInBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert import ConvertJob, ShotSpec, run_job
 
     frames = [f.transpose(1, 2, 0) for f in clip_frames[: len(VFR_MS)]]
     clip = write_clip(tmp_path / "phone.mp4", frames, times_ms=VFR_MS)
     job = ConvertJob(
         backend=standin,
-        input_source=str(clip),
-        outputs={"composition": str(tmp_path / "comp.mp4")},
-        frame_rate=Fraction(25),
+        shot=ShotSpec(
+            input_source=str(clip),
+            outputs={"composition": str(tmp_path / "comp.mp4")},
+            frame_rate=Fraction(25),
+        ),
         progress="off",
     )
     with caplog.at_level(logging.WARNING):

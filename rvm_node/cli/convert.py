@@ -89,7 +89,7 @@ def _frame_rate(text: str | None) -> Fraction | None:
 
 def run(args: argparse.Namespace) -> int:
     from rvm_node.client.shots import NodeJobCut, node_job_cut
-    from rvm_node.convert import RESUME_WARMUP, ConvertJob, run_job
+    from rvm_node.convert import RESUME_WARMUP, ConvertJob, ShotSpec, run_job
     from rvm_node.io.sequence import parse_frame_range
     from rvm_node.io.writers import WriterSettings
 
@@ -140,24 +140,26 @@ def run(args: argparse.Namespace) -> int:
         backend = common.load_local(args, shared_cpu_options(args.backend))
     job = ConvertJob(
         backend=backend,
-        input_source=args.input_source,
-        outputs=outputs,  # type: ignore[arg-type]
-        output_type=args.output_type,
-        downsample_ratio=args.downsample_ratio,
-        input_resize=tuple(args.input_resize) if args.input_resize else None,
+        shot=ShotSpec(
+            input_source=args.input_source,
+            outputs=outputs,  # type: ignore[arg-type]
+            output_type=args.output_type,
+            downsample_ratio=args.downsample_ratio,
+            input_resize=tuple(args.input_resize) if args.input_resize else None,
+            frames=parse_frame_range(args.frames) if args.frames else None,
+            start_frame=args.start_frame,
+            input_colorspace=args.input_colorspace,
+            allow_gaps=args.allow_gaps,
+            no_autorotate=args.no_autorotate,
+            background=args.background,
+            settings=settings,
+            frame_rate=rate,
+        ),
         seq_chunk=args.seq_chunk if args.seq_chunk is not None else cut.seq_chunk,
         num_workers=args.num_workers if args.num_workers is not None else cut.num_workers,
-        frames=parse_frame_range(args.frames) if args.frames else None,
-        start_frame=args.start_frame,
-        input_colorspace=args.input_colorspace,
-        allow_gaps=args.allow_gaps,
-        no_autorotate=args.no_autorotate,
-        background=args.background,
-        settings=settings,
         resume=args.resume,
         overwrite=args.overwrite,
         resume_warmup=RESUME_WARMUP if args.resume_warmup is None else args.resume_warmup,
-        frame_rate=rate,
         progress="json" if args.progress_json else ("off" if args.quiet or args.disable_progress else "bar"),
     )
     report = run_job(job)

@@ -2,5 +2,6 @@
 
 from rvm_node.convert.api import convert_video
 from rvm_node.convert.pipeline import RESUME_WARMUP, ConvertJob, ConvertReport, run_job
+from rvm_node.convert.shot import ShotSpec
 
-__all__ = ["RESUME_WARMUP", "ConvertJob", "ConvertReport", "convert_video", "run_job"]
+__all__ = ["RESUME_WARMUP", "ConvertJob", "ConvertReport", "ShotSpec", "convert_video", "run_job"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rvm_node.convert.pipeline import ConvertJob, ConvertReport, run_job
+from rvm_node.convert.shot import ShotSpec
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.errors import InvalidInputError
 from rvm_node.io.sequence import FrameRange
@@ -90,20 +91,22 @@ def convert_video(
         base = dataclasses.replace(base, video_mbps=float(output_video_mbps))
     job = ConvertJob(
         backend=_backend_for(model, device, dtype),
-        input_source=str(input_source),
-        outputs=outputs,
-        output_type=output_type,
-        downsample_ratio=downsample_ratio,
-        input_resize=None if input_resize is None else (int(input_resize[0]), int(input_resize[1])),
+        shot=ShotSpec(
+            input_source=str(input_source),
+            outputs=outputs,
+            output_type=output_type,
+            downsample_ratio=downsample_ratio,
+            input_resize=None if input_resize is None else (int(input_resize[0]), int(input_resize[1])),
+            frames=frames,
+            start_frame=start_frame,
+            input_colorspace=input_colorspace,
+            allow_gaps=allow_gaps,
+            no_autorotate=no_autorotate,
+            background=background,
+            settings=base,
+        ),
         seq_chunk=seq_chunk,
         num_workers=num_workers,
-        frames=frames,
-        start_frame=start_frame,
-        input_colorspace=input_colorspace,
-        allow_gaps=allow_gaps,
-        no_autorotate=no_autorotate,
-        background=background,
-        settings=base,
         resume=resume,
         overwrite=overwrite,
         progress="json" if progress_json else ("bar" if progress else "off"),

@@ -26,7 +26,6 @@ import queue
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -34,16 +33,16 @@ import numpy as np
 
 from rvm_node.convert.checkpoint import STATE_EVERY, checkpoint_path, load_checkpoint
 from rvm_node.convert.progress import Progress
+from rvm_node.convert.shot import ShotSpec
 from rvm_node.convert.shown import VideoTiming, report_orientation, video_timing
 from rvm_node.convert.writer_thread import Checkpoint, MatteFrame, WriterThread
 from rvm_node.engine.backend import MattingBackend
 from rvm_node.engine.chunks import ChunkJob, FrameMemory, MatteChunk
-from rvm_node.engine.ratio import check_downsample_ratio
 from rvm_node.engine.samples import OutputSpec, finest_format, holds_samples
 from rvm_node.engine.states import RecurrentState
 from rvm_node.errors import InvalidInputError, JobCancelledError
 from rvm_node.io.outlock import OutputLock, lock_path
-from rvm_node.io.sequence import FramePattern, FrameRange
+from rvm_node.io.sequence import FramePattern
 from rvm_node.io.sources import FrameSource, SourceFrame, open_source
 from rvm_node.io.writers import (
     SEQUENCE_EXTS,
@@ -53,11 +52,17 @@ from rvm_node.io.writers import (
     OutputKind,
     SequenceWriter,
     VideoWriter,
-    WriterSettings,
     verify_frame,
 )
 
-__all__ = ["RESUME_WARMUP", "ConvertJob", "ConvertReport", "encoder_threads", "output_spec", "run_job"]
+__all__ = [
+    "RESUME_WARMUP",
+    "ConvertJob",
+    "ConvertReport",
+    "encoder_threads",
+    "output_spec",
+    "run_job",
+]
 
 # Frames fed through the network before the first missing frame on --resume.
 RESUME_WARMUP = 30
@@ -66,30 +71,18 @@ _NO_MORE_FRAMES = object()  # the reader has put its last frame
 
 @dataclass(kw_only=True)
 class ConvertJob:
-    """Everything one conversion needs; built by ``convert_video`` and the CLI."""
+    """One conversion: the backend, the shot (:class:`ShotSpec`, checked), and how this run goes."""
 
     backend: MattingBackend[Any]
-    input_source: str
-    outputs: dict[OutputKind, str]
-    output_type: str = "video"
-    downsample_ratio: float | None = None
-    input_resize: tuple[int, int] | None = None
+    shot: ShotSpec
     seq_chunk: int = 1
     num_workers: int = 0
-    frames: FrameRange | None = None
-    start_frame: int = 1
-    input_colorspace: str | None = None
-    allow_gaps: bool = False
-    no_autorotate: bool = False  # keep a video's frames as stored instead of turning them upright
-    background: str | None = None
-    settings: WriterSettings = field(default_factory=WriterSettings)
     resume: bool = False
     overwrite: bool = False
     resume_warmup: int = RESUME_WARMUP
     state_every: int = STATE_EVERY
     # Frames before this number are run to warm the state but not written (a pre-roll).
     write_from: int | None = None
-    frame_rate: Fraction | None = None
     progress: str = "bar"
     # Called from the writer thread with each frame number once it is written (or queued to the pool).
     on_frame: Callable[[int], None] | None = None
@@ -111,12 +104,7 @@ class ConvertReport:
 
 
 def _validate(job: ConvertJob) -> None:
-    if not job.outputs:
-        raise InvalidInputError(
-            "outputs: give at least one of --output-composition, --output-alpha, --output-foreground"
-        )
-    if job.output_type not in ("video", "png_sequence"):
-        raise InvalidInputError(f"output_type: expected video or png_sequence, got {job.output_type!r}")
+    """The run's own settings (the shot checked itself when it was made)."""
     if job.seq_chunk < 1:
         raise InvalidInputError(f"seq_chunk: expected 1 or more, got {job.seq_chunk}")
     if job.num_workers < 0:
@@ -125,12 +113,6 @@ def _validate(job: ConvertJob) -> None:
         raise InvalidInputError("resume and overwrite: cannot be used together")
     if job.resume_warmup < 0:
         raise InvalidInputError(f"resume_warmup: expected 0 or more, got {job.resume_warmup}")
-    if job.settings.video_mbps is not None and job.settings.video_mbps <= 0:
-        raise InvalidInputError(f"video_mbps: expected a positive number, got {job.settings.video_mbps}")
-    check_downsample_ratio(job.downsample_ratio, "--downsample-ratio")
-    targets = list(job.outputs.values())
-    if len(set(targets)) != len(targets):
-        raise InvalidInputError("outputs: two outputs point at the same path")
 
 
 def _check_writable(path: Path) -> None:
@@ -152,8 +134,8 @@ def _make_writer(
     size = (source.width, source.height)
     pattern = FramePattern.detect(target)
     path = Path(target)
-    settings = job.settings
-    if pattern is None and job.output_type == "png_sequence" and path.suffix.lower() not in VIDEO_EXTS:
+    settings = job.shot.settings
+    if pattern is None and job.shot.output_type == "png_sequence" and path.suffix.lower() not in VIDEO_EXTS:
         # The official form: a directory of 0000.png, 0001.png, ... 8-bit.
         pattern = FramePattern(path, "", 4, ".png")
         settings = dataclasses.replace(settings, bit_depth=8, official_png_composition=True)
@@ -183,12 +165,12 @@ def _make_writer(
 def _lock_targets(job: ConvertJob) -> list[tuple[str, Path]]:
     """(output, its lock file) for every output of the job, each folder checked writable first."""
     targets = []
-    for target in job.outputs.values():
+    for target in job.shot.outputs.values():
         pattern = FramePattern.detect(target)
         path = Path(target)
         if pattern is not None:
             lock = lock_path(pattern.directory, pattern.prefix)
-        elif job.output_type == "png_sequence" and path.suffix.lower() not in VIDEO_EXTS:
+        elif job.shot.output_type == "png_sequence" and path.suffix.lower() not in VIDEO_EXTS:
             lock = lock_path(path, "")  # the official directory of 0000.png, ...
         else:
             lock = lock_path(path)
@@ -255,7 +237,9 @@ def _plan_resume(
     if len(sequences) != len(writers):
         raise InvalidInputError("resume: needs image-sequence outputs; a video cannot be continued")
     if numbers is None:
-        raise InvalidInputError(f"{job.input_source}: --resume needs a source whose frame count is known")
+        raise InvalidInputError(
+            f"{job.shot.input_source}: --resume needs a source whose frame count is known"
+        )
     for writer in sequences:
         writer.remove_stale_temporaries([numbering(n) for n in numbers])
     plan.done = {n for n in numbers if all(verify_frame(w.path(numbering(n)), size) for w in sequences)}
@@ -331,27 +315,27 @@ def run_job(job: ConvertJob) -> ConvertReport:
     """Run one conversion end to end."""
     _validate(job)
     source = open_source(
-        job.input_source,
-        frame_range=job.frames,
-        start_frame=job.start_frame,
-        colourspace=job.input_colorspace,
-        resize=job.input_resize,
-        allow_gaps=job.allow_gaps,
-        autorotate=not job.no_autorotate,
+        job.shot.input_source,
+        frame_range=job.shot.frames,
+        start_frame=job.shot.start_frame,
+        colourspace=job.shot.input_colorspace,
+        resize=job.shot.input_resize,
+        allow_gaps=job.shot.allow_gaps,
+        autorotate=not job.shot.no_autorotate,
     )
-    report_orientation(source, autorotate=not job.no_autorotate)
+    report_orientation(source, autorotate=not job.shot.no_autorotate)
     numbers = source.frame_numbers
     count = len(numbers) if numbers is not None else None
     if count == 0:
-        raise InvalidInputError(f"{job.input_source}: zero frames to process")
+        raise InvalidInputError(f"{job.shot.input_source}: zero frames to process")
     if job.on_total is not None:
         job.on_total(count)
     writers: list[FrameWriter] = []
     try:
         # One run per output: a second one refuses, naming the first.
-        with OutputLock(_lock_targets(job), group_writable=job.settings.group_writable):
-            timing = functools.cache(lambda: video_timing(source, job.frame_rate))  # said once, if asked
-            for kind, target in job.outputs.items():
+        with OutputLock(_lock_targets(job), group_writable=job.shot.settings.group_writable):
+            timing = functools.cache(lambda: video_timing(source, job.shot.frame_rate))  # said once, if asked
+            for kind, target in job.shot.outputs.items():
                 writers.append(_make_writer(job, kind, target, source, count, timing))
             return _run_writers(job, source, writers, numbers)
     except BaseException:
@@ -364,10 +348,10 @@ def _fingerprint(job: ConvertJob, source: FrameSource, numbers: list[int] | None
     """What the state depends on; not the device or node, so a shot can resume elsewhere."""
     model = job.backend.describe()
     fingerprint = {
-        "input": str(Path(job.input_source).resolve()),
+        "input": str(Path(job.shot.input_source).resolve()),
         "first": numbers[0] if numbers else None,
         "size": [source.width, source.height],
-        "ratio": job.downsample_ratio,
+        "ratio": job.shot.downsample_ratio,
         "variant": str(model["variant"]),
         "precision": str(model["precision"]),
     }
@@ -397,13 +381,13 @@ def _run_writers(
         done_frames = done_frames | {n for n in (numbers or []) if n < job.write_from}
     to_write = [n for n in (numbers or []) if n not in done_frames] if numbers is not None else None
     progress = Progress(len(to_write) if to_write is not None else None, job.progress)
-    targets: dict[str, str] = {k: str(w.target) for k, w in zip(job.outputs, writers, strict=True)}
+    targets: dict[str, str] = {k: str(w.target) for k, w in zip(job.shot.outputs, writers, strict=True)}
     if to_write == []:
         progress.finish("done", "every frame is already written")
         first, last = (numbers[0], numbers[-1]) if numbers else (None, None)
         return ConvertReport(0, len(done_frames), 0, False, targets, first, last)
 
-    session = job.backend.new_session(job.downsample_ratio, output_spec(writers))
+    session = job.backend.new_session(job.shot.downsample_ratio, output_spec(writers))
     if plan.state is not None:
         session.restore(plan.state)
     stop = threading.Event()
@@ -414,14 +398,14 @@ def _run_writers(
         name="rvm-node-reader",
         daemon=True,
     )
-    background = Background(job.background, size) if "composition" in job.outputs else None
+    background = Background(job.shot.background, size) if "composition" in job.shot.outputs else None
     writer = WriterThread(
         writers,
         numbering,
         background,
         progress,
         num_workers=job.num_workers,
-        group_writable=job.settings.group_writable,
+        group_writable=job.shot.settings.group_writable,
         on_frame=job.on_frame,
     )
     reader.start()
@@ -460,15 +444,15 @@ def _official_dirs(job: ConvertJob) -> bool:
     """Whether the outputs are folders of PNGs the official converter's way (numbered from 0)."""
     return any(
         FramePattern.detect(t) is None
-        and job.output_type == "png_sequence"
+        and job.shot.output_type == "png_sequence"
         and Path(t).suffix.lower() not in VIDEO_EXTS
-        for t in job.outputs.values()
+        for t in job.shot.outputs.values()
     )
 
 
 def _check_cancel(job: ConvertJob) -> None:
     if job.cancel is not None and job.cancel.is_set():
-        raise JobCancelledError(f"{job.input_source}: cancelled; complete frames were kept")
+        raise JobCancelledError(f"{job.shot.input_source}: cancelled; complete frames were kept")
 
 
 def _chunk_jobs(

@@ -27,6 +27,7 @@ from typing import Any
 from rvm_node.client import RemoteBackend
 from rvm_node.client.shots import node_job_cut
 from rvm_node.convert.pipeline import ConvertJob, run_job
+from rvm_node.convert.shot import ShotSpec
 from rvm_node.errors import (
     InvalidInputError,
     JobCancelledError,
@@ -256,16 +257,18 @@ class _FarmRun:
         cut = node_job_cut()
         return ConvertJob(
             backend=RemoteBackend(node.client, label=shot.name),
-            input_source=shot.input,
-            outputs=dict(shot.outputs),  # type: ignore[arg-type]
-            downsample_ratio=shot.downsample_ratio,
-            frames=shot.frames,
-            start_frame=shot.start_frame,
-            input_colorspace=shot.input_colorspace,
-            allow_gaps=shot.allow_gaps,
-            no_autorotate=shot.no_autorotate,
-            background=shot.background,
-            settings=shot.settings,
+            shot=ShotSpec(
+                input_source=shot.input,
+                outputs=dict(shot.outputs),  # type: ignore[arg-type]
+                downsample_ratio=shot.downsample_ratio,
+                frames=shot.frames,
+                start_frame=shot.start_frame,
+                input_colorspace=shot.input_colorspace,
+                allow_gaps=shot.allow_gaps,
+                no_autorotate=shot.no_autorotate,
+                background=shot.background,
+                settings=shot.settings,
+            ),
             resume=True,
             seq_chunk=cut.seq_chunk,
             num_workers=cut.num_workers,

@@ -27,15 +27,17 @@ def _shot_rate(client: Any, clip: Path, ratio: float, frames: int) -> float:
     """Frames/s of one shot as `rvm-node matte` runs it: decode here, matte on the node, 16-bit PNG alpha."""
     from rvm_node.client import RemoteBackend
     from rvm_node.client.shots import node_job_cut
-    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert import ConvertJob, ShotSpec, run_job
 
     cut = node_job_cut()
     with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp:
         job = ConvertJob(
             backend=RemoteBackend(client),
-            input_source=str(clip),
-            downsample_ratio=ratio,
-            outputs={"alpha": str(Path(tmp) / "m.####.png")},
+            shot=ShotSpec(
+                input_source=str(clip),
+                downsample_ratio=ratio,
+                outputs={"alpha": str(Path(tmp) / "m.####.png")},
+            ),
             seq_chunk=cut.seq_chunk,
             num_workers=cut.num_workers,
             progress="off",

@@ -260,17 +260,19 @@ def _ring_shot_rate(address: str, clip: Path, frames: int, decode_into_ring: boo
     """Frames/s and this process's CPU ms/frame of one co-located shot on the constant stand-in node."""
     from rvm_node.client import NodeClient, RemoteBackend
     from rvm_node.client.shots import node_job_cut
-    from rvm_node.convert import ConvertJob, run_job
+    from rvm_node.convert import ConvertJob, ShotSpec, run_job
     from rvm_node.io.writers import WriterSettings
 
     cut = node_job_cut()
     with tempfile.TemporaryDirectory(prefix="rvm-bench-") as tmp, NodeClient(address) as client:
         job = ConvertJob(
             backend=RemoteBackend(client, transport="shm", decode_into_ring=decode_into_ring),
-            input_source=str(clip),
-            downsample_ratio=0.25,
-            outputs={"alpha": str(Path(tmp) / "m.####.png")},
-            settings=WriterSettings(bit_depth=8),
+            shot=ShotSpec(
+                input_source=str(clip),
+                downsample_ratio=0.25,
+                outputs={"alpha": str(Path(tmp) / "m.####.png")},
+                settings=WriterSettings(bit_depth=8),
+            ),
             seq_chunk=cut.seq_chunk,
             state_every=0,  # the stand-in keeps no state to save
             num_workers=cut.num_workers,
