@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from rvm_node.cli import COMMANDS, build_parser, main
+from rvm_node.cli.common import EXIT_INPUT, EXIT_USAGE
 from rvm_node.errors import InvalidInputError
 
 
@@ -201,3 +202,63 @@ def test_the_serve_settings_are_one_typed_definition() -> None:
     kinds = {s.name: (s.kind, s.optional) for s in SETTINGS}
     assert kinds["max_streams"] == (int, False) and kinds["checkpoint"] == (Path, True)
     assert kinds["exit_when_idle"] == (float, True)
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    from rvm_node.version import __version__
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"rvm-node {__version__}"
+
+
+@pytest.mark.parametrize("given", ["2.5", "0", "abc", "nan"])
+def test_a_ratio_out_of_range_is_a_usage_error_in_one_wording(
+    given: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["convert", "--input-source", "x.mp4", "--output-alpha", "a.mp4", "--downsample-ratio", given]
+    assert main(argv) == EXIT_USAGE
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.endswith(f"argument --downsample-ratio: expected a number in (0, 1] or 'auto', got {given!r}")
+
+
+def test_a_port_out_of_range_is_refused_not_wrapped(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--port", "99999"]) == EXIT_INPUT
+    assert (
+        capsys.readouterr().err.strip()
+        == "rvm-node: error: --port: expected a port from 0 to 65535, got 99999"
+    )
+
+
+def test_errors_quote_the_users_paths_as_given() -> None:
+    from rvm_node.cli import build_parser, in_flags
+
+    parser = build_parser()
+    said = "input shows/frames/sh010.mov: cannot be read (no such file)"
+    assert in_flags(said, parser) == said  # "frames" in the path is no flag
+    assert (
+        in_flags("seq_chunk: expected 1 or more, got 0", parser) == "--seq-chunk: expected 1 or more, got 0"
+    )
+    assert in_flags("frames 3-1: expected FIRST <= LAST", parser) == "--frames 3-1: expected FIRST <= LAST"
+
+
+def test_output_cut_short_by_the_reader_is_no_error() -> None:
+    """`rvm-node weights list | head -1`: the reader is gone before the command writes; no traceback."""
+    import os
+    import subprocess
+
+    from rvm_node.node.launch import rvm_node_command
+
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe now fails with EPIPE
+    try:
+        done = subprocess.run(
+            rvm_node_command("weights", "list"),
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

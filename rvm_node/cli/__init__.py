@@ -19,6 +19,7 @@ Each command is a module with ``add_parser(sub)`` and ``run(args) -> int``;
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +36,7 @@ from rvm_node.errors import (
     RvmNodeError,
     WeightsError,
 )
+from rvm_node.version import __version__
 
 __all__ = [
     "COMMANDS",
@@ -65,6 +67,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = common.Parser(prog="rvm-node", description="The rvm-node command line.")
+    parser.add_argument("--version", action="version", version=f"rvm-node {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _MODULES:
         module.add_parser(sub)
@@ -89,13 +92,18 @@ def _flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def in_flags(message: str, parser: argparse.ArgumentParser) -> str:
-    """A library error as the command line says it: ``seq_chunk: ...`` becomes ``--seq-chunk: ...``."""
+    """A library error as the command line says it: ``seq_chunk: ...`` becomes ``--seq-chunk: ...``.
+
+    Only the leading setting names are spelt as flags; what follows them (a path, a value) is quoted as
+    it was given."""
     head, colon, rest = message.partition(":")
-    if not colon or _NAMED.match(head) is None:
+    matched = _NAMED.match(head) if colon else None
+    if matched is None:
         return message
     flags = _flags(parser)
-    named = re.sub(r"[a-z][a-z0-9_]*", lambda m: flags.get(m.group(0), m.group(0)), head)
-    return f"{named}:{rest}" if named != head else message
+    names = head[: matched.end(2) if matched.group(2) else matched.end(1)]
+    named = re.sub(r"[a-z][a-z0-9_]*", lambda m: flags.get(m.group(0), m.group(0)), names)
+    return f"{named}{head[len(names) :]}:{rest}" if named != names else message
 
 
 def _resolve(args: argparse.Namespace) -> None:
@@ -122,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rvm-node: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `rvm-node weights list | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
     except (InvalidInputError, WeightsError, OutputError, OutputInUseError) as exc:
         print(f"rvm-node: error: {in_flags(str(exc), parser)}", file=sys.stderr)
         return EXIT_INPUT

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from rvm_node.credentials import read_token
+from rvm_node.engine.ratio import RATIO_RANGE, is_ratio
 from rvm_node.errors import InvalidInputError
 
 __all__ = [
@@ -40,12 +42,16 @@ EXIT_INTERRUPTED = 130
 
 
 def ratio(text: str) -> float | None:
+    """``--downsample-ratio``: a number in (0, 1], or ``auto``; anything else is a usage error (exit 2)."""
     if text.lower() == "auto":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1] or 'auto', got {text!r}") from None
+        value = math.nan
+    if not is_ratio(value):
+        raise argparse.ArgumentTypeError(f"expected {RATIO_RANGE} or 'auto', got {text!r}")
+    return value
 
 
 def optional_path(text: str) -> Path | None:

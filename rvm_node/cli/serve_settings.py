@@ -12,6 +12,7 @@ from rvm_node.cli import common
 from rvm_node.cli.settings import layer, setting, settings_of
 from rvm_node.engine.backend import BACKENDS, PRECISIONS
 from rvm_node.engine.states import VARIANTS
+from rvm_node.errors import InvalidInputError
 
 __all__ = ["SETTINGS", "ServeSettings", "layer_settings", "resolve"]
 
@@ -111,6 +112,12 @@ class ServeSettings:
     )
     metrics_port: int | None = setting(None, "serve Prometheus metrics on this port")
     log_format: str = setting("text", "log lines as text or JSON objects", choices=("text", "json"))
+
+    def __post_init__(self) -> None:
+        for name in ("port", "metrics_port"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 65535:
+                raise InvalidInputError(f"{name}: expected a port from 0 to 65535, got {value}")
 
 
 SETTINGS = settings_of(ServeSettings)
