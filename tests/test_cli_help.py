@@ -262,3 +262,49 @@ def test_output_cut_short_by_the_reader_is_no_error() -> None:
     finally:
         os.close(write)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+
+
+def test_matte_takes_no_engine_options(capsys: pytest.CaptureFixture[str]) -> None:
+    """A shot on a node runs on the node's model: --device, --backend and the like are refused, not ignored."""
+    base = ["matte", "--node", "127.0.0.1:9", "--input-source", "x.mp4", "--output-alpha", "a.mp4"]
+    for flag, value in (
+        ("--device", "cuda"),
+        ("--backend", "torch"),
+        ("--precision", "fp16"),
+        ("--variant", "resnet50"),
+    ):
+        assert main([*base, flag, value]) == EXIT_USAGE
+        assert f"unrecognized arguments: {flag} {value}" in capsys.readouterr().err
+
+
+def test_matte_checks_its_input_before_the_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "missing.mp4"
+    argv = [
+        "matte",
+        "--node",
+        "127.0.0.1:9",
+        "--input-source",
+        str(missing),
+        "--output-alpha",
+        str(tmp_path / "a.mp4"),
+    ]
+    assert main(argv) == EXIT_INPUT
+    assert capsys.readouterr().err.strip() == f"rvm-node: error: {missing}: no such file or directory"
+
+
+def test_a_node_without_a_port_is_on_the_default_port() -> None:
+    from rvm_node.cli.serve_settings import ServeSettings
+    from rvm_node.client import NodeClient
+    from rvm_node.v1 import DEFAULT_PORT
+    from rvm_node.v1.protocol import with_default_port
+
+    assert ServeSettings().port == DEFAULT_PORT == 50051  # the node serves where clients look
+    assert [with_default_port(a) for a in ("gpu01", "[::1]", "10.0.0.7")] == [
+        "gpu01:50051",
+        "[::1]:50051",
+        "10.0.0.7:50051",
+    ]
+    for given in ("gpu01:7000", "unix:///run/rvm/node.sock", "dns:///gpu01:7000", "[::1]:7000"):
+        assert with_default_port(given) == given
+    with NodeClient("localhost") as client:
+        assert client.address == "localhost:50051"

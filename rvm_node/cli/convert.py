@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Stream a shot to a render node and write the mattes, with the options of `convert`.",
         epilog=_MATTE_EXAMPLES,
     )
-    options.add_shot_options(matte)
+    options.add_shot_options(matte, engine=False)  # the node's model runs the shot
     node = matte.add_argument_group("node options")
     node.add_argument("--node", required=True, help="HOST:PORT or unix:///PATH of the render node")
     options.add_connection_options(node)
@@ -117,7 +117,11 @@ def run(args: argparse.Namespace) -> int:
     cut = NodeJobCut(seq_chunk=1, num_workers=0)  # the official converter's, for convert
     if args.command == "matte":
         from rvm_node.client import NodeClient, RemoteBackend
+        from rvm_node.io.sources import open_source
 
+        open_source(
+            args.input_source
+        )  # the shot's own input first: a wrong path is said before a node is asked
         cut = node_job_cut()
 
         ca = read_ca(args.ca_file)

@@ -50,28 +50,33 @@ def add_shot_option(
     parser.add_argument(SHOT_SETTINGS[name].flag, **{**SHOT_OPTIONS[name], **override})
 
 
-def add_shot_options(convert: argparse.ArgumentParser) -> None:
-    """The input, output and model options shared by ``convert`` and ``matte``."""
-    _add_official_options(convert.add_argument_group("the official convert_video options"))
-    _add_our_options(convert.add_argument_group("rvm-node options"))
+def add_shot_options(convert: argparse.ArgumentParser, *, engine: bool = True) -> None:
+    """The input, output and model options shared by ``convert`` and ``matte``; ``engine``: the model's
+    options too (a client's shot runs on the node's model, so ``matte`` takes none of them)."""
+    _add_official_options(convert.add_argument_group("the official convert_video options"), engine)
+    _add_our_options(convert.add_argument_group("rvm-node options"), engine)
 
 
-def _add_official_options(official: argparse._ArgumentGroup) -> None:
+def _add_official_options(official: argparse._ArgumentGroup, engine: bool) -> None:
     """The options of the official ``convert_video``, under their own names."""
-    official.add_argument(
-        "--variant",
-        choices=list(VARIANTS),
-        default="mobilenetv3",
-        help="RVM backbone (resnet50: a .pth checkpoint)",
-    )
-    official.add_argument(
-        "--checkpoint", type=Path, default=None, help="weights file (default: the fetched official weights)"
-    )
-    official.add_argument(
-        "--device",
-        default="cpu",
-        help="where the model runs: cpu, cuda, cuda:N, or auto (cuda where rvm-node[gpu] can use one)",
-    )
+    if engine:
+        official.add_argument(
+            "--variant",
+            choices=list(VARIANTS),
+            default="mobilenetv3",
+            help="RVM backbone (resnet50: a .pth checkpoint)",
+        )
+        official.add_argument(
+            "--checkpoint",
+            type=Path,
+            default=None,
+            help="weights file (default: the fetched official weights)",
+        )
+        official.add_argument(
+            "--device",
+            default="cpu",
+            help="where the model runs: cpu, cuda, cuda:N, or auto (cuda where rvm-node[gpu] can use one)",
+        )
     official.add_argument(
         "--input-source", required=True, help="a video file, a frame pattern or a directory"
     )
@@ -110,16 +115,17 @@ def _add_official_options(official: argparse._ArgumentGroup) -> None:
     official.add_argument("--disable-progress", action="store_true", help="no progress bar (as --quiet)")
 
 
-def _add_our_options(ours: argparse._ArgumentGroup) -> None:
+def _add_our_options(ours: argparse._ArgumentGroup, engine: bool) -> None:
     """What rvm-node adds: the engine, frame numbers, colour, file formats, resume."""
-    ours.add_argument(
-        "--backend",
-        choices=["auto", *BACKENDS],
-        default="auto",
-        help="engine that runs the model; auto: the fastest one that matches the official model here "
-        "(OpenVINO on a CPU where it is installed, else onnxruntime)",
-    )
-    ours.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision")
+    if engine:
+        ours.add_argument(
+            "--backend",
+            choices=["auto", *BACKENDS],
+            default="auto",
+            help="engine that runs the model; auto: the fastest one that matches the official model here "
+            "(OpenVINO on a CPU where it is installed, else onnxruntime)",
+        )
+        ours.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision")
     add_shot_option(ours, "frames", default=None)
     add_shot_option(ours, "start_frame")
     ours.add_argument(

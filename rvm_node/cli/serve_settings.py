@@ -13,6 +13,7 @@ from rvm_node.cli.settings import layer, setting, settings_of
 from rvm_node.engine.backend import BACKENDS, PRECISIONS
 from rvm_node.engine.states import VARIANTS
 from rvm_node.errors import InvalidInputError
+from rvm_node.v1 import DEFAULT_PORT
 
 __all__ = ["SETTINGS", "ServeSettings", "layer_settings", "resolve"]
 
@@ -23,7 +24,7 @@ class ServeSettings:
     ``--FIELD`` (dashes), ``RVM_NODE_FIELD`` and ``FIELD`` in the config file's ``[node]`` table."""
 
     host: str = setting("127.0.0.1", "address to bind; 0.0.0.0 serves the network")
-    port: int = setting(50051, "port to serve on; 0 picks a free one (printed on stdout)")
+    port: int = setting(DEFAULT_PORT, "port to serve on; 0 picks a free one (printed on stdout)")
     device: str = setting(
         "cpu", "device the model runs on: cpu, cuda, cuda:N, or auto (cuda where rvm-node[gpu] can use one)"
     )

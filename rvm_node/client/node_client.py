@@ -46,6 +46,7 @@ from rvm_node.v1.protocol import (
     check_transport,
     state_to_message,
     transport_name,
+    with_default_port,
 )
 
 __all__ = ["DEFAULT_STALL_TIMEOUT", "KEEPALIVE_OPTIONS", "NodeClient", "NodeInfo"]
@@ -156,6 +157,7 @@ class NodeClient:
     ) -> None:
         if stall_timeout is not None and stall_timeout <= 0:
             raise InvalidInputError(f"stall_timeout: expected seconds above 0, got {stall_timeout:g}")
+        address = with_default_port(address)
         self.address = address
         self.stall_timeout = stall_timeout
         options = [

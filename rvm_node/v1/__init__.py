@@ -5,3 +5,7 @@ installed (see ``setup.py``) and are never edited or committed. ``protocol.py`` 
 formats, transports, state messages) and ``codec.py`` (the copy-free codec of chunk requests and plane
 parts) are written by hand on top of them.
 """
+
+DEFAULT_PORT = (
+    50051  # a node's port when none is given, on either side (kept here: importing it costs nothing)
+)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterable, Iterator
@@ -20,6 +21,7 @@ import numpy as np
 from rvm_node.engine.samples import SAMPLE_DTYPES, SampleFormat, to_samples
 from rvm_node.engine.states import RecurrentState, check_state, check_state_shapes
 from rvm_node.errors import InvalidInputError, StateMismatchError
+from rvm_node.v1 import DEFAULT_PORT
 from rvm_node.v1 import matting_pb2 as pb
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "unpack",
     "wire_bytes",
     "wire_samples",
+    "with_default_port",
 ]
 
 SAMPLE_NAMES: dict[pb.SampleFormat, SampleFormat] = {
@@ -376,3 +379,11 @@ def state_from_message(message: pb.StateSnapshot, variant: str | None = None) ->
     state = RecurrentState.from_arrays(arrays, frame_size, ratio, int(message.frames), variant)
     check_state(state, variant, "restore", batch=1)
     return int(message.after_frame), state
+
+
+def with_default_port(address: str) -> str:
+    """``address`` with the node's default port where it names a host and no port (``gpu01``,
+    ``[::1]``); anything else (``host:port``, ``unix:///path``, ``dns:///host:port``) as it is."""
+    if re.fullmatch(r"[A-Za-z0-9._-]+", address) or re.fullmatch(r"\[[0-9A-Fa-f:.]+\]", address):
+        return f"{address}:{DEFAULT_PORT}"
+    return address
