@@ -18,7 +18,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         epilog="examples:\n  rvm-node example\n  rvm-node example --node gpu01:50051 --output-dir /tmp/rvm-example\n",
     )
     example.add_argument(
-        "--output-dir", type=Path, default=Path("example-output"), help="where the mattes and the report go"
+        "--output-dir",
+        type=Path,
+        default=Path("example-output"),
+        help="where the alpha sequence (alpha/) and the composite over green (composite.mp4) go (default: example-output)",
     )
     example.add_argument(
         "--backend",
