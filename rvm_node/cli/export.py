@@ -34,7 +34,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--refiner",
         choices=["deep_guided_filter", "fast_guided_filter"],
         default="deep_guided_filter",
-        help="the refiner used at downsample ratio 1",
+        help="the refiner that lifts the mattes to full resolution below ratio 1 (at ratio 1 none runs, as in "
+        "the official model)",
     )
     export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="weights precision")
     export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
