@@ -35,18 +35,35 @@ def test_every_option_has_a_description() -> None:
     assert missing == []
 
 
+def _examples(parser: argparse.ArgumentParser) -> list[str]:
+    epilog = parser.epilog or ""
+    examples = [line.split("  # ")[0].strip() for line in epilog.splitlines() if " rvm-node " in f" {line}"]
+    return [e[e.index("rvm-node ") :] for e in examples]  # after any VARIABLE=value
+
+
 def test_every_command_has_examples_that_parse() -> None:
     top = dict(_parsers(build_parser(), "rvm-node"))
     for command in COMMANDS:
-        epilog = top[f"rvm-node {command}"].epilog or ""
-        examples = [
-            line.split("  # ")[0].strip() for line in epilog.splitlines() if " rvm-node " in f" {line}"
-        ]
-        examples = [e[e.index("rvm-node ") :] for e in examples]  # after any VARIABLE=value
+        examples = _examples(top[f"rvm-node {command}"])
         assert len(examples) >= 2, command
         for example in examples:
             words = shlex.split(example)[1:]
             build_parser().parse_args(words)  # exits (a failure) if the example is not a valid command
+
+
+def test_every_parser_says_what_it_does_and_shows_an_example() -> None:
+    """The top level, every command and every subcommand (``bench engine``, ``weights list``...)."""
+    lacking = []
+    for path, parser in _parsers(build_parser(), "rvm-node"):
+        if not parser.description:
+            lacking.append(f"{path}: no description")
+        examples = [e for e in _examples(parser) if e.startswith(path)]
+        if not examples:
+            lacking.append(f"{path}: no example of itself")
+        for example in examples:
+            words = shlex.split(example)[1:]
+            build_parser().parse_args(words)
+    assert lacking == []
 
 
 def test_help_shows_defaults_and_how_to_write_exr(capsys: pytest.CaptureFixture[str]) -> None:
@@ -56,8 +73,8 @@ def test_help_shows_defaults_and_how_to_write_exr(capsys: pytest.CaptureFixture[
     assert "mattes/plate.####.exr" in text and ".mp4, .mov" in text
     assert main(["serve", "--help"]) == 0
     assert "(default: 4; RVM_NODE_MAX_STREAMS)" in " ".join(capsys.readouterr().out.split())
-    assert main(["--help"]) == 0
-    assert "``" not in capsys.readouterr().out  # no RST markup
+    for path, parser in _parsers(build_parser(), "rvm-node"):
+        assert "`" not in parser.format_help(), path  # no Markdown or RST markup in a terminal
 
 
 def test_farm_commands_leave_the_shot_options_unset_so_a_shot_list_shows_through() -> None:

@@ -66,7 +66,16 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser: argparse.ArgumentParser = common.Parser(prog="rvm-node", description="The rvm-node command line.")
+    parser: argparse.ArgumentParser = common.Parser(
+        prog="rvm-node",
+        description="Robust Video Matting for VFX pipelines: mattes identical to the official model, on this "
+        "machine, on render nodes, or over a farm.",
+        epilog="examples:\n  rvm-node example\n"
+        "  rvm-node convert --input-source plate.mov --output-alpha mattes/plate.####.exr\n"
+        "  rvm-node serve --host 0.0.0.0\n"
+        "  rvm-node matte --node gpu01 --input-source plate.mov --output-alpha mattes/plate.####.exr\n"
+        "\nEach command says more with --help.",
+    )
     parser.add_argument("--version", action="version", version=f"rvm-node {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     for module in _MODULES:

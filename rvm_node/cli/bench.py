@@ -13,11 +13,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bench = sub.add_parser(
         "bench",
         help="measure throughput (not a test)",
+        description="Benchmarks, apart from the tests: the configurations take turns round after round and "
+        "medians are reported, against a ceiling measured in the same run.",
         epilog="examples:\n  rvm-node bench engine --only onnxruntime\n  rvm-node bench node --serving-only\n"
         "  rvm-node bench convert --frames 60\n",
     )
     kinds = bench.add_subparsers(dest="kind", required=True)
-    engine = kinds.add_parser("engine", help="tensor throughput per backend, precision and resolution")
+    engine = kinds.add_parser(
+        "engine",
+        help="tensor throughput per backend, precision and resolution",
+        description="Tensor throughput of every backend against the official ONNX in a plain onnxruntime "
+        "session, alpha alone and alpha + foreground, and the full-resolution stage against its memory floor.",
+        epilog="examples:\n  rvm-node bench engine --markdown\n"
+        "  rvm-node bench engine --only OpenVINO --sizes 1920x1080@0.25,3840x2160@0.125\n",
+    )
     engine.add_argument("--frames", type=int, default=20, help="timed frames per configuration and round")
     engine.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     engine.add_argument(
@@ -31,7 +40,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     engine.add_argument("--markdown", action="store_true", help="print a Markdown table")
     convert = kinds.add_parser(
-        "convert", help="end-to-end convert and matte against the official model's raw tensor rate"
+        "convert",
+        help="end-to-end convert and matte against the official model's raw tensor rate",
+        description="rvm-node convert and rvm-node matte (a node on this host) as a user runs them, start-up "
+        "included, against the official model's raw tensor rate, with the time of each stage.",
+        epilog="examples:\n  rvm-node bench convert\n  rvm-node bench convert --size 1920x1080 --downsample-ratio 0.25 --frames 120\n",
     )
     convert.add_argument("--size", default="640x360", help="WxH the example clip is re-encoded at")
     convert.add_argument(
@@ -41,7 +54,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="engine measured")
     convert.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
     node = kinds.add_parser(
-        "node", help="a node on loopback: serving path vs a bare gRPC echo, real inference, memory"
+        "node",
+        help="a node on loopback: serving path vs a bare gRPC echo, real inference, memory",
+        description="The render node's serving path against a bare gRPC echo of the same bytes (with "
+        "benchmark-only stand-in models), over shared memory, with worker processes, and with real inference.",
+        epilog="examples:\n  rvm-node bench node --serving-only\n  rvm-node bench node --sizes 1920x1080 --rounds 3\n",
     )
     node.add_argument(
         "--sizes", default="1920x1080,3840x2160", help="frame sizes of the echo and stand-in rows"
@@ -77,7 +94,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=10_000,
         help="frames of the one long stream whose node memory is reported (0: skip it)",
     )
-    farm = kinds.add_parser("farm", help="nodes pinned to one core: 1 vs 2 nodes, and failover cost")
+    farm = kinds.add_parser(
+        "farm",
+        help="nodes pinned to one core: 1 vs 2 nodes, and failover cost",
+        description="Two nodes each pinned to one core: one node against two, and the time a shot loses when "
+        "its node is killed.",
+        epilog="examples:\n  rvm-node bench farm\n  rvm-node bench farm --frames 40 --downsample-ratio 0.5\n",
+    )
     farm.add_argument("--frames", type=int, default=20, help="frames per shot (4 shots)")
     farm.add_argument("--downsample-ratio", type=float, default=1.0, help="the model's internal scale")
     farm.add_argument("--checkpoint-every", type=int, default=25, help="frames between state checkpoints")

@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     matte = sub.add_parser(
         "matte",
         help="matte a video or image sequence on a render node",
-        description="Stream a shot to a render node and write the mattes, with the options of `convert`.",
+        description="Stream a shot to a render node and write the mattes, with the options of convert.",
         epilog=_MATTE_EXAMPLES,
     )
     options.add_shot_options(matte, engine=False)  # the node's model runs the shot

@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     example = sub.add_parser(
         "example",
         help="fetch the example clip and matte it",
+        description="Fetch the bundled example clip (carphone, hash-checked) and matte it here or on a node: an "
+        "EXR alpha sequence and a composite over green.",
         epilog="examples:\n  rvm-node example\n  rvm-node example --node gpu01:50051 --output-dir /tmp/rvm-example\n",
     )
     example.add_argument(

@@ -15,6 +15,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export = sub.add_parser(
         "export",
         help="export the network: ONNX, TorchScript, or TensorFlow/TFLite/TF.js/CoreML for one size and ratio",
+        description="Export the network with the official interface: ONNX or TorchScript for any size, or a "
+        "static export (TensorFlow SavedModel, TFLite, TF.js, CoreML) for one frame size and ratio.",
         epilog="examples:\n  rvm-node export --format onnx --output rvm.onnx\n"
         "  rvm-node export --format tflite --size 1920x1080 --downsample-ratio 0.25 --output rvm.tflite\n",
     )

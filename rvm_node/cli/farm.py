@@ -43,13 +43,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     farm = sub.add_parser(
         "farm",
         help="spread many shots over a pool of render nodes",
+        description="Many shots over a pool of render nodes: run them from here with failover, or write a "
+        "job bundle for a render farm manager.",
         epilog="examples:\n"
         "  rvm-node farm run shots.toml --nodes gpu01:50051,gpu02:50051\n"
         "  rvm-node farm run plates/*.mov --nodes nodes.toml --output-alpha 'mattes/{shot}/{shot}.####.exr'\n"
         "  rvm-node farm bundle shots.toml --nodes nodes.toml --shared-root /mnt/shows --output /mnt/shows/jobs/mattes\n",
     )
     actions = farm.add_subparsers(dest="action", required=True)
-    run = actions.add_parser("run", help="matte a shot list (TOML) or inputs on the pool, with failover")
+    run = actions.add_parser(
+        "run",
+        help="matte a shot list (TOML) or inputs on the pool, with failover",
+        description="Matte a shot list (TOML) or input files on a pool of nodes: each shot on a free node, "
+        "moved with its checkpoint to another when its node fails; a rerun redoes nothing that is written.",
+        epilog="examples:\n  rvm-node farm run shots.toml --nodes gpu01:50051,gpu02:50051\n"
+        "  rvm-node farm run plates/a.mov plates/b.mov --nodes nodes.toml --output-alpha 'mattes/{shot}/{shot}.####.exr'\n",
+    )
     _add_farm_shots(run)
     options.add_stall_timeout(run)
     run.add_argument(
@@ -70,9 +79,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     bundle = actions.add_parser(
         "bundle",
-        help="write the job of `farm run` for a render farm manager (Open Job Description or OpenCue)",
+        help="write the job of farm run for a render farm manager (Open Job Description or OpenCue)",
         description="Write a job that a farm manager runs: one task per shot (or per segment with --split), "
-        "each running `rvm-node farm run` for its shot on the pool, resuming when retried.",
+        "each running rvm-node farm run for its shot on the pool, resuming when retried.",
+        epilog="examples:\n  rvm-node farm bundle shots.toml --nodes nodes.toml --output jobs/mattes\n"
+        "  rvm-node farm bundle shots.toml --nodes nodes.toml --format opencue --output jobs/mattes\n",
     )
     _add_farm_shots(bundle)
     bundle.add_argument("--output", type=Path, required=True, help="the bundle folder to write")

