@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from rvm_node.cli import COMMANDS, build_parser, main
-from rvm_node.cli.common import EXIT_INPUT, EXIT_USAGE
+from rvm_node.cli.common import EXIT_INPUT, EXIT_USAGE, HelpFormatter
 from rvm_node.errors import InvalidInputError
 
 
@@ -325,3 +325,24 @@ def test_a_node_without_a_port_is_on_the_default_port() -> None:
         assert with_default_port(given) == given
     with NodeClient("localhost") as client:
         assert client.address == "localhost:50051"
+
+
+def test_defaults_are_shown_one_way_even_where_a_shot_list_may_set_them() -> None:
+    from rvm_node.convert import RESUME_WARMUP
+    from rvm_node.farm import DEFAULT_PREROLL
+
+    for path, parser in _parsers(build_parser(), "rvm-node"):
+        text = " ".join(parser.format_help().split())
+        assert "(default: )" not in text and "(default " not in text, path
+    formatted = {k: HelpFormatter("x")._get_help_string(a) for k, a in _actions()}
+    assert f"(default: {RESUME_WARMUP})" in formatted["rvm-node convert --resume-warmup"]
+    assert f"(default: {DEFAULT_PREROLL})" in formatted["rvm-node farm run --preroll"]
+    for option, default in (("--bit-depth", "16"), ("--exr-channels", "RGBA"), ("--start-frame", "1")):
+        assert f"(default: {default})" in formatted[f"rvm-node farm run {option}"], option
+
+
+def _actions() -> Iterator[tuple[str, argparse.Action]]:
+    for path, parser in _parsers(build_parser(), "rvm-node"):
+        for action in parser._actions:
+            if action.option_strings:
+                yield f"{path} {action.option_strings[0]}", action

@@ -73,7 +73,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     node.add_argument(
         "--device-ms",
         default="1,5",
-        help="A,B: a simulated device pass of N streams takes A + N*B ms (default 1,5: about an RTX 3090 "
+        help="A,B: a simulated device pass of N streams takes A + N*B ms (default: 1,5, about an RTX 3090 "
         "at 1080p, so the busy column answers 'would a GPU idle?')",
     )
     node.add_argument(

@@ -176,7 +176,7 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if "default" in text or default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if "default" in text or default in (None, False, [], argparse.SUPPRESS) or not action.option_strings:
             return text
         shown = " ".join(str(d) for d in default) if isinstance(default, list | tuple) else str(default)
         return f"{text} (default: {shown})"

@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "the official model)",
     )
     export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="weights precision")
-    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    export.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 17)")
     export.add_argument(
         "--checkpoint", type=Path, default=None, help="weights file; default: the official weights"
     )

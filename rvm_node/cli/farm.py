@@ -35,7 +35,10 @@ def _add_farm_shots(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", type=int, default=1, help="run each shot as N segments in parallel")
     parser.add_argument(
-        "--preroll", type=int, default=None, help="frames each split segment runs before writing"
+        "--preroll",
+        type=int,
+        default=None,
+        help="frames each split segment runs before writing (default: 45)",
     )
 
 

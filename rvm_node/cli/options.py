@@ -46,8 +46,17 @@ SHOT_OPTIONS: dict[str, dict[str, Any]] = {key: _argument(s) for key, s in SHOT_
 def add_shot_option(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, name: str, **override: Any
 ) -> None:
-    """The shot option ``name`` (see :data:`SHOT_OPTIONS`), with ``override`` on top (``default=None``)."""
-    parser.add_argument(SHOT_SETTINGS[name].flag, **{**SHOT_OPTIONS[name], **override})
+    """The shot option ``name`` (see :data:`SHOT_OPTIONS`), with ``override`` on top. ``default=None``
+    leaves it unset, so a shot list's value shows through; the help still says what it defaults to."""
+    option = {**SHOT_OPTIONS[name], **override}
+    setting = SHOT_SETTINGS[name]
+    if (
+        option.get("default") is None
+        and setting.default not in (None, False)
+        and "default" not in option["help"]
+    ):
+        option["help"] = f"{option['help']} (default: {setting.default})"
+    parser.add_argument(setting.flag, **option)
 
 
 def add_shot_options(convert: argparse.ArgumentParser, *, engine: bool = True) -> None:
@@ -150,7 +159,10 @@ def _add_our_options(ours: argparse._ArgumentGroup, engine: bool) -> None:
     add_shot_option(ours, "no_autorotate")
     ours.add_argument("--resume", action="store_true", help="continue a killed run from its verified frames")
     ours.add_argument(
-        "--resume-warmup", type=int, default=None, help="frames replayed before the first missing one"
+        "--resume-warmup",
+        type=int,
+        default=None,
+        help="frames replayed before the first missing one, where no checkpoint is left (default: 30)",
     )
     ours.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     ours.add_argument("--progress-json", action="store_true", help="one JSON object per line on stdout")
