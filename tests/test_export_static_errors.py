@@ -30,8 +30,6 @@ def export(
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--format", "keras", "--size", "176x144", "--downsample-ratio", "0.5"],
-         "--format: expected onnx, torchscript or one of tensorflow, tflite, tfjs, coreml, got 'keras'"),
         (["--format", "tflite", "--downsample-ratio", "0.5"], "--format tflite: give --size WIDTHxHEIGHT and --downsample-ratio"),
         (["--format", "tflite", "--size", "176by144", "--downsample-ratio", "0.5"], "--size: expected WIDTHxHEIGHT"),
         (["--format", "tflite", "--size", "176x144", "--downsample-ratio", "1.5"], "--downsample-ratio: expected a number in (0, 1]"),
@@ -86,3 +84,14 @@ def test_unknown_toolchain_names(tmp_path: Path) -> None:
         InvalidInputError, match="toolchains: unknown keras; expected tensorflow, tfjs, coreml"
     ):
         install(["keras"])
+
+
+def test_an_unknown_format_is_a_usage_error_that_lists_the_choices(
+    tmp_path: Path, export: Callable[..., tuple[int, list[str]]]
+) -> None:
+    code, lines = export("--format", "keras", "--output", str(tmp_path / "out"))
+    assert code == 2 and "argument --format: invalid choice: 'keras'" in lines[-1], lines
+    assert all(
+        name in lines[-1] for name in ("onnx", "torchscript", "tensorflow", "tflite", "tfjs", "coreml")
+    )
+    assert not (tmp_path / "out").exists()

@@ -157,7 +157,6 @@ def test_outputs_that_differ_per_shot_are_task_parameters(clip: Path, tmp_path: 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--format", "deadline"], "--format: expected openjd or opencue, got 'deadline'"),
         (["--output", "/proc/rvm-bundle"], "/proc/rvm-bundle: cannot write the bundle there"),
         (["--output", "/no/such/folder/b"], "/no/such/folder/b: its folder /no/such/folder does not exist"),
         (["--shared-root", "/mnt/projects"], "is outside the shared storage (/mnt/projects)"),
@@ -178,6 +177,16 @@ def test_bad_bundles_get_one_line(args: list[str], message: str, clip: Path, tmp
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert not (tmp_path / "b").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left behind
+
+
+def test_an_unknown_bundle_format_is_a_usage_error(clip: Path, tmp_path: Path) -> None:
+    base = [str(clip), "--nodes", "n1:1", "--output-alpha", str(tmp_path / "m.####.png")]
+    done = bundle(*base, "--output", str(tmp_path / "b"), "--format", "deadline", check=False)
+    assert done.returncode == 2
+    assert "argument --format: invalid choice: 'deadline' (choose from openjd, opencue)" in done.stderr or (
+        "argument --format: invalid choice: 'deadline' (choose from 'openjd', 'opencue')" in done.stderr
+    ), done.stderr
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_an_input_that_is_no_farm_path(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from rvm_node.engine.states import VARIANTS
+from rvm_node.engine.static_spec import STATIC_FORMATS
 from rvm_node.errors import InvalidInputError
 
 __all__ = ["add_parser", "run"]
@@ -23,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     export.add_argument(
         "--format",
         required=True,
-        help="onnx, torchscript, or (static shapes) tensorflow, tflite, tfjs, coreml",
+        choices=["onnx", "torchscript", *STATIC_FORMATS],
+        help="onnx, torchscript, or (static shapes, one size and ratio) tensorflow, tflite, tfjs, coreml",
     )
     export.add_argument(
         "--size", default=None, help="static formats: WIDTHxHEIGHT of the frames, e.g. 1920x1080"

@@ -93,7 +93,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bundle.add_argument(
         "--format",
         default="openjd",
-        help="openjd (Open Job Description: Deadline Cloud, openjd run; default) or opencue",
+        choices=["openjd", "opencue"],
+        help="openjd (Open Job Description: Deadline Cloud, openjd run) or opencue",
     )
     bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     bundle.add_argument("--job-name", default=None, help="default: rvm-node mattes and the first shot")
