@@ -144,3 +144,15 @@ def test_no_test_module_imports_another() -> None:
                     f"{path.name}: import {a.name}" for a in node.names if a.name.startswith("tests.test_")
                 ]
     assert not leaning
+
+
+def test_every_script_uses_the_commands_one_cache() -> None:
+    """The scripts cache where the commands look: ``$RVM_NODE_CACHE_DIR``, else ``cache_dir()``'s default."""
+    settings = []
+    for script in sorted((ROOT / "scripts").iterdir()):
+        for line in script.read_text(errors="replace").splitlines():
+            if "RVM_NODE_CACHE_DIR=" in line and not line.lstrip().startswith("#"):
+                settings.append((script.name, line.strip()))
+    assert settings, "the scripts say where the cache is"
+    for name, line in settings:
+        assert "cache_dir()" in line and ".cache/rvm-node" not in line, (name, line)
