@@ -19,6 +19,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "  rvm-node bench convert --frames 60\n",
     )
     kinds = bench.add_subparsers(dest="kind", required=True)
+    _add_engine(kinds)
+    _add_convert(kinds)
+    _add_node(kinds)
+    _add_farm(kinds)
+
+
+def _add_engine(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     engine = kinds.add_parser(
         "engine",
         help="tensor throughput per backend, precision and resolution",
@@ -39,6 +46,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--sizes", default="640x360@0.8,1920x1080@0.25,3840x2160@0.125", help="comma-separated WxH@ratio"
     )
     engine.add_argument("--markdown", action="store_true", help="print a Markdown table")
+
+
+def _add_convert(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     convert = kinds.add_parser(
         "convert",
         help="end-to-end convert and matte against the official model's raw tensor rate",
@@ -53,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     convert.add_argument("--downsample-ratio", type=float, default=0.8, help="the model's internal scale")
     convert.add_argument("--backend", choices=["auto", *BACKENDS], default="auto", help="engine measured")
     convert.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are reported")
+
+
+def _add_node(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     node = kinds.add_parser(
         "node",
         help="a node on loopback: serving path vs a bare gRPC echo, real inference, memory",
@@ -94,6 +107,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=10_000,
         help="frames of the one long stream whose node memory is reported (0: skip it)",
     )
+
+
+def _add_farm(kinds: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     farm = kinds.add_parser(
         "farm",
         help="nodes pinned to one core: 1 vs 2 nodes, and failover cost",
