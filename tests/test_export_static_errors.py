@@ -95,3 +95,18 @@ def test_an_unknown_format_is_a_usage_error_that_lists_the_choices(
         name in lines[-1] for name in ("onnx", "torchscript", "tensorflow", "tflite", "tfjs", "coreml")
     )
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_named_like_a_file_is_refused_not_made_a_folder(
+    tmp_path: Path, export: Callable[..., tuple[int, list[str]]]
+) -> None:
+    target = tmp_path / "rvm.tflite"
+    code, lines = export(
+        "--format", "tflite", "--size", "176x144", "--downsample-ratio", "0.5", "--output", str(target)
+    )
+    assert code == 3 and len(lines) == 1, lines
+    assert lines[0] == (
+        f"rvm-node: error: {target}: expected the folder the export goes in, not a file name "
+        "(the export is named rvm_mobilenetv3_176x144_r0.5_fp32.tflite)"
+    )
+    assert not target.exists()

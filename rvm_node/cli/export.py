@@ -19,7 +19,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Export the network with the official interface: ONNX or TorchScript for any size, or a "
         "static export (TensorFlow SavedModel, TFLite, TF.js, CoreML) for one frame size and ratio.",
         epilog="examples:\n  rvm-node export --format onnx --output rvm.onnx\n"
-        "  rvm-node export --format tflite --size 1920x1080 --downsample-ratio 0.25 --output rvm.tflite\n",
+        "  rvm-node export --format tflite --size 1920x1080 --downsample-ratio 0.25 --output exports/\n",
     )
     export.add_argument(
         "--format",
@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--output",
         type=Path,
         required=True,
-        help="the file (onnx, torchscript) or the folder (static formats)",
+        help="the file (onnx, torchscript), or the folder a static export goes in, named after its size and "
+        "ratio (exports/rvm_mobilenetv3_1920x1080_r0.25_fp32.tflite)",
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
@@ -80,10 +81,6 @@ def run(args: argparse.Namespace) -> int:
         )
         print(export_static(net, args.format, spec, output, overwrite=args.overwrite))
         return 0
-    if args.format not in ("onnx", "torchscript"):
-        raise InvalidInputError(
-            f"--format: expected onnx, torchscript or one of {', '.join(STATIC_FORMATS)}, got {args.format!r}"
-        )
     if args.size is not None or args.downsample_ratio is not None:
         raise InvalidInputError(
             "--size and --downsample-ratio: only for the static formats (shapes are dynamic)"

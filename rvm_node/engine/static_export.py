@@ -51,6 +51,10 @@ def prepare_export(format: str, spec: StaticSpec, folder: Path, *, overwrite: bo
     export will have."""
     check_spec(format, spec)
     target = Path(folder) / f"{spec.name}{SUFFIX[format]}"
+    if Path(folder).suffix.lower() in {".tflite", ".mlpackage", ".json", ".onnx", ".pb"}:
+        raise InvalidInputError(
+            f"{folder}: expected the folder the export goes in, not a file name (the export is named {target.name})"
+        )
     sidecar = target.with_name(f"{target.name}.json")
     if (target.exists() or sidecar.exists()) and not overwrite:
         raise InvalidInputError(f"{target}: already exists; pass --overwrite to replace it")
