@@ -100,9 +100,8 @@ class MattingBackend(abc.ABC, Generic[StateT]):
     device: str
     precision: str
     variant: str
-    fused_refiner = (
-        False  # below ratio 1, only the small-resolution part runs in the model (fullres does the rest)
-    )
+    # Below ratio 1, only the small-resolution part runs in the model (rvm_node.engine.fullres does the rest).
+    fused_refiner: bool = False
 
     @abc.abstractmethod
     def infer(
