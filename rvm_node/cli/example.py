@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rvm_node.cli import common
-from rvm_node.engine.backend import BACKENDS
+from rvm_node.cli import common, options
 
 __all__ = ["add_parser", "run"]
 
@@ -25,13 +24,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=Path("example-output"),
         help="where the alpha sequence (alpha/) and the composite over green (composite.mp4) go (default: example-output)",
     )
-    example.add_argument(
-        "--backend",
-        choices=["auto", *BACKENDS],
-        default="auto",
-        help="engine that runs the model; auto: the fastest one that matches the official model here "
-        "(OpenVINO on a CPU where it is installed, else onnxruntime)",
-    )
+    options.add_backend_option(example)
     example.add_argument(
         "--downsample-ratio", type=common.ratio, default=None, help="(0, 1] or auto (default: auto)"
     )

@@ -93,7 +93,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     bundle.add_argument(
         "--format",
         default="openjd",
-        choices=["openjd", "opencue"],
+        choices=["openjd", "opencue"],  # rvm_node.farm.submit.FORMATS (the farm is imported on use)
         help="openjd (Open Job Description: Deadline Cloud, openjd run) or opencue",
     )
     bundle.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
@@ -247,10 +247,8 @@ def _farm_bundle(args: argparse.Namespace) -> int:
     """Write a farm job bundle; prints the bundle folder last."""
     from rvm_node.farm import DEFAULT_PREROLL
     from rvm_node.farm.bundle import PoolSettings, plan_job
-    from rvm_node.farm.submit import FORMATS, submit_bundle, write_bundle
+    from rvm_node.farm.submit import submit_bundle, write_bundle
 
-    if args.format not in FORMATS:
-        raise InvalidInputError(f"--format: expected openjd or opencue, got {args.format!r}")
     if args.split < 1 or (args.preroll is not None and args.preroll < 0):
         raise InvalidInputError("--split must be >= 1 and --preroll >= 0")
     if args.cuebot and args.format != "opencue":

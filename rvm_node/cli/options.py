@@ -14,6 +14,7 @@ from rvm_node.shot_settings import SHOT_SETTINGS, ShotSetting
 
 __all__ = [
     "SHOT_OPTIONS",
+    "add_backend_option",
     "add_connection_options",
     "add_pool_options",
     "add_shot_option",
@@ -57,6 +58,17 @@ def add_shot_option(
     ):
         option["help"] = f"{option['help']} (default: {setting.default})"
     parser.add_argument(setting.flag, **option)
+
+
+def add_backend_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--backend``, as every command that runs the model here takes it."""
+    parser.add_argument(
+        "--backend",
+        choices=["auto", *BACKENDS],
+        default="auto",
+        help="engine that runs the model; auto: the fastest one that matches the official model here "
+        "(OpenVINO on a CPU where it is installed, else onnxruntime)",
+    )
 
 
 def add_shot_options(convert: argparse.ArgumentParser, *, engine: bool = True) -> None:
@@ -127,13 +139,7 @@ def _add_official_options(official: argparse._ArgumentGroup, engine: bool) -> No
 def _add_our_options(ours: argparse._ArgumentGroup, engine: bool) -> None:
     """What rvm-node adds: the engine, frame numbers, colour, file formats, resume."""
     if engine:
-        ours.add_argument(
-            "--backend",
-            choices=["auto", *BACKENDS],
-            default="auto",
-            help="engine that runs the model; auto: the fastest one that matches the official model here "
-            "(OpenVINO on a CPU where it is installed, else onnxruntime)",
-        )
+        add_backend_option(ours)
         ours.add_argument("--precision", choices=PRECISIONS, default="fp32", help="arithmetic precision")
     add_shot_option(ours, "frames", default=None)
     add_shot_option(ours, "start_frame")
